@@ -1,0 +1,292 @@
+//! `kss policy eval`: one JSON line in, one JSON line out, in order.
+//!
+//! In: a request `{"type":"decrypt","profile_id":"<hex>","profile_words":[..],
+//! "device_id":"<hex>","auth_meta":[{"meta":"a/b","complete":true}],
+//! "cryptographic_id":"<hex>","at":"<RFC 3339>"}`, or an operation
+//! `{"op":"quota_clear"[,"profile_id":"<hex>"]}` / `{"op":"quota_list","at":"<RFC 3339>"}`.
+//! Out: `{"approved":true,"rule_set":0}`, `{"ok":true}`, `{"at_quota":[..]}`, or
+//! `{"error":"<what is wrong>"}` — and evaluation goes on. Unknown fields are ignored (so
+//! exported audit records can be replayed); absent optional fields are empty; an absent
+//! `at` means now.
+
+use std::borrow::Cow;
+use std::io::{self, BufRead, Write};
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use kss_policy::{Decision, MetaInfo, Policy, QuotaStore, QuotaWindow, Request, RequestType};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow, default)]
+    request_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    profile_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    profile_words: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    auth_meta: Option<Vec<MetaLine<'a>>>,
+    #[serde(borrow, default)]
+    cryptographic_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    at: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MetaLine<'a> {
+    #[serde(borrow)]
+    meta: Cow<'a, str>,
+    #[serde(default)]
+    complete: bool,
+}
+
+/// What one line produced.
+enum Output {
+    Decision(Decision),
+    Ok,
+    AtQuota(Vec<Vec<u8>>),
+}
+
+/// Evaluates lines against one policy and one quota store; buffers are reused.
+pub struct Evaluator<'p> {
+    policy: &'p Policy,
+    tz: &'p TimeZone,
+    store: &'p dyn QuotaStore,
+    request: Request,
+}
+
+impl<'p> Evaluator<'p> {
+    pub fn new(policy: &'p Policy, tz: &'p TimeZone, store: &'p dyn QuotaStore) -> Self {
+        Evaluator {
+            policy,
+            tz,
+            store,
+            request: Request::new(RequestType::Decrypt),
+        }
+    }
+
+    /// Reads lines until the end of `input`, writing one line each to `output`.
+    pub fn run(&mut self, mut input: impl BufRead, output: impl Write) -> io::Result<()> {
+        let mut out = io::BufWriter::with_capacity(1 << 16, output);
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let text = trim_line_end(&line);
+            match std::str::from_utf8(text) {
+                Ok(text) => match self.line(text) {
+                    Ok(output) => write_output(&mut out, &output)?,
+                    Err(message) => write_error(&mut out, &message)?,
+                },
+                Err(_) => write_error(&mut out, "the line is not valid UTF-8")?,
+            }
+        }
+        out.flush()
+    }
+
+    fn line(&mut self, text: &str) -> Result<Output, String> {
+        if text.trim().is_empty() {
+            return Err("empty line".into());
+        }
+        let line: Line<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        match (&line.op, &line.request_type) {
+            (Some(_), Some(_)) => {
+                Err("a line has either \"type\" (a request) or \"op\", not both".into())
+            }
+            (None, None) => Err(
+                "a line needs \"type\" (a request) or \"op\" (quota_clear or quota_list)".into(),
+            ),
+            (Some(op), None) => self.operation(op, &line),
+            (None, Some(t)) => {
+                let request_type: RequestType = t
+                    .parse()
+                    .map_err(|e: kss_policy::UnknownRequestType| e.to_string())?;
+                let at = instant(line.at.as_deref())?;
+                self.fill_request(request_type, &line)?;
+                Ok(Output::Decision(self.policy.evaluate(
+                    &self.request,
+                    at,
+                    self.tz,
+                    self.store,
+                )))
+            }
+        }
+    }
+
+    fn operation(&mut self, op: &str, line: &Line<'_>) -> Result<Output, String> {
+        match op {
+            "quota_clear" => {
+                let profile = match line.profile_id.as_deref() {
+                    Some(hex) => Some(decode_hex("profile_id", hex)?),
+                    None => None,
+                };
+                self.store
+                    .clear(profile.as_deref())
+                    .map_err(|e| e.to_string())?;
+                Ok(Output::Ok)
+            }
+            "quota_list" => {
+                let at = instant(line.at.as_deref())?;
+                let window = QuotaWindow::of(self.tz.to_datetime(at));
+                let profiles = self
+                    .store
+                    .at_quota(self.policy.quota_limits(), window)
+                    .map_err(|e| e.to_string())?;
+                Ok(Output::AtQuota(profiles))
+            }
+            other => Err(format!(
+                "unknown op '{other}' (expected quota_clear or quota_list)"
+            )),
+        }
+    }
+
+    fn fill_request(&mut self, request_type: RequestType, line: &Line<'_>) -> Result<(), String> {
+        let r = &mut self.request;
+        r.request_type = request_type;
+        decode_hex_into("profile_id", line.profile_id.as_deref(), &mut r.profile_id)?;
+        decode_hex_into("device_id", line.device_id.as_deref(), &mut r.device_id)?;
+        decode_hex_into(
+            "cryptographic_id",
+            line.cryptographic_id.as_deref(),
+            &mut r.cryptographic_id,
+        )?;
+        r.profile_words.clear();
+        if let Some(words) = &line.profile_words {
+            r.profile_words.extend(words.iter().map(|w| w.to_string()));
+        }
+        r.auth_meta.clear();
+        if let Some(metas) = &line.auth_meta {
+            r.auth_meta.extend(metas.iter().map(|m| MetaInfo {
+                meta: m.meta.to_string(),
+                complete: m.complete,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn instant(at: Option<&str>) -> Result<Timestamp, String> {
+    match at {
+        None => Ok(Timestamp::now()),
+        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+            format!("\"at\" must be an RFC 3339 instant such as 2022-03-09T17:00:00Z: {e}")
+        }),
+    }
+}
+
+fn decode_hex(field: &str, hex: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    decode_hex_into(field, Some(hex), &mut out)?;
+    Ok(out)
+}
+
+fn decode_hex_into(field: &str, hex: Option<&str>, out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    let Some(hex) = hex else {
+        return Ok(());
+    };
+    if hex.len() % 2 != 0 {
+        return Err(format!(
+            "\"{field}\" must be hex with an even number of digits"
+        ));
+    }
+    out.resize(hex.len() / 2, 0);
+    hex::decode_to_slice(hex, out).map_err(|_| format!("\"{field}\" must be hex"))
+}
+
+fn write_output(out: &mut impl Write, output: &Output) -> io::Result<()> {
+    match output {
+        Output::Decision(d) => match d.rule_set() {
+            Some(i) if d.is_approved() => writeln!(out, "{{\"approved\":true,\"rule_set\":{i}}}"),
+            None if d.is_approved() => out.write_all(b"{\"approved\":true,\"rule_set\":null}\n"),
+            _ => out.write_all(b"{\"approved\":false,\"rule_set\":null}\n"),
+        },
+        Output::Ok => out.write_all(b"{\"ok\":true}\n"),
+        Output::AtQuota(profiles) => {
+            out.write_all(b"{\"at_quota\":[")?;
+            for (i, p) in profiles.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write!(out, "\"{}\"", hex::encode(p))?;
+            }
+            out.write_all(b"]}\n")
+        }
+    }
+}
+
+fn write_error(out: &mut impl Write, message: &str) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &serde_json::json!({ "error": message }))?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kss_policy::MemoryQuotaStore;
+
+    fn run(policy: &str, input: &str) -> Vec<String> {
+        let policy = Policy::load(policy).expect("valid policy");
+        let tz = TimeZone::UTC;
+        let store = MemoryQuotaStore::new();
+        let mut out = Vec::new();
+        Evaluator::new(&policy, &tz, &store)
+            .run(input.as_bytes(), &mut out)
+            .expect("runs");
+        String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn one_line_out_per_line_in_and_errors_do_not_stop() {
+        let out = run(
+            "decrypt:\n  - - rule: per-profile-throttle-rule\n      per_day: 1\n",
+            concat!(
+                r#"{"type":"decrypt","profile_id":"aa","at":"2022-03-09T17:00:00Z"}"#,
+                "\n",
+                "not json\n",
+                "\n",
+                r#"{"type":"decrypt","profile_id":"aa","at":"2022-03-09T18:00:00Z"}"#,
+                "\n",
+                r#"{"op":"quota_list","at":"2022-03-09T18:00:00Z"}"#,
+                "\n",
+                r#"{"op":"quota_clear","profile_id":"aa"}"#,
+                "\n",
+                r#"{"op":"quota_list","at":"2022-03-09T18:00:00Z"}"#,
+                "\n",
+                r#"{"type":"decrypt","profile_id":"a","at":"2022-03-09T18:00:00Z"}"#,
+                "\n",
+                r#"{"type":"nope"}"#,
+                "\n",
+                r#"{"at":"2022-03-09T18:00:00Z","type":"create_profile"}"#,
+                "\r\n",
+            ),
+        );
+        assert_eq!(out.len(), 10, "{out:?}");
+        assert_eq!(out[0], r#"{"approved":true,"rule_set":0}"#);
+        assert!(out[1].starts_with(r#"{"error":"#), "{}", out[1]);
+        assert_eq!(out[2], r#"{"error":"empty line"}"#);
+        assert_eq!(out[3], r#"{"approved":false,"rule_set":null}"#);
+        assert_eq!(out[4], r#"{"at_quota":["aa"]}"#);
+        assert_eq!(out[5], r#"{"ok":true}"#);
+        assert_eq!(out[6], r#"{"at_quota":[]}"#);
+        assert!(out[7].contains("even number"), "{}", out[7]);
+        assert!(out[8].contains("unknown request type"), "{}", out[8]);
+        assert_eq!(out[9], r#"{"approved":true,"rule_set":null}"#);
+    }
+}
