@@ -1,0 +1,17 @@
+# One entry point for the whole test suite (README: "make test"); .ci/run calls it.
+CARGO ?= cargo
+
+.PHONY: test lint bench fuzz
+
+test:
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench -p kss-policy --bench evaluate
+	$(CARGO) bench -p kss-server --bench policy_eval
+	bash bench/policy-eval.sh
