@@ -15,3 +15,8 @@ bench:
 	$(CARGO) bench -p kss-policy --bench evaluate
 	$(CARGO) bench -p kss-server --bench policy_eval
 	bash bench/policy-eval.sh
+
+# The Kubernetes e2e harness alone (builds the control plane once, cached in ~/.cache/kss-e2e).
+.PHONY: e2e-smoke
+e2e-smoke:
+	bash e2e/smoke.sh

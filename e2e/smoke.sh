@@ -93,7 +93,11 @@ FAILED=0
 # inside it), its output to a log shown only on failure.
 check() {
   local name=$1 fn=$2 out="$WORK/check-$2.log" start=$SECONDS
-  (set -euo pipefail; "$fn") >"$out" 2>&1 &
+  (
+    set -Eeuo pipefail
+    trap 'echo ">>> failed (exit $?) at smoke.sh line $LINENO: $BASH_COMMAND"' ERR
+    "$fn"
+  ) >"$out" 2>&1 &
   if wait $!; then
     PASSED=$((PASSED + 1))
     printf 'PASS: %s (%ds)\n' "$name" $((SECONDS - start))
