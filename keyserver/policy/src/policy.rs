@@ -75,10 +75,9 @@ impl Decision {
 /// more of the policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
-    /// No section for the request type (and the type is not approved by default), or an
-    /// empty one.
+    /// No section for the request type (and the type is not approved by default).
     NotInPolicy,
-    /// No rule set approved.
+    /// No rule set approved (an empty section has none).
     Policy,
     /// A rule set would have approved but its quota is used up.
     Quota,

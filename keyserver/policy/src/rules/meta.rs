@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use fancy_regex::{Regex, RegexBuilder};
+use fancy_regex::{Expr, Regex, RegexBuilder};
 
 use super::{Args, RuleError};
 use crate::error::{LoadError, LoadErrorKind, Warning};
@@ -82,6 +82,12 @@ impl MetaRule {
                             message: e.to_string(),
                         })
                     })?;
+                if Expr::parse_tree(&source).is_ok_and(|tree| reversed_repeat(&tree.expr)) {
+                    return Err(item.error(LoadErrorKind::InvalidRegex {
+                        pattern: text.to_string(),
+                        message: "min repeat greater than max repeat".to_string(),
+                    }));
+                }
                 patterns.push(Pattern { regex, inverted });
             }
         }
@@ -112,8 +118,10 @@ impl MetaRule {
                 if self.require_complete && !meta.complete {
                     return Ok(false);
                 }
-                if meta.meta.starts_with('/') {
-                    return Ok(false); // malformed: metadata is written without a leading '/'
+                if meta.meta.is_empty() || meta.meta.starts_with('/') {
+                    // malformed: metadata is a path written without a leading '/' (the
+                    // original engine also denied an empty one)
+                    return Ok(false);
                 }
                 norm.clear();
                 if meta.complete {
@@ -156,6 +164,15 @@ impl MetaRule {
     }
 }
 
+/// Whether a pattern repeats `{m,n}` with m > n: Python's `re` rejects it, fancy-regex
+/// accepts it with no sensible meaning.
+fn reversed_repeat(expr: &Expr) -> bool {
+    match expr {
+        Expr::Repeat { lo, hi, .. } if lo > hi => true,
+        _ => expr.children_iter().any(reversed_repeat),
+    }
+}
+
 /// The regex a path pattern stands for (see SPEC-policy.md, meta-rule paths).
 fn path_regex(path: &str) -> String {
     let component = |p: &str| fancy_regex::escape(p).replace("\\*", "[^/]*");
@@ -164,6 +181,10 @@ fn path_regex(path: &str) -> String {
         format!("{}$", component(rest))
     } else if path.starts_with('/') {
         let trimmed = path.trim_end_matches('/');
+        if trimmed.is_empty() {
+            // `/` alone: every complete (rooted) entry, and never an empty partial one
+            return "^/".to_string();
+        }
         format!("^{}(?:/|$)", component(trimmed))
     } else if path.contains('/') {
         if path.ends_with('/') {
@@ -191,6 +212,7 @@ mod tests {
     fn path_forms() {
         assert!(matches("/", "/a/b"));
         assert!(!matches("/", "a/b"));
+        assert!(!matches("/", ""));
         assert!(matches("/root/sub", "/root/sub"));
         assert!(matches("/root/sub/", "/root/sub/x"));
         assert!(!matches("/root/sub", "/root/subxx"));

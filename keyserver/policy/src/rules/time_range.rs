@@ -54,7 +54,7 @@ pub(crate) fn time_arg(arg: &Arg<'_>, warnings: &mut Vec<Warning>) -> Result<Tim
     parse_time(&scalar.text).map_err(|m| arg.error(LoadErrorKind::Invalid(m)))
 }
 
-fn dates_arg(arg: &Arg<'_>) -> Result<Vec<Date>, LoadError> {
+fn dates_arg(arg: &Arg<'_>, warnings: &mut Vec<Warning>) -> Result<Vec<Date>, LoadError> {
     const EXPECTED: &str = "a list of dates (YYYY-MM-DD)";
     let mut out = Vec::new();
     for item in arg.list(EXPECTED)? {
@@ -62,7 +62,17 @@ fn dates_arg(arg: &Arg<'_>) -> Result<Vec<Date>, LoadError> {
             .scalar()
             .ok_or_else(|| item.bad("a date (YYYY-MM-DD)"))?;
         let date = match scalar.value {
-            Value::Date(d) => d,
+            Value::Date(d) => {
+                warnings.push(Warning::new(
+                    &item.loc,
+                    format!(
+                        "unquoted '{}' is a YAML date, which the original engine rejected; \
+                         read here as that date (quote it to be explicit)",
+                        scalar.text
+                    ),
+                ));
+                d
+            }
             Value::Str => {
                 parse_date(&scalar.text).map_err(|m| item.error(LoadErrorKind::Invalid(m)))?
             }
@@ -81,21 +91,15 @@ impl TimeRange {
         let end = args.get("time_end");
         let window = match (start, end) {
             (None, None) => None,
-            (Some(_), None) => {
-                return Err(LoadError::new(
-                    args.loc(),
-                    LoadErrorKind::OnlyOneOfStartEnd {
-                        missing: "time_end",
-                    },
-                ));
+            (Some(s), None) => {
+                return Err(s.error(LoadErrorKind::OnlyOneOfStartEnd {
+                    missing: "time_end",
+                }));
             }
-            (None, Some(_)) => {
-                return Err(LoadError::new(
-                    args.loc(),
-                    LoadErrorKind::OnlyOneOfStartEnd {
-                        missing: "time_start",
-                    },
-                ));
+            (None, Some(e)) => {
+                return Err(e.error(LoadErrorKind::OnlyOneOfStartEnd {
+                    missing: "time_start",
+                }));
             }
             (Some(s), Some(e)) => {
                 let start = time_arg(&s, warnings)?;
@@ -144,13 +148,13 @@ impl TimeRange {
         };
         let include = args
             .get("include")
-            .map(|a| dates_arg(&a))
+            .map(|a| dates_arg(&a, warnings))
             .transpose()?
             .unwrap_or_default();
         let exclude = match args.get("exclude") {
             None => Vec::new(),
             Some(arg) => {
-                let exclude = dates_arg(&arg)?;
+                let exclude = dates_arg(&arg, warnings)?;
                 if let Some(d) = exclude.iter().find(|d| include.binary_search(d).is_ok()) {
                     return Err(arg.error(LoadErrorKind::IncludeExcludeOverlap(*d)));
                 }
