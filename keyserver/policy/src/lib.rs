@@ -23,7 +23,7 @@ pub use error::{LoadError, LoadErrorKind, Location, Warning};
 pub use policy::{Candidate, Decision, DenyReason, Policy, Summary};
 pub use quota::{
     Counter, MemoryQuotaStore, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
-    counter_at_quota, plan_consume,
+    counter_at_quota, fits, uses_per_rule,
 };
 pub use request::{MetaInfo, Request, RequestType, UnknownRequestType};
 pub use rules::{RULE_NAMES, SessionParams};

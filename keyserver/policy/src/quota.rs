@@ -59,13 +59,13 @@ impl Counter {
         }
     }
 
-    /// The counter after one more use in `window` (which must not be behind it).
-    pub fn after_use(counter: Option<Counter>, window: QuotaWindow) -> Counter {
+    /// The counter after `uses` more uses in `window` (which must not be behind it).
+    pub fn after_uses(counter: Option<Counter>, window: QuotaWindow, uses: u64) -> Counter {
         let (hour, day) = counter.and_then(|c| c.usage_at(window)).unwrap_or((0, 0));
         Counter {
             window,
-            hour_used: hour + 1,
-            day_used: day + 1,
+            hour_used: hour + uses,
+            day_used: day + uses,
         }
     }
 }
@@ -108,33 +108,39 @@ pub trait QuotaStore: Send + Sync {
     fn clear(&self, profile_id: Option<&[u8]>) -> Result<(), QuotaStoreError>;
 }
 
-/// Whether one more use of every limit fits, and the counters after it, computed from the
-/// current counters (`current(rule_id)`). Shared by every store so they count alike.
-pub fn plan_consume(
+/// Whether one more use of every limit fits in `window`, given the current counters
+/// (`current(rule_id)`). Limits sharing a rule id share one counter: the n-th of them sees
+/// the uses of the n-1 before it. Shared by every store so that they count alike.
+pub fn fits(
     limits: &[QuotaLimit],
     window: QuotaWindow,
-    mut current: impl FnMut(&str) -> Option<Counter>,
-) -> Option<Vec<(Arc<str>, Counter)>> {
-    let mut updates: Vec<(Arc<str>, Counter)> = Vec::with_capacity(limits.len());
-    for limit in limits {
-        let existing = match updates.iter().find(|(id, _)| **id == *limit.rule_id) {
-            Some((_, c)) => Some(*c),
-            None => current(&limit.rule_id),
-        };
-        let usage = match existing {
+    current: impl Fn(&str) -> Option<Counter>,
+) -> bool {
+    limits.iter().enumerate().all(|(i, limit)| {
+        let earlier = uses_before(limits, i);
+        let usage = match current(&limit.rule_id) {
             Some(c) => c.usage_at(window),
             None => Some((0, 0)),
         };
-        if !limit.allows(usage) {
-            return None;
-        }
-        let next = Counter::after_use(existing, window);
-        match updates.iter_mut().find(|(id, _)| **id == *limit.rule_id) {
-            Some((_, c)) => *c = next,
-            None => updates.push((Arc::clone(&limit.rule_id), next)),
-        }
-    }
-    Some(updates)
+        limit.allows(usage.map(|(hour, day)| (hour + earlier, day + earlier)))
+    })
+}
+
+/// The distinct rule ids of `limits` with the number of uses one approval records on each.
+pub fn uses_per_rule(limits: &[QuotaLimit]) -> impl Iterator<Item = (&Arc<str>, u64)> {
+    limits.iter().enumerate().filter_map(|(i, limit)| {
+        (uses_before(limits, i) == 0).then(|| {
+            let uses = limits.iter().filter(|l| l.rule_id == limit.rule_id).count() as u64;
+            (&limit.rule_id, uses)
+        })
+    })
+}
+
+fn uses_before(limits: &[QuotaLimit], i: usize) -> u64 {
+    limits[..i]
+        .iter()
+        .filter(|l| l.rule_id == limits[i].rule_id)
+        .count() as u64
 }
 
 /// Whether a counter is at quota for any limit with its rule id.
@@ -180,21 +186,24 @@ impl QuotaStore for MemoryQuotaStore {
         window: QuotaWindow,
     ) -> Result<bool, QuotaStoreError> {
         let mut counters = self.lock();
-        let plan = plan_consume(limits, window, |rule_id| {
+        let current = |rule_id: &str| {
             counters
                 .get(rule_id)
                 .and_then(|by_profile| by_profile.get(profile_id))
                 .copied()
-        });
-        let Some(updates) = plan else {
-            return Ok(false);
         };
-        for (rule_id, counter) in updates {
-            let by_profile = counters.entry(rule_id).or_default();
+        if !fits(limits, window, current) {
+            return Ok(false);
+        }
+        for (rule_id, uses) in uses_per_rule(limits) {
+            let by_profile = match counters.get_mut(&**rule_id) {
+                Some(m) => m,
+                None => counters.entry(Arc::clone(rule_id)).or_default(),
+            };
             match by_profile.get_mut(profile_id) {
-                Some(c) => *c = counter,
+                Some(c) => *c = Counter::after_uses(Some(*c), window, uses),
                 None => {
-                    by_profile.insert(profile_id.into(), counter);
+                    by_profile.insert(profile_id.into(), Counter::after_uses(None, window, uses));
                 }
             }
         }
