@@ -128,12 +128,14 @@ pub fn fits(
 
 /// The distinct rule ids of `limits` with the number of uses one approval records on each.
 pub fn uses_per_rule(limits: &[QuotaLimit]) -> impl Iterator<Item = (&Arc<str>, u64)> {
-    limits.iter().enumerate().filter_map(|(i, limit)| {
-        (uses_before(limits, i) == 0).then(|| {
+    limits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| uses_before(limits, *i) == 0)
+        .map(|(_, limit)| {
             let uses = limits.iter().filter(|l| l.rule_id == limit.rule_id).count() as u64;
             (&limit.rule_id, uses)
         })
-    })
 }
 
 fn uses_before(limits: &[QuotaLimit], i: usize) -> u64 {
