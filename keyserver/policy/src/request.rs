@@ -82,7 +82,7 @@ impl FromStr for RequestType {
 }
 
 /// One entry of a request's authenticated metadata, typically a file's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaInfo {
     /// The path without a leading `/`.
     pub meta: String,

@@ -20,29 +20,68 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Line<'a> {
     #[serde(rename = "type", borrow, default)]
-    request_type: Option<Cow<'a, str>>,
+    request_type: Option<Text<'a>>,
     #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+    op: Option<Text<'a>>,
     #[serde(borrow, default)]
-    profile_id: Option<Cow<'a, str>>,
+    profile_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    profile_words: Option<Vec<Cow<'a, str>>>,
+    profile_words: Option<Vec<Text<'a>>>,
     #[serde(borrow, default)]
-    device_id: Option<Cow<'a, str>>,
+    device_id: Option<Text<'a>>,
     #[serde(borrow, default)]
     auth_meta: Option<Vec<MetaLine<'a>>>,
     #[serde(borrow, default)]
-    cryptographic_id: Option<Cow<'a, str>>,
+    cryptographic_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    at: Option<Cow<'a, str>>,
+    at: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct MetaLine<'a> {
     #[serde(borrow)]
-    meta: Cow<'a, str>,
+    meta: Text<'a>,
     #[serde(default)]
     complete: bool,
+}
+
+/// A JSON string borrowed from the line when it has no escapes (serde's own `Cow`
+/// impl always copies inside collections and options).
+struct Text<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = Cow<'de, str>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_str(TextVisitor).map(Text)
+    }
 }
 
 /// What one line produced.
@@ -157,18 +196,29 @@ impl<'p> Evaluator<'p> {
             line.cryptographic_id.as_deref(),
             &mut r.cryptographic_id,
         )?;
-        r.profile_words.clear();
-        if let Some(words) = &line.profile_words {
-            r.profile_words.extend(words.iter().map(|w| w.to_string()));
-        }
-        r.auth_meta.clear();
-        if let Some(metas) = &line.auth_meta {
-            r.auth_meta.extend(metas.iter().map(|m| MetaInfo {
-                meta: m.meta.to_string(),
-                complete: m.complete,
-            }));
-        }
+        let words = line.profile_words.as_deref().unwrap_or_default();
+        refill(&mut r.profile_words, words, |slot, word| {
+            slot.clear();
+            slot.push_str(word);
+        });
+        let metas = line.auth_meta.as_deref().unwrap_or_default();
+        refill(&mut r.auth_meta, metas, |slot, m| {
+            slot.meta.clear();
+            slot.meta.push_str(&m.meta);
+            slot.complete = m.complete;
+        });
         Ok(())
+    }
+}
+
+/// Overwrites `slots` with `items`, reusing the slots' allocations across lines.
+fn refill<T: Default, S>(slots: &mut Vec<T>, items: &[S], set: impl Fn(&mut T, &S)) {
+    slots.truncate(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if i == slots.len() {
+            slots.push(T::default());
+        }
+        set(&mut slots[i], item);
     }
 }
 
@@ -202,9 +252,38 @@ fn decode_hex_into(field: &str, hex: Option<&str>, out: &mut Vec<u8>) -> Result<
             "\"{field}\" must be hex with an even number of digits"
         ));
     }
-    out.resize(hex.len() / 2, 0);
-    hex::decode_to_slice(hex, out).map_err(|_| format!("\"{field}\" must be hex"))
+    out.reserve(hex.len() / 2);
+    let mut invalid = 0u8;
+    for pair in hex.as_bytes().chunks_exact(2) {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        invalid |= (hi | lo) & 0x80;
+        out.push(hi << 4 | (lo & 0x0f));
+    }
+    if invalid != 0 {
+        return Err(format!("\"{field}\" must be hex"));
+    }
+    Ok(())
 }
+
+/// The value of each hex digit; 0xFF for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 fn write_output(out: &mut impl Write, output: &Output) -> io::Result<()> {
     match output {
