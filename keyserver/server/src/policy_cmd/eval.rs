@@ -14,7 +14,7 @@ use std::io::{self, BufRead, Write};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use kss_policy::{Decision, MetaInfo, Policy, QuotaStore, QuotaWindow, Request, RequestType};
+use kss_policy::{Decision, Policy, QuotaStore, QuotaWindow, Request, RequestType};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
