@@ -16,6 +16,8 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use kss_policy::{Decision, Policy, QuotaStore, QuotaWindow, Request, RequestType};
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -25,12 +27,13 @@ struct Line<'a> {
     op: Option<Text<'a>>,
     #[serde(borrow, default)]
     profile_id: Option<Text<'a>>,
+    /// Read into the reused request buffers by [`fill_list`], not collected here.
     #[serde(borrow, default)]
-    profile_words: Option<Vec<Text<'a>>>,
+    profile_words: Option<&'a RawValue>,
     #[serde(borrow, default)]
     device_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    auth_meta: Option<Vec<MetaLine<'a>>>,
+    auth_meta: Option<&'a RawValue>,
     #[serde(borrow, default)]
     cryptographic_id: Option<Text<'a>>,
     #[serde(borrow, default)]
@@ -196,29 +199,90 @@ impl<'p> Evaluator<'p> {
             line.cryptographic_id.as_deref(),
             &mut r.cryptographic_id,
         )?;
-        let words = line.profile_words.as_deref().unwrap_or_default();
-        refill(&mut r.profile_words, words, |slot, word| {
-            slot.clear();
-            slot.push_str(word);
-        });
-        let metas = line.auth_meta.as_deref().unwrap_or_default();
-        refill(&mut r.auth_meta, metas, |slot, m| {
-            slot.meta.clear();
-            slot.meta.push_str(&m.meta);
-            slot.complete = m.complete;
-        });
+        fill_list(
+            "profile_words",
+            line.profile_words,
+            &mut r.profile_words,
+            |slot, word: Text<'_>| {
+                slot.clear();
+                slot.push_str(&word);
+            },
+        )?;
+        fill_list(
+            "auth_meta",
+            line.auth_meta,
+            &mut r.auth_meta,
+            |slot, m: MetaLine<'_>| {
+                slot.meta.clear();
+                slot.meta.push_str(&m.meta);
+                slot.complete = m.complete;
+            },
+        )?;
         Ok(())
     }
 }
 
-/// Overwrites `slots` with `items`, reusing the slots' allocations across lines.
-fn refill<T: Default, S>(slots: &mut Vec<T>, items: &[S], set: impl Fn(&mut T, &S)) {
-    slots.truncate(items.len());
-    for (i, item) in items.iter().enumerate() {
-        if i == slots.len() {
-            slots.push(T::default());
+/// Reads a JSON list into `slots`, reusing the slots' allocations across lines.
+fn fill_list<'a, T, I>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+    slots: &mut Vec<T>,
+    set: impl Fn(&mut T, I),
+) -> Result<(), String>
+where
+    T: Default,
+    I: Deserialize<'a>,
+{
+    let Some(raw) = raw else {
+        slots.clear();
+        return Ok(());
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    ListSeed {
+        slots,
+        set,
+        item: std::marker::PhantomData,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| format!("\"{field}\": {e}"))
+}
+
+struct ListSeed<'s, T, I, F> {
+    slots: &'s mut Vec<T>,
+    set: F,
+    item: std::marker::PhantomData<I>,
+}
+
+impl<'de, T: Default, I: Deserialize<'de>, F: Fn(&mut T, I)> DeserializeSeed<'de>
+    for ListSeed<'_, T, I, F>
+{
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Default, I: Deserialize<'de>, F: Fn(&mut T, I)> Visitor<'de>
+    for ListSeed<'_, T, I, F>
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut n = 0;
+        while let Some(item) = seq.next_element::<I>()? {
+            if n == self.slots.len() {
+                self.slots.push(T::default());
+            }
+            (self.set)(&mut self.slots[n], item);
+            n += 1;
         }
-        set(&mut slots[i], item);
+        self.slots.truncate(n);
+        Ok(())
     }
 }
 
