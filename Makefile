@@ -16,6 +16,10 @@ bench:
 	$(CARGO) bench -p kss-server --bench policy_eval
 	bash bench/policy-eval.sh
 
+# Fuzz the policy loader (nightly + cargo-fuzz); SECONDS=600 by default.
+fuzz:
+	bash keyserver/policy/fuzz/run.sh $(or $(SECONDS),600)
+
 # The Kubernetes e2e harness alone (builds the control plane once, cached in ~/.cache/kss-e2e).
 .PHONY: e2e-smoke
 e2e-smoke:
