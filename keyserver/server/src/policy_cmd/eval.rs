@@ -115,22 +115,44 @@ impl<'p> Evaluator<'p> {
     /// Reads lines until the end of `input`, writing one line each to `output`.
     pub fn run(&mut self, mut input: impl BufRead, output: impl Write) -> io::Result<()> {
         let mut out = io::BufWriter::with_capacity(1 << 16, output);
-        let mut line = Vec::with_capacity(1024);
+        // A line split across two reads of the input buffer is gathered here; whole lines
+        // are evaluated where they lie in the buffer.
+        let mut partial: Vec<u8> = Vec::new();
         loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line)? == 0 {
+            let buf = input.fill_buf()?;
+            if buf.is_empty() {
+                if !partial.is_empty() {
+                    self.answer(&partial, &mut out)?;
+                }
                 break;
             }
-            let text = trim_line_end(&line);
-            match std::str::from_utf8(text) {
-                Ok(text) => match self.line(text) {
-                    Ok(output) => write_output(&mut out, &output)?,
-                    Err(message) => write_error(&mut out, &message)?,
-                },
-                Err(_) => write_error(&mut out, "the line is not valid UTF-8")?,
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', buf) {
+                if partial.is_empty() {
+                    self.answer(&buf[start..=end], &mut out)?;
+                } else {
+                    partial.extend_from_slice(&buf[start..=end]);
+                    self.answer(&partial, &mut out)?;
+                    partial.clear();
+                }
+                start = end + 1;
             }
+            partial.extend_from_slice(&buf[start..]);
+            let consumed = buf.len();
+            input.consume(consumed);
         }
         out.flush()
+    }
+
+    /// Evaluates one line (with or without its line ending) and writes its answer.
+    fn answer(&mut self, line: &[u8], out: &mut impl Write) -> io::Result<()> {
+        match std::str::from_utf8(trim_line_end(line)) {
+            Ok(text) => match self.line(text) {
+                Ok(output) => write_output(out, &output),
+                Err(message) => write_error(out, &message),
+            },
+            Err(_) => write_error(out, "the line is not valid UTF-8"),
+        }
     }
 
     fn line(&mut self, text: &str) -> Result<Output, String> {

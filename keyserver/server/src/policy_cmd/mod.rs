@@ -62,9 +62,12 @@ fn eval_command(policy: &Path, requests: Option<&Path>, tz: &str) -> Result<()> 
         Some(path) => {
             let file =
                 fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-            evaluator.run(BufReader::with_capacity(1 << 16, file), stdout)
+            evaluator.run(BufReader::with_capacity(1 << 17, file), stdout)
         }
-        None => evaluator.run(io::stdin().lock(), stdout),
+        None => evaluator.run(
+            BufReader::with_capacity(1 << 17, io::stdin().lock()),
+            stdout,
+        ),
     }
     .context("evaluation stopped")
 }
