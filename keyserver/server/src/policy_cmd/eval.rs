@@ -454,4 +454,29 @@ mod tests {
         assert!(out[8].contains("unknown request type"), "{}", out[8]);
         assert_eq!(out[9], r#"{"approved":true,"rule_set":null}"#);
     }
+
+    #[test]
+    fn lines_split_across_reads_and_a_last_line_without_newline() {
+        let policy =
+            Policy::load("decrypt:\n  - - rule: per-profile-throttle-rule\n      per_day: 2\n")
+                .expect("valid policy");
+        let tz = TimeZone::UTC;
+        let line = r#"{"type":"decrypt","profile_id":"aa","at":"2022-03-09T17:00:00Z"}"#;
+        let input = format!("{line}\n{line}\r\n{line}");
+        for capacity in [1, 7, 64, 1 << 16] {
+            let store = MemoryQuotaStore::new();
+            let mut out = Vec::new();
+            Evaluator::new(&policy, &tz, &store)
+                .run(
+                    std::io::BufReader::with_capacity(capacity, input.as_bytes()),
+                    &mut out,
+                )
+                .expect("runs");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                "{\"approved\":true,\"rule_set\":0}\n{\"approved\":true,\"rule_set\":0}\n{\"approved\":false,\"rule_set\":null}\n",
+                "buffer capacity {capacity}"
+            );
+        }
+    }
 }
