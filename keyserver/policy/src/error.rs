@@ -92,9 +92,10 @@ impl fmt::Display for Location {
         }
         if let Some(line) = self.line {
             if self.request_type.is_some() || !parts.is_empty() {
-                write!(f, " ")?;
+                write!(f, " (line {line})")?;
+            } else {
+                write!(f, "line {line}")?;
             }
-            write!(f, "(line {line})")?;
         }
         Ok(())
     }
@@ -227,5 +228,10 @@ mod tests {
             loc.to_string(),
             "decrypt: rule set 0, rule 1 (per-profile-throttle-rule), argument 'per_days' (line 7)"
         );
+        let only_line = Location {
+            line: Some(3),
+            ..Location::default()
+        };
+        assert_eq!(only_line.to_string(), "line 3");
     }
 }
