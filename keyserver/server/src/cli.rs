@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 /// kss — a key shard server: approves M-of-N requests automatically, as a YAML policy allows.
 #[derive(Debug, Parser)]
-#[command(name = "kss", version, about, propagate_version = true)]
+#[command(name = "kss", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
