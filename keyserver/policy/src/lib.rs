@@ -20,13 +20,13 @@ mod timespec;
 mod yaml;
 
 pub use error::{LoadError, LoadErrorKind, Location, Warning};
-pub use policy::{Candidate, Decision, DenyReason, Policy, Summary};
+pub use policy::{Candidate, Decision, DenyReason, Policy, RuleInfo, Summary};
 pub use quota::{
     Counter, MemoryQuotaStore, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
     counter_at_quota, fits, uses_per_rule,
 };
 pub use request::{MetaInfo, Request, RequestType, UnknownRequestType};
-pub use rules::{RULE_NAMES, SessionParams};
+pub use rules::{RULE_NAMES, SessionParams, THROTTLE};
 pub use timespec::TimeOfDay;
 
 /// Parses an IANA time zone name (`Europe/Paris`, `UTC`), from the bundled database.

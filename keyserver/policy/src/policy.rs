@@ -104,6 +104,19 @@ pub struct Candidate<'p> {
     pub session: Option<SessionParams>,
 }
 
+/// One rule of a policy: where it is, what it is, its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleInfo<'p> {
+    pub request_type: RequestType,
+    pub rule_set: usize,
+    pub rule: usize,
+    /// The rule's name (`per-profile-throttle-rule`, ...).
+    pub name: &'static str,
+    pub id: &'p str,
+    /// A throttle whose counters live in the database.
+    pub persistent: bool,
+}
+
 /// What a policy contains, for `kss policy check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -358,11 +371,26 @@ impl Policy {
 
     /// Every rule's id, in file order: (request type, rule set, rule, id).
     pub fn rule_ids(&self) -> Vec<(RequestType, usize, usize, String)> {
+        self.rules()
+            .into_iter()
+            .map(|r| (r.request_type, r.rule_set, r.rule, r.id.to_string()))
+            .collect()
+    }
+
+    /// Every rule, in file order, with where it is and its id.
+    pub fn rules(&self) -> Vec<RuleInfo<'_>> {
         let mut out = Vec::new();
         for t in &self.order {
             for (s, set) in self.rule_sets(*t).iter().enumerate() {
                 for (r, rule) in set.rules.iter().enumerate() {
-                    out.push((*t, s, r, rule.id.to_string()));
+                    out.push(RuleInfo {
+                        request_type: *t,
+                        rule_set: s,
+                        rule: r,
+                        name: rule.name,
+                        id: &rule.id,
+                        persistent: matches!(&rule.rule, Rule::Throttle(t) if t.persistent),
+                    });
                 }
             }
         }

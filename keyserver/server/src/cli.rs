@@ -36,6 +36,14 @@ pub enum PolicyCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Show which quota counters survive replacing OLD with NEW: throttle rules are matched
+    /// by rule_id, so a throttle whose id changes starts counting from zero.
+    Diff {
+        /// The policy in force.
+        old: PathBuf,
+        /// The policy that would replace it.
+        new: PathBuf,
+    },
     /// Evaluate requests (JSON lines) against a policy, with quota counters in memory.
     /// Writes one JSON line per input line, in order.
     Eval {

@@ -258,3 +258,44 @@ fn eval_refuses_an_invalid_policy() {
     );
     assert!(text(&out.stdout).is_empty());
 }
+
+#[test]
+fn diff_tells_which_quota_counters_survive_an_edit() {
+    let dir = TempDir::new("diff");
+    let throttles = |per_day: u32, burst: u32| {
+        format!(
+            "decrypt:\n  - - rule: per-profile-throttle-rule\n      per_day: {per_day}\n      persistent: true\n  \
+             - - rule: per-profile-throttle-rule\n      per_day: {burst}\n      rule_id: burst\n  \
+             - - rule: meta-rule\n      paths: [/public]\n"
+        )
+    };
+    let old = dir.file("old.yml", &throttles(30, 5));
+    let same = run(kss().args(["policy", "diff"]).arg(&old).arg(&old));
+    assert!(same.status.success(), "{}", text(&same.stderr));
+    assert!(
+        text(&same.stdout).contains("2 kept, 0 new, 0 dropped"),
+        "{}",
+        text(&same.stdout)
+    );
+
+    let new = dir.file("new.yml", &throttles(40, 10));
+    let out = run(kss().args(["policy", "diff"]).arg(&old).arg(&new));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // the unnamed throttle's id is a hash of its arguments: editing them changes it;
+    // the explicit `burst` id keeps its counters
+    assert!(
+        stdout.contains("kept     decrypt: rule set 1, rule 0  burst"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("new      decrypt: rule set 0, rule 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dropped  decrypt: rule set 0, rule 0 (old)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 kept, 1 new, 1 dropped"), "{stdout}");
+    assert!(stdout.contains("hint: "), "{stdout}");
+}

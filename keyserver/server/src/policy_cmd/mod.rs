@@ -15,6 +15,7 @@ pub fn run(command: PolicyCommand) -> Result<()> {
     match command {
         PolicyCommand::Check { file } => check(&file),
         PolicyCommand::Dump { file, output } => dump(&file, output.as_deref()),
+        PolicyCommand::Diff { old, new } => diff(&old, &new),
         PolicyCommand::Eval {
             policy,
             requests,
@@ -50,6 +51,66 @@ fn dump(path: &Path, output: Option<&Path>) -> Result<()> {
             .write_all(yaml.as_bytes())
             .context("cannot write to standard output"),
     }
+}
+
+/// Throttles of NEW whose counters carry over from OLD (same rule id), start from zero,
+/// or are discarded.
+fn diff(old: &Path, new: &Path) -> Result<()> {
+    let old_policy = load(old)?;
+    let new_policy = load(new)?;
+    let throttles = |p: &'_ Policy| -> Vec<(String, String, bool)> {
+        p.rules()
+            .into_iter()
+            .filter(|r| r.name == kss_policy::THROTTLE)
+            .map(|r| {
+                let place = format!(
+                    "{}: rule set {}, rule {}",
+                    r.request_type, r.rule_set, r.rule
+                );
+                (r.id.to_string(), place, r.persistent)
+            })
+            .collect()
+    };
+    let (before, after) = (throttles(&old_policy), throttles(&new_policy));
+    let has = |list: &[(String, String, bool)], id: &str| list.iter().any(|(i, _, _)| i == id);
+    let kind = |persistent: bool| {
+        if persistent {
+            "persistent"
+        } else {
+            "in memory"
+        }
+    };
+    let (mut kept, mut fresh, mut dropped) = (0, 0, 0);
+    for (id, place, persistent) in &after {
+        if has(&before, id) {
+            kept += 1;
+            println!(
+                "kept     {place}  {id}  ({}): counters carry over",
+                kind(*persistent)
+            );
+        } else {
+            fresh += 1;
+            println!(
+                "new      {place}  {id}  ({}): counters start from zero",
+                kind(*persistent)
+            );
+        }
+    }
+    for (id, place, persistent) in before.iter().filter(|(id, _, _)| !has(&after, id)) {
+        dropped += 1;
+        println!(
+            "dropped  {place} (old)  {id}  ({}): counters are discarded",
+            kind(*persistent)
+        );
+    }
+    println!("{kept} kept, {fresh} new, {dropped} dropped");
+    if dropped > 0 && fresh > 0 {
+        println!(
+            "hint: to keep an edited rule's counters, write its old rule_id in the new file \
+             (`kss policy dump OLD` shows every id)"
+        );
+    }
+    Ok(())
 }
 
 fn eval_command(policy: &Path, requests: Option<&Path>, tz: &str) -> Result<()> {
