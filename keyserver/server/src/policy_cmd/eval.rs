@@ -14,30 +14,93 @@ use std::io::{self, BufRead, Write};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use kss_policy::{Decision, Policy, QuotaStore, QuotaWindow, Request, RequestType};
+use kss_policy::{Decision, MetaInfo, Policy, QuotaStore, QuotaWindow, Request, RequestType};
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-#[derive(Deserialize)]
+/// The scalar fields of a line; its lists are read straight into the request's reused
+/// buffers by [`LineSeed`].
+#[derive(Default)]
 struct Line<'a> {
-    #[serde(rename = "type", borrow, default)]
     request_type: Option<Text<'a>>,
-    #[serde(borrow, default)]
     op: Option<Text<'a>>,
-    #[serde(borrow, default)]
     profile_id: Option<Text<'a>>,
-    /// Read into the reused request buffers by [`fill_list`], not collected here.
-    #[serde(borrow, default)]
-    profile_words: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     device_id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    auth_meta: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     cryptographic_id: Option<Text<'a>>,
-    #[serde(borrow, default)]
     at: Option<Text<'a>>,
+}
+
+/// Reads one line's JSON object in a single pass: scalar fields into a [`Line`], the
+/// `profile_words` and `auth_meta` lists into `request`; unknown fields are skipped.
+struct LineSeed<'r> {
+    request: &'r mut Request,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+    type Value = Line<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Line<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_> {
+    type Value = Line<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line<'de>, A::Error> {
+        let mut line = Line::default();
+        let (mut has_words, mut has_meta) = (false, false);
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key {
+                "type" => line.request_type = map.next_value()?,
+                "op" => line.op = map.next_value()?,
+                "profile_id" => line.profile_id = map.next_value()?,
+                "device_id" => line.device_id = map.next_value()?,
+                "cryptographic_id" => line.cryptographic_id = map.next_value()?,
+                "at" => line.at = map.next_value()?,
+                "profile_words" => {
+                    has_words = true;
+                    map.next_value_seed(ListSeed::new(
+                        &mut self.request.profile_words,
+                        |slot: &mut String, word: Text<'_>| {
+                            slot.clear();
+                            slot.push_str(&word);
+                        },
+                    ))
+                    .map_err(|e| A::Error::custom(format_args!("\"profile_words\": {e}")))?;
+                }
+                "auth_meta" => {
+                    has_meta = true;
+                    map.next_value_seed(ListSeed::new(
+                        &mut self.request.auth_meta,
+                        |slot: &mut MetaInfo, m: MetaLine<'_>| {
+                            slot.meta.clear();
+                            slot.meta.push_str(&m.meta);
+                            slot.complete = m.complete;
+                        },
+                    ))
+                    .map_err(|e| A::Error::custom(format_args!("\"auth_meta\": {e}")))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !has_words {
+            self.request.profile_words.clear();
+        }
+        if !has_meta {
+            self.request.auth_meta.clear();
+        }
+        Ok(line)
+    }
 }
 
 #[derive(Deserialize)]
@@ -159,7 +222,13 @@ impl<'p> Evaluator<'p> {
         if text.trim().is_empty() {
             return Err("empty line".into());
         }
-        let line: Line<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let line = LineSeed {
+            request: &mut self.request,
+        }
+        .deserialize(&mut de)
+        .and_then(|line| de.end().map(|()| line))
+        .map_err(|e| e.to_string())?;
         match (&line.op, &line.request_type) {
             (Some(_), Some(_)) => {
                 Err("a line has either \"type\" (a request) or \"op\", not both".into())
@@ -221,58 +290,25 @@ impl<'p> Evaluator<'p> {
             line.cryptographic_id.as_deref(),
             &mut r.cryptographic_id,
         )?;
-        fill_list(
-            "profile_words",
-            line.profile_words,
-            &mut r.profile_words,
-            |slot, word: Text<'_>| {
-                slot.clear();
-                slot.push_str(&word);
-            },
-        )?;
-        fill_list(
-            "auth_meta",
-            line.auth_meta,
-            &mut r.auth_meta,
-            |slot, m: MetaLine<'_>| {
-                slot.meta.clear();
-                slot.meta.push_str(&m.meta);
-                slot.complete = m.complete;
-            },
-        )?;
         Ok(())
     }
 }
 
-/// Reads a JSON list into `slots`, reusing the slots' allocations across lines.
-fn fill_list<'a, T, I>(
-    field: &str,
-    raw: Option<&'a RawValue>,
-    slots: &mut Vec<T>,
-    set: impl Fn(&mut T, I),
-) -> Result<(), String>
-where
-    T: Default,
-    I: Deserialize<'a>,
-{
-    let Some(raw) = raw else {
-        slots.clear();
-        return Ok(());
-    };
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    ListSeed {
-        slots,
-        set,
-        item: std::marker::PhantomData,
-    }
-    .deserialize(&mut de)
-    .map_err(|e| format!("\"{field}\": {e}"))
-}
-
+/// Reads a JSON list (or null: empty) into `slots`, reusing their allocations across lines.
 struct ListSeed<'s, T, I, F> {
     slots: &'s mut Vec<T>,
     set: F,
     item: std::marker::PhantomData<I>,
+}
+
+impl<'s, T, I, F> ListSeed<'s, T, I, F> {
+    fn new(slots: &'s mut Vec<T>, set: F) -> Self {
+        ListSeed {
+            slots,
+            set,
+            item: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<'de, T: Default, I: Deserialize<'de>, F: Fn(&mut T, I)> DeserializeSeed<'de>
@@ -281,7 +317,7 @@ impl<'de, T: Default, I: Deserialize<'de>, F: Fn(&mut T, I)> DeserializeSeed<'de
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
+        deserializer.deserialize_option(self)
     }
 }
 
@@ -292,6 +328,15 @@ impl<'de, T: Default, I: Deserialize<'de>, F: Fn(&mut T, I)> Visitor<'de>
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a list")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.slots.clear();
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
