@@ -40,7 +40,7 @@ impl Throttle {
             .unwrap_or(false);
         for name in IGNORED_ARGS {
             if let Some(arg) = args.get(name) {
-                warnings.push(crate::error::Warning::new(
+                warnings.push(Warning::new(
                     &arg.loc,
                     format!(
                         "'{name}' is ignored: counters live in the keyserver's own database \

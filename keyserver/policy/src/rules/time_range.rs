@@ -35,17 +35,13 @@ pub(crate) fn time_arg(arg: &Arg<'_>, warnings: &mut Vec<Warning>) -> Result<Tim
     let scalar = arg.scalar().ok_or_else(|| arg.bad(EXPECTED))?;
     match scalar.value {
         Value::Str => {}
-        Value::Int(_) if scalar.plain && scalar.text.contains(':') => {
+        Value::Int(as_integer) if scalar.plain && scalar.text.contains(':') => {
             warnings.push(Warning::new(
                 &arg.loc,
                 format!(
-                    "unquoted '{}' is the integer {} in YAML 1.1 and the original engine \
+                    "unquoted '{}' is the integer {as_integer} in YAML 1.1 and the original engine \
                      rejected it; read here as a time of day (quote it to be explicit)",
-                    scalar.text,
-                    match scalar.value {
-                        Value::Int(i) => i,
-                        _ => 0,
-                    }
+                    scalar.text
                 ),
             ));
         }
