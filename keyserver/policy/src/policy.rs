@@ -150,6 +150,17 @@ impl fmt::Display for Summary {
 }
 
 impl Policy {
+    /// The policy in force before any is loaded: no sections, so only the request types
+    /// approved by default (`create_profile`, `create_location`) are approved.
+    pub fn empty() -> Policy {
+        Policy {
+            sections: Default::default(),
+            order: Vec::new(),
+            warnings: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
+
     /// Parses and validates a policy file. Any error rejects the whole file.
     pub fn load(text: &str) -> Result<Policy, LoadError> {
         let (root, yaml_warnings) = yaml::load(text).map_err(|e| {

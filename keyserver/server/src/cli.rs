@@ -4,19 +4,76 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::admin_key::{AdminKeyCommand, BackupCommand};
+use crate::commands::audit::AuditArgs;
+use crate::commands::create::{CreateArgs, RecoveryArgs, SaveBackupArgs};
+use crate::data_dir::DataDirArgs;
+use crate::serve::ServeArgs;
+
 /// kss — a key shard server: approves M-of-N requests automatically, as a YAML policy allows.
 #[derive(Debug, Parser)]
 #[command(name = "kss", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Log format of `kss serve` (logs go to standard error).
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Work with policy files (keyserver.yml) without a running keyserver.
+    /// Run the keyserver: gRPC over TLS for workstations, /metrics, an admin socket.
+    Serve(Box<ServeArgs>),
+    /// Create the keyserver's identity (its ID is printed) and write its backup key.
+    Create(CreateArgs),
+    /// Write a fresh backup key of this keyserver.
+    SaveBackupKey(SaveBackupArgs),
+    /// Restore a keyserver's identity from its backup key and its holders' approvals
+    /// into an empty database (same keyserver ID).
+    RecoveryIngestKey(RecoveryArgs),
+    /// Let the policy decide requests again.
+    Enable,
+    /// Deny every request (reason: disabled) until `kss enable`.
+    Disable,
+    /// Keyserver ID, enabled, policy version, server uptime, counts.
+    Status {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy files, and the policy in the keyserver's database.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Throttle counters.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Recent decisions from the audit log, newest first.
+    Audit(AuditArgs),
+    /// Administrator keys (holders of the backup key).
+    #[command(subcommand)]
+    AdminKey(AdminKeyCommand),
+    /// Backup-key approvals by administrators.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Profiles at quota (with --all: every counter).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reset throttle counters to zero, of one profile or of all.
+    Clear {
+        #[arg(long)]
+        profile: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,13 +85,24 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
-    /// Print the canonical YAML of a policy, with every rule_id filled in.
+    /// Print the canonical YAML of a policy file, with every rule_id filled in. With
+    /// --current (or when FILE does not exist), write the keyserver's policy in force to
+    /// FILE instead.
     Dump {
-        /// The policy file.
+        /// The policy file (or, with --current, where to write).
         file: PathBuf,
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Write the policy in force in the keyserver's database to FILE.
+        #[arg(long)]
+        current: bool,
+    },
+    /// Validate a policy file and store it as a new version in the keyserver's database;
+    /// a running server applies it without a restart. Invalid: nothing changes.
+    Load {
+        /// The policy file.
+        file: PathBuf,
     },
     /// Show which quota counters survive replacing OLD with NEW: throttle rules are matched
     /// by rule_id, so a throttle whose id changes starts counting from zero.

@@ -1,5 +1,19 @@
-//! The kss keyserver: admin CLI commands (so far: the policy dry-run tools).
+//! The kss keyserver: the daemon (`kss serve`) and the admin CLI.
+//!
+//! A request goes: [`service`] (decode, check the signature and the ciphertext) →
+//! [`decider`] (policy, quotas, audit, one transaction per batch) → [`service`] (the
+//! decryption share, encode). [`switches`] follows the database for the policy in force.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod commands;
+pub mod data_dir;
+pub mod decider;
+pub mod identity;
+pub mod logging;
+pub mod metrics;
 pub mod policy_cmd;
+pub mod serve;
+pub mod service;
+pub mod switches;
+pub mod tls;

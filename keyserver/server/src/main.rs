@@ -1,14 +1,14 @@
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::Parser;
-use kss_server::cli::{Cli, Command};
-use kss_server::policy_cmd;
+use kss_server::cli::{Cli, Command, PolicyCommand, QuotaCommand};
+use kss_server::commands::{self, admin_key, audit, create, quota, server_policy, state};
+use kss_server::{logging, policy_cmd, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Policy(command) => policy_cmd::run(command),
-    };
+    let result = run(cli);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -16,4 +16,68 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let command = match cli.command {
+        // Offline: no runtime, no database.
+        Command::Policy(PolicyCommand::Dump { file, current, .. })
+            if current || !file.exists() =>
+        {
+            return block_on(async {
+                let store = commands::open_store(&cli.data.data_dir()).await?;
+                server_policy::dump_current(store.as_ref(), &file).await
+            });
+        }
+        Command::Policy(PolicyCommand::Load { file }) => {
+            return block_on(async {
+                let store = commands::open_store(&cli.data.data_dir()).await?;
+                server_policy::load(store.as_ref(), &file).await
+            });
+        }
+        Command::Policy(command) => return policy_cmd::run(command),
+        Command::AdminKey(command) => return admin_key::run_admin_key(command),
+        Command::Backup(command) => return admin_key::run_backup(command),
+        other => other,
+    };
+    logging::init(&cli.log_format, matches!(command, Command::Serve(_)));
+    let data_dir = cli.data.data_dir();
+    block_on(async move {
+        match command {
+            Command::Serve(args) => serve::run(*args, &cli.data).await,
+            command => {
+                let store = commands::open_store(&data_dir).await?;
+                let store = store.as_ref();
+                match command {
+                    Command::Create(args) => create::create(args, store, &data_dir).await,
+                    Command::SaveBackupKey(args) => {
+                        create::save_backup_key(args, store, &data_dir).await
+                    }
+                    Command::RecoveryIngestKey(args) => {
+                        create::recovery_ingest_key(args, store, &data_dir).await
+                    }
+                    Command::Enable => state::set_enabled(store, true).await,
+                    Command::Disable => state::set_enabled(store, false).await,
+                    Command::Status { json } => state::status(store, &data_dir, json).await,
+                    Command::Quota(QuotaCommand::List { all, json }) => {
+                        quota::list(store, &data_dir, all, json).await
+                    }
+                    Command::Quota(QuotaCommand::Clear { profile }) => {
+                        quota::clear(store, &data_dir, profile.as_deref()).await
+                    }
+                    Command::Audit(args) => audit::list(store, &args).await,
+                    _ => anyhow::bail!("unhandled command"),
+                }
+            }
+        }
+    })
+}
+
+fn block_on<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
+    // One TLS provider for the whole process (ring), before any TLS is set up.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }

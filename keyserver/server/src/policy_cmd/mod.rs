@@ -14,7 +14,10 @@ use crate::cli::PolicyCommand;
 pub fn run(command: PolicyCommand) -> Result<()> {
     match command {
         PolicyCommand::Check { file } => check(&file),
-        PolicyCommand::Dump { file, output } => dump(&file, output.as_deref()),
+        PolicyCommand::Dump { file, output, .. } => dump(&file, output.as_deref()),
+        PolicyCommand::Load { .. } => Err(anyhow!(
+            "`kss policy load` works on the keyserver's database, not offline"
+        )),
         PolicyCommand::Diff { old, new } => diff(&old, &new),
         PolicyCommand::Eval {
             policy,

@@ -1,0 +1,75 @@
+//! The keyserver's crypto floor: what each server-side operation costs.
+//!
+//! `cargo bench -p kss-crypto --bench floor`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kss_crypto::ciphertext::verify;
+use kss_crypto::profile::KSS_INDEX;
+use kss_crypto::{
+    DeviceKey, KeyserverId, ProfileId, RootSecret, SignDomain, VerificationCache, WorkstationShare,
+    onboard,
+};
+
+fn floor(c: &mut Criterion) {
+    let root = RootSecret::generate();
+    let keyserver = KeyserverId::random();
+    let profile = ProfileId::random();
+    let device = DeviceKey::generate();
+    let ws = WorkstationShare::generate();
+    let proof = ws.proof_of_possession(&keyserver, &device.public());
+    let Ok((keys, kss)) = onboard(
+        &root,
+        &keyserver,
+        &profile,
+        &device.public(),
+        &ws.public(),
+        &proof,
+    ) else {
+        panic!("onboarding failed");
+    };
+    let file_key = [0x42u8; 32];
+    let ct_bytes = keys.encrypt(&file_key);
+    let Ok(ct) = verify(ct_bytes.as_bytes()) else {
+        panic!("fresh ciphertext does not verify");
+    };
+    let kss_share = kss.decryption_share(&ct);
+    let ws_share = ws.decryption_share(&ct);
+
+    c.bench_function("crypto/ciphertext_verify", |b| {
+        b.iter(|| verify(black_box(ct_bytes.as_bytes())))
+    });
+    c.bench_function("crypto/decryption_share_verified", |b| {
+        b.iter(|| kss.decryption_share(black_box(&ct)))
+    });
+    c.bench_function("crypto/decrypt_share_with_verify", |b| {
+        b.iter(|| verify(black_box(ct_bytes.as_bytes())).map(|ct| kss.decryption_share(&ct)))
+    });
+    c.bench_function("crypto/share_verify", |b| {
+        b.iter(|| keys.verify_share(KSS_INDEX, black_box(&kss_share), black_box(&ct)))
+    });
+
+    let msg = [0x5au8; 200];
+    let sig = device.sign(SignDomain::Request, &msg);
+    let public = device.public();
+    c.bench_function("crypto/ed25519_verify", |b| {
+        b.iter(|| public.verify(SignDomain::Request, black_box(&msg), black_box(&sig)))
+    });
+
+    let cache = VerificationCache::new(100_000);
+    let _ = cache.verify(ct_bytes.as_bytes());
+    c.bench_function("crypto/cache_hit", |b| {
+        b.iter(|| cache.verify(black_box(ct_bytes.as_bytes())))
+    });
+
+    c.bench_function("crypto/encrypt_32", |b| {
+        b.iter(|| keys.encrypt(black_box(&file_key)))
+    });
+    c.bench_function("crypto/combine", |b| {
+        b.iter(|| keys.combine(black_box(&ws_share), black_box(&kss_share), black_box(&ct)))
+    });
+}
+
+criterion_group!(benches, floor);
+criterion_main!(benches);

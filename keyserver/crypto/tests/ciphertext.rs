@@ -1,0 +1,162 @@
+//! Ciphertext verification and the verification cache.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use kss_crypto::ciphertext::{MAX_CIPHERTEXT_LEN, ciphertext_digest, verify};
+use kss_crypto::{
+    CiphertextBytes, CryptoError, KeyserverId, ProfileId, ProfilePublicKeys, RootSecret,
+    VerificationCache, WorkstationShare,
+};
+
+fn keys() -> ProfilePublicKeys {
+    let root = RootSecret::generate();
+    let kss = root.profile_share(&KeyserverId::random(), &ProfileId::random());
+    ProfilePublicKeys::from_shares(&WorkstationShare::generate().public(), &kss.public())
+}
+
+#[test]
+fn valid_ciphertexts_verify_with_their_digest() {
+    let ct = keys().encrypt(&[7u8; 32]);
+    let verified = verify(ct.as_bytes()).unwrap();
+    assert_eq!(verified.digest(), &ciphertext_digest(ct.as_bytes()));
+    assert_eq!(verified.to_bytes(), ct.as_bytes());
+    assert_eq!(ct.verify().unwrap(), verified);
+}
+
+#[test]
+fn tampering_in_any_region_fails() {
+    let ct = keys().encrypt(&[7u8; 32]).into_vec();
+    // U (G1, 0..48), W (G2, 48..144), V (payload, 144..): first, middle and last byte of each.
+    for i in [0, 1, 24, 47, 48, 49, 100, 143, 144, 160, 175] {
+        let mut bad = ct.clone();
+        bad[i] ^= 0x01;
+        let err = verify(&bad).unwrap_err();
+        assert!(
+            matches!(err, CryptoError::CiphertextInvalid),
+            "byte {i}: {err:?}"
+        );
+    }
+    // Truncated / extended payloads change the hash input: invalid too.
+    assert_eq!(
+        verify(&ct[..ct.len() - 1]).unwrap_err(),
+        CryptoError::CiphertextInvalid
+    );
+    let mut longer = ct.clone();
+    longer.push(0);
+    assert_eq!(verify(&longer).unwrap_err(), CryptoError::CiphertextInvalid);
+}
+
+#[test]
+fn size_limits() {
+    assert!(matches!(verify(&[]), Err(CryptoError::Malformed(_))));
+    assert!(matches!(
+        verify(&[0u8; 144]),
+        Err(CryptoError::Malformed(_))
+    ));
+    assert!(matches!(
+        verify(&vec![0u8; MAX_CIPHERTEXT_LEN + 1]),
+        Err(CryptoError::TooLarge { .. })
+    ));
+    // A legitimate but large payload up to the limit is fine.
+    let big = keys().encrypt(&vec![1u8; MAX_CIPHERTEXT_LEN - 144]);
+    verify(big.as_bytes()).unwrap();
+    let cache = VerificationCache::new(4);
+    assert!(matches!(
+        cache.verify(&vec![0u8; MAX_CIPHERTEXT_LEN + 1]),
+        Err(CryptoError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn identity_u_is_refused() {
+    // U = W = identity passes blsttc's pairing check; we refuse it.
+    let mut ct = vec![0u8; 48 + 96 + 32];
+    ct[0] = 0xc0;
+    ct[48] = 0xc0;
+    assert!(blsttc::Ciphertext::from_bytes(&ct).unwrap().verify());
+    assert_eq!(verify(&ct).unwrap_err(), CryptoError::CiphertextInvalid);
+    let cache = VerificationCache::new(4);
+    assert_eq!(
+        cache.verify(&ct).unwrap_err(),
+        CryptoError::CiphertextInvalid
+    );
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn cache_hits_skip_verification_and_failures_are_not_cached() {
+    let keys = keys();
+    let cache = VerificationCache::new(100);
+    let ct = keys.encrypt(&[9u8; 32]);
+
+    let first = cache.verify(ct.as_bytes()).unwrap();
+    assert_eq!((cache.hits(), cache.misses()), (0, 1));
+    let second = cache.verify(ct.as_bytes()).unwrap();
+    assert_eq!((cache.hits(), cache.misses()), (1, 1));
+    assert_eq!(first.digest(), second.digest());
+    assert_eq!(first, second);
+    assert_eq!(cache.len(), 1);
+
+    // A tampered ciphertext misses, fails, and is not cached: the next try misses again.
+    let mut bad = ct.as_bytes().to_vec();
+    bad[150] ^= 0x40;
+    assert!(cache.verify(&bad).is_err());
+    assert_eq!((cache.hits(), cache.misses()), (1, 2));
+    assert!(cache.verify(&bad).is_err());
+    assert_eq!((cache.hits(), cache.misses()), (1, 3));
+    assert_eq!(cache.len(), 1);
+
+    // The cached VerifiedCiphertext works for decryption shares like a fresh one.
+    let root = RootSecret::generate();
+    let kss = root.profile_share(&KeyserverId::random(), &ProfileId::random());
+    assert_eq!(kss.decryption_share(&first), kss.decryption_share(&second));
+}
+
+#[test]
+fn cache_evicts_oldest_first() {
+    let keys = keys();
+    let cache = VerificationCache::new(2);
+    let cts: Vec<CiphertextBytes> = (0..3u8).map(|i| keys.encrypt(&[i; 32])).collect();
+    for ct in &cts {
+        cache.verify(ct.as_bytes()).unwrap();
+    }
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.misses(), 3);
+    // The newest two hit, the oldest was evicted and misses.
+    cache.verify(cts[2].as_bytes()).unwrap();
+    cache.verify(cts[1].as_bytes()).unwrap();
+    assert_eq!(cache.hits(), 2);
+    cache.verify(cts[0].as_bytes()).unwrap();
+    assert_eq!(cache.misses(), 4);
+    assert_eq!(cache.len(), 2);
+
+    let disabled = VerificationCache::new(0);
+    disabled.verify(cts[0].as_bytes()).unwrap();
+    disabled.verify(cts[0].as_bytes()).unwrap();
+    assert_eq!((disabled.hits(), disabled.misses()), (0, 2));
+}
+
+#[test]
+fn cache_is_shareable_across_threads() {
+    let keys = keys();
+    let cache = Arc::new(VerificationCache::new(1000));
+    let cts: Arc<Vec<CiphertextBytes>> =
+        Arc::new((0..8u8).map(|i| keys.encrypt(&[i; 32])).collect());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            let cts = Arc::clone(&cts);
+            std::thread::spawn(move || {
+                for ct in cts.iter() {
+                    cache.verify(ct.as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(cache.hits() + cache.misses(), 32);
+    assert_eq!(cache.len(), 8);
+}

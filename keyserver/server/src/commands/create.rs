@@ -1,0 +1,222 @@
+//! `kss create`, `kss save-backup-key`, `kss recovery-ingest-key`: the keyserver's
+//! identity and its backup key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kss_crypto::backup::{self, AdminKey, AdminPublicKey, Approval};
+use kss_store::{Store, StoreError};
+
+use super::admin_key::{read_admin_public, read_backup};
+use crate::data_dir::{DataDir, write_new, write_private};
+use crate::identity::{KeyserverIdentity, now_ms};
+
+/// Holders and threshold the product requires unless `--ignore-security-checks`.
+pub const MIN_HOLDERS: usize = 5;
+pub const MIN_THRESHOLD: usize = 3;
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// An administrator's public key file (from `kss admin-key generate`); one per
+    /// holder of the backup key. 5 holders at least, unless --ignore-security-checks.
+    #[arg(long = "admin-key", value_name = "FILE")]
+    pub admin_keys: Vec<PathBuf>,
+    /// How many holders must approve a recovery (3 at least, unless
+    /// --ignore-security-checks).
+    #[arg(long, default_value_t = MIN_THRESHOLD)]
+    pub threshold: usize,
+    /// Allow fewer than 5 holders or a threshold below 3 (e.g. for a test setup). With no
+    /// --admin-key at all, one administrator key is generated beside the backup key.
+    #[arg(long)]
+    pub ignore_security_checks: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Where to write the backup key (default: <data-dir>/backup-key.json). Copy it off
+    /// this machine: with the holders' approvals it restores this keyserver.
+    #[arg(long)]
+    pub backup_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+/// The backup's holders, after the security checks.
+fn holders(args: &BackupArgs, backup_path: &Path) -> Result<Vec<(String, AdminPublicKey)>> {
+    let mut holders = args
+        .admin_keys
+        .iter()
+        .map(|p| read_admin_public(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !args.ignore_security_checks {
+        if holders.len() < MIN_HOLDERS || args.threshold < MIN_THRESHOLD {
+            bail!(
+                "refusing a weak backup key: {} holder(s) with threshold {}. The backup key \
+                 restores every profile's keyserver share, so it must need {MIN_THRESHOLD} \
+                 approvals out of at least {MIN_HOLDERS} administrators (give five \
+                 --admin-key files, made with `kss admin-key generate`), so that no one \
+                 person and no two together can restore it. Pass --ignore-security-checks \
+                 to accept a weaker setup.",
+                holders.len(),
+                args.threshold
+            );
+        }
+    } else if holders.is_empty() {
+        let key = AdminKey::generate();
+        let mut path = backup_path.as_os_str().to_owned();
+        path.push(".admin.key");
+        let path = PathBuf::from(path);
+        write_private(&path, key.to_hex().as_bytes())?;
+        eprintln!(
+            "warning: --ignore-security-checks without --admin-key: one administrator key \
+             was generated at {}; it alone can restore this keyserver from the backup key",
+            path.display()
+        );
+        holders.push(("generated".into(), key.public()));
+    }
+    if args.threshold == 0 || args.threshold > holders.len() {
+        bail!(
+            "--threshold {} needs between 1 and {} (the number of holders)",
+            args.threshold,
+            holders.len()
+        );
+    }
+    Ok(holders)
+}
+
+fn write_backup(
+    identity: &KeyserverIdentity,
+    holders: &[(String, AdminPublicKey)],
+    threshold: usize,
+    path: &Path,
+) -> Result<()> {
+    let backup = backup::create_backup(identity.root(), &identity.id, holders, threshold)
+        .context("creating the backup key")?;
+    write_new(path, backup.to_json().as_bytes())
+}
+
+pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+    if let Some(existing) = store.identity().await? {
+        bail!(
+            "{} already holds keyserver {}; nothing was changed",
+            data_dir.root.display(),
+            existing.keyserver_id
+        );
+    }
+    let backup_path = args
+        .backup_path
+        .clone()
+        .unwrap_or_else(|| data_dir.root.join("backup-key.json"));
+    let holders = holders(&args.backup, &backup_path)?;
+    let master = data_dir.read_or_create_master_key()?;
+    let identity = KeyserverIdentity::generate();
+    // The backup first: an identity must never exist without one.
+    write_backup(&identity, &holders, args.backup.threshold, &backup_path)?;
+    store_identity(store, &identity, &master).await?;
+    println!("{}", identity.id);
+    eprintln!(
+        "keyserver {} created; backup key at {} ({} of {} holders restore it). \
+         Onboard workstations with --keyserver-id {}",
+        identity.id,
+        backup_path.display(),
+        args.backup.threshold,
+        holders.len(),
+        identity.id
+    );
+    Ok(())
+}
+
+async fn store_identity(
+    store: &dyn Store,
+    identity: &KeyserverIdentity,
+    master: &kss_crypto::seal::MasterKey,
+) -> Result<()> {
+    match store.create_identity(&identity.sealed(master, now_ms())).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::AlreadyExists(_)) => {
+            bail!("the database already holds a keyserver identity; nothing was changed")
+        }
+        Err(e) => Err(e).context("storing the identity"),
+    }
+}
+
+/// `kss serve --dev` on an empty data directory: an identity whose backup key is held by
+/// one generated administrator key, in the data directory.
+pub async fn create_dev_identity(store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+    let args = CreateArgs {
+        backup_path: Some(data_dir.root.join("backup-key.json")),
+        backup: BackupArgs {
+            admin_keys: Vec::new(),
+            threshold: 1,
+            ignore_security_checks: true,
+        },
+    };
+    create(args, store, data_dir).await
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SaveBackupArgs {
+    /// Where to write the new backup key (must not exist).
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+pub async fn save_backup_key(args: SaveBackupArgs, store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+    let master = data_dir.read_master_key()?;
+    let identity = KeyserverIdentity::load(store, &master).await?;
+    let holders = holders(&args.backup, &args.path)?;
+    write_backup(&identity, &holders, args.backup.threshold, &args.path)?;
+    println!(
+        "backup key of keyserver {} written to {} ({} of {} holders restore it)",
+        identity.id,
+        args.path.display(),
+        args.backup.threshold,
+        holders.len()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecoveryArgs {
+    /// The backup key file.
+    pub path: PathBuf,
+    /// Approvals from the backup key's holders (`kss backup approve`); as many as its
+    /// threshold.
+    #[arg(long = "approval", value_name = "FILE", required = true)]
+    pub approvals: Vec<PathBuf>,
+}
+
+/// Restores the identity into an empty database: same keyserver ID, same root secret, so
+/// every profile's keyserver share is derived again.
+pub async fn recovery_ingest_key(args: RecoveryArgs, store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+    let backup = read_backup(&args.path)?;
+    if let Some(existing) = store.identity().await? {
+        bail!(
+            "the database already holds keyserver {}; recovery restores into an empty \
+             database only (nothing was changed)",
+            existing.keyserver_id
+        );
+    }
+    let approvals = args
+        .approvals
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Approval::from_json(&text).with_context(|| format!("{} is not a backup approval", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let root = backup::recover(&backup, &approvals).context("recovering the root secret")?;
+    let identity = KeyserverIdentity::new(*backup.keyserver_id(), root);
+    let master = data_dir.read_or_create_master_key()?;
+    store_identity(store, &identity, &master).await?;
+    println!("{}", identity.id);
+    eprintln!(
+        "keyserver {} recovered from {}. Load the policy (`kss policy load`); onboarded \
+         workstations re-register themselves with their profile tokens.",
+        identity.id,
+        args.path.display()
+    );
+    Ok(())
+}

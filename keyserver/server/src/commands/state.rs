@@ -1,0 +1,75 @@
+//! `kss enable`, `kss disable`, `kss status`.
+
+use anyhow::{Context, Result};
+use kss_proto::v1::StatusRequest;
+use kss_store::Store;
+use serde_json::json;
+
+use super::admin_client;
+use crate::data_dir::DataDir;
+
+pub async fn set_enabled(store: &dyn Store, enabled: bool) -> Result<()> {
+    store
+        .identity()
+        .await?
+        .context("this data directory has no keyserver identity: run `kss create` first")?;
+    store.set_enabled(enabled).await?;
+    if enabled {
+        println!("keyserver enabled: requests are decided by the policy");
+    } else {
+        println!("keyserver disabled: every request is denied (reason: disabled) until `kss enable`");
+    }
+    Ok(())
+}
+
+pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Result<()> {
+    let identity = store
+        .identity()
+        .await?
+        .context("this data directory has no keyserver identity: run `kss create` first")?;
+    let state = store.state().await?;
+    let profiles = store.profile_count().await?;
+    let (approvals, denials) = store.audit_counts().await?;
+    let running = match admin_client::connect(data_dir).await {
+        Some(mut admin) => admin.status(StatusRequest {}).await.ok().map(|r| r.into_inner()),
+        None => None,
+    };
+    if as_json {
+        let value = json!({
+            "keyserver_id": identity.keyserver_id,
+            "enabled": state.enabled,
+            "policy_version": state.policy_version,
+            "running": running.is_some(),
+            "applied_policy_version": running.as_ref().map(|r| r.policy_version),
+            "uptime_seconds": running.as_ref().map(|r| r.uptime_seconds),
+            "instance_id": running.as_ref().map(|r| r.instance_id.clone()),
+            "profiles": profiles,
+            "approvals": approvals,
+            "denials": denials,
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("keyserver id:    {}", identity.keyserver_id);
+    println!("enabled:         {}", if state.enabled { "yes" } else { "no" });
+    println!(
+        "policy version:  {}",
+        if state.policy_version == 0 {
+            "none loaded".to_string()
+        } else {
+            state.policy_version.to_string()
+        }
+    );
+    match &running {
+        Some(r) => {
+            println!("server:          running (instance {})", r.instance_id);
+            println!("applied version: {}", r.policy_version);
+            println!("uptime:          {}s", r.uptime_seconds);
+        }
+        None => println!("server:          not running"),
+    }
+    println!("profiles:        {profiles}");
+    println!("approvals:       {approvals}");
+    println!("denials:         {denials}");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Where a keyserver keeps its files: the SQLite database, the master key, the
+//! self-signed TLS material and the admin socket.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kss_crypto::seal::MasterKey;
+
+/// Options every command that works on a keyserver's state takes.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// The keyserver's data directory (SQLite database, master key, TLS material).
+    #[arg(long, env = "KSS_DATA_DIR", default_value = "./kss-data", global = true)]
+    pub data_dir: PathBuf,
+    /// The master key that seals the keyserver's secrets at rest. Defaults to
+    /// `<data-dir>/master.key`; keep it elsewhere (e.g. a Kubernetes Secret) so that a copy
+    /// of the database alone reveals nothing.
+    #[arg(long, env = "KSS_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    pub fn data_dir(&self) -> DataDir {
+        DataDir {
+            root: self.data_dir.clone(),
+            master_key: self
+                .master_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("master.key")),
+        }
+    }
+}
+
+/// The files of one keyserver.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+    pub master_key: PathBuf,
+}
+
+impl DataDir {
+    pub fn database(&self) -> PathBuf {
+        self.root.join("kss.db")
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
+
+    /// Creates the directory (mode 0700) if missing.
+    pub fn ensure(&self) -> Result<()> {
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating data directory {}", self.root.display()))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", self.root.display()))?;
+        Ok(())
+    }
+
+    /// Reads the master key.
+    pub fn read_master_key(&self) -> Result<MasterKey> {
+        let path = &self.master_key;
+        check_private(path)?;
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(path)
+                .with_context(|| format!("reading the master key {}", path.display()))?,
+        );
+        let bytes = zeroize::Zeroizing::new(
+            hex::decode(text.trim())
+                .with_context(|| format!("{}: the master key is not hex", path.display()))?,
+        );
+        MasterKey::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Reads the master key, or creates one (mode 0600) if the file does not exist.
+    pub fn read_or_create_master_key(&self) -> Result<MasterKey> {
+        if self.master_key.exists() {
+            return self.read_master_key();
+        }
+        let key = MasterKey::generate();
+        let text = zeroize::Zeroizing::new(hex::encode(*key.to_bytes()));
+        write_private(&self.master_key, text.as_bytes())?;
+        Ok(key)
+    }
+}
+
+/// Refuses a secret file that others can read.
+pub fn check_private(path: &Path) -> Result<()> {
+    let meta =
+        fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a new secret file readable by its owner only; refuses to overwrite.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a file others may read (public keys, certificates, the backup key, which is
+/// encrypted); refuses to overwrite.
+pub fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}

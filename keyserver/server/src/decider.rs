@@ -1,0 +1,550 @@
+//! Decides requests in batches, one transaction per batch.
+//!
+//! Every decision goes through one task: it reads the persistent throttle counters of the
+//! batch's profiles and the nonces already accepted, evaluates the policy for each request
+//! in arrival order (counters in memory for the batch), then writes the counters and one
+//! audit record per request and commits. Only then are the outcomes returned: an approval
+//! never leaves without its quota use and its audit record committed. If the database
+//! fails, every request of the batch is denied as unavailable and nothing is consumed
+//! (in-memory counters are only updated after the commit).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use kss_policy::{
+    Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
+    Request, SessionParams, fits, uses_per_rule,
+};
+use kss_store::{AuditRecord, Profile, Store, StoreError, StoredCounter};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, info_span, warn};
+
+use crate::metrics::Metrics;
+use crate::switches::Switches;
+
+/// Why a request was denied: the code the client sees and the audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Policy,
+    Quota,
+    Disabled,
+    Signature,
+    UnknownProfile,
+    Unavailable,
+    Stale,
+    Replayed,
+    InvalidCiphertext,
+    WrongKeyserver,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::Policy,
+        Reason::Quota,
+        Reason::Disabled,
+        Reason::Signature,
+        Reason::UnknownProfile,
+        Reason::Unavailable,
+        Reason::Stale,
+        Reason::Replayed,
+        Reason::InvalidCiphertext,
+        Reason::WrongKeyserver,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Policy => "policy",
+            Reason::Quota => "quota",
+            Reason::Disabled => "disabled",
+            Reason::Signature => "signature",
+            Reason::UnknownProfile => "unknown_profile",
+            Reason::Unavailable => "unavailable",
+            Reason::Stale => "stale",
+            Reason::Replayed => "replayed",
+            Reason::InvalidCiphertext => "invalid_ciphertext",
+            Reason::WrongKeyserver => "wrong_keyserver",
+        }
+    }
+
+    fn from_policy(reason: DenyReason) -> Self {
+        match reason {
+            DenyReason::NotInPolicy | DenyReason::Policy => Reason::Policy,
+            DenyReason::Quota => Reason::Quota,
+            DenyReason::Unavailable => Reason::Unavailable,
+        }
+    }
+}
+
+/// What the audit log records of a request besides the decision.
+#[derive(Debug, Clone, Default)]
+pub struct AuditDraft {
+    pub profile_id: Option<String>,
+    pub device_id: Option<String>,
+    pub request_type: String,
+    /// JSON array of `{"meta", "complete"}`.
+    pub meta: String,
+    pub cryptographic_id: String,
+    /// Set only once the request's signature verified.
+    pub nonce: Option<Vec<u8>>,
+}
+
+/// One request for a decision.
+#[derive(Debug)]
+pub enum Job {
+    /// Evaluate the policy; `register` first records a profile re-presented with a valid
+    /// token (after the database was recovered).
+    Evaluate {
+        request: Request,
+        register: Option<Profile>,
+        audit: AuditDraft,
+    },
+    /// Onboarding: evaluate `create_profile` and record the profile if approved.
+    Onboard {
+        request: Request,
+        profile: Profile,
+        audit: AuditDraft,
+    },
+    /// Denied before the policy (bad signature, stale, ...): only recorded.
+    Deny { reason: Reason, audit: AuditDraft },
+}
+
+impl Job {
+    fn audit(&self) -> &AuditDraft {
+        match self {
+            Job::Evaluate { audit, .. } | Job::Onboard { audit, .. } | Job::Deny { audit, .. } => {
+                audit
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approved {
+        rule_set: Option<usize>,
+        session: Option<SessionParams>,
+    },
+    Denied(Reason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The audit record; `None` only when the database failed (the request was denied).
+    pub audit_id: Option<u64>,
+}
+
+const MAX_BATCH: usize = 512;
+
+/// Throttle counters that live in memory (non-persistent throttles), by profile then rule.
+#[derive(Debug, Default)]
+pub struct MemoryCounters {
+    /// Bumped by every clear, so that a batch computed before it does not write back.
+    epoch: u64,
+    by_profile: HashMap<String, HashMap<String, Counter>>,
+}
+
+impl MemoryCounters {
+    /// Every counter: (profile, rule id, counter).
+    pub fn list(&self) -> Vec<(String, String, Counter)> {
+        let mut out: Vec<_> = self
+            .by_profile
+            .iter()
+            .flat_map(|(p, rules)| rules.iter().map(move |(r, c)| (p.clone(), r.clone(), *c)))
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    /// Forgets the counters of one profile or all; returns how many were dropped.
+    pub fn clear(&mut self, profile_id: Option<&str>) -> u64 {
+        self.epoch += 1;
+        let dropped = match profile_id {
+            Some(p) => self.by_profile.remove(p).map_or(0, |m| m.len()),
+            None => {
+                let n = self.by_profile.values().map(HashMap::len).sum();
+                self.by_profile.clear();
+                n
+            }
+        };
+        dropped as u64
+    }
+}
+
+/// Submits jobs to the decision task.
+#[derive(Clone)]
+pub struct Decider {
+    jobs: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
+}
+
+impl Decider {
+    /// Starts the decision task. It ends when every `Decider` clone is dropped, after
+    /// deciding what was queued.
+    pub fn start(
+        store: Arc<dyn Store>,
+        switches: watch::Receiver<Arc<Switches>>,
+        memory: Arc<Mutex<MemoryCounters>>,
+        time_zone: TimeZone,
+        instance_id: String,
+        metrics: Arc<Metrics>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let task = DecisionTask {
+            store,
+            switches,
+            memory,
+            time_zone,
+            instance_id,
+            metrics,
+        };
+        let handle = tokio::spawn(task.run(rx));
+        (Decider { jobs: tx }, handle)
+    }
+
+    /// Decides one job (waits for its batch to commit).
+    pub async fn decide(&self, job: Job) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = Outcome {
+            verdict: Verdict::Denied(Reason::Unavailable),
+            audit_id: None,
+        };
+        if self.jobs.send((job, reply)).await.is_err() {
+            return unavailable;
+        }
+        answer.await.unwrap_or(unavailable)
+    }
+}
+
+struct DecisionTask {
+    store: Arc<dyn Store>,
+    switches: watch::Receiver<Arc<Switches>>,
+    memory: Arc<Mutex<MemoryCounters>>,
+    time_zone: TimeZone,
+    instance_id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl DecisionTask {
+    async fn run(self, mut rx: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
+            let started = Instant::now();
+            let span = info_span!("decide_batch", size = jobs.len());
+            let outcomes = match self.decide_batch(&jobs).instrument(span).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    self.metrics.db_error("decide");
+                    warn!(error = %e, requests = jobs.len(), "database failed: batch denied as unavailable");
+                    vec![
+                        Outcome {
+                            verdict: Verdict::Denied(Reason::Unavailable),
+                            audit_id: None
+                        };
+                        jobs.len()
+                    ]
+                }
+            };
+            self.metrics.batch_done(jobs.len(), started.elapsed());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The requester may have gone (client cancelled): the decision stands.
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    async fn decide_batch(&self, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+        let switches = Arc::clone(&self.switches.borrow());
+        let policy = &switches.policy;
+        let now = Timestamp::now();
+        let mut tx = self.store.begin_decisions().await?;
+
+        // Replays: nonces already accepted, or twice in this batch.
+        let nonces: Vec<&[u8]> = jobs
+            .iter()
+            .filter_map(|j| j.audit().nonce.as_deref())
+            .collect();
+        let mut seen: HashSet<Vec<u8>> = if nonces.is_empty() {
+            HashSet::new()
+        } else {
+            tx.seen_nonces(&nonces).await?.into_iter().collect()
+        };
+
+        // Counters of the batch's profiles: persistent ones from the database (as of this
+        // transaction), the others from memory.
+        let profiles: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Evaluate { audit, .. } => audit.profile_id.as_deref(),
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let has_persistent = policy.policy.quota_limits().iter().any(|l| l.persistent);
+        let db_counters = if has_persistent && !profiles.is_empty() {
+            tx.counters_for(&profiles).await?
+        } else {
+            Vec::new()
+        };
+        let (memory_epoch, memory_counters) = {
+            let memory = lock(&self.memory);
+            let snapshot: HashMap<(String, String), Counter> = profiles
+                .iter()
+                .filter_map(|p| memory.by_profile.get(*p).map(|rules| (*p, rules)))
+                .flat_map(|(p, rules)| {
+                    rules
+                        .iter()
+                        .map(move |(r, c)| ((r.clone(), p.to_string()), *c))
+                })
+                .collect();
+            (memory.epoch, snapshot)
+        };
+        let quotas = BatchQuotas {
+            inner: Mutex::new(BatchCounters {
+                database: db_counters
+                    .into_iter()
+                    .map(|c| ((c.rule_id, c.profile_id), c.counter))
+                    .collect(),
+                memory: memory_counters,
+                changed: HashMap::new(),
+            }),
+        };
+
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut audit = job.audit().clone();
+            let replayed = match &audit.nonce {
+                Some(n) => !seen.insert(n.clone()),
+                None => false,
+            };
+            let verdict = if let Job::Deny { reason, .. } = job {
+                Verdict::Denied(*reason)
+            } else if replayed {
+                Verdict::Denied(Reason::Replayed)
+            } else if !switches.enabled {
+                Verdict::Denied(Reason::Disabled)
+            } else {
+                match job {
+                    Job::Evaluate {
+                        request, register, ..
+                    } => {
+                        if let Some(profile) = register {
+                            tx.insert_profile(profile).await?;
+                        }
+                        verdict_of(policy.policy.evaluate(request, now, &self.time_zone, &quotas))
+                    }
+                    Job::Onboard {
+                        request, profile, ..
+                    } => {
+                        let verdict = verdict_of(policy.policy.evaluate(
+                            request,
+                            now,
+                            &self.time_zone,
+                            &quotas,
+                        ));
+                        if matches!(verdict, Verdict::Approved { .. })
+                            && !tx.insert_profile(profile).await?
+                        {
+                            return Err(StoreError::AlreadyExists(format!(
+                                "profile {}",
+                                profile.profile_id
+                            )));
+                        }
+                        verdict
+                    }
+                    Job::Deny { .. } => unreachable_deny(),
+                }
+            };
+            if replayed {
+                // The nonce belongs to the earlier request's record.
+                audit.nonce = None;
+            }
+            records.push(audit_record(
+                audit,
+                verdict,
+                now,
+                &self.instance_id,
+                policy.version,
+            ));
+            outcomes.push(verdict);
+        }
+
+        let changed = quotas.into_changes();
+        let persistent: Vec<StoredCounter> = changed
+            .iter()
+            .filter(|(_, (_, persistent))| *persistent)
+            .map(|((rule_id, profile_id), (counter, _))| StoredCounter {
+                rule_id: rule_id.clone(),
+                profile_id: profile_id.clone(),
+                counter: *counter,
+            })
+            .collect();
+        if !persistent.is_empty() {
+            tx.save_counters(&persistent).await?;
+        }
+        let ids = tx.append_audit(&records).await?;
+        tx.commit().await?;
+
+        // Committed: now the in-memory counters may count these approvals.
+        {
+            let mut memory = lock(&self.memory);
+            if memory.epoch == memory_epoch {
+                for ((rule_id, profile_id), (counter, persistent)) in changed {
+                    if !persistent {
+                        memory
+                            .by_profile
+                            .entry(profile_id)
+                            .or_default()
+                            .insert(rule_id, counter);
+                    }
+                }
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .zip(ids)
+            .map(|(verdict, id)| Outcome {
+                verdict,
+                audit_id: Some(id),
+            })
+            .collect())
+    }
+}
+
+/// `Job::Deny` is handled before the match; kept total without a panic.
+fn unreachable_deny() -> Verdict {
+    Verdict::Denied(Reason::Policy)
+}
+
+fn verdict_of(decision: Decision) -> Verdict {
+    match decision {
+        Decision::Approved { rule_set, session } => Verdict::Approved { rule_set, session },
+        Decision::Denied(reason) => Verdict::Denied(Reason::from_policy(reason)),
+    }
+}
+
+fn audit_record(
+    audit: AuditDraft,
+    verdict: Verdict,
+    now: Timestamp,
+    instance_id: &str,
+    policy_version: u64,
+) -> AuditRecord {
+    let (decision, rule_set, reason) = match verdict {
+        Verdict::Approved { rule_set, .. } => (
+            kss_store::Decision::Approved,
+            rule_set.and_then(|r| u32::try_from(r).ok()),
+            None,
+        ),
+        Verdict::Denied(reason) => (
+            kss_store::Decision::Denied,
+            None,
+            Some(reason.as_str().to_string()),
+        ),
+    };
+    AuditRecord {
+        at_ms: now.as_millisecond(),
+        instance_id: instance_id.to_string(),
+        profile_id: audit.profile_id,
+        device_id: audit.device_id,
+        request_type: audit.request_type,
+        meta: audit.meta,
+        cryptographic_id: audit.cryptographic_id,
+        decision,
+        rule_set,
+        reason,
+        policy_version: (policy_version > 0).then_some(policy_version),
+        nonce: audit.nonce,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Updates under this lock are whole-value writes: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters for one batch: what the database and memory held at its start, and what the
+/// batch's approvals changed (key: rule id, profile id).
+struct BatchCounters {
+    database: HashMap<(String, String), Counter>,
+    memory: HashMap<(String, String), Counter>,
+    changed: HashMap<(String, String), (Counter, bool)>,
+}
+
+struct BatchQuotas {
+    inner: Mutex<BatchCounters>,
+}
+
+impl BatchQuotas {
+    fn into_changes(self) -> HashMap<(String, String), (Counter, bool)> {
+        self.inner
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .changed
+    }
+}
+
+fn is_persistent(limits: &[QuotaLimit], rule_id: &str) -> bool {
+    limits
+        .iter()
+        .any(|l| l.persistent && &*l.rule_id == rule_id)
+}
+
+impl BatchCounters {
+    fn current(&self, limits: &[QuotaLimit], rule_id: &str, profile: &str) -> Option<Counter> {
+        let key = (rule_id.to_string(), profile.to_string());
+        if let Some((c, _)) = self.changed.get(&key) {
+            return Some(*c);
+        }
+        if is_persistent(limits, rule_id) {
+            self.database.get(&key).copied()
+        } else {
+            self.memory.get(&key).copied()
+        }
+    }
+}
+
+impl QuotaStore for BatchQuotas {
+    fn try_consume(
+        &self,
+        profile_id: &[u8],
+        limits: &[QuotaLimit],
+        window: QuotaWindow,
+    ) -> Result<bool, QuotaStoreError> {
+        let profile = hex::encode(profile_id);
+        let mut counters = lock(&self.inner);
+        if !fits(limits, window, |rule| counters.current(limits, rule, &profile)) {
+            return Ok(false);
+        }
+        for (rule_id, uses) in uses_per_rule(limits) {
+            let before = counters.current(limits, rule_id, &profile);
+            let after = Counter::after_uses(before, window, uses);
+            counters.changed.insert(
+                (rule_id.to_string(), profile.clone()),
+                (after, is_persistent(limits, rule_id)),
+            );
+        }
+        Ok(true)
+    }
+
+    fn at_quota(
+        &self,
+        _limits: &[QuotaLimit],
+        _window: QuotaWindow,
+    ) -> Result<Vec<Vec<u8>>, QuotaStoreError> {
+        Err(QuotaStoreError(
+            "a decision batch does not list quotas".into(),
+        ))
+    }
+
+    fn clear(&self, _profile_id: Option<&[u8]>) -> Result<(), QuotaStoreError> {
+        Err(QuotaStoreError(
+            "a decision batch does not clear quotas".into(),
+        ))
+    }
+}

@@ -1,0 +1,205 @@
+//! Prometheus metrics: requests by type and decision, latency, quota denials, database
+//! errors, decision batches; served at `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::decider::{Reason, Verdict};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rpc: &'static str,
+    request_type: String,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~4 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    quota_denials: Counter,
+    db_errors: Family<OperationLabels, Counter>,
+    batch_size: Histogram,
+    batch_seconds: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kss");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests decided, by RPC, request type, decision and deny reason",
+            requests.clone(),
+        );
+        let latency: Family<RpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to answering it",
+            latency.clone(),
+        );
+        let quota_denials = Counter::default();
+        registry.register(
+            "quota_denials",
+            "Requests denied because a throttle quota was used up",
+            quota_denials.clone(),
+        );
+        let db_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "db_errors",
+            "Database operations that failed (requests were denied as unavailable)",
+            db_errors.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "decision_batch_size",
+            "Requests decided per database transaction",
+            batch_size.clone(),
+        );
+        let batch_seconds = latency_histogram();
+        registry.register(
+            "decision_batch_duration_seconds",
+            "Time to decide and commit one batch",
+            batch_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            quota_denials,
+            db_errors,
+            batch_size,
+            batch_seconds,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, rpc: &'static str, request_type: &str, verdict: Verdict, took: Duration) {
+        let (decision, reason) = match verdict {
+            Verdict::Approved { .. } => ("approved", ""),
+            Verdict::Denied(reason) => ("denied", reason.as_str()),
+        };
+        if verdict == Verdict::Denied(Reason::Quota) {
+            self.quota_denials.inc();
+        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                rpc,
+                request_type: request_type.to_string(),
+                decision,
+                reason,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RpcLabels { rpc })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request rejected as malformed (no decision).
+    pub fn rejected(&self, rpc: &'static str, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                rpc,
+                request_type: String::new(),
+                decision: "rejected",
+                reason: "malformed",
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RpcLabels { rpc })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn db_error(&self, operation: &'static str) {
+        self.db_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    pub fn batch_done(&self, size: usize, took: Duration) {
+        self.batch_size.observe(size as f64);
+        self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` over plain HTTP until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving metrics")
+}

@@ -1,0 +1,281 @@
+//! `kss serve`: wires the store, the decision task and the gRPC services, and runs them
+//! until SIGTERM or SIGINT (then stops accepting and finishes in-flight requests).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kss_crypto::ciphertext::VerificationCache;
+use kss_proto::v1::admin_server::AdminServer;
+use kss_proto::v1::key_server_server::KeyServerServer;
+use kss_store::{SqliteStore, Store};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tracing::{error, info, warn};
+
+use crate::data_dir::{DataDir, DataDirArgs};
+use crate::decider::{Decider, MemoryCounters};
+use crate::identity::KeyserverIdentity;
+use crate::metrics::{self, Metrics};
+use crate::service::admin::AdminService;
+use crate::service::keyserver::KeyServerService;
+use crate::service::profiles::ProfileCache;
+use crate::switches::{self, Switches};
+use crate::tls::{self, TlsArgs};
+
+/// Largest gRPC message accepted (a decrypt request is well under 2 KiB).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Verified ciphertext digests remembered.
+const VERIFIED_CIPHERTEXTS: usize = 100_000;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC listener (TLS).
+    #[arg(long, env = "KSS_LISTEN", default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Address of the Prometheus `/metrics` listener (plain HTTP).
+    #[arg(long, env = "KSS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+    /// The keyserver's time zone (IANA name): calendar hours and days of quotas, dates,
+    /// weekdays and times of the policy.
+    #[arg(long, env = "KSS_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
+    /// How far (seconds) a request's timestamp may be from this server's clock.
+    #[arg(long, default_value_t = 300)]
+    pub max_clock_skew: u64,
+    /// How often (milliseconds) the database is polled for a new policy version and the
+    /// enabled switch.
+    #[arg(long, default_value_t = 500)]
+    pub poll_interval_ms: u64,
+    /// Quick start: self-signed TLS, and create a keyserver identity if there is none,
+    /// with a backup key held by one generated administrator key (NOT for production).
+    #[arg(long)]
+    pub dev: bool,
+}
+
+pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
+    let data_dir = dir.data_dir();
+    data_dir.ensure()?;
+    let time_zone = kss_policy::time_zone(&args.time_zone).map_err(anyhow::Error::msg)?;
+    let sqlite = SqliteStore::open(&data_dir.database())
+        .await
+        .with_context(|| format!("opening {}", data_dir.database().display()))?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    if args.dev && store.identity().await?.is_none() {
+        crate::commands::create::create_dev_identity(store.as_ref(), &data_dir).await?;
+    }
+    let master = data_dir.read_master_key()?;
+    let identity = Arc::new(KeyserverIdentity::load(store.as_ref(), &master).await?);
+    drop(master);
+    let mut tls_args = args.tls.clone();
+    tls_args.self_signed_tls |= args.dev && tls_args.tls_cert.is_none();
+    let (tls_config, generated_ca) = tls::server_config(&tls_args, &data_dir)?;
+
+    let admin_listener = bind_admin_socket(&data_dir).await?;
+    let instance_id = format!("{}-{}", hostname(), std::process::id());
+    let metrics = Arc::new(Metrics::new());
+    let initial = switches::load(store.as_ref()).await?;
+    let policy_version = initial.policy.version;
+    let (switches_tx, switches_rx) = watch::channel(Arc::new(initial));
+    let watcher = tokio::spawn(switches::watch(
+        Arc::clone(&store),
+        switches_tx,
+        Duration::from_millis(args.poll_interval_ms.max(50)),
+        Arc::clone(&metrics),
+    ));
+    let memory = Arc::new(Mutex::new(MemoryCounters::default()));
+    let (decider, decider_task) = Decider::start(
+        Arc::clone(&store),
+        switches_rx.clone(),
+        Arc::clone(&memory),
+        time_zone.clone(),
+        instance_id.clone(),
+        Arc::clone(&metrics),
+    );
+
+    let keyserver = Arc::new(KeyServerService {
+        identity: Arc::clone(&identity),
+        store: Arc::clone(&store),
+        decider,
+        switches: switches_rx.clone(),
+        profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
+        ciphertexts: Arc::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
+        metrics: Arc::clone(&metrics),
+        max_clock_skew: Duration::from_secs(args.max_clock_skew),
+    });
+    let admin = AdminService {
+        identity: Arc::clone(&identity),
+        store: Arc::clone(&store),
+        switches: switches_rx.clone(),
+        memory,
+        started: Instant::now(),
+        instance_id: instance_id.clone(),
+        time_zone,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<KeyServerServer<KeyServerService>>()
+        .await;
+    let health_task = tokio::spawn(follow_health(health, switches_rx.clone()));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // Err: the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: no new requests; finishing those in flight");
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics_task = tokio::spawn(metrics::serve(
+        args.metrics_listen,
+        Arc::clone(&metrics),
+        stopped(stop_rx.clone()),
+    ));
+    let admin_task = tokio::spawn(
+        Server::builder()
+            .add_service(AdminServer::new(admin))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(admin_listener),
+                stopped(stop_rx.clone()),
+            ),
+    );
+
+    info!(
+        keyserver_id = %identity.id,
+        listen = %args.listen,
+        metrics = %args.metrics_listen,
+        policy_version,
+        instance = %instance_id,
+        "kss keyserver serving"
+    );
+    println!("kss keyserver {} serving on https://{}", identity.id, args.listen);
+    if let Some(ca) = &generated_ca {
+        println!("clients trust the CA in {}", ca.display());
+    }
+
+    let served = Server::builder()
+        .tls_config(tls_config)
+        .context("TLS configuration")?
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            KeyServerServer::from_arc(Arc::clone(&keyserver))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_shutdown(args.listen, stopped(stop_rx.clone()))
+        .await;
+    drop(keyserver);
+    if let Err(e) = &served {
+        error!(error = %e, "gRPC server failed");
+    }
+    // The decision task ends once every request holding a Decider is done.
+    if decider_task.await.is_err() {
+        warn!("decision task ended abnormally");
+    }
+    watcher.abort();
+    health_task.abort();
+    if let Ok(Err(e)) = admin_task.await {
+        warn!(error = %e, "admin socket server failed");
+    }
+    if let Ok(Err(e)) = metrics_task.await {
+        warn!(error = %format!("{e:#}"), "metrics server failed");
+    }
+    let _ = std::fs::remove_file(data_dir.admin_socket());
+    sqlite.close().await;
+    info!("stopped");
+    served.with_context(|| format!("serving gRPC on {}", args.listen))
+}
+
+/// Binds `<data-dir>/admin.sock` (mode 0600), refusing if a server already answers on it.
+async fn bind_admin_socket(data_dir: &DataDir) -> Result<UnixListener> {
+    let path = data_dir.admin_socket();
+    if path.exists() {
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            bail!(
+                "another kss server is running on {} (its admin socket answers)",
+                data_dir.root.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    restrict(&path)?;
+    Ok(listener)
+}
+
+fn restrict(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))
+}
+
+/// Reports NOT_SERVING while the database is unreachable.
+async fn follow_health(
+    health: tonic_health::server::HealthReporter,
+    mut switches: watch::Receiver<Arc<Switches>>,
+) {
+    let mut serving = true;
+    while switches.changed().await.is_ok() {
+        let ok = switches.borrow().database_ok;
+        if ok != serving {
+            serving = ok;
+            if ok {
+                health
+                    .set_serving::<KeyServerServer<KeyServerService>>()
+                    .await;
+            } else {
+                health
+                    .set_not_serving::<KeyServerServer<KeyServerService>>()
+                    .await;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, only Ctrl-C can stop us.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kss".to_string())
+}

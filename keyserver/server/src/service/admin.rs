@@ -1,0 +1,111 @@
+//! `kss.v1.Admin`: what only the running server knows (uptime, in-memory throttle
+//! counters), for the `kss` CLI on the same host. Served on a Unix socket (mode 0600).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use kss_policy::{QuotaWindow, counter_at_quota};
+use kss_proto::v1 as pb;
+use kss_proto::v1::admin_server::Admin;
+use kss_store::Store;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::decider::MemoryCounters;
+use crate::identity::KeyserverIdentity;
+use crate::switches::Switches;
+
+pub struct AdminService {
+    pub identity: Arc<KeyserverIdentity>,
+    pub store: Arc<dyn Store>,
+    pub switches: watch::Receiver<Arc<Switches>>,
+    pub memory: Arc<Mutex<MemoryCounters>>,
+    pub started: Instant,
+    pub instance_id: String,
+    pub time_zone: TimeZone,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("database: {e}"))
+}
+
+impl AdminService {
+    fn lock_memory(&self) -> std::sync::MutexGuard<'_, MemoryCounters> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    #[instrument(skip_all, fields(rpc = "Admin.Status"))]
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let switches = Arc::clone(&self.switches.borrow());
+        let profiles = self.store.profile_count().await.map_err(unavailable)?;
+        let (approvals, denials) = self.store.audit_counts().await.map_err(unavailable)?;
+        Ok(Response::new(pb::StatusResponse {
+            keyserver_id: self.identity.id.to_string(),
+            enabled: switches.enabled,
+            policy_version: switches.policy.version,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            profiles,
+            approvals,
+            denials,
+            instance_id: self.instance_id.clone(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.ListQuotas"))]
+    async fn list_quotas(
+        &self,
+        _request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        let switches = Arc::clone(&self.switches.borrow());
+        let limits = switches.policy.policy.quota_limits();
+        let window = QuotaWindow::of(self.time_zone.to_datetime(Timestamp::now()));
+        let persistent = self.store.counters(None).await.map_err(unavailable)?;
+        let mut entries: Vec<pb::QuotaEntry> = persistent
+            .into_iter()
+            .map(|c| (c.profile_id, c.rule_id, c.counter, true))
+            .chain(
+                self.lock_memory()
+                    .list()
+                    .into_iter()
+                    .map(|(p, r, c)| (p, r, c, false)),
+            )
+            .map(|(profile_id, rule_id, counter, persistent)| {
+                let (hour_used, day_used) = counter.usage_at(window).unwrap_or((
+                    counter.hour_used,
+                    counter.day_used,
+                ));
+                pb::QuotaEntry {
+                    at_quota: counter_at_quota(limits, &rule_id, &counter, window),
+                    profile_id,
+                    rule_id,
+                    hour_used,
+                    day_used,
+                    persistent,
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.profile_id, &a.rule_id).cmp(&(&b.profile_id, &b.rule_id)));
+        Ok(Response::new(pb::ListQuotasResponse { entries }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.ClearQuotas"))]
+    async fn clear_quotas(
+        &self,
+        request: Request<pb::ClearQuotasRequest>,
+    ) -> Result<Response<pb::ClearQuotasResponse>, Status> {
+        let profile = request.into_inner().profile_id;
+        let profile = Some(profile.as_str()).filter(|p| !p.is_empty());
+        let cleared = self.lock_memory().clear(profile);
+        info!(profile = profile.unwrap_or("*"), cleared, "in-memory quota counters cleared");
+        Ok(Response::new(pb::ClearQuotasResponse { cleared }))
+    }
+}

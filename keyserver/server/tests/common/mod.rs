@@ -1,0 +1,213 @@
+//! Runs real `kss` processes for the tests: a keyserver on a data directory with
+//! self-signed TLS, and the admin CLI.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kss_client::KssClient;
+
+pub fn kss_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kss")
+}
+
+/// A temporary data directory.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    pub fn new() -> Self {
+        DataDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    /// Runs `kss --data-dir <dir> args...`.
+    pub fn kss(&self, args: &[&str]) -> Output {
+        Command::new(kss_bin())
+            .arg("--data-dir")
+            .arg(self.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn kss_ok(&self, args: &[&str]) -> String {
+        let out = self.kss(args);
+        assert!(
+            out.status.success(),
+            "kss {args:?} failed: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `kss create` with a one-holder backup key; returns the keyserver ID.
+    pub fn create(&self) -> String {
+        let out = self.kss_ok(&["create", "--ignore-security-checks", "--threshold", "1"]);
+        out.trim().to_string()
+    }
+
+    pub fn load_policy(&self, yaml: &str) -> String {
+        let p = self.file("policy.yml", yaml);
+        self.kss_ok(&["policy", "load", p.to_str().unwrap()])
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.path().join("tls/ca.pem")).unwrap()
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `kss serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &DataDir) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &DataDir, extra: &[&str]) -> Server {
+        let port = free_port();
+        let metrics_port = free_port();
+        let log = data.dir.path().join(format!("server-{port}.log"));
+        let child = Command::new(kss_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["serve", "--self-signed-tls", "--poll-interval-ms", "100"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            port,
+            metrics_port,
+            log,
+        };
+        server.wait_serving();
+        server
+    }
+
+    fn wait_serving(&mut self) {
+        let stdout = self.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("serving on") => {
+                    // Keep draining stdout so the server never blocks on it.
+                    std::thread::spawn(move || for _ in lines {});
+                    return;
+                }
+                Some(Ok(_)) => continue,
+                _ => break,
+            }
+        }
+        panic!("kss serve did not start:\n{}", self.log_text());
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self, data: &DataDir) -> KssClient {
+        kss_client::install_crypto_provider();
+        KssClient::connect(&self.endpoint(), &data.ca_pem(), Some("localhost"))
+            .await
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)])
+            .output();
+        match out {
+            Ok(o) => text(&o.stdout),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` holds, or panics after `timeout` with `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn path_of(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -1,0 +1,51 @@
+//! What can go wrong in a store, in terms the server can act on.
+
+/// A store error. `Unavailable` is the one to retry; the others are answers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The data in the database is not what this version of kss writes.
+    #[error("database holds invalid data: {0}")]
+    Corrupt(String),
+    /// The database could not be reached or failed; nothing was changed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl StoreError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::AlreadyExists(_) => "already_exists",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Migration(_) => "migration",
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::AlreadyExists(db.message().to_string())
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migration(e.to_string())
+    }
+}

@@ -1,0 +1,456 @@
+//! The embedded default: one SQLite file in the data directory (WAL mode).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::civil::Date;
+use kss_policy::{Counter, QuotaWindow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use crate::{
+    AuditEntry, AuditFilter, AuditRecord, Decision, DecisionTx, Identity, PolicyVersion,
+    Profile, Result, State, Store, StoreError, StoredCounter,
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A SQLite database file, created and migrated on first open.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATIONS.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes every connection (the WAL is checkpointed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn counter_from_row(row: &SqliteRow) -> Result<StoredCounter> {
+    let day: String = row.try_get("day")?;
+    let day = Date::from_str(&day)
+        .map_err(|e| StoreError::Corrupt(format!("quota counter day '{day}': {e}")))?;
+    let hour: i64 = row.try_get("hour")?;
+    let hour = i8::try_from(hour)
+        .ok()
+        .filter(|h| (0..24).contains(h))
+        .ok_or_else(|| StoreError::Corrupt(format!("quota counter hour {hour}")))?;
+    Ok(StoredCounter {
+        rule_id: row.try_get("rule_id")?,
+        profile_id: row.try_get("profile_id")?,
+        counter: Counter {
+            window: QuotaWindow { day, hour },
+            hour_used: to_u64(row.try_get("hour_used")?)?,
+            day_used: to_u64(row.try_get("day_used")?)?,
+        },
+    })
+}
+
+fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
+}
+
+fn profile_from_row(row: &SqliteRow) -> Result<Profile> {
+    let words: String = row.try_get("words")?;
+    Ok(Profile {
+        profile_id: row.try_get("profile_id")?,
+        device_id: row.try_get("device_id")?,
+        device_public_key: row.try_get("device_public_key")?,
+        workstation_share: row.try_get("workstation_share")?,
+        name: row.try_get("name")?,
+        words: words.split_whitespace().map(str::to_string).collect(),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
+    let decision: String = row.try_get("decision")?;
+    let decision = match decision.as_str() {
+        "approved" => Decision::Approved,
+        "denied" => Decision::Denied,
+        other => return Err(StoreError::Corrupt(format!("audit decision '{other}'"))),
+    };
+    let rule_set: Option<i64> = row.try_get("rule_set")?;
+    let policy_version: Option<i64> = row.try_get("policy_version")?;
+    Ok(AuditEntry {
+        id: to_u64(row.try_get("id")?)?,
+        record: AuditRecord {
+            at_ms: row.try_get("at_ms")?,
+            instance_id: row.try_get("instance_id")?,
+            profile_id: row.try_get("profile_id")?,
+            device_id: row.try_get("device_id")?,
+            request_type: row.try_get("request_type")?,
+            meta: row.try_get("meta")?,
+            cryptographic_id: row.try_get("cryptographic_id")?,
+            decision,
+            rule_set: rule_set.and_then(|r| u32::try_from(r).ok()),
+            reason: row.try_get("reason")?,
+            policy_version: policy_version.map(to_u64).transpose()?,
+            nonce: row.try_get("nonce")?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn identity(&self) -> Result<Option<Identity>> {
+        let row = sqlx::query(
+            "SELECT keyserver_id, sealed_root, created_at_ms FROM identity WHERE singleton = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Identity {
+                keyserver_id: r.try_get("keyserver_id")?,
+                sealed_root: r.try_get("sealed_root")?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_identity(&self, identity: &Identity) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO identity (singleton, keyserver_id, sealed_root, created_at_ms) \
+             VALUES (1, ?, ?, ?) ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(&identity.keyserver_id)
+        .bind(&identity.sealed_root)
+        .bind(identity.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::AlreadyExists("a keyserver identity".into()));
+        }
+        Ok(())
+    }
+
+    async fn state(&self) -> Result<State> {
+        let row = sqlx::query(
+            "SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(State {
+            enabled: row.try_get::<i64, _>("enabled")? != 0,
+            policy_version: to_u64(row.try_get("policy_version")?)?,
+            quota_epoch: to_u64(row.try_get("quota_epoch")?)?,
+        })
+    }
+
+    async fn set_enabled(&self, enabled: bool) -> Result<()> {
+        sqlx::query("UPDATE state SET enabled = ? WHERE singleton = 1")
+            .bind(i64::from(enabled))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
+             VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions), ?, ?, ?) \
+             RETURNING version",
+        )
+        .bind(text)
+        .bind(sha256)
+        .bind(at_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE state SET policy_version = ? WHERE singleton = 1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        to_u64(version)
+    }
+
+    async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>> {
+        let version = match version {
+            Some(v) => to_i64(v)?,
+            None => {
+                let v: i64 =
+                    sqlx::query_scalar("SELECT policy_version FROM state WHERE singleton = 1")
+                        .fetch_one(&self.pool)
+                        .await?;
+                if v == 0 {
+                    return Ok(None);
+                }
+                v
+            }
+        };
+        let row = sqlx::query(
+            "SELECT version, text, sha256, loaded_at_ms FROM policy_versions WHERE version = ?",
+        )
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(PolicyVersion {
+                version: to_u64(r.try_get("version")?)?,
+                text: r.try_get("text")?,
+                sha256: r.try_get("sha256")?,
+                loaded_at_ms: r.try_get("loaded_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn profile(&self, profile_id: &str) -> Result<Option<Profile>> {
+        let row = sqlx::query("SELECT * FROM profiles WHERE profile_id = ?")
+            .bind(profile_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(profile_from_row).transpose()
+    }
+
+    async fn profile_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM profiles")
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn counters(&self, profile_id: Option<&str>) -> Result<Vec<StoredCounter>> {
+        let rows = match profile_id {
+            Some(p) => {
+                sqlx::query("SELECT * FROM quota_counters WHERE profile_id = ? ORDER BY rule_id")
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM quota_counters ORDER BY profile_id, rule_id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(counter_from_row).collect()
+    }
+
+    async fn clear_counters(&self, profile_id: Option<&str>) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = match profile_id {
+            Some(p) => {
+                sqlx::query("DELETE FROM quota_counters WHERE profile_id = ?")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM quota_counters")
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+        sqlx::query("UPDATE state SET quota_epoch = quota_epoch + 1 WHERE singleton = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM audit WHERE 1 = 1");
+        if let Some(p) = &filter.profile_id {
+            q.push(" AND profile_id = ").push_bind(p.clone());
+        }
+        if let Some(d) = filter.decision {
+            q.push(" AND decision = ").push_bind(d.as_str());
+        }
+        if let Some(t) = &filter.request_type {
+            q.push(" AND request_type = ").push_bind(t.clone());
+        }
+        if let Some(s) = filter.since_ms {
+            q.push(" AND at_ms >= ").push_bind(s);
+        }
+        if let Some(b) = filter.before_id {
+            q.push(" AND id < ").push_bind(to_i64(b)?);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_counts(&self) -> Result<(u64, u64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(decision = 'approved'), 0) AS approved, \
+                    COALESCE(SUM(decision = 'denied'), 0) AS denied FROM audit",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            to_u64(row.try_get("approved")?)?,
+            to_u64(row.try_get("denied")?)?,
+        ))
+    }
+
+    async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>> {
+        // IMMEDIATE: take the write lock now, so counters read here cannot change before
+        // this transaction writes them.
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteDecisionTx { tx }))
+    }
+}
+
+struct SqliteDecisionTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+/// SQLite's limit on bound parameters is 32766; stay far below it.
+const MAX_BINDS_PER_STATEMENT: usize = 900;
+
+#[async_trait]
+impl DecisionTx for SqliteDecisionTx {
+    async fn counters_for(&mut self, profile_ids: &[&str]) -> Result<Vec<StoredCounter>> {
+        let mut out = Vec::new();
+        for chunk in profile_ids.chunks(MAX_BINDS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT * FROM quota_counters WHERE profile_id IN (");
+            let mut list = q.separated(", ");
+            for p in chunk {
+                list.push_bind(*p);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *self.tx).await? {
+                out.push(counter_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn seen_nonces(&mut self, nonces: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for chunk in nonces.chunks(MAX_BINDS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT nonce FROM audit WHERE nonce IN (");
+            let mut list = q.separated(", ");
+            for n in chunk {
+                list.push_bind(*n);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *self.tx).await? {
+                out.push(row.try_get("nonce")?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_profile(&mut self, p: &Profile) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
+             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (profile_id) DO NOTHING",
+        )
+        .bind(&p.profile_id)
+        .bind(&p.device_id)
+        .bind(&p.device_public_key)
+        .bind(&p.workstation_share)
+        .bind(&p.name)
+        .bind(p.words.join(" "))
+        .bind(p.created_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()> {
+        for chunk in counters.chunks(MAX_BINDS_PER_STATEMENT / 6) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR REPLACE INTO quota_counters \
+                 (rule_id, profile_id, day, hour, hour_used, day_used) ",
+            );
+            let mut failed = None;
+            q.push_values(chunk, |mut row, c| {
+                let (hour_used, day_used) =
+                    match (to_i64(c.counter.hour_used), to_i64(c.counter.day_used)) {
+                        (Ok(h), Ok(d)) => (h, d),
+                        (Err(e), _) | (_, Err(e)) => {
+                            failed = Some(e);
+                            (0, 0)
+                        }
+                    };
+                row.push_bind(c.rule_id.clone())
+                    .push_bind(c.profile_id.clone())
+                    .push_bind(c.counter.window.day.to_string())
+                    .push_bind(i64::from(c.counter.window.hour))
+                    .push_bind(hour_used)
+                    .push_bind(day_used);
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        let mut ids = Vec::with_capacity(records.len());
+        for chunk in records.chunks(MAX_BINDS_PER_STATEMENT / 12) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO audit (at_ms, instance_id, profile_id, device_id, request_type, \
+                 meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(r.at_ms)
+                    .push_bind(r.instance_id.clone())
+                    .push_bind(r.profile_id.clone())
+                    .push_bind(r.device_id.clone())
+                    .push_bind(r.request_type.clone())
+                    .push_bind(r.meta.clone())
+                    .push_bind(r.cryptographic_id.clone())
+                    .push_bind(r.decision.as_str())
+                    .push_bind(r.rule_set.map(i64::from))
+                    .push_bind(r.reason.clone())
+                    .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
+                    .push_bind(r.nonce.clone());
+            });
+            q.push(" RETURNING id");
+            let rows = q.build().fetch_all(&mut *self.tx).await?;
+            // RETURNING lists rows in no promised order; ids grow in insertion order.
+            let mut chunk_ids = rows
+                .iter()
+                .map(|row| to_u64(row.try_get("id")?))
+                .collect::<Result<Vec<_>>>()?;
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
+        }
+        Ok(ids)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
