@@ -58,6 +58,11 @@ pub enum Command {
     /// Backup-key approvals by administrators.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// A workstation client: onboard, encrypt, decrypt, request.
+    #[command(subcommand)]
+    Client(kss_client::cli::ClientCommand),
+    /// Drive signed decrypt requests at a keyserver and report throughput and latency.
+    Loadgen(kss_client::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Subcommand)]

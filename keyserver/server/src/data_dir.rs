@@ -14,7 +14,12 @@ use kss_crypto::seal::MasterKey;
 #[derive(Debug, Clone, Args)]
 pub struct DataDirArgs {
     /// The keyserver's data directory (SQLite database, master key, TLS material).
-    #[arg(long, env = "KSS_DATA_DIR", default_value = "./kss-data", global = true)]
+    #[arg(
+        long,
+        env = "KSS_DATA_DIR",
+        default_value = "./kss-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// The master key that seals the keyserver's secrets at rest. Defaults to
     /// `<data-dir>/master.key`; keep it elsewhere (e.g. a Kubernetes Secret) so that a copy
@@ -93,8 +98,7 @@ impl DataDir {
 
 /// Refuses a secret file that others can read.
 pub fn check_private(path: &Path) -> Result<()> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         bail!(
             "{} is readable by other users (mode {:o}); run: chmod 600 {}",

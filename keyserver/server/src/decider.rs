@@ -15,8 +15,8 @@ use std::time::Instant;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use kss_policy::{
-    Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
-    Request, SessionParams, fits, uses_per_rule,
+    Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow, Request,
+    SessionParams, fits, uses_per_rule,
 };
 use kss_store::{AuditRecord, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -336,7 +336,11 @@ impl DecisionTask {
                         if let Some(profile) = register {
                             tx.insert_profile(profile).await?;
                         }
-                        verdict_of(policy.policy.evaluate(request, now, &self.time_zone, &quotas))
+                        verdict_of(
+                            policy
+                                .policy
+                                .evaluate(request, now, &self.time_zone, &quotas),
+                        )
                     }
                     Job::Onboard {
                         request, profile, ..
@@ -518,7 +522,9 @@ impl QuotaStore for BatchQuotas {
     ) -> Result<bool, QuotaStoreError> {
         let profile = hex::encode(profile_id);
         let mut counters = lock(&self.inner);
-        if !fits(limits, window, |rule| counters.current(limits, rule, &profile)) {
+        if !fits(limits, window, |rule| {
+            counters.current(limits, rule, &profile)
+        }) {
             return Ok(false);
         }
         for (rule_id, uses) in uses_per_rule(limits) {

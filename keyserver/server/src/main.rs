@@ -21,9 +21,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let command = match cli.command {
         // Offline: no runtime, no database.
-        Command::Policy(PolicyCommand::Dump { file, current, .. })
-            if current || !file.exists() =>
-        {
+        Command::Policy(PolicyCommand::Dump { file, current, .. }) if current || !file.exists() => {
             return block_on(async {
                 let store = commands::open_store(&cli.data.data_dir()).await?;
                 server_policy::dump_current(store.as_ref(), &file).await
@@ -45,6 +43,8 @@ fn run(cli: Cli) -> Result<()> {
     block_on(async move {
         match command {
             Command::Serve(args) => serve::run(*args, &cli.data).await,
+            Command::Client(command) => kss_client::cli::run(command).await,
+            Command::Loadgen(args) => kss_client::loadgen::loadgen(args).await.map(drop),
             command => {
                 let store = commands::open_store(&data_dir).await?;
                 let store = store.as_ref();

@@ -16,6 +16,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
 use crate::data_dir::{DataDir, DataDirArgs};
@@ -79,6 +80,10 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let (tls_config, generated_ca) = tls::server_config(&tls_args, &data_dir)?;
 
     let admin_listener = bind_admin_socket(&data_dir).await?;
+    // Bound before "serving" is announced, so that a client told so can connect.
+    let incoming = TcpIncoming::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?
+        .with_nodelay(Some(true));
     let instance_id = format!("{}-{}", hostname(), std::process::id());
     let metrics = Arc::new(Metrics::new());
     let initial = switches::load(store.as_ref()).await?;
@@ -169,7 +174,10 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         instance = %instance_id,
         "kss keyserver serving"
     );
-    println!("kss keyserver {} serving on https://{}", identity.id, args.listen);
+    println!(
+        "kss keyserver {} serving on https://{}",
+        identity.id, args.listen
+    );
     if let Some(ca) = &generated_ca {
         println!("clients trust the CA in {}", ca.display());
     }
@@ -184,7 +192,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             KeyServerServer::from_arc(Arc::clone(&keyserver))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_shutdown(args.listen, stopped(stop_rx.clone()))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
         .await;
     drop(keyserver);
     if let Err(e) = &served {
@@ -258,7 +266,10 @@ async fn follow_health(
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

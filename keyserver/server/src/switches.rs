@@ -112,7 +112,11 @@ pub async fn watch(
             info!("database reachable again");
         }
         if state.enabled != current.enabled {
-            info!(enabled = state.enabled, "keyserver {}", if state.enabled { "enabled" } else { "disabled" });
+            info!(
+                enabled = state.enabled,
+                "keyserver {}",
+                if state.enabled { "enabled" } else { "disabled" }
+            );
         }
         if state.enabled != current.enabled
             || !Arc::ptr_eq(&policy, &current.policy)

@@ -33,7 +33,10 @@ pub struct TlsArgs {
 }
 
 /// The server's TLS configuration, and where the CA is when it was generated here.
-pub fn server_config(args: &TlsArgs, data_dir: &DataDir) -> Result<(ServerTlsConfig, Option<PathBuf>)> {
+pub fn server_config(
+    args: &TlsArgs,
+    data_dir: &DataDir,
+) -> Result<(ServerTlsConfig, Option<PathBuf>)> {
     let (cert, key, ca) = match (&args.tls_cert, &args.tls_key, args.self_signed_tls) {
         (Some(cert), Some(key), false) => (cert.clone(), key.clone(), None),
         (None, None, true) => {

@@ -14,8 +14,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, DecisionTx, Identity, PolicyVersion,
-    Profile, Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, Decision, DecisionTx, Identity, PolicyVersion, Profile,
+    Result, State, Store, StoreError, StoredCounter,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

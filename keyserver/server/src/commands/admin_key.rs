@@ -103,7 +103,8 @@ fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
 
 pub fn read_backup(path: &Path) -> Result<BackupKey> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    BackupKey::from_json(&text).with_context(|| format!("{} is not a kss backup key", path.display()))
+    BackupKey::from_json(&text)
+        .with_context(|| format!("{} is not a kss backup key", path.display()))
 }
 
 pub fn read_admin_key(path: &Path) -> Result<AdminKey> {
@@ -121,7 +122,11 @@ pub fn read_admin_public(path: &Path) -> Result<(String, AdminPublicKey)> {
     let file: AdminPublicFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an administrator public key file", path.display()))?;
     if file.format != PUBLIC_FORMAT {
-        anyhow::bail!("{}: format '{}', expected '{PUBLIC_FORMAT}'", path.display(), file.format);
+        anyhow::bail!(
+            "{}: format '{}', expected '{PUBLIC_FORMAT}'",
+            path.display(),
+            file.format
+        );
     }
     let key = AdminPublicKey::from_hex(&file.public_key)
         .with_context(|| format!("{}: public_key", path.display()))?;

@@ -73,7 +73,9 @@ pub async fn list(store: &dyn Store, args: &AuditArgs) -> Result<()> {
                 r.request_type,
                 r.profile_id.as_deref().unwrap_or("-"),
                 r.reason.as_deref().unwrap_or(""),
-                r.rule_set.map(|s| format!("rule set {s}")).unwrap_or_default()
+                r.rule_set
+                    .map(|s| format!("rule set {s}"))
+                    .unwrap_or_default()
             );
         }
     }

@@ -132,7 +132,10 @@ async fn store_identity(
     identity: &KeyserverIdentity,
     master: &kss_crypto::seal::MasterKey,
 ) -> Result<()> {
-    match store.create_identity(&identity.sealed(master, now_ms())).await {
+    match store
+        .create_identity(&identity.sealed(master, now_ms()))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(StoreError::AlreadyExists(_)) => {
             bail!("the database already holds a keyserver identity; nothing was changed")
@@ -163,7 +166,11 @@ pub struct SaveBackupArgs {
     pub backup: BackupArgs,
 }
 
-pub async fn save_backup_key(args: SaveBackupArgs, store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+pub async fn save_backup_key(
+    args: SaveBackupArgs,
+    store: &dyn Store,
+    data_dir: &DataDir,
+) -> Result<()> {
     let master = data_dir.read_master_key()?;
     let identity = KeyserverIdentity::load(store, &master).await?;
     let holders = holders(&args.backup, &args.path)?;
@@ -190,7 +197,11 @@ pub struct RecoveryArgs {
 
 /// Restores the identity into an empty database: same keyserver ID, same root secret, so
 /// every profile's keyserver share is derived again.
-pub async fn recovery_ingest_key(args: RecoveryArgs, store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+pub async fn recovery_ingest_key(
+    args: RecoveryArgs,
+    store: &dyn Store,
+    data_dir: &DataDir,
+) -> Result<()> {
     let backup = read_backup(&args.path)?;
     if let Some(existing) = store.identity().await? {
         bail!(
@@ -203,8 +214,10 @@ pub async fn recovery_ingest_key(args: RecoveryArgs, store: &dyn Store, data_dir
         .approvals
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Approval::from_json(&text).with_context(|| format!("{} is not a backup approval", p.display()))
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Approval::from_json(&text)
+                .with_context(|| format!("{} is not a backup approval", p.display()))
         })
         .collect::<Result<Vec<_>>>()?;
     let root = backup::recover(&backup, &approvals).context("recovering the root secret")?;

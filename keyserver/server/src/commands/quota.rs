@@ -11,7 +11,13 @@ use crate::data_dir::DataDir;
 pub async fn list(store: &dyn Store, data_dir: &DataDir, all: bool, as_json: bool) -> Result<()> {
     // A running server knows every counter (in-memory ones too) and which are at quota.
     let entries: Vec<QuotaEntry> = match admin_client::connect(data_dir).await {
-        Some(mut admin) => admin.list_quotas(ListQuotasRequest {}).await?.into_inner().entries,
+        Some(mut admin) => {
+            admin
+                .list_quotas(ListQuotasRequest {})
+                .await?
+                .into_inner()
+                .entries
+        }
         None => {
             eprintln!("(server not running: persistent counters only)");
             store
@@ -40,7 +46,10 @@ pub async fn list(store: &dyn Store, data_dir: &DataDir, all: bool, as_json: boo
         }
         return Ok(());
     }
-    println!("{:<32}  {:<40}  {:>9}  {:>9}  {:<10}  at quota", "profile", "rule", "this hour", "today", "counter");
+    println!(
+        "{:<32}  {:<40}  {:>9}  {:>9}  {:<10}  at quota",
+        "profile", "rule", "this hour", "today", "counter"
+    );
     for e in shown {
         println!(
             "{:<32}  {:<40}  {:>9}  {:>9}  {:<10}  {}",

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::identity::now_ms;
 
 pub async fn load(store: &dyn Store, file: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     // Validate whole before storing: an invalid policy changes nothing.
     let policy = Policy::load(&text)
         .map_err(|e| anyhow!("{}: {e}; the policy in force is unchanged", file.display()))?;
@@ -19,11 +20,14 @@ pub async fn load(store: &dyn Store, file: &Path) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
-    if let Some(current) = store.policy(None).await? {
-        if current.sha256 == sha {
-            println!("policy unchanged (version {} has the same text)", current.version);
-            return Ok(());
-        }
+    if let Some(current) = store.policy(None).await?
+        && current.sha256 == sha
+    {
+        println!(
+            "policy unchanged (version {} has the same text)",
+            current.version
+        );
+        return Ok(());
     }
     let version = store.add_policy(&text, &sha, now_ms()).await?;
     println!("policy version {version} stored ({})", policy.summary());
@@ -35,9 +39,17 @@ pub async fn dump_current(store: &dyn Store, out: &Path) -> Result<()> {
         .policy(None)
         .await?
         .context("no policy has been loaded (`kss policy load FILE`)")?;
-    let policy = Policy::load(&current.text)
-        .map_err(|e| anyhow!("stored policy version {} does not load: {e}", current.version))?;
+    let policy = Policy::load(&current.text).map_err(|e| {
+        anyhow!(
+            "stored policy version {} does not load: {e}",
+            current.version
+        )
+    })?;
     std::fs::write(out, policy.dump()).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("policy version {} written to {}", current.version, out.display());
+    eprintln!(
+        "policy version {} written to {}",
+        current.version,
+        out.display()
+    );
     Ok(())
 }

@@ -17,7 +17,9 @@ pub async fn set_enabled(store: &dyn Store, enabled: bool) -> Result<()> {
     if enabled {
         println!("keyserver enabled: requests are decided by the policy");
     } else {
-        println!("keyserver disabled: every request is denied (reason: disabled) until `kss enable`");
+        println!(
+            "keyserver disabled: every request is denied (reason: disabled) until `kss enable`"
+        );
     }
     Ok(())
 }
@@ -31,7 +33,11 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
     let profiles = store.profile_count().await?;
     let (approvals, denials) = store.audit_counts().await?;
     let running = match admin_client::connect(data_dir).await {
-        Some(mut admin) => admin.status(StatusRequest {}).await.ok().map(|r| r.into_inner()),
+        Some(mut admin) => admin
+            .status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner()),
         None => None,
     };
     if as_json {
@@ -51,7 +57,10 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
         return Ok(());
     }
     println!("keyserver id:    {}", identity.keyserver_id);
-    println!("enabled:         {}", if state.enabled { "yes" } else { "no" });
+    println!(
+        "enabled:         {}",
+        if state.enabled { "yes" } else { "no" }
+    );
     println!(
         "policy version:  {}",
         if state.policy_version == 0 {

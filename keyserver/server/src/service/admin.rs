@@ -79,10 +79,9 @@ impl Admin for AdminService {
                     .map(|(p, r, c)| (p, r, c, false)),
             )
             .map(|(profile_id, rule_id, counter, persistent)| {
-                let (hour_used, day_used) = counter.usage_at(window).unwrap_or((
-                    counter.hour_used,
-                    counter.day_used,
-                ));
+                let (hour_used, day_used) = counter
+                    .usage_at(window)
+                    .unwrap_or((counter.hour_used, counter.day_used));
                 pb::QuotaEntry {
                     at_quota: counter_at_quota(limits, &rule_id, &counter, window),
                     profile_id,
@@ -105,7 +104,10 @@ impl Admin for AdminService {
         let profile = request.into_inner().profile_id;
         let profile = Some(profile.as_str()).filter(|p| !p.is_empty());
         let cleared = self.lock_memory().clear(profile);
-        info!(profile = profile.unwrap_or("*"), cleared, "in-memory quota counters cleared");
+        info!(
+            profile = profile.unwrap_or("*"),
+            cleared, "in-memory quota counters cleared"
+        );
         Ok(Response::new(pb::ClearQuotasResponse { cleared }))
     }
 }

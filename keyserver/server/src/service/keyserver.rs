@@ -104,8 +104,8 @@ fn session_of(session: Option<kss_policy::SessionParams>) -> Option<pb::SessionP
 enum Checked {
     Ready {
         profile: Arc<KnownProfile>,
-        register: Option<Profile>,
-        request: Request,
+        register: Option<Box<Profile>>,
+        request: Box<Request>,
     },
     Denied(Reason),
 }
@@ -175,7 +175,12 @@ impl KeyServerService {
         Ok(Some((Arc::new(known), Some(row))))
     }
 
-    async fn check(&self, msg: &pb::SignedMessage, body: &pb::RequestBody, request_type: RequestType) -> Checked {
+    async fn check(
+        &self,
+        msg: &pb::SignedMessage,
+        body: &pb::RequestBody,
+        request_type: RequestType,
+    ) -> Checked {
         if body.keyserver_id != self.identity.id.to_string() {
             return Checked::Denied(Reason::WrongKeyserver);
         }
@@ -220,8 +225,8 @@ impl KeyServerService {
         };
         Checked::Ready {
             profile,
-            register,
-            request,
+            register: register.map(Box::new),
+            request: Box::new(request),
         }
     }
 
@@ -240,7 +245,9 @@ impl KeyServerService {
         }
         let is_decrypt = request_type == RequestType::Decrypt;
         if is_decrypt && body.ciphertext.is_empty() {
-            return Err(Status::invalid_argument("a decrypt request needs a ciphertext"));
+            return Err(Status::invalid_argument(
+                "a decrypt request needs a ciphertext",
+            ));
         }
         let span = Span::current();
         span.record("request_type", request_type.as_str());
@@ -300,8 +307,8 @@ impl KeyServerService {
         };
         let outcome = self
             .record(Job::Evaluate {
-                request,
-                register,
+                request: *request,
+                register: register.map(|p| *p),
                 audit,
             })
             .await;
@@ -335,7 +342,9 @@ impl KeyServerService {
             .map_err(|e| Status::invalid_argument(format!("device_public_key: {e}")))?;
         device_key
             .verify(SignDomain::Onboard, &msg.body, &msg.signature)
-            .map_err(|_| Status::unauthenticated("the signature does not verify with device_public_key"))?;
+            .map_err(|_| {
+                Status::unauthenticated("the signature does not verify with device_public_key")
+            })?;
         if !self.within_skew(body.timestamp_ms) {
             return Err(Status::failed_precondition(
                 "the request's timestamp is too far from the keyserver's clock",

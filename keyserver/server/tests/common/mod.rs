@@ -160,7 +160,10 @@ impl Server {
 
     pub fn metrics(&self) -> String {
         let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)])
+            .args([
+                "-s",
+                &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            ])
             .output();
         match out {
             Ok(o) => text(&o.stdout),

@@ -1,0 +1,83 @@
+//! A real third-party gRPC client: grpcurl lists the services by reflection and calls them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{DataDir, Server, text};
+
+fn grpcurl() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("GRPCURL").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join("go/bin/grpcurl")),
+        Some(PathBuf::from("grpcurl")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| Command::new(p).arg("-version").output().is_ok())
+}
+
+#[test]
+fn grpcurl_lists_and_calls_the_services() {
+    let Some(grpcurl) = grpcurl() else {
+        eprintln!(
+            "SKIPPED grpcurl_lists_and_calls_the_services: grpcurl is not installed (.ci/run installs it)"
+        );
+        return;
+    };
+    let data = DataDir::new();
+    let id = data.create();
+    let server = Server::start(&data);
+    let ca = data.path().join("tls/ca.pem");
+    let run = |args: &[&str]| {
+        let out = Command::new(&grpcurl)
+            .arg("-cacert")
+            .arg(&ca)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let addr = format!("localhost:{}", server.port);
+    let services = run(&[&addr, "list"]);
+    assert!(services.contains("kss.v1.KeyServer"), "{services}");
+    assert!(services.contains("grpc.health.v1.Health"), "{services}");
+    let methods = run(&[&addr, "describe", "kss.v1.KeyServer"]);
+    assert!(methods.contains("rpc Approve"), "{methods}");
+    let info = run(&[&addr, "kss.v1.KeyServer/GetInfo"]);
+    assert!(info.contains(&id), "{info}");
+    let health = run(&[
+        "-d",
+        r#"{"service":"kss.v1.KeyServer"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(health.contains("SERVING"), "{health}");
+    // A malformed approval: a clear InvalidArgument, and the server keeps serving.
+    let out = Command::new(&grpcurl)
+        .arg("-cacert")
+        .arg(&ca)
+        .args([
+            "-d",
+            r#"{"body":"AAEC","signature":""}"#,
+            &addr,
+            "kss.v1.KeyServer/Approve",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("InvalidArgument"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(run(&[&addr, "kss.v1.KeyServer/GetInfo"]).contains(&id));
+}

@@ -1,0 +1,602 @@
+//! The keyserver as a process: real TLS, real gRPC clients, SQLite on disk.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DataDir, Server, text, wait_until};
+use kss_client::protocol::{RequestSpec, build_request, encrypt_file_key, sign_request};
+use kss_client::{KssClient, Profile};
+use kss_crypto::ids::KeyserverId;
+use kss_crypto::signing::{DeviceKey, SignDomain};
+use kss_proto::v1::{RequestType, SignedMessage};
+use prost::Message;
+
+const POLICY: &str = "\
+decrypt:
+  - - rule: meta-rule
+      paths: [/batch]
+    - rule: per-profile-throttle-rule
+      per_day: 5
+      persistent: true
+search:
+  - - rule: profile-id-rule
+      profile_ids: [humble busy much cactus]
+";
+
+fn words() -> Vec<String> {
+    ["humble", "busy", "much", "cactus"]
+        .map(String::from)
+        .to_vec()
+}
+
+async fn onboard(client: &KssClient, id: &str) -> Profile {
+    let id: KeyserverId = id.parse().unwrap();
+    client.onboard(&id, "batch@host", &words()).await.unwrap()
+}
+
+fn paths(p: &str) -> Vec<String> {
+    vec![p.to_string()]
+}
+
+/// The issue's proof: a file key encrypted to the profile's public key set comes back only
+/// through an approved request; a denied one yields no share.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_key_is_recovered_only_through_an_approved_request() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    assert_eq!(client.info().await.unwrap().keyserver_id, id);
+
+    let profile = onboard(&client, &id).await;
+    let file_key = [7u8; 32];
+    let ciphertext = encrypt_file_key(&profile, &file_key);
+
+    let denied = client
+        .decrypt(&profile, &ciphertext, &paths("home/secret.txt"))
+        .await
+        .unwrap();
+    assert!(!denied.is_approved());
+    assert_eq!(denied.reason_name().as_deref(), Some("policy"));
+    // The raw response of a denial carries no share.
+    let spec = RequestSpec::decrypt(ciphertext.clone(), &paths("home/secret.txt"));
+    let raw = client.request(&profile, &spec).await.unwrap();
+    assert!(!raw.approved && raw.decryption_share.is_empty());
+
+    let approved = client
+        .decrypt(&profile, &ciphertext, &paths("batch/file.txt"))
+        .await
+        .unwrap();
+    assert!(approved.is_approved(), "{:?}", approved.reason_name());
+    assert_eq!(approved.file_key().unwrap(), &file_key[..]);
+
+    // The workstation's own share alone cannot decrypt: the keyserver's is needed.
+    let verified = kss_crypto::ciphertext::verify(&ciphertext).unwrap();
+    let own = profile.workstation_share().decryption_share(&verified);
+    assert!(
+        profile
+            .public_keys()
+            .combine(&own, &own, &verified)
+            .map(|k| k != file_key)
+            .unwrap_or(true)
+    );
+
+    // Audited: both denials and the approval, with the request type and the path.
+    let audit = data.kss_ok(&[
+        "audit",
+        "--json",
+        "--type",
+        "decrypt",
+        "--profile",
+        &profile.profile_id().to_hex(),
+    ]);
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{audit}");
+    assert_eq!(lines[0]["decision"], "approved");
+    assert_eq!(lines[0]["meta"][0]["meta"], "batch/file.txt");
+    assert_eq!(lines[1]["reason"], "policy");
+    assert!(!audit.contains(&hex::encode(&ciphertext)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_quota_is_exact_and_survives_a_restart() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let ciphertext = encrypt_file_key(&profile, &[1u8; 32]);
+
+    // 12 concurrent requests against per_day: 5.
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (client, profile, ct) = (client.clone(), profile.clone(), ciphertext.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .request(&profile, &RequestSpec::decrypt(ct, &paths("batch/a")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut approved = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        if outcome.approved {
+            approved += 1;
+        } else {
+            assert_eq!(outcome.reason_name().as_deref(), Some("quota"));
+        }
+    }
+    assert_eq!(approved, 5);
+    let list = data.kss_ok(&["quota", "list", "--json"]);
+    assert!(list.contains(&profile.profile_id().to_hex()), "{list}");
+    assert!(list.contains("\"at_quota\":true"), "{list}");
+
+    // Restart: identity, profile, policy and the used quota are all still there.
+    assert!(server.terminate(), "graceful shutdown");
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    assert_eq!(client.info().await.unwrap().policy_version, 1);
+    let again = client
+        .request(
+            &profile,
+            &RequestSpec::decrypt(ciphertext.clone(), &paths("batch/a")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.reason_name().as_deref(), Some("quota"));
+
+    // quota clear resets it.
+    data.kss_ok(&[
+        "quota",
+        "clear",
+        "--profile",
+        &profile.profile_id().to_hex(),
+    ]);
+    let cleared = client
+        .decrypt(&profile, &ciphertext, &paths("batch/a"))
+        .await
+        .unwrap();
+    assert!(cleared.is_approved());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_replayed_and_malformed_requests_are_rejected_and_the_server_keeps_serving() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let ciphertext = encrypt_file_key(&profile, &[3u8; 32]);
+    let spec = RequestSpec::decrypt(ciphertext.clone(), &paths("batch/x"));
+    let reason = |r: kss_proto::v1::ApproveResponse| {
+        kss_client::protocol::ApproveOutcome::from_response(r).reason_name()
+    };
+
+    // Forged: signed by another key.
+    let body = build_request(&profile, &spec).encode_to_vec();
+    let other = DeviceKey::generate();
+    let forged = SignedMessage {
+        signature: other.sign(SignDomain::Request, &body).to_vec(),
+        body: body.clone(),
+    };
+    assert_eq!(
+        reason(client.approve_raw(forged).await.unwrap()).as_deref(),
+        Some("signature")
+    );
+
+    // Signed for another purpose (onboarding).
+    let cross = SignedMessage {
+        signature: profile
+            .device_key()
+            .sign(SignDomain::Onboard, &body)
+            .to_vec(),
+        body: body.clone(),
+    };
+    assert_eq!(
+        reason(client.approve_raw(cross).await.unwrap()).as_deref(),
+        Some("signature")
+    );
+
+    // Tampered after signing: another path.
+    let mut tampered_body = build_request(&profile, &spec);
+    let signed = sign_request(&profile, &tampered_body);
+    tampered_body.auth_meta[0].meta = "batch/other".into();
+    let tampered = SignedMessage {
+        body: tampered_body.encode_to_vec(),
+        signature: signed.signature,
+    };
+    assert_eq!(
+        reason(client.approve_raw(tampered).await.unwrap()).as_deref(),
+        Some("signature")
+    );
+
+    // Replay: the same signed message twice.
+    let message = sign_request(&profile, &build_request(&profile, &spec));
+    let first = client.approve_raw(message.clone()).await.unwrap();
+    assert_eq!(reason(first), None);
+    assert_eq!(
+        reason(client.approve_raw(message).await.unwrap()).as_deref(),
+        Some("replayed")
+    );
+
+    // Stale: a timestamp an hour old.
+    let mut old = build_request(&profile, &spec);
+    old.timestamp_ms -= 3_600_000;
+    assert_eq!(
+        reason(
+            client
+                .approve_raw(sign_request(&profile, &old))
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("stale")
+    );
+
+    // Unknown profile, wrong keyserver.
+    let mut unknown = build_request(&profile, &spec);
+    unknown.profile_id = "00112233445566778899aabbccddeeff".into();
+    assert_eq!(
+        reason(
+            client
+                .approve_raw(sign_request(&profile, &unknown))
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("unknown_profile")
+    );
+    let mut wrong = build_request(&profile, &spec);
+    wrong.keyserver_id = "ffeeddccbbaa99887766554433221100".into();
+    assert_eq!(
+        reason(
+            client
+                .approve_raw(sign_request(&profile, &wrong))
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("wrong_keyserver")
+    );
+
+    // A ciphertext that fails verification: denied, no quota used.
+    let mut bad_ct = ciphertext.clone();
+    let last = bad_ct.len() - 1;
+    bad_ct[last] ^= 1;
+    let bad = client
+        .request(&profile, &RequestSpec::decrypt(bad_ct, &paths("batch/x")))
+        .await
+        .unwrap();
+    assert_eq!(bad.reason_name().as_deref(), Some("invalid_ciphertext"));
+
+    // Malformed body and oversize message: gRPC errors.
+    let garbage = SignedMessage {
+        body: vec![0xff; 40],
+        signature: vec![0; 64],
+    };
+    let err = client.approve_raw(garbage).await.unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::InvalidArgument), "{err}");
+    let huge = SignedMessage {
+        body: vec![0; 200 * 1024],
+        signature: vec![0; 64],
+    };
+    let err = client.approve_raw(huge).await.unwrap_err();
+    assert!(
+        matches!(
+            err.grpc_code(),
+            Some(tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+        ),
+        "{err}"
+    );
+
+    // Wrong keyserver ID at onboarding: a clear error.
+    let err = client
+        .onboard(&KeyserverId::random(), "x", &words())
+        .await
+        .unwrap_err();
+    assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));
+    assert!(err.to_string().contains("wrong keyserver ID"), "{err}");
+
+    // Still serving: one approval used above (the replayed one's first), then this one.
+    let ok = client
+        .decrypt(&profile, &ciphertext, &paths("batch/x"))
+        .await
+        .unwrap();
+    assert!(ok.is_approved(), "{:?}", ok.reason_name());
+    let audit = data.kss_ok(&[
+        "audit",
+        "--json",
+        "--decision",
+        "approved",
+        "--type",
+        "decrypt",
+    ]);
+    assert_eq!(audit.lines().count(), 2, "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_load_applies_without_restart_and_invalid_policy_changes_nothing() {
+    let data = DataDir::new();
+    let id = data.create();
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let search = RequestSpec::new(RequestType::Search);
+
+    // No policy: search denied.
+    assert!(!client.request(&profile, &search).await.unwrap().approved);
+    data.load_policy(POLICY);
+    wait_until("policy version 1 applied", Duration::from_secs(5), || {
+        futures_lite_block(client.info()).policy_version == 1
+    });
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+
+    // An invalid policy is rejected whole, with its location; version 1 stays.
+    let bad = data.file(
+        "bad.yml",
+        "decrypt:\n  - - rule: meta-rule\n      pathz: [/x]\n",
+    );
+    let out = data.kss(&["policy", "load", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("line 3") || err.contains("pathz"), "{err}");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(client.info().await.unwrap().policy_version, 1);
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+
+    // dump writes the policy in force.
+    let out = data.dir.path().join("current.yml");
+    data.kss_ok(&["policy", "dump", "--current", out.to_str().unwrap()]);
+    let dumped = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        dumped.contains("meta-rule") && dumped.contains("rule_id"),
+        "{dumped}"
+    );
+
+    // Disable: every request denied as disabled; enable: back.
+    data.kss_ok(&["disable"]);
+    wait_until("disabled", Duration::from_secs(5), || {
+        !futures_lite_block(client.info()).enabled
+    });
+    let r = client.request(&profile, &search).await.unwrap();
+    assert_eq!(r.reason_name().as_deref(), Some("disabled"));
+    data.kss_ok(&["enable"]);
+    wait_until("enabled", Duration::from_secs(5), || {
+        futures_lite_block(client.info()).enabled
+    });
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+
+    let status = data.kss_ok(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["keyserver_id"], id.as_str());
+    assert_eq!(status["running"], true);
+    assert_eq!(status["policy_version"], 1);
+    assert_eq!(status["profiles"], 1);
+
+    // Metrics count requests by type and decision.
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains(
+            "kss_requests_total{rpc=\"Approve\",request_type=\"search\",decision=\"approved\""
+        ),
+        "{metrics}"
+    );
+}
+
+/// Blocks on a client call from a synchronous polling closure.
+fn futures_lite_block<T>(f: impl std::future::Future<Output = kss_client::Result<T>>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)).unwrap()
+}
+
+/// kill -9 under load, then restart: every approval a client received is in the audit log
+/// and counted in the persistent quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_dash_nine_under_load_loses_no_returned_approval() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(
+        "search:\n  - - rule: per-profile-throttle-rule\n      per_day: 100000\n      persistent: true\n",
+    );
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+
+    let approved_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, profile, ids) = (client.clone(), profile.clone(), approved_ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let spec = RequestSpec::new(RequestType::Search);
+            while let Ok(outcome) = client.request(&profile, &spec).await {
+                if outcome.approved {
+                    ids.lock().unwrap().push(outcome.audit_id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let approved: Vec<u64> = approved_ids.lock().unwrap().clone();
+    assert!(approved.len() > 50, "load too light: {}", approved.len());
+
+    let server = Server::start(&data);
+    let audit = data.kss_ok(&[
+        "audit",
+        "--json",
+        "--decision",
+        "approved",
+        "--type",
+        "search",
+        "--limit",
+        "1000000",
+    ]);
+    let in_audit: std::collections::HashSet<u64> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for id in &approved {
+        assert!(
+            in_audit.contains(id),
+            "approval {id} returned but not in the audit log"
+        );
+    }
+    let quotas = data.kss_ok(&["quota", "list", "--all", "--json"]);
+    let day_used: u64 = quotas
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["day_used"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    // Counted exactly as audited (both committed in one transaction), and at least
+    // everything a client saw.
+    assert_eq!(day_used, in_audit.len() as u64, "{quotas}");
+    assert!(day_used >= approved.len() as u64);
+    drop(server);
+}
+
+/// The identity is restored from the backup key and its holders' approvals into a new,
+/// empty database; the workstation onboarded before decrypts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_from_backup_key_keeps_onboarded_workstations_working() {
+    let data = DataDir::new();
+    let keys = data.dir.path().join("keys");
+    let mut admin_args = Vec::new();
+    for name in ["ada", "bob", "cy", "dee", "eve"] {
+        let prefix = keys.join(name);
+        data.kss_ok(&[
+            "admin-key",
+            "generate",
+            "--name",
+            name,
+            "--out",
+            prefix.to_str().unwrap(),
+        ]);
+        admin_args.push("--admin-key".to_string());
+        admin_args.push(format!("{}.pub", prefix.display()));
+    }
+    let backup = data.dir.path().join("backup.json");
+    let mut args = vec![
+        "create".to_string(),
+        "--backup-path".into(),
+        backup.display().to_string(),
+    ];
+    args.extend(admin_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = data.kss_ok(&args).trim().to_string();
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let ciphertext = encrypt_file_key(&profile, &[9u8; 32]);
+    assert!(
+        client
+            .decrypt(&profile, &ciphertext, &paths("batch/r"))
+            .await
+            .unwrap()
+            .is_approved()
+    );
+    server.kill9();
+
+    // The database and master key are lost.
+    std::fs::remove_dir_all(data.path()).unwrap();
+
+    let mut approvals = Vec::new();
+    for name in ["ada", "cy", "eve"] {
+        let out = data.dir.path().join(format!("{name}.approval"));
+        data.kss_ok(&[
+            "backup",
+            "approve",
+            "--backup",
+            backup.to_str().unwrap(),
+            "--admin-key",
+            &format!("{}.key", keys.join(name).display()),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        approvals.push(out);
+    }
+    // Two approvals are not enough.
+    let two = data.kss(&[
+        "recovery-ingest-key",
+        backup.to_str().unwrap(),
+        "--approval",
+        approvals[0].to_str().unwrap(),
+        "--approval",
+        approvals[1].to_str().unwrap(),
+    ]);
+    assert!(!two.status.success());
+    let recovered = data.kss_ok(&[
+        "recovery-ingest-key",
+        backup.to_str().unwrap(),
+        "--approval",
+        approvals[0].to_str().unwrap(),
+        "--approval",
+        approvals[1].to_str().unwrap(),
+        "--approval",
+        approvals[2].to_str().unwrap(),
+    ]);
+    assert_eq!(recovered.trim(), id);
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+
+    // Unknown until the workstation presents its registration token; then it works.
+    let plain = client
+        .decrypt(&profile, &ciphertext, &paths("batch/r"))
+        .await
+        .unwrap();
+    assert_eq!(plain.reason_name().as_deref(), Some("unknown_profile"));
+    let mut spec = RequestSpec::decrypt(ciphertext.clone(), &paths("batch/r"));
+    spec.include_registration = true;
+    let again = client.decrypt_with(&profile, spec).await.unwrap();
+    assert_eq!(again.file_key().unwrap(), &[9u8; 32][..]);
+
+    // A registration with a forged token is refused.
+    let stranger = onboard(&client, &id).await;
+    let mut forged = build_request(&stranger, &RequestSpec::new(RequestType::Search));
+    forged.profile_id = "0123456789abcdef0123456789abcdef".into();
+    forged.registration = Some(kss_client::protocol::registration(&stranger));
+    let r = client
+        .approve_raw(sign_request(&stranger, &forged))
+        .await
+        .unwrap();
+    assert_ne!(r.decision, kss_proto::v1::Decision::Approved as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_refuses_a_weak_backup_and_a_second_identity() {
+    let data = DataDir::new();
+    let out = data.kss(&["create"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refusing a weak backup key") && err.contains("--ignore-security-checks"),
+        "{err}"
+    );
+    let id = data.create();
+    let out = data.kss(&["create", "--ignore-security-checks", "--threshold", "1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(&id));
+    // Secrets at rest: the master key that seals them is not in the database.
+    let master = std::fs::read_to_string(data.path().join("master.key")).unwrap();
+    let db = std::fs::read(data.path().join("kss.db")).unwrap();
+    assert!(!db.windows(32).any(|w| hex::encode(w) == master.trim()));
+}
