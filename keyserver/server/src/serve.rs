@@ -11,7 +11,7 @@ use clap::Args;
 use kss_crypto::ciphertext::VerificationCache;
 use kss_proto::v1::admin_server::AdminServer;
 use kss_proto::v1::key_server_server::KeyServerServer;
-use kss_store::{SqliteStore, Store};
+use kss_store::{Durability, SqliteStore, Store};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// enabled switch.
     #[arg(long, default_value_t = 500)]
     pub poll_interval_ms: u64,
+    /// When a decision is on disk before it is returned: `full` syncs every commit (an
+    /// approval survives a power loss); `normal` survives a crash of the process but not
+    /// of the host, for lower latency.
+    #[arg(long, env = "KSS_SQLITE_SYNC", value_parser = ["full", "normal"], default_value = "full")]
+    pub sqlite_sync: String,
     /// Quick start: self-signed TLS, and create a keyserver identity if there is none,
     /// with a backup key held by one generated administrator key (NOT for production).
     #[arg(long)]
@@ -65,7 +70,12 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let data_dir = dir.data_dir();
     data_dir.ensure()?;
     let time_zone = kss_policy::time_zone(&args.time_zone).map_err(anyhow::Error::msg)?;
-    let sqlite = SqliteStore::open(&data_dir.database())
+    let durability = if args.sqlite_sync == "normal" {
+        Durability::Normal
+    } else {
+        Durability::Full
+    };
+    let sqlite = SqliteStore::open_with(&data_dir.database(), durability)
         .await
         .with_context(|| format!("opening {}", data_dir.database().display()))?;
     let store: Arc<dyn Store> = Arc::new(sqlite.clone());
@@ -112,6 +122,9 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         switches: switches_rx.clone(),
         profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
         ciphertexts: Arc::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
+        verify_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        )),
         metrics: Arc::clone(&metrics),
         max_clock_skew: Duration::from_secs(args.max_clock_skew),
     });

@@ -12,7 +12,7 @@ mod sqlite;
 mod types;
 
 pub use error::StoreError;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 pub use types::{
     AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyVersion, Profile, State,
     StoredCounter,

@@ -20,6 +20,16 @@ use crate::{
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// When a commit is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced at every commit: a returned approval survives a power loss.
+    Full,
+    /// Written at every commit, synced at checkpoints (WAL, `synchronous=NORMAL`): survives
+    /// a crash of the process (kill -9), not a power loss of the host.
+    Normal,
+}
+
 /// A SQLite database file, created and migrated on first open.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -27,13 +37,22 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database at `path` and applies migrations.
+    /// Opens (creating if missing) the database at `path` and applies migrations, with
+    /// every commit synced to disk.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::Full).await
+    }
+
+    /// Opens with the given durability.
+    pub async fn open_with(path: &Path, durability: Durability) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()

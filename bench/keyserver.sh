@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The keyserver's throughput against its crypto floor, measured in one run on this machine.
+#
+#   1. criterion: the crypto floor (ciphertext verification, decryption share, share
+#      verification, ed25519); F = cores / (verified share + signature check) per second.
+#   2. `kss serve` (release) on SQLite with a persistent per-profile throttle, over TLS, and
+#      `kss loadgen` on the same machine:
+#        a. flat out, every ciphertext distinct        → approved/s, ratio to F (target ≥ 0.75)
+#        b. paced at 0.5 × F, distinct ciphertexts     → p99 latency (target < 20 ms)
+#        c. flat out, every ciphertext a repeat        → approved/s, ratio to (a) (target ≥ 3)
+#
+# Usage: bench/keyserver.sh [SECONDS per load run, default 10]
+# Prints a Markdown table; the raw reports go to $OUT (default target/bench-keyserver).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+out=${OUT:-target/bench-keyserver}
+mkdir -p "$out"
+cores=$(nproc)
+
+cargo build --release -q -p kss-server
+kss=target/release/kss
+
+echo "== crypto floor (criterion)" >&2
+cargo bench -q -p kss-crypto --bench floor -- --warm-up-time 1 --measurement-time 5 \
+  'crypto/(decrypt_share_with_verify|ed25519_verify|ciphertext_verify|decryption_share_verified|share_verify|cache_hit)$' \
+  > "$out/criterion.txt" 2>&1
+median_ns() { python3 -c "import json; print(json.load(open('target/criterion/${1/\//_}/new/estimates.json'))['median']['point_estimate'])"; }
+share_ns=$(median_ns crypto/decrypt_share_with_verify)
+sig_ns=$(median_ns crypto/ed25519_verify)
+floor=$(python3 -c "print(round($cores * 1e9 / ($share_ns + $sig_ns)))")
+
+data=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
+$kss --data-dir "$data/d" create --ignore-security-checks --threshold 1 > /dev/null 2>&1
+cat > "$data/policy.yml" <<'YAML'
+decrypt:
+  - - rule: meta-rule
+      paths: [/batch]
+    - rule: per-profile-throttle-rule
+      per_day: 1000000000
+      persistent: true
+YAML
+$kss --data-dir "$data/d" policy load "$data/policy.yml" > /dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=warn $kss --data-dir "$data/d" serve --self-signed-tls --listen "127.0.0.1:$port" \
+  --metrics-listen "127.0.0.1:$mport" > "$out/serve.out" 2> "$out/serve.log" &
+server=$!
+for _ in $(seq 100); do grep -q "serving on" "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+
+load() { # name, extra loadgen args...
+  local name=$1; shift
+  echo "== load: $name" >&2
+  $kss loadgen --endpoint "https://127.0.0.1:$port" --ca "$data/d/tls/ca.pem" --json \
+    --duration "$secs" "$@" > "$out/$name.json"
+}
+# Distinct: more ciphertexts than the run can send, so none is ever a repeat.
+distinct=$(python3 -c "print(max(256, int($floor * $secs * 1.3 / 16) + 1))")
+load distinct --profiles 16 --concurrency 64 --distinct-ciphertexts "$distinct"
+load paced --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" \
+  --rate "$(python3 -c "print(int($floor * 0.5))")"
+load repeated --profiles 16 --concurrency 64 --distinct-ciphertexts 1 --repeat-share 1.0
+
+python3 - "$out" "$floor" "$share_ns" "$sig_ns" "$cores" <<'PY'
+import json, sys
+out, floor, share_ns, sig_ns, cores = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+r = {n: json.load(open(f"{out}/{n}.json")) for n in ("distinct", "paced", "repeated")}
+def rate(n): return r[n]["approved_per_second"]
+def lat(n, p): return r[n]["latency_ms"][p]
+print(f"| measure | value | ratio | target |")
+print(f"| --- | ---: | ---: | --- |")
+print(f"| verified share (decrypt_share, median) | {share_ns/1e3:.0f} µs | | |")
+print(f"| ed25519 verify (median) | {sig_ns/1e3:.0f} µs | | |")
+print(f"| F = {cores} cores ÷ (share + signature) | {floor:.0f} /s | 1.00 | |")
+print(f"| flat out, distinct ciphertexts | {rate('distinct'):.0f} approved/s | {rate('distinct')/floor:.2f} × F | ≥ 0.75 × F |")
+print(f"| paced at 0.5 × F: p50 / p99 / p99.9 | {lat('paced','p50'):.1f} / {lat('paced','p99'):.1f} / {lat('paced','p999'):.1f} ms | ({rate('paced'):.0f} approved/s) | p99 < 20 ms |")
+print(f"| flat out, every ciphertext repeated | {rate('repeated'):.0f} approved/s | {rate('repeated')/rate('distinct'):.2f} × distinct | ≥ 3 × distinct |")
+for n in r:
+    errs = r[n].get("errors_by_code") or {}
+    denied = r[n].get("denied_by_reason") or {}
+    if errs or denied:
+        print(f"\n{n}: errors {errs}, denied {denied}")
+PY

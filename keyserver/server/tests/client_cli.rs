@@ -1,0 +1,182 @@
+//! `kss client` and `kss loadgen` against a real keyserver process.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{DataDir, Server, kss_bin, text};
+
+fn client(server: &Server, data: &DataDir, args: &[&str]) -> Output {
+    Command::new(kss_bin())
+        .args(["client"])
+        .args(args)
+        .args(["--endpoint", &server.endpoint(), "--ca"])
+        .arg(data.path().join("tls/ca.pem"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn client_commands_onboard_encrypt_and_decrypt() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy("decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n");
+    let server = Server::start(&data);
+    let profile = data.dir.path().join("profile.json");
+    let ct = data.dir.path().join("file.ct");
+
+    let info = client(&server, &data, &["info"]);
+    assert!(text(&info.stdout).contains(&id), "{}", text(&info.stderr));
+
+    let out = client(
+        &server,
+        &data,
+        &[
+            "onboard",
+            "--keyserver-id",
+            &id,
+            "--profile",
+            profile.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Offline: no connection flags.
+    let out = Command::new(kss_bin())
+        .args([
+            "client",
+            "encrypt",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--out",
+            ct.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = text(&out.stdout).trim().to_string();
+    assert_eq!(key.len(), 64, "{key}");
+
+    let approved = client(
+        &server,
+        &data,
+        &[
+            "decrypt",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--ciphertext",
+            ct.to_str().unwrap(),
+            "--path",
+            "batch/report.csv",
+        ],
+    );
+    assert_eq!(
+        approved.status.code(),
+        Some(0),
+        "{}",
+        text(&approved.stderr)
+    );
+    assert!(text(&approved.stdout).contains(&key));
+
+    let denied = client(
+        &server,
+        &data,
+        &[
+            "decrypt",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--ciphertext",
+            ct.to_str().unwrap(),
+            "--path",
+            "home/notes.txt",
+        ],
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    let all = format!("{}{}", text(&denied.stdout), text(&denied.stderr));
+    assert!(all.contains("policy") && !all.contains(&key), "{all}");
+
+    // Onboarding with a wrong keyserver ID: a clear error, no profile file left behind.
+    let other = data.dir.path().join("other.json");
+    let out = client(
+        &server,
+        &data,
+        &[
+            "onboard",
+            "--keyserver-id",
+            "00000000000000000000000000000000",
+            "--profile",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("wrong keyserver ID"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!other.exists());
+}
+
+#[test]
+fn client_refuses_a_server_it_does_not_trust() {
+    let data = DataDir::new();
+    data.create();
+    let server = Server::start(&data);
+    // Another keyserver's CA.
+    let stranger = DataDir::new();
+    stranger.create();
+    let _other = Server::start(&stranger);
+    let out = Command::new(kss_bin())
+        .args(["client", "info", "--endpoint", &server.endpoint(), "--ca"])
+        .arg(stranger.path().join("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    // The right CA but a name the certificate is not for.
+    let out = Command::new(kss_bin())
+        .args([
+            "client",
+            "info",
+            "--endpoint",
+            &server.endpoint(),
+            "--server-name",
+            "kss.example.com",
+            "--ca",
+        ])
+        .arg(data.path().join("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn loadgen_reports_verified_approvals_and_quota_denials() {
+    let data = DataDir::new();
+    data.create();
+    data.load_policy(
+        "decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n    - rule: per-profile-throttle-rule\n      per_day: 10\n      persistent: true\n",
+    );
+    let server = Server::start(&data);
+    let out = Command::new(kss_bin())
+        .args(["loadgen", "--endpoint", &server.endpoint(), "--ca"])
+        .arg(data.path().join("tls/ca.pem"))
+        .args(["--profiles", "4", "--requests", "80", "--concurrency", "8"])
+        .args(["--distinct-ciphertexts", "4", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    // 4 profiles × per_day 10: exactly 40 approved, every share verified and combined.
+    assert_eq!(report["approved"], 40, "{report}");
+    assert_eq!(report["verified"], 40, "{report}");
+    assert_eq!(report["verify_failures"], 0, "{report}");
+    assert_eq!(report["denied_by_reason"]["quota"], 40, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+}
