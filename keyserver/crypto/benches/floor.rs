@@ -40,6 +40,11 @@ fn floor(c: &mut Criterion) {
     c.bench_function("crypto/ciphertext_verify", |b| {
         b.iter(|| verify(black_box(ct_bytes.as_bytes())))
     });
+    // Baseline: blsttc's own check (two full pairings) on the same ciphertext.
+    let parsed = kss_crypto::blsttc::Ciphertext::from_bytes(ct_bytes.as_bytes()).expect("valid");
+    c.bench_function("crypto/ciphertext_verify_blsttc", |b| {
+        b.iter(|| black_box(&parsed).verify())
+    });
     c.bench_function("crypto/decryption_share_verified", |b| {
         b.iter(|| kss.decryption_share(black_box(&ct)))
     });

@@ -106,6 +106,67 @@ fn parse(bytes: &[u8]) -> Result<Ciphertext, CryptoError> {
     Ciphertext::from_bytes(bytes).map_err(|_| CryptoError::CiphertextInvalid)
 }
 
+/// Offsets of the encoding `U (G1, 48) ‖ W (G2, 96) ‖ V` (blsttc's `Ciphertext::to_bytes`).
+const U_END: usize = PK_SIZE;
+const W_END: usize = PK_SIZE + SIG_SIZE;
+
+/// The ciphertext's validity check, `e(g1, W) == e(U, H(U, V))` — exactly what
+/// `blsttc::Ciphertext::verify` checks — computed as one product of two Miller loops and a
+/// single final exponentiation, `e(g1, W) · e(−U, H(U, V)) == 1`, instead of two full
+/// pairings (`tests/ciphertext.rs` checks both agree).
+///
+/// `bytes` must already have decoded as a `blsttc::Ciphertext` (which checks that U and W
+/// are on the curve and in their subgroups): the points are decoded again here without
+/// repeating those checks.
+fn pairing_check(bytes: &[u8]) -> bool {
+    use blsttc::blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared};
+    use blsttc::group::Group;
+    use pairing::{MillerLoopResult, MultiMillerLoop};
+
+    let (Some(u), Some(w), Some(v)) = (
+        bytes
+            .get(..U_END)
+            .and_then(|b| <&[u8; PK_SIZE]>::try_from(b).ok()),
+        bytes
+            .get(U_END..W_END)
+            .and_then(|b| <&[u8; SIG_SIZE]>::try_from(b).ok()),
+        bytes.get(W_END..),
+    ) else {
+        return false;
+    };
+    let (Some(u), Some(w)) = (
+        Option::<G1Affine>::from(G1Affine::from_compressed_unchecked(u)),
+        Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(w)),
+    ) else {
+        return false;
+    };
+    let hash = hash_g1_g2(&u, v);
+    let product = Bls12::multi_miller_loop(&[
+        (
+            &G1Affine::from(G1Projective::generator()),
+            &G2Prepared::from(w),
+        ),
+        (&(-u), &G2Prepared::from(hash)),
+    ])
+    .final_exponentiation();
+    bool::from(product.is_identity())
+}
+
+/// blsttc's hash of a ciphertext's U and V to G2: V (its SHA3-256 when longer than 64
+/// bytes) followed by U compressed, hashed to the curve with blsttc's domain tag.
+fn hash_g1_g2(u: &blsttc::blstrs::G1Affine, v: &[u8]) -> blsttc::blstrs::G2Affine {
+    use blsttc::group::Curve;
+    use sha3::Digest as _;
+
+    let mut msg = if v.len() > 64 {
+        sha3::Sha3_256::digest(v).to_vec()
+    } else {
+        v.to_vec()
+    };
+    msg.extend_from_slice(&u.to_compressed());
+    blsttc::blstrs::G2Projective::hash_to_curve(&msg, blsttc::DST, &[]).to_affine()
+}
+
 /// Parses and fully verifies a ciphertext.
 pub fn verify(bytes: &[u8]) -> Result<VerifiedCiphertext, CryptoError> {
     VerifiedCiphertext::verify(bytes)
@@ -137,7 +198,7 @@ impl VerifiedCiphertext {
         // U = identity would let W = identity pass the pairing check; such a ciphertext hides
         // nothing, and there is no reason to ever serve a share for it. (U decoded, so its
         // compressed encoding's infinity flag tells whether it is the identity.)
-        if is_identity_encoding(bytes) || !inner.verify() {
+        if is_identity_encoding(bytes) || !pairing_check(bytes) {
             return Err(CryptoError::CiphertextInvalid);
         }
         Ok(VerifiedCiphertext { inner, digest })

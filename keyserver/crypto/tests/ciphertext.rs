@@ -160,3 +160,40 @@ fn cache_is_shareable_across_threads() {
     assert_eq!(cache.hits() + cache.misses(), 32);
     assert_eq!(cache.len(), 8);
 }
+
+/// The one-final-exponentiation check accepts and rejects exactly what blsttc's own
+/// `Ciphertext::verify` does: valid ciphertexts (short and long V), and mixes of the parts of
+/// two valid ciphertexts, which decode but do not belong together.
+#[test]
+fn verification_agrees_with_blsttc() {
+    use kss_crypto::blsttc::{Ciphertext, SecretKey};
+    let key = SecretKey::random().public_key();
+    let cts: Vec<Vec<u8>> = [32usize, 64, 65, 200]
+        .iter()
+        .map(|len| key.encrypt(vec![7u8; *len]).to_bytes())
+        .collect();
+    for ct in &cts {
+        assert!(Ciphertext::from_bytes(ct).unwrap().verify());
+        assert!(kss_crypto::ciphertext::verify(ct).is_ok());
+    }
+    // U of one, W and V of another, and so on: every pairing of parts.
+    let parts = |ct: &Vec<u8>| (ct[..48].to_vec(), ct[48..144].to_vec(), ct[144..].to_vec());
+    let mut checked = 0;
+    for a in &cts {
+        for b in &cts {
+            for c in &cts {
+                let (u, _, _) = parts(a);
+                let (_, w, _) = parts(b);
+                let (_, _, v) = parts(c);
+                let mixed = [u, w, v].concat();
+                let theirs = Ciphertext::from_bytes(&mixed)
+                    .map(|ct| ct.verify())
+                    .unwrap_or(false);
+                let ours = kss_crypto::ciphertext::verify(&mixed).is_ok();
+                assert_eq!(ours, theirs, "disagreement on a mix");
+                checked += usize::from(!theirs);
+            }
+        }
+    }
+    assert!(checked > 50, "mixes must include invalid ones: {checked}");
+}

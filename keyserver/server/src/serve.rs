@@ -26,6 +26,7 @@ use crate::metrics::{self, Metrics};
 use crate::service::admin::AdminService;
 use crate::service::keyserver::KeyServerService;
 use crate::service::profiles::ProfileCache;
+use crate::service::verifier::Verifier;
 use crate::switches::{self, Switches};
 use crate::tls::{self, TlsArgs};
 
@@ -121,10 +122,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         decider,
         switches: switches_rx.clone(),
         profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
-        ciphertexts: Arc::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
-        verify_slots: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, usize::from),
-        )),
+        verifier: Verifier::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
         metrics: Arc::clone(&metrics),
         max_clock_skew: Duration::from_secs(args.max_clock_skew),
     });

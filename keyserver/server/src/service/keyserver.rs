@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kss_crypto::ciphertext::VerificationCache;
 use kss_crypto::ids::{DeviceId, ProfileId};
 use kss_crypto::profile::{PossessionProof, WorkstationPublicShare};
 use kss_crypto::root::ProfileClaims;
@@ -18,6 +17,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use tracing::{Span, field, info, instrument, warn};
 
 use super::profiles::{KnownProfile, ProfileCache};
+use super::verifier::Verifier;
 use crate::decider::{AuditDraft, Decider, Job, Outcome, Reason, Verdict};
 use crate::identity::{KeyserverIdentity, now_ms};
 use crate::metrics::Metrics;
@@ -32,10 +32,7 @@ pub struct KeyServerService {
     pub decider: Decider,
     pub switches: watch::Receiver<Arc<Switches>>,
     pub profiles: ProfileCache,
-    pub ciphertexts: Arc<VerificationCache>,
-    /// One permit per core: verifications queue in arrival order (FIFO) instead of
-    /// sharing the cores, which keeps tail latency close to the service time.
-    pub verify_slots: Arc<tokio::sync::Semaphore>,
+    pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     /// How far a request's timestamp may be from this server's clock.
     pub max_clock_skew: Duration,
@@ -287,19 +284,11 @@ impl KeyServerService {
         // A share is released only for a verified ciphertext: verify before deciding, so
         // that an invalid one consumes no quota.
         let verified = if is_decrypt {
-            let cache = Arc::clone(&self.ciphertexts);
-            let bytes = body.ciphertext;
-            let slot = Arc::clone(&self.verify_slots)
-                .acquire_owned()
+            let verified = self
+                .verifier
+                .verify(body.ciphertext)
                 .await
-                .map_err(|_| Status::unavailable("shutting down"))?;
-            let verified = tokio::task::spawn_blocking(move || {
-                let verified = cache.verify(&bytes);
-                drop(slot);
-                verified
-            })
-            .await
-            .map_err(|e| Status::internal(format!("verification task failed: {e}")))?;
+                .ok_or_else(|| Status::unavailable("shutting down"))?;
             match verified {
                 Ok(v) => Some(v),
                 Err(_) => {

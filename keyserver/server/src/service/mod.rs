@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod keyserver;
 pub mod profiles;
+pub mod verifier;
