@@ -600,3 +600,43 @@ async fn create_refuses_a_weak_backup_and_a_second_identity() {
     let db = std::fs::read(data.path().join("kss.db")).unwrap();
     assert!(!db.windows(32).any(|w| hex::encode(w) == master.trim()));
 }
+
+/// Non-persistent throttles count in memory: exact while the server runs, listed and
+/// cleared through the admin socket, and gone after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_memory_quota_counts_until_restart() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy("search:\n  - - rule: per-profile-throttle-rule\n      per_hour: 2\n");
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let search = RequestSpec::new(RequestType::Search);
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        reasons.push(
+            client
+                .request(&profile, &search)
+                .await
+                .unwrap()
+                .reason_name(),
+        );
+    }
+    assert_eq!(reasons, vec![None, None, Some("quota".to_string())]);
+    let list = data.kss_ok(&["quota", "list", "--json"]);
+    assert!(
+        list.contains("\"persistent\":false") && list.contains("\"at_quota\":true"),
+        "{list}"
+    );
+    let cleared = data.kss_ok(&["quota", "clear"]);
+    assert!(cleared.contains("1 in-memory"), "{cleared}");
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+    assert!(!client.request(&profile, &search).await.unwrap().approved);
+
+    // Nothing of it was written to the database: a restart starts from zero.
+    assert!(server.terminate());
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    assert!(client.request(&profile, &search).await.unwrap().approved);
+}
