@@ -137,6 +137,14 @@ pub struct Outcome {
     pub audit_id: Option<u64>,
 }
 
+impl Outcome {
+    /// Denied without a decision: the database or the decision task is unavailable.
+    const UNAVAILABLE: Outcome = Outcome {
+        verdict: Verdict::Denied(Reason::Unavailable),
+        audit_id: None,
+    };
+}
+
 const MAX_BATCH: usize = 512;
 
 /// Throttle counters that live in memory (non-persistent throttles), by profile then rule.
@@ -207,14 +215,10 @@ impl Decider {
     /// Decides one job (waits for its batch to commit).
     pub async fn decide(&self, job: Job) -> Outcome {
         let (reply, answer) = oneshot::channel();
-        let unavailable = Outcome {
-            verdict: Verdict::Denied(Reason::Unavailable),
-            audit_id: None,
-        };
         if self.jobs.send((job, reply)).await.is_err() {
-            return unavailable;
+            return Outcome::UNAVAILABLE;
         }
-        answer.await.unwrap_or(unavailable)
+        answer.await.unwrap_or(Outcome::UNAVAILABLE)
     }
 }
 
@@ -239,13 +243,7 @@ impl DecisionTask {
                 Err(e) => {
                     self.metrics.db_error("decide");
                     warn!(error = %e, requests = jobs.len(), "database failed: batch denied as unavailable");
-                    vec![
-                        Outcome {
-                            verdict: Verdict::Denied(Reason::Unavailable),
-                            audit_id: None
-                        };
-                        jobs.len()
-                    ]
+                    vec![Outcome::UNAVAILABLE; jobs.len()]
                 }
             };
             self.metrics.batch_done(jobs.len(), started.elapsed());
@@ -322,46 +320,40 @@ impl DecisionTask {
                 Some(n) => !seen.insert(n.clone()),
                 None => false,
             };
-            let verdict = if let Job::Deny { reason, .. } = job {
-                Verdict::Denied(*reason)
-            } else if replayed {
-                Verdict::Denied(Reason::Replayed)
-            } else if !switches.enabled {
-                Verdict::Denied(Reason::Disabled)
-            } else {
-                match job {
-                    Job::Evaluate {
-                        request, register, ..
-                    } => {
-                        if let Some(profile) = register {
-                            tx.insert_profile(profile).await?;
-                        }
-                        verdict_of(
-                            policy
-                                .policy
-                                .evaluate(request, now, &self.time_zone, &quotas),
-                        )
+            let verdict = match job {
+                Job::Deny { reason, .. } => Verdict::Denied(*reason),
+                _ if replayed => Verdict::Denied(Reason::Replayed),
+                _ if !switches.enabled => Verdict::Denied(Reason::Disabled),
+                Job::Evaluate {
+                    request, register, ..
+                } => {
+                    if let Some(profile) = register {
+                        tx.insert_profile(profile).await?;
                     }
-                    Job::Onboard {
-                        request, profile, ..
-                    } => {
-                        let verdict = verdict_of(policy.policy.evaluate(
-                            request,
-                            now,
-                            &self.time_zone,
-                            &quotas,
-                        ));
-                        if matches!(verdict, Verdict::Approved { .. })
-                            && !tx.insert_profile(profile).await?
-                        {
-                            return Err(StoreError::AlreadyExists(format!(
-                                "profile {}",
-                                profile.profile_id
-                            )));
-                        }
-                        verdict
+                    verdict_of(
+                        policy
+                            .policy
+                            .evaluate(request, now, &self.time_zone, &quotas),
+                    )
+                }
+                Job::Onboard {
+                    request, profile, ..
+                } => {
+                    let verdict = verdict_of(policy.policy.evaluate(
+                        request,
+                        now,
+                        &self.time_zone,
+                        &quotas,
+                    ));
+                    if matches!(verdict, Verdict::Approved { .. })
+                        && !tx.insert_profile(profile).await?
+                    {
+                        return Err(StoreError::AlreadyExists(format!(
+                            "profile {}",
+                            profile.profile_id
+                        )));
                     }
-                    Job::Deny { .. } => unreachable_deny(),
+                    verdict
                 }
             };
             if replayed {
@@ -418,11 +410,6 @@ impl DecisionTask {
             })
             .collect())
     }
-}
-
-/// `Job::Deny` is handled before the match; kept total without a panic.
-fn unreachable_deny() -> Verdict {
-    Verdict::Denied(Reason::Policy)
 }
 
 fn verdict_of(decision: Decision) -> Verdict {
