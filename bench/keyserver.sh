@@ -52,7 +52,7 @@ for _ in $(seq 100); do grep -q "serving on" "$out/serve.out" 2>/dev/null && bre
 load() { # name, extra loadgen args...
   local name=$1; shift
   echo "== load: $name" >&2
-  $kss loadgen --endpoint "https://127.0.0.1:$port" --ca "$data/d/tls/ca.pem" --json \
+  $kss loadgen --endpoint "https://127.0.0.1:$port" --ca "$data/d/tls/ca.pem" --json --warmup 2 \
     --duration "$secs" "$@" > "$out/$name.json"
 }
 # Distinct: more ciphertexts than the run can send, so none is ever a repeat.

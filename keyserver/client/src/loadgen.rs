@@ -68,6 +68,10 @@ pub struct LoadgenArgs {
     /// Send this many requests.
     #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
+    /// Send for this many seconds first without counting anything (connections, the
+    /// server's thread pools and caches warm up); --duration is measured after it.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub warmup: f64,
     /// Target requests per second, open-loop; 0 = flat out.
     #[arg(long, value_name = "R", default_value_t = 0.0)]
     pub rate: f64,
@@ -271,6 +275,8 @@ struct Plan {
     rate: f64,
     requests: Option<u64>,
     deadline_after: Option<Duration>,
+    /// Requests due before `start + warmup` are sent but not counted.
+    warmup: Duration,
     repeat_share: f64,
     verify: bool,
     next: AtomicU64,
@@ -351,10 +357,11 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     let profiles: Vec<LoadProfile> = prepared.into_iter().map(|(_, p)| p).collect();
     let encrypt_seconds = encrypt_start.elapsed().as_secs_f64();
 
+    let warmup = Duration::from_secs_f64(args.warmup);
     let deadline_after = match (args.requests, args.duration) {
         (Some(_), _) => None,
-        (None, Some(secs)) => Some(Duration::from_secs_f64(secs)),
-        (None, None) => Some(Duration::from_secs_f64(DEFAULT_DURATION_SECS)),
+        (None, Some(secs)) => Some(warmup + Duration::from_secs_f64(secs)),
+        (None, None) => Some(warmup + Duration::from_secs_f64(DEFAULT_DURATION_SECS)),
     };
     let plan = Arc::new(Plan {
         profiles,
@@ -362,6 +369,7 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         rate: args.rate,
         requests: args.requests,
         deadline_after,
+        warmup,
         repeat_share: args.repeat_share,
         verify: args.verify,
         next: AtomicU64::new(0),
@@ -382,7 +390,9 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         let stats = joined.context("a load worker failed")??;
         merge(&mut total, stats)?;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = tokio::time::Instant::now()
+        .saturating_duration_since(start + warmup)
+        .as_secs_f64();
 
     let hist = total.latency_us.take().unwrap_or(new_histogram()?);
     let ms = |us: u64| us as f64 / 1000.0;
@@ -458,6 +468,9 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
         && !(secs > 0.0 && secs.is_finite())
     {
         bail!("--duration must be a number of seconds > 0");
+    }
+    if !(args.warmup >= 0.0 && args.warmup.is_finite()) {
+        bail!("--warmup must be a number of seconds >= 0");
     }
     if args.request_type == RequestKind::Decrypt
         && args.distinct_ciphertexts == 0
@@ -622,6 +635,11 @@ async fn worker(plan: Arc<Plan>, start: tokio::time::Instant) -> anyhow::Result<
         body.nonce = fresh_nonce();
         let message = sign_request(&lp.profile, &body);
         let client = &plan.clients[(i % plan.clients.len() as u64) as usize];
+        if due < start + plan.warmup {
+            // Warming up: sent, not counted.
+            let _ = client.approve_raw(message).await;
+            continue;
+        }
         stats.sent += 1;
         let result = client.approve_raw(message).await;
         let latency = tokio::time::Instant::now().saturating_duration_since(due);
