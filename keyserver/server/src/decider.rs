@@ -191,23 +191,8 @@ pub struct Decider {
 impl Decider {
     /// Starts the decision task. It ends when every `Decider` clone is dropped, after
     /// deciding what was queued.
-    pub fn start(
-        store: Arc<dyn Store>,
-        switches: watch::Receiver<Arc<Switches>>,
-        memory: Arc<Mutex<MemoryCounters>>,
-        time_zone: TimeZone,
-        instance_id: String,
-        metrics: Arc<Metrics>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(task: DecisionTask) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let task = DecisionTask {
-            store,
-            switches,
-            memory,
-            time_zone,
-            instance_id,
-            metrics,
-        };
         let handle = tokio::spawn(task.run(rx));
         (Decider { jobs: tx }, handle)
     }
@@ -222,13 +207,18 @@ impl Decider {
     }
 }
 
-struct DecisionTask {
-    store: Arc<dyn Store>,
-    switches: watch::Receiver<Arc<Switches>>,
-    memory: Arc<Mutex<MemoryCounters>>,
-    time_zone: TimeZone,
-    instance_id: String,
-    metrics: Arc<Metrics>,
+/// What the decision task works with.
+pub struct DecisionTask {
+    pub store: Arc<dyn Store>,
+    /// The policy in force and the enabled switch.
+    pub switches: watch::Receiver<Arc<Switches>>,
+    /// Counters of non-persistent throttles (shared with the admin service).
+    pub memory: Arc<Mutex<MemoryCounters>>,
+    /// The zone of quota hours and days.
+    pub time_zone: TimeZone,
+    /// Recorded in every audit record.
+    pub instance_id: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl DecisionTask {

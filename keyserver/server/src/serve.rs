@@ -20,7 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
 use crate::data_dir::{DataDir, DataDirArgs};
-use crate::decider::{Decider, MemoryCounters};
+use crate::decider::{Decider, DecisionTask, MemoryCounters};
 use crate::identity::KeyserverIdentity;
 use crate::metrics::{self, Metrics};
 use crate::service::admin::AdminService;
@@ -107,14 +107,14 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Arc::clone(&metrics),
     ));
     let memory = Arc::new(Mutex::new(MemoryCounters::default()));
-    let (decider, decider_task) = Decider::start(
-        Arc::clone(&store),
-        switches_rx.clone(),
-        Arc::clone(&memory),
-        time_zone.clone(),
-        instance_id.clone(),
-        Arc::clone(&metrics),
-    );
+    let (decider, decider_task) = Decider::start(DecisionTask {
+        store: Arc::clone(&store),
+        switches: switches_rx.clone(),
+        memory: Arc::clone(&memory),
+        time_zone: time_zone.clone(),
+        instance_id: instance_id.clone(),
+        metrics: Arc::clone(&metrics),
+    });
 
     let keyserver = Arc::new(KeyServerService {
         identity: Arc::clone(&identity),

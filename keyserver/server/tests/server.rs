@@ -36,6 +36,19 @@ async fn onboard(client: &KssClient, id: &str) -> Profile {
     client.onboard(&id, "batch@host", &words()).await.unwrap()
 }
 
+/// Signs `body` with the profile's device key, sends it, and returns the deny reason.
+async fn signed_reason(
+    client: &KssClient,
+    profile: &Profile,
+    body: &kss_proto::v1::RequestBody,
+) -> Option<String> {
+    let response = client
+        .approve_raw(sign_request(profile, body))
+        .await
+        .unwrap();
+    kss_client::protocol::ApproveOutcome::from_response(response).reason_name()
+}
+
 fn paths(p: &str) -> Vec<String> {
     vec![p.to_string()]
 }
@@ -232,13 +245,7 @@ async fn forged_replayed_and_malformed_requests_are_rejected_and_the_server_keep
     let mut old = build_request(&profile, &spec);
     old.timestamp_ms -= 3_600_000;
     assert_eq!(
-        reason(
-            client
-                .approve_raw(sign_request(&profile, &old))
-                .await
-                .unwrap()
-        )
-        .as_deref(),
+        signed_reason(&client, &profile, &old).await.as_deref(),
         Some("stale")
     );
 
@@ -246,25 +253,13 @@ async fn forged_replayed_and_malformed_requests_are_rejected_and_the_server_keep
     let mut unknown = build_request(&profile, &spec);
     unknown.profile_id = "00112233445566778899aabbccddeeff".into();
     assert_eq!(
-        reason(
-            client
-                .approve_raw(sign_request(&profile, &unknown))
-                .await
-                .unwrap()
-        )
-        .as_deref(),
+        signed_reason(&client, &profile, &unknown).await.as_deref(),
         Some("unknown_profile")
     );
     let mut wrong = build_request(&profile, &spec);
     wrong.keyserver_id = "ffeeddccbbaa99887766554433221100".into();
     assert_eq!(
-        reason(
-            client
-                .approve_raw(sign_request(&profile, &wrong))
-                .await
-                .unwrap()
-        )
-        .as_deref(),
+        signed_reason(&client, &profile, &wrong).await.as_deref(),
         Some("wrong_keyserver")
     );
 
