@@ -12,7 +12,8 @@ use kss_crypto::CryptoError;
 #[non_exhaustive]
 pub enum ClientError {
     /// Reading or writing a file failed.
-    #[error("{what} {}: {source}", path.display())]
+    // The cause is the error's source: `{:#}` (anyhow) prints it after this.
+    #[error("{what} {}", path.display())]
     Io {
         /// What the file is ("profile file", "ciphertext file", ...).
         what: &'static str,
@@ -42,7 +43,7 @@ pub enum ClientError {
         detail: String,
     },
     /// A cryptographic operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Crypto {
         /// What was being done.
         what: &'static str,
