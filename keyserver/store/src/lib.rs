@@ -2,16 +2,19 @@
 //! persistent throttle counters and the audit log.
 //!
 //! [`Store`] is the interface the server uses; [`SqliteStore`] is the embedded default
-//! (standalone mode). A cluster backend fills the same trait. Decisions are written in
+//! (standalone mode). [`MysqlStore`] is the cluster backend (MySQL 8 / MariaDB, shared by
+//! several instances); it fills the same trait. Decisions are written in
 //! batches through a [`DecisionTx`]: counters are read and written, nonces checked and
 //! audit records appended in one transaction, so an approval is never returned without
 //! its quota use and its audit record committed.
 
 mod error;
+mod mysql;
 mod sqlite;
 mod types;
 
 pub use error::StoreError;
+pub use mysql::{MysqlStore, parse_db_uri};
 pub use sqlite::{Durability, SqliteStore};
 pub use types::{
     AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyVersion, Profile, State,

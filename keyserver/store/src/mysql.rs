@@ -1,0 +1,800 @@
+//! The cluster backend: one MySQL 8 (or MariaDB 10.11) database shared by several
+//! keyserver processes.
+//!
+//! # Concurrency
+//!
+//! Every read-modify-write runs in one InnoDB transaction at `REPEATABLE READ` (set on
+//! every connection, whatever the server's default), with locking reads:
+//!
+//! * A decision transaction ([`DecisionTx`]) locks, in `counters_for`, the profile rows and
+//!   the counter rows of its profiles (`SELECT ... FOR UPDATE`, one statement each, so rows
+//!   are locked in index order). Two instances deciding for the same profile at once
+//!   therefore serialize on those rows: the second waits until the first commits and then
+//!   reads its counters. Counters that do not exist yet are covered by the next-key (gap)
+//!   locks that `FOR UPDATE` takes at `REPEATABLE READ`, and `save_counters` upserts
+//!   (`INSERT ... ON DUPLICATE KEY UPDATE`) inside the same transaction. When the profile
+//!   row does not exist either, two transactions that both found no counter can deadlock
+//!   on their inserts; InnoDB then rolls one back (error 1213), which surfaces as
+//!   [`StoreError::Unavailable`], the error to retry.
+//! * `add_policy` locks the `state` row before computing `MAX(version) + 1`.
+//! * `clear_counters` deletes and bumps `quota_epoch` in one transaction.
+//!
+//! # Audit ids
+//!
+//! `append_audit` inserts each chunk of records with one multi-row `INSERT`. For such a
+//! "simple insert" (the row count is known up front) InnoDB reserves all of the
+//! statement's auto-increment values at once, in every `innodb_autoinc_lock_mode`
+//! (gaps in mode 2 only affect bulk inserts whose row count is unknown), so the ids are
+//! `LAST_INSERT_ID()` (the first row's), then successive steps of
+//! `@@auto_increment_increment` (1 unless a multi-primary setup changed it), in row order.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::civil::Date;
+use kss_policy::{Counter, QuotaWindow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlSslMode};
+use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
+
+use crate::{
+    AuditEntry, AuditFilter, AuditRecord, Decision, DecisionTx, Identity, PolicyVersion, Profile,
+    Result, State, Store, StoreError, StoredCounter,
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// MySQL's limit on placeholders in one statement is 65535; stay far below it.
+const MAX_BINDS_PER_STATEMENT: usize = 6000;
+
+/// Connections per process.
+const POOL_SIZE: u32 = 8;
+
+/// MySQL error numbers.
+const ER_DUP_ENTRY: u16 = 1062;
+
+/// A MySQL (or MariaDB) database, migrated on connect.
+#[derive(Clone)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+}
+
+impl fmt::Debug for MysqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The options hold the password: print none of them.
+        f.debug_struct("MysqlStore").finish_non_exhaustive()
+    }
+}
+
+impl MysqlStore {
+    /// Connects (a pool of 8 connections) and applies pending migrations. Several
+    /// processes may connect at once: sqlx's migrator takes a database lock.
+    pub async fn connect(options: MySqlConnectOptions) -> Result<Self> {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // The locking described in the module documentation relies on
+                    // next-key locks, which READ COMMITTED would not take.
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        MIGRATIONS.run(&pool).await?;
+        Ok(MysqlStore { pool })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Parses a database address, in either form:
+///
+/// * `mysql://user:password@host:port/database?ssl-mode=VERIFY_CA&ssl-ca=/path/ca.pem`
+///   (user and password percent-encoded, as sqlx reads them);
+/// * `mysql:host=H,port=P,user=U,password=W,database=D[,ssl-mode=M][,ssl-ca=PATH]`.
+///   Values are literal; a `,` or `\` inside a value is written `\,` or `\\`. `host`,
+///   `user` and `database` are required, `port` defaults to 3306.
+///
+/// Errors say what is wrong, never with the password.
+pub fn parse_db_uri(uri: &str) -> Result<MySqlConnectOptions, StoreError> {
+    let uri = uri.trim();
+    if let Some(rest) = uri.strip_prefix("mysql://") {
+        let password = url_password(rest);
+        return MySqlConnectOptions::from_str(uri).map_err(|e| {
+            let mut msg = e.to_string();
+            if let Some(p) = password.filter(|p| !p.is_empty()) {
+                msg = msg.replace(p, "<password>");
+            }
+            StoreError::Unavailable(format!("invalid database URL: {msg}"))
+        });
+    }
+    if let Some(rest) = uri.strip_prefix("mysql:") {
+        return parse_key_values(rest);
+    }
+    Err(config_error(
+        "database address must start with mysql:// or mysql: (e.g. mysql:host=H,port=P,user=U,\
+         password=W,database=D)",
+    ))
+}
+
+fn config_error(msg: impl Into<String>) -> StoreError {
+    StoreError::Unavailable(msg.into())
+}
+
+/// The raw password of `user:password@host...` (to keep it out of error messages).
+fn url_password(after_scheme: &str) -> Option<&str> {
+    let at = after_scheme.rfind('@')?;
+    let userinfo = &after_scheme[..at];
+    userinfo.split_once(':').map(|(_, p)| p)
+}
+
+/// Splits `k=v,k=v` with `\,` and `\\` escapes.
+fn split_pairs(s: &str) -> Result<Vec<(String, String)>> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ (',' | '\\')) => current.push(n),
+                _ => {
+                    return Err(config_error(
+                        "database address: '\\' must be followed by ',' or '\\'",
+                    ));
+                }
+            },
+            ',' => items.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    items.push(current);
+    let mut pairs = Vec::new();
+    for item in items {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            // The item may be (part of) a password: name nothing of it.
+            return Err(config_error(
+                "database address: every item must be key=value (a ',' inside a value is \
+                 written '\\,')",
+            ));
+        };
+        pairs.push((k.trim().to_ascii_lowercase(), v.to_string()));
+    }
+    Ok(pairs)
+}
+
+fn parse_key_values(s: &str) -> Result<MySqlConnectOptions> {
+    let mut host = None;
+    let mut port = None;
+    let mut user = None;
+    let mut password = None;
+    let mut database = None;
+    let mut ssl_mode = None;
+    let mut ssl_ca = None;
+    for (key, value) in split_pairs(s)? {
+        let slot = match key.as_str() {
+            "host" => &mut host,
+            "port" => &mut port,
+            "user" => &mut user,
+            "password" => &mut password,
+            "database" => &mut database,
+            "ssl-mode" => &mut ssl_mode,
+            "ssl-ca" => &mut ssl_ca,
+            other => {
+                return Err(config_error(format!(
+                    "database address: unknown key '{other}' (expected host, port, user, \
+                     password, database, ssl-mode, ssl-ca)"
+                )));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(config_error(format!(
+                "database address: key '{key}' given twice"
+            )));
+        }
+    }
+    let required = |v: Option<String>, name: &str| {
+        v.filter(|v| !v.is_empty())
+            .ok_or_else(|| config_error(format!("database address: '{name}' is missing")))
+    };
+    let mut options = MySqlConnectOptions::new()
+        .host(&required(host, "host")?)
+        .username(&required(user, "user")?)
+        .database(&required(database, "database")?);
+    if let Some(p) = port {
+        let p: u16 = p.trim().parse().map_err(|_| {
+            config_error(format!(
+                "database address: port '{p}' is not a number from 1 to 65535"
+            ))
+        })?;
+        if p == 0 {
+            return Err(config_error("database address: port 0"));
+        }
+        options = options.port(p);
+    }
+    if let Some(p) = password {
+        options = options.password(&p);
+    }
+    if let Some(m) = ssl_mode {
+        let mode = MySqlSslMode::from_str(m.trim()).map_err(|_| {
+            config_error(format!(
+                "database address: ssl-mode '{m}' (expected DISABLED, PREFERRED, REQUIRED, \
+                 VERIFY_CA or VERIFY_IDENTITY)"
+            ))
+        })?;
+        options = options.ssl_mode(mode);
+    }
+    if let Some(ca) = ssl_ca {
+        options = options.ssl_ca(ca);
+    }
+    Ok(options)
+}
+
+fn counter_from_row(row: &MySqlRow) -> Result<StoredCounter> {
+    let day: String = row.try_get("day")?;
+    let day = Date::from_str(&day)
+        .map_err(|e| StoreError::Corrupt(format!("quota counter day '{day}': {e}")))?;
+    let hour: i64 = row.try_get("hour")?;
+    let hour = i8::try_from(hour)
+        .ok()
+        .filter(|h| (0..24).contains(h))
+        .ok_or_else(|| StoreError::Corrupt(format!("quota counter hour {hour}")))?;
+    Ok(StoredCounter {
+        rule_id: row.try_get("rule_id")?,
+        profile_id: row.try_get("profile_id")?,
+        counter: Counter {
+            window: QuotaWindow { day, hour },
+            hour_used: to_u64(row.try_get("hour_used")?)?,
+            day_used: to_u64(row.try_get("day_used")?)?,
+        },
+    })
+}
+
+fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
+}
+
+fn profile_from_row(row: &MySqlRow) -> Result<Profile> {
+    let words: String = row.try_get("words")?;
+    Ok(Profile {
+        profile_id: row.try_get("profile_id")?,
+        device_id: row.try_get("device_id")?,
+        device_public_key: row.try_get("device_public_key")?,
+        workstation_share: row.try_get("workstation_share")?,
+        name: row.try_get("name")?,
+        words: words.split_whitespace().map(str::to_string).collect(),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn audit_from_row(row: &MySqlRow) -> Result<AuditEntry> {
+    let decision: String = row.try_get("decision")?;
+    let decision = match decision.as_str() {
+        "approved" => Decision::Approved,
+        "denied" => Decision::Denied,
+        other => return Err(StoreError::Corrupt(format!("audit decision '{other}'"))),
+    };
+    let rule_set: Option<i64> = row.try_get("rule_set")?;
+    let policy_version: Option<i64> = row.try_get("policy_version")?;
+    Ok(AuditEntry {
+        id: to_u64(row.try_get("id")?)?,
+        record: AuditRecord {
+            at_ms: row.try_get("at_ms")?,
+            instance_id: row.try_get("instance_id")?,
+            profile_id: row.try_get("profile_id")?,
+            device_id: row.try_get("device_id")?,
+            request_type: row.try_get("request_type")?,
+            meta: row.try_get("meta")?,
+            cryptographic_id: row.try_get("cryptographic_id")?,
+            decision,
+            rule_set: rule_set.and_then(|r| u32::try_from(r).ok()),
+            reason: row.try_get("reason")?,
+            policy_version: policy_version.map(to_u64).transpose()?,
+            nonce: row.try_get("nonce")?,
+        },
+    })
+}
+
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == ER_DUP_ENTRY),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Store for MysqlStore {
+    async fn identity(&self) -> Result<Option<Identity>> {
+        let row = sqlx::query(
+            "SELECT keyserver_id, sealed_root, created_at_ms FROM identity WHERE singleton = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Identity {
+                keyserver_id: r.try_get("keyserver_id")?,
+                sealed_root: r.try_get("sealed_root")?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_identity(&self, identity: &Identity) -> Result<()> {
+        // A plain INSERT: the primary key refuses a second row (INSERT IGNORE would also
+        // turn strict-mode errors such as truncation into warnings).
+        let done = sqlx::query(
+            "INSERT INTO identity (singleton, keyserver_id, sealed_root, created_at_ms) \
+             VALUES (1, ?, ?, ?)",
+        )
+        .bind(&identity.keyserver_id)
+        .bind(&identity.sealed_root)
+        .bind(identity.created_at_ms)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => {
+                Err(StoreError::AlreadyExists("a keyserver identity".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn state(&self) -> Result<State> {
+        let row = sqlx::query(
+            "SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(State {
+            enabled: row.try_get::<i64, _>("enabled")? != 0,
+            policy_version: to_u64(row.try_get("policy_version")?)?,
+            quota_epoch: to_u64(row.try_get("quota_epoch")?)?,
+        })
+    }
+
+    async fn set_enabled(&self, enabled: bool) -> Result<()> {
+        sqlx::query("UPDATE state SET enabled = ? WHERE singleton = 1")
+            .bind(i64::from(enabled))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // The state row is the lock: concurrent add_policy calls (from any process) run
+        // one after the other.
+        sqlx::query("SELECT policy_version FROM state WHERE singleton = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS SIGNED) FROM policy_versions \
+             FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(version)
+        .bind(text)
+        .bind(sha256)
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE state SET policy_version = ? WHERE singleton = 1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        to_u64(version)
+    }
+
+    async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>> {
+        let version = match version {
+            Some(v) => to_i64(v)?,
+            None => {
+                let v: i64 =
+                    sqlx::query_scalar("SELECT policy_version FROM state WHERE singleton = 1")
+                        .fetch_one(&self.pool)
+                        .await?;
+                if v == 0 {
+                    return Ok(None);
+                }
+                v
+            }
+        };
+        let row = sqlx::query(
+            "SELECT version, text, sha256, loaded_at_ms FROM policy_versions WHERE version = ?",
+        )
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(PolicyVersion {
+                version: to_u64(r.try_get("version")?)?,
+                text: r.try_get("text")?,
+                sha256: r.try_get("sha256")?,
+                loaded_at_ms: r.try_get("loaded_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn profile(&self, profile_id: &str) -> Result<Option<Profile>> {
+        let row = sqlx::query("SELECT * FROM profiles WHERE profile_id = ?")
+            .bind(profile_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(profile_from_row).transpose()
+    }
+
+    async fn profile_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM profiles")
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn counters(&self, profile_id: Option<&str>) -> Result<Vec<StoredCounter>> {
+        let rows = match profile_id {
+            Some(p) => {
+                sqlx::query("SELECT * FROM quota_counters WHERE profile_id = ? ORDER BY rule_id")
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM quota_counters ORDER BY profile_id, rule_id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(counter_from_row).collect()
+    }
+
+    async fn clear_counters(&self, profile_id: Option<&str>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let done = match profile_id {
+            Some(p) => {
+                sqlx::query("DELETE FROM quota_counters WHERE profile_id = ?")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM quota_counters")
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+        sqlx::query("UPDATE state SET quota_epoch = quota_epoch + 1 WHERE singleton = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("SELECT * FROM audit WHERE 1 = 1");
+        if let Some(p) = &filter.profile_id {
+            q.push(" AND profile_id = ").push_bind(p.clone());
+        }
+        if let Some(d) = filter.decision {
+            q.push(" AND decision = ").push_bind(d.as_str());
+        }
+        if let Some(t) = &filter.request_type {
+            q.push(" AND request_type = ").push_bind(t.clone());
+        }
+        if let Some(s) = filter.since_ms {
+            q.push(" AND at_ms >= ").push_bind(s);
+        }
+        if let Some(b) = filter.before_id {
+            q.push(" AND id < ").push_bind(to_i64(b)?);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_counts(&self) -> Result<(u64, u64)> {
+        // SUM yields DECIMAL in MySQL: cast back to BIGINT.
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(decision = 'approved'), 0) AS SIGNED) AS approved, \
+                    CAST(COALESCE(SUM(decision = 'denied'), 0) AS SIGNED) AS denied FROM audit",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            to_u64(row.try_get("approved")?)?,
+            to_u64(row.try_get("denied")?)?,
+        ))
+    }
+
+    async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>> {
+        let tx = self.pool.begin().await?;
+        Ok(Box::new(MysqlDecisionTx {
+            tx,
+            autoinc_step: None,
+        }))
+    }
+}
+
+struct MysqlDecisionTx {
+    tx: Transaction<'static, MySql>,
+    /// `@@auto_increment_increment` of this connection, once read.
+    autoinc_step: Option<u64>,
+}
+
+#[async_trait]
+impl DecisionTx for MysqlDecisionTx {
+    async fn counters_for(&mut self, profile_ids: &[&str]) -> Result<Vec<StoredCounter>> {
+        // Sorted and deduplicated: every transaction asks for its locks in the same order.
+        let mut ids: Vec<&str> = profile_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::new();
+        for chunk in ids.chunks(MAX_BINDS_PER_STATEMENT) {
+            // The profile rows first: one lock per profile serializes its deciders before
+            // they touch its counters (no insert-insert deadlock on first use).
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("SELECT profile_id FROM profiles WHERE profile_id IN (");
+            let mut list = q.separated(", ");
+            for p in chunk {
+                list.push_bind(*p);
+            }
+            q.push(") ORDER BY profile_id FOR UPDATE");
+            q.build().fetch_all(&mut *self.tx).await?;
+
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("SELECT * FROM quota_counters WHERE profile_id IN (");
+            let mut list = q.separated(", ");
+            for p in chunk {
+                list.push_bind(*p);
+            }
+            q.push(") ORDER BY profile_id, rule_id FOR UPDATE");
+            for row in q.build().fetch_all(&mut *self.tx).await? {
+                out.push(counter_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn seen_nonces(&mut self, nonces: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        // The UNIQUE key on audit.nonce is what refuses a replay (AlreadyExists at
+        // append_audit); this read lets the caller deny it politely.
+        let mut out = Vec::new();
+        for chunk in nonces.chunks(MAX_BINDS_PER_STATEMENT) {
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("SELECT nonce FROM audit WHERE nonce IN (");
+            let mut list = q.separated(", ");
+            for n in chunk {
+                list.push_bind(*n);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *self.tx).await? {
+                out.push(row.try_get("nonce")?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_profile(&mut self, p: &Profile) -> Result<bool> {
+        // A plain INSERT, with a duplicate key read as "exists": InnoDB rolls back only
+        // the failed statement, the transaction goes on. (INSERT IGNORE would also
+        // downgrade strict-mode errors, e.g. truncation, to warnings; and with sqlx's
+        // CLIENT_FOUND_ROWS, ON DUPLICATE KEY UPDATE could not tell the two cases apart.)
+        let done = sqlx::query(
+            "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
+             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.profile_id)
+        .bind(&p.device_id)
+        .bind(&p.device_public_key)
+        .bind(&p.workstation_share)
+        .bind(&p.name)
+        .bind(p.words.join(" "))
+        .bind(p.created_at_ms)
+        .execute(&mut *self.tx)
+        .await;
+        match done {
+            Ok(d) => Ok(d.rows_affected() == 1),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()> {
+        for chunk in counters.chunks(MAX_BINDS_PER_STATEMENT / 6) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO quota_counters \
+                 (rule_id, profile_id, day, hour, hour_used, day_used) ",
+            );
+            let mut failed = None;
+            q.push_values(chunk, |mut row, c| {
+                let (hour_used, day_used) =
+                    match (to_i64(c.counter.hour_used), to_i64(c.counter.day_used)) {
+                        (Ok(h), Ok(d)) => (h, d),
+                        (Err(e), _) | (_, Err(e)) => {
+                            failed = Some(e);
+                            (0, 0)
+                        }
+                    };
+                row.push_bind(c.rule_id.clone())
+                    .push_bind(c.profile_id.clone())
+                    .push_bind(c.counter.window.day.to_string())
+                    .push_bind(i64::from(c.counter.window.hour))
+                    .push_bind(hour_used)
+                    .push_bind(day_used);
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            // VALUES(col) works on MariaDB and MySQL 8 (deprecated there, not removed).
+            q.push(
+                " ON DUPLICATE KEY UPDATE day = VALUES(day), hour = VALUES(hour), \
+                 hour_used = VALUES(hour_used), day_used = VALUES(day_used)",
+            );
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        let mut ids = Vec::with_capacity(records.len());
+        if records.is_empty() {
+            return Ok(ids);
+        }
+        let step = match self.autoinc_step {
+            Some(s) => s,
+            None => {
+                let s: i64 =
+                    sqlx::query_scalar("SELECT CAST(@@SESSION.auto_increment_increment AS SIGNED)")
+                        .fetch_one(&mut *self.tx)
+                        .await?;
+                let s = u64::try_from(s)
+                    .ok()
+                    .filter(|s| *s >= 1)
+                    .ok_or_else(|| StoreError::Corrupt(format!("auto_increment_increment {s}")))?;
+                self.autoinc_step = Some(s);
+                s
+            }
+        };
+        for chunk in records.chunks(MAX_BINDS_PER_STATEMENT / 12) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO audit (at_ms, instance_id, profile_id, device_id, request_type, \
+                 meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(r.at_ms)
+                    .push_bind(r.instance_id.clone())
+                    .push_bind(r.profile_id.clone())
+                    .push_bind(r.device_id.clone())
+                    .push_bind(r.request_type.clone())
+                    .push_bind(r.meta.clone())
+                    .push_bind(r.cryptographic_id.clone())
+                    .push_bind(r.decision.as_str())
+                    .push_bind(r.rule_set.map(i64::from))
+                    .push_bind(r.reason.clone())
+                    .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
+                    .push_bind(r.nonce.clone());
+            });
+            let done = q.build().execute(&mut *self.tx).await?;
+            // LAST_INSERT_ID() of a multi-row INSERT is the first row's id; the others
+            // follow at `step` (see the module documentation).
+            let first = done.last_insert_id();
+            if done.rows_affected() != chunk.len() as u64 || first == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "audit insert wrote {} of {} rows (first id {first})",
+                    done.rows_affected(),
+                    chunk.len()
+                )));
+            }
+            ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
+        }
+        Ok(ids)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_url_form() {
+        let o =
+            parse_db_uri("mysql://kss:s3cr%40t@127.0.0.1:33306/kss?ssl-mode=VERIFY_CA").unwrap();
+        assert_eq!(o.get_host(), "127.0.0.1");
+        assert_eq!(o.get_port(), 33306);
+        assert_eq!(o.get_username(), "kss");
+        assert_eq!(o.get_database(), Some("kss"));
+        assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyCa));
+    }
+
+    #[test]
+    fn parses_key_value_form() {
+        let o = parse_db_uri(
+            "mysql:host=db.example,port=3307,user=kss,password=a\\,b\\\\c=d,database=keys,\
+             ssl-mode=verify_identity,ssl-ca=/etc/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(o.get_host(), "db.example");
+        assert_eq!(o.get_port(), 3307);
+        assert_eq!(o.get_username(), "kss");
+        assert_eq!(o.get_database(), Some("keys"));
+        assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity));
+        let o = parse_db_uri("mysql:host=h,user=u,database=d").unwrap();
+        assert_eq!(o.get_port(), 3306);
+    }
+
+    #[test]
+    fn errors_name_the_problem_not_the_password() {
+        let secret = "Hunter2Secret";
+        for (uri, expect) in [
+            (
+                format!("mysql:host=h,user=u,password={secret}"),
+                "'database' is missing",
+            ),
+            (
+                format!("mysql:host=h,user=u,password={secret},database=d,port=x"),
+                "port 'x'",
+            ),
+            (
+                format!("mysql:host=h,user=u,password={secret},database=d,colour=1"),
+                "'colour'",
+            ),
+            (
+                format!("mysql:host=h,user=u,password={secret},password=x,database=d"),
+                "twice",
+            ),
+            (
+                format!("mysql:host=h,user=u,{secret},database=d"),
+                "key=value",
+            ),
+            (
+                format!("mysql:host=h,user=u,password={secret},database=d,ssl-mode=x"),
+                "ssl-mode",
+            ),
+            (
+                format!("mysql://u:{secret}@h:99999/d"),
+                "invalid database URL",
+            ),
+            (
+                format!("mysql://u:{secret}@h/d?ssl-mode=bogus"),
+                "invalid database URL",
+            ),
+            (format!("postgres://u:{secret}@h/d"), "mysql://"),
+        ] {
+            let e = parse_db_uri(&uri).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e:?} should contain {expect:?}");
+            assert!(!e.contains(secret), "{e:?} leaks the password");
+        }
+    }
+}
