@@ -26,11 +26,17 @@ pub struct DataDirArgs {
     /// of the database alone reveals nothing.
     #[arg(long, env = "KSS_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// A shared MySQL/MariaDB database instead of the data directory's SQLite file:
+    /// `mysql://user:pass@host:port/db` or `mysql:host=H,port=P,user=U,password=W,database=D`.
+    /// Every instance of a cluster uses the same database and the same master key.
+    #[arg(long, env = "KSS_DB_URI", global = true, hide_env_values = true)]
+    pub db_uri: Option<String>,
 }
 
 impl DataDirArgs {
     pub fn data_dir(&self) -> DataDir {
         DataDir {
+            db_uri: self.db_uri.clone(),
             root: self.data_dir.clone(),
             master_key: self
                 .master_key_file
@@ -45,6 +51,8 @@ impl DataDirArgs {
 pub struct DataDir {
     pub root: PathBuf,
     pub master_key: PathBuf,
+    /// The shared database, when not the SQLite file.
+    pub db_uri: Option<String>,
 }
 
 impl DataDir {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -20,7 +20,7 @@ use kss_policy::{
 };
 use kss_store::{AuditRecord, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::metrics::Metrics;
 use crate::switches::Switches;
@@ -146,6 +146,8 @@ impl Outcome {
 }
 
 const MAX_BATCH: usize = 512;
+/// Tries of a batch whose transaction failed before it is denied as unavailable.
+const BATCH_ATTEMPTS: usize = 3;
 
 /// Throttle counters that live in memory (non-persistent throttles), by profile then rule.
 #[derive(Debug, Default)]
@@ -228,7 +230,7 @@ impl DecisionTask {
             let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
             let started = Instant::now();
             let span = info_span!("decide_batch", size = jobs.len());
-            let outcomes = match self.decide_batch(&jobs).instrument(span).await {
+            let outcomes = match self.decide_with_retries(&jobs).instrument(span).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
                     self.metrics.db_error("decide");
@@ -242,6 +244,27 @@ impl DecisionTask {
                 let _ = reply.send(outcome);
             }
         }
+    }
+
+    /// A batch whose transaction failed changed nothing (in-memory counters move only
+    /// after a commit), so it is tried again: a shared database may refuse a transaction
+    /// that raced another instance's (deadlock, lock wait timeout). If a commit did land
+    /// but its acknowledgement was lost, the retry sees its nonces and denies them as
+    /// replayed: over-counting, never an approval without its record.
+    async fn decide_with_retries(&self, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+        let mut backoff = Duration::from_millis(5);
+        for _ in 1..BATCH_ATTEMPTS {
+            match self.decide_batch(jobs).await {
+                Err(StoreError::Unavailable(e)) => {
+                    self.metrics.db_error("decide_retry");
+                    debug!(error = %e, "decision batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                }
+                other => return other,
+            }
+        }
+        self.decide_batch(jobs).await
     }
 
     async fn decide_batch(&self, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {

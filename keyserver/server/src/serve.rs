@@ -11,7 +11,7 @@ use clap::Args;
 use kss_crypto::ciphertext::VerificationCache;
 use kss_proto::v1::admin_server::AdminServer;
 use kss_proto::v1::key_server_server::KeyServerServer;
-use kss_store::{Durability, SqliteStore, Store};
+use kss_store::Durability;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -76,10 +76,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     } else {
         Durability::Full
     };
-    let sqlite = SqliteStore::open_with(&data_dir.database(), durability)
-        .await
-        .with_context(|| format!("opening {}", data_dir.database().display()))?;
-    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let store = crate::commands::open_store_with(&data_dir, durability).await?;
     if args.dev && store.identity().await?.is_none() {
         crate::commands::create::create_dev_identity(store.as_ref(), &data_dir).await?;
     }
@@ -222,7 +219,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         warn!(error = %format!("{e:#}"), "metrics server failed");
     }
     let _ = std::fs::remove_file(data_dir.admin_socket());
-    sqlite.close().await;
+    store.close().await;
     info!("stopped");
     served.with_context(|| format!("serving gRPC on {}", args.listen))
 }

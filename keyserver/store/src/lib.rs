@@ -56,6 +56,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts a write transaction for a batch of decisions.
     async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>>;
+
+    /// Closes every connection, waiting for those in use.
+    async fn close(&self);
 }
 
 /// One transaction of decisions: nothing is visible to others until `commit`.

@@ -88,11 +88,6 @@ impl MysqlStore {
         MIGRATIONS.run(&pool).await?;
         Ok(MysqlStore { pool })
     }
-
-    /// Closes every connection.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 /// Parses a database address, in either form:
@@ -529,6 +524,10 @@ impl Store for MysqlStore {
             to_u64(row.try_get("approved")?)?,
             to_u64(row.try_get("denied")?)?,
         ))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>> {

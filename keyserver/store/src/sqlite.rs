@@ -62,11 +62,6 @@ impl SqliteStore {
         MIGRATIONS.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
-
-    /// Closes every connection (the WAL is checkpointed).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 fn counter_from_row(row: &SqliteRow) -> Result<StoredCounter> {
@@ -332,6 +327,10 @@ impl Store for SqliteStore {
             to_u64(row.try_get("approved")?)?,
             to_u64(row.try_get("denied")?)?,
         ))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>> {
