@@ -10,6 +10,7 @@
 
 mod error;
 mod mysql;
+mod rows;
 mod sqlite;
 mod types;
 

@@ -33,14 +33,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jiff::civil::Date;
-use kss_policy::{Counter, QuotaWindow};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
+use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, DecisionTx, Identity, PolicyVersion, Profile,
-    Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, PolicyVersion, Profile, Result,
+    State, Store, StoreError, StoredCounter,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
@@ -233,75 +232,6 @@ fn parse_key_values(s: &str) -> Result<MySqlConnectOptions> {
         options = options.ssl_ca(ca);
     }
     Ok(options)
-}
-
-fn counter_from_row(row: &MySqlRow) -> Result<StoredCounter> {
-    let day: String = row.try_get("day")?;
-    let day = Date::from_str(&day)
-        .map_err(|e| StoreError::Corrupt(format!("quota counter day '{day}': {e}")))?;
-    let hour: i64 = row.try_get("hour")?;
-    let hour = i8::try_from(hour)
-        .ok()
-        .filter(|h| (0..24).contains(h))
-        .ok_or_else(|| StoreError::Corrupt(format!("quota counter hour {hour}")))?;
-    Ok(StoredCounter {
-        rule_id: row.try_get("rule_id")?,
-        profile_id: row.try_get("profile_id")?,
-        counter: Counter {
-            window: QuotaWindow { day, hour },
-            hour_used: to_u64(row.try_get("hour_used")?)?,
-            day_used: to_u64(row.try_get("day_used")?)?,
-        },
-    })
-}
-
-fn to_u64(v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
-}
-
-fn to_i64(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
-}
-
-fn profile_from_row(row: &MySqlRow) -> Result<Profile> {
-    let words: String = row.try_get("words")?;
-    Ok(Profile {
-        profile_id: row.try_get("profile_id")?,
-        device_id: row.try_get("device_id")?,
-        device_public_key: row.try_get("device_public_key")?,
-        workstation_share: row.try_get("workstation_share")?,
-        name: row.try_get("name")?,
-        words: words.split_whitespace().map(str::to_string).collect(),
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
-}
-
-fn audit_from_row(row: &MySqlRow) -> Result<AuditEntry> {
-    let decision: String = row.try_get("decision")?;
-    let decision = match decision.as_str() {
-        "approved" => Decision::Approved,
-        "denied" => Decision::Denied,
-        other => return Err(StoreError::Corrupt(format!("audit decision '{other}'"))),
-    };
-    let rule_set: Option<i64> = row.try_get("rule_set")?;
-    let policy_version: Option<i64> = row.try_get("policy_version")?;
-    Ok(AuditEntry {
-        id: to_u64(row.try_get("id")?)?,
-        record: AuditRecord {
-            at_ms: row.try_get("at_ms")?,
-            instance_id: row.try_get("instance_id")?,
-            profile_id: row.try_get("profile_id")?,
-            device_id: row.try_get("device_id")?,
-            request_type: row.try_get("request_type")?,
-            meta: row.try_get("meta")?,
-            cryptographic_id: row.try_get("cryptographic_id")?,
-            decision,
-            rule_set: rule_set.and_then(|r| u32::try_from(r).ok()),
-            reason: row.try_get("reason")?,
-            policy_version: policy_version.map(to_u64).transpose()?,
-            nonce: row.try_get("nonce")?,
-        },
-    })
 }
 
 fn is_duplicate(e: &sqlx::Error) -> bool {

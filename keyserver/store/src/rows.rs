@@ -1,0 +1,105 @@
+//! Rows → values, written once for every backend: the schemas name and type their
+//! columns alike (text, blobs, 64-bit integers).
+
+use std::str::FromStr;
+
+use jiff::civil::Date;
+use kss_policy::{Counter, QuotaWindow};
+use sqlx::{ColumnIndex, Database, Decode, Row, Type};
+
+use crate::{AuditEntry, AuditRecord, Decision, Profile, Result, StoreError, StoredCounter};
+
+/// A column type a backend decodes (for any row lifetime).
+pub(crate) trait Decodes<DB: Database>: for<'r> Decode<'r, DB> + Type<DB> {}
+impl<DB: Database, T> Decodes<DB> for T where T: for<'r> Decode<'r, DB> + Type<DB> {}
+
+pub(crate) fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
+}
+
+pub(crate) fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
+}
+
+pub(crate) fn counter_from_row<R>(row: &R) -> Result<StoredCounter>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+{
+    let day: String = row.try_get("day")?;
+    let day = Date::from_str(&day)
+        .map_err(|e| StoreError::Corrupt(format!("quota counter day '{day}': {e}")))?;
+    let hour: i64 = row.try_get("hour")?;
+    let hour = i8::try_from(hour)
+        .ok()
+        .filter(|h| (0..24).contains(h))
+        .ok_or_else(|| StoreError::Corrupt(format!("quota counter hour {hour}")))?;
+    Ok(StoredCounter {
+        rule_id: row.try_get("rule_id")?,
+        profile_id: row.try_get("profile_id")?,
+        counter: Counter {
+            window: QuotaWindow { day, hour },
+            hour_used: to_u64(row.try_get("hour_used")?)?,
+            day_used: to_u64(row.try_get("day_used")?)?,
+        },
+    })
+}
+
+pub(crate) fn profile_from_row<R>(row: &R) -> Result<Profile>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+{
+    let words: String = row.try_get("words")?;
+    Ok(Profile {
+        profile_id: row.try_get("profile_id")?,
+        device_id: row.try_get("device_id")?,
+        device_public_key: row.try_get("device_public_key")?,
+        workstation_share: row.try_get("workstation_share")?,
+        name: row.try_get("name")?,
+        words: words.split_whitespace().map(str::to_string).collect(),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+pub(crate) fn audit_from_row<R>(row: &R) -> Result<AuditEntry>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Option<String>: Decodes<R::Database>,
+    Option<i64>: Decodes<R::Database>,
+    Option<Vec<u8>>: Decodes<R::Database>,
+{
+    let decision: String = row.try_get("decision")?;
+    let decision = match decision.as_str() {
+        "approved" => Decision::Approved,
+        "denied" => Decision::Denied,
+        other => return Err(StoreError::Corrupt(format!("audit decision '{other}'"))),
+    };
+    let rule_set: Option<i64> = row.try_get("rule_set")?;
+    let policy_version: Option<i64> = row.try_get("policy_version")?;
+    Ok(AuditEntry {
+        id: to_u64(row.try_get("id")?)?,
+        record: AuditRecord {
+            at_ms: row.try_get("at_ms")?,
+            instance_id: row.try_get("instance_id")?,
+            profile_id: row.try_get("profile_id")?,
+            device_id: row.try_get("device_id")?,
+            request_type: row.try_get("request_type")?,
+            meta: row.try_get("meta")?,
+            cryptographic_id: row.try_get("cryptographic_id")?,
+            decision,
+            rule_set: rule_set.and_then(|r| u32::try_from(r).ok()),
+            reason: row.try_get("reason")?,
+            policy_version: policy_version.map(to_u64).transpose()?,
+            nonce: row.try_get("nonce")?,
+        },
+    })
+}
