@@ -11,14 +11,9 @@ use sha2::{Digest, Sha256};
 use crate::identity::now_ms;
 
 pub async fn load(store: &dyn Store, file: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     // Validate whole before storing: an invalid policy changes nothing.
-    let policy = Policy::load(&text)
-        .map_err(|e| anyhow!("{}: {e}; the policy in force is unchanged", file.display()))?;
-    for w in policy.warnings() {
-        eprintln!("warning: {w}");
-    }
+    let (text, policy) = crate::policy_cmd::read(file)
+        .map_err(|e| anyhow!("{e:#}; the policy in force is unchanged"))?;
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
     if let Some(current) = store.policy(None).await?
         && current.sha256 == sha

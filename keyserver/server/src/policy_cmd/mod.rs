@@ -29,13 +29,18 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 
 /// Reads and validates a policy file; warnings go to stderr.
 pub fn load(path: &Path) -> Result<Policy> {
+    read(path).map(|(_, policy)| policy)
+}
+
+/// Reads and validates a policy file, keeping its text; warnings go to stderr.
+pub fn read(path: &Path) -> Result<(String, Policy)> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let policy = Policy::load(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for w in policy.warnings() {
         eprintln!("warning: {}: {w}", path.display());
     }
-    Ok(policy)
+    Ok((text, policy))
 }
 
 fn check(path: &Path) -> Result<()> {
