@@ -6,7 +6,7 @@
 mod common;
 
 use common::{DataDir, Server};
-use kss_client::protocol::{RequestSpec, encrypt_file_key};
+use kss_client::protocol::encrypt_file_key;
 use kss_crypto::ids::KeyserverId;
 use sqlx::Connection;
 
@@ -117,33 +117,9 @@ async fn two_instances_share_identity_policy_and_exact_quotas() {
     assert_eq!(via_b.file_key().unwrap(), &[4u8; 32][..]);
 
     // 20 concurrent requests over both instances against per_day 5: 4 more approvals.
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let client = if i % 2 == 0 {
-            client_a.clone()
-        } else {
-            client_b.clone()
-        };
-        let (profile, ct) = (profile.clone(), ciphertext.clone());
-        tasks.push(tokio::spawn(async move {
-            client
-                .request(
-                    &profile,
-                    &RequestSpec::decrypt(ct, &["batch/x".to_string()]),
-                )
-                .await
-                .unwrap()
-        }));
-    }
-    let mut approved = 0;
-    for t in tasks {
-        let outcome = t.await.unwrap();
-        if outcome.approved {
-            approved += 1;
-        } else {
-            assert_eq!(outcome.reason_name().as_deref(), Some("quota"));
-        }
-    }
+    let clients = [client_a.clone(), client_b.clone()];
+    let approved =
+        common::concurrent_decrypts(&clients, &profile, &ciphertext, "batch/x", 20).await;
     assert_eq!(approved, 4);
     let audit = a.kss_ok(
         &[

@@ -128,25 +128,14 @@ async fn persistent_quota_is_exact_and_survives_a_restart() {
     let ciphertext = encrypt_file_key(&profile, &[1u8; 32]);
 
     // 12 concurrent requests against per_day: 5.
-    let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let (client, profile, ct) = (client.clone(), profile.clone(), ciphertext.clone());
-        tasks.push(tokio::spawn(async move {
-            client
-                .request(&profile, &RequestSpec::decrypt(ct, &paths("batch/a")))
-                .await
-                .unwrap()
-        }));
-    }
-    let mut approved = 0;
-    for t in tasks {
-        let outcome = t.await.unwrap();
-        if outcome.approved {
-            approved += 1;
-        } else {
-            assert_eq!(outcome.reason_name().as_deref(), Some("quota"));
-        }
-    }
+    let approved = common::concurrent_decrypts(
+        std::slice::from_ref(&client),
+        &profile,
+        &ciphertext,
+        "batch/a",
+        12,
+    )
+    .await;
     assert_eq!(approved, 5);
     let list = data.kss_ok(&["quota", "list", "--json"]);
     assert!(list.contains(&profile.profile_id().to_hex()), "{list}");

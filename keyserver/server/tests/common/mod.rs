@@ -214,3 +214,35 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 pub fn path_of(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Sends `n` decrypt requests at once, round-robin over `clients`; every one must be
+/// approved or denied for quota. Returns how many were approved.
+pub async fn concurrent_decrypts(
+    clients: &[KssClient],
+    profile: &kss_client::Profile,
+    ciphertext: &[u8],
+    path: &str,
+    n: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let client = clients[i % clients.len()].clone();
+        let (profile, spec) = (
+            profile.clone(),
+            kss_client::protocol::RequestSpec::decrypt(ciphertext.to_vec(), &[path.to_string()]),
+        );
+        tasks.push(tokio::spawn(async move {
+            client.request(&profile, &spec).await.unwrap()
+        }));
+    }
+    let mut approved = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        if outcome.approved {
+            approved += 1;
+        } else {
+            assert_eq!(outcome.reason_name().as_deref(), Some("quota"));
+        }
+    }
+    approved
+}
