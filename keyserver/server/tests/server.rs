@@ -697,3 +697,43 @@ async fn sigterm_under_load_finishes_in_flight_requests() {
         .collect();
     assert_eq!(in_audit, approved);
 }
+
+/// `kss save-backup-key` writes a fresh backup key that restores the same identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_backup_key_restores_the_same_keyserver() {
+    let data = DataDir::new();
+    let id = data.create();
+    let backup = data.dir.path().join("fresh-backup.json");
+    let backup = backup.to_str().unwrap();
+    // Weak setups are refused here too, with the reason.
+    let weak = data.kss(&["save-backup-key", backup]);
+    assert!(!weak.status.success());
+    assert!(text(&weak.stderr).contains("refusing a weak backup key"));
+    data.kss_ok(&[
+        "save-backup-key",
+        backup,
+        "--ignore-security-checks",
+        "--threshold",
+        "1",
+    ]);
+    let admin_key = format!("{backup}.admin.key");
+    let approval = data.dir.path().join("a.approval");
+    data.kss_ok(&[
+        "backup",
+        "approve",
+        "--backup",
+        backup,
+        "--admin-key",
+        &admin_key,
+        "--out",
+        approval.to_str().unwrap(),
+    ]);
+    let elsewhere = DataDir::new();
+    let restored = elsewhere.kss_ok(&[
+        "recovery-ingest-key",
+        backup,
+        "--approval",
+        approval.to_str().unwrap(),
+    ]);
+    assert_eq!(restored.trim(), id);
+}
