@@ -29,6 +29,8 @@ pub struct DataDirArgs {
     /// A shared MySQL/MariaDB database instead of the data directory's SQLite file:
     /// `mysql://user:pass@host:port/db` or `mysql:host=H,port=P,user=U,password=W,database=D`.
     /// Every instance of a cluster uses the same database and the same master key.
+    /// `kss create --db-uri`, `kss initialize` and `kss clone-db` save it in
+    /// `<data-dir>/db-uri` (mode 0600), so later commands need not repeat it.
     #[arg(long, env = "KSS_DB_URI", global = true, hide_env_values = true)]
     pub db_uri: Option<String>,
 }
@@ -66,6 +68,36 @@ impl DataDir {
 
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
+    }
+
+    /// Where the shared database's address is saved (it holds the password: mode 0600).
+    pub fn db_uri_file(&self) -> PathBuf {
+        self.root.join("db-uri")
+    }
+
+    /// The shared database: `--db-uri`, else the saved address, else none (SQLite).
+    pub fn shared_db_uri(&self) -> Result<Option<String>> {
+        if let Some(uri) = &self.db_uri {
+            return Ok(Some(uri.clone()));
+        }
+        let path = self.db_uri_file();
+        if !path.exists() {
+            return Ok(None);
+        }
+        check_private(&path)?;
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("reading the database address {}", path.display()))?;
+        Ok(Some(text.trim().to_string()))
+    }
+
+    /// Saves the shared database's address for later commands (replacing a saved one).
+    pub fn save_db_uri(&self, uri: &str) -> Result<()> {
+        self.ensure()?;
+        let path = self.db_uri_file();
+        let tmp = self.root.join("db-uri.tmp");
+        let _ = fs::remove_file(&tmp);
+        write_private(&tmp, uri.as_bytes())?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Creates the directory (mode 0700) if missing.

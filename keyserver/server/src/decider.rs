@@ -18,11 +18,12 @@ use kss_policy::{
     Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow, Request,
     SessionParams, fits, uses_per_rule,
 };
-use kss_store::{AuditRecord, Profile, Store, StoreError, StoredCounter};
+use kss_store::{AuditRecord, Lease, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::switches::Switches;
 
 /// Why a request was denied: the code the client sees and the audit records.
@@ -221,6 +222,10 @@ pub struct DecisionTask {
     /// Recorded in every audit record.
     pub instance_id: String,
     pub metrics: Arc<Metrics>,
+    /// The standalone lease every decision transaction checks (none in cluster mode).
+    pub fence: Option<Lease>,
+    /// Stopped when the lease turns out to be lost.
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl DecisionTask {
@@ -232,6 +237,12 @@ impl DecisionTask {
             let span = info_span!("decide_batch", size = jobs.len());
             let outcomes = match self.decide_with_retries(&jobs).instrument(span).await {
                 Ok(outcomes) => outcomes,
+                Err(StoreError::Fenced(why)) => {
+                    self.metrics.db_error("decide");
+                    error!(%why, requests = jobs.len(), "this server lost the standalone lease: batch denied, stopping");
+                    self.shutdown.fail(format!("fenced off: {why}"));
+                    vec![Outcome::UNAVAILABLE; jobs.len()]
+                }
                 Err(e) => {
                     self.metrics.db_error("decide");
                     warn!(error = %e, requests = jobs.len(), "database failed: batch denied as unavailable");
@@ -271,7 +282,7 @@ impl DecisionTask {
         let switches = Arc::clone(&self.switches.borrow());
         let policy = &switches.policy;
         let now = Timestamp::now();
-        let mut tx = self.store.begin_decisions().await?;
+        let mut tx = self.store.begin_decisions(self.fence.as_ref()).await?;
 
         // Replays: nonces already accepted, or twice in this batch.
         let nonces: Vec<&[u8]> = jobs

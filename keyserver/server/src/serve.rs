@@ -11,7 +11,8 @@ use clap::Args;
 use kss_crypto::ciphertext::VerificationCache;
 use kss_proto::v1::admin_server::AdminServer;
 use kss_proto::v1::key_server_server::KeyServerServer;
-use kss_store::Durability;
+use kss_store::{Durability, InstanceInfo};
+use rand::RngCore;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -22,11 +23,14 @@ use tracing::{error, info, warn};
 use crate::data_dir::{DataDir, DataDirArgs};
 use crate::decider::{Decider, DecisionTask, MemoryCounters};
 use crate::identity::KeyserverIdentity;
+use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::service::admin::AdminService;
 use crate::service::keyserver::KeyServerService;
 use crate::service::profiles::ProfileCache;
 use crate::service::verifier::Verifier;
+use crate::shutdown::Shutdown;
+use crate::standalone;
 use crate::switches::{self, Switches};
 use crate::tls::{self, TlsArgs};
 
@@ -61,6 +65,15 @@ pub struct ServeArgs {
     /// of the host, for lower latency.
     #[arg(long, env = "KSS_SQLITE_SYNC", value_parser = ["full", "normal"], default_value = "full")]
     pub sqlite_sync: String,
+    /// This instance's name in the registry (`kss instance list`): stable across restarts
+    /// where the platform gives one (a StatefulSet pod's name). Default: host name and
+    /// process id.
+    #[arg(long, env = "KSS_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// The address workstations reach this instance at, as shown in the registry.
+    /// Default: https://<host name>:<listen port>.
+    #[arg(long, env = "KSS_ADVERTISE_ENDPOINT")]
+    pub advertise_endpoint: Option<String>,
     /// Quick start: self-signed TLS, and create a keyserver identity if there is none,
     /// with a backup key held by one generated administrator key (NOT for production).
     #[arg(long)]
@@ -76,6 +89,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     } else {
         Durability::Full
     };
+    let shared = data_dir.shared_db_uri()?.is_some();
     let store = crate::commands::open_store_with(&data_dir, durability).await?;
     if args.dev && store.identity().await?.is_none() {
         crate::commands::create::create_dev_identity(store.as_ref(), &data_dir).await?;
@@ -87,12 +101,36 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     tls_args.self_signed_tls |= args.dev && tls_args.tls_cert.is_none();
     let (tls_config, generated_ca) = tls::server_config(&tls_args, &data_dir)?;
 
-    let admin_listener = bind_admin_socket(&data_dir).await?;
+    let shutdown = Arc::new(Shutdown::default());
+    tokio::spawn({
+        let shutdown = Arc::clone(&shutdown);
+        async move {
+            wait_for_signal().await;
+            info!("shutting down: no new requests; finishing those in flight");
+            shutdown.stop();
+        }
+    });
+    let info = instance_info(&args);
+    // Standalone (the data directory's SQLite file): one active server, by lease.
+    let lease = if shared {
+        None
+    } else {
+        let holder = format!("{}/{}", info.name, info.incarnation);
+        match standalone::acquire(store.as_ref(), &holder, &shutdown).await? {
+            Some(lease) => Some(lease),
+            None => {
+                store.close().await;
+                return Ok(());
+            }
+        }
+    };
+
+    let admin_listener = bind_admin_socket(&data_dir, lease.is_some()).await?;
     // Bound before "serving" is announced, so that a client told so can connect.
     let incoming = TcpIncoming::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?
         .with_nodelay(Some(true));
-    let instance_id = format!("{}-{}", hostname(), std::process::id());
+    let instance_id = info.name.clone();
     let metrics = Arc::new(Metrics::new());
     let initial = switches::load(store.as_ref()).await?;
     let policy_version = initial.policy.version;
@@ -103,6 +141,21 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Duration::from_millis(args.poll_interval_ms.max(50)),
         Arc::clone(&metrics),
     ));
+    let lease_keeper = lease.clone().map(|lease| {
+        tokio::spawn(standalone::keep(
+            Arc::clone(&store),
+            lease,
+            Arc::clone(&shutdown),
+        ))
+    });
+    let membership = Membership {
+        store: Arc::clone(&store),
+        info,
+        switches: switches_rx.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    membership.register().await;
+    let membership = tokio::spawn(membership.run(shutdown.stopped()));
     let memory = Arc::new(Mutex::new(MemoryCounters::default()));
     let (decider, decider_task) = Decider::start(DecisionTask {
         store: Arc::clone(&store),
@@ -111,6 +164,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         time_zone: time_zone.clone(),
         instance_id: instance_id.clone(),
         metrics: Arc::clone(&metrics),
+        fence: lease,
+        shutdown: Arc::clone(&shutdown),
     });
 
     let keyserver = Arc::new(KeyServerService {
@@ -149,28 +204,17 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         .build_v1alpha()
         .context("building the reflection service")?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        // Err: the sender is gone, which also means stop.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down: no new requests; finishing those in flight");
-        let _ = stop_tx.send(true);
-    });
-
     let metrics_task = tokio::spawn(metrics::serve(
         args.metrics_listen,
         Arc::clone(&metrics),
-        stopped(stop_rx.clone()),
+        shutdown.stopped(),
     ));
     let admin_task = tokio::spawn(
         Server::builder()
             .add_service(AdminServer::new(admin))
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(admin_listener),
-                stopped(stop_rx.clone()),
+                shutdown.stopped(),
             ),
     );
 
@@ -200,7 +244,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             KeyServerServer::from_arc(Arc::clone(&keyserver))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
+        .serve_with_incoming_shutdown(incoming, shutdown.stopped())
         .await;
     drop(keyserver);
     if let Err(e) = &served {
@@ -212,6 +256,11 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     }
     watcher.abort();
     health_task.abort();
+    // Marks this instance stopped, and releases the standalone lease.
+    let _ = membership.await;
+    if let Some(keeper) = lease_keeper {
+        let _ = keeper.await;
+    }
     if let Ok(Err(e)) = admin_task.await {
         warn!(error = %e, "admin socket server failed");
     }
@@ -221,14 +270,41 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let _ = std::fs::remove_file(data_dir.admin_socket());
     store.close().await;
     info!("stopped");
-    served.with_context(|| format!("serving gRPC on {}", args.listen))
+    served.with_context(|| format!("serving gRPC on {}", args.listen))?;
+    match shutdown.failure() {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
+    }
 }
 
-/// Binds `<data-dir>/admin.sock` (mode 0600), refusing if a server already answers on it.
-async fn bind_admin_socket(data_dir: &DataDir) -> Result<UnixListener> {
+/// This process's entry in the registry.
+fn instance_info(args: &ServeArgs) -> InstanceInfo {
+    let host = hostname();
+    let mut incarnation = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut incarnation);
+    InstanceInfo {
+        name: args
+            .instance_name
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        incarnation: hex::encode(incarnation),
+        endpoint: args
+            .advertise_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://{host}:{}", args.listen.port())),
+        hostname: host,
+        kss_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_ms: crate::identity::now_ms(),
+    }
+}
+
+/// Binds `<data-dir>/admin.sock` (mode 0600). A server holding the standalone lease takes
+/// the path over (a previous holder is gone or fenced off); otherwise it refuses if a
+/// server already answers on it.
+async fn bind_admin_socket(data_dir: &DataDir, holds_lease: bool) -> Result<UnixListener> {
     let path = data_dir.admin_socket();
     if path.exists() {
-        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+        if !holds_lease && tokio::net::UnixStream::connect(&path).await.is_ok() {
             bail!(
                 "another kss server is running on {} (its admin socket answers)",
                 data_dir.root.display()

@@ -15,6 +15,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// A write under a lease this process no longer holds; nothing was changed.
+    #[error("fenced off: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -26,6 +29,7 @@ impl StoreError {
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Migration(_) => "migration",
+            StoreError::Fenced(_) => "fenced",
         }
     }
 }

@@ -8,14 +8,20 @@
 //! audit records appended in one transaction, so an approval is never returned without
 //! its quota use and its audit record committed.
 
+mod clone;
 mod error;
 mod mysql;
+mod registry;
 mod rows;
 mod sqlite;
 mod types;
 
+pub use clone::{CloneCounts, clone_sqlite_into_mysql};
 pub use error::StoreError;
 pub use mysql::{MysqlStore, parse_db_uri};
+pub use registry::{
+    InstanceInfo, InstanceList, InstanceStatus, Lease, LeaseClaim, OFFLINE_AFTER_MS, Registry,
+};
 pub use sqlite::{Durability, SqliteStore};
 pub use types::{
     AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyVersion, Profile, State,
@@ -28,7 +34,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The keyserver's state, wherever it lives.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Registry + Send + Sync + 'static {
     /// The identity, if `kss create` ran.
     async fn identity(&self) -> Result<Option<Identity>>;
     /// Records the identity; `AlreadyExists` if there is one (it is never overwritten).
@@ -55,8 +61,10 @@ pub trait Store: Send + Sync + 'static {
     /// (approved, denied) counts over the whole log.
     async fn audit_counts(&self) -> Result<(u64, u64)>;
 
-    /// Starts a write transaction for a batch of decisions.
-    async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>>;
+    /// Starts a write transaction for a batch of decisions. With a `fence`, the
+    /// transaction first checks that this lease is still held (see [`registry`]'s
+    /// fencing) and fails with [`StoreError::Fenced`] otherwise.
+    async fn begin_decisions(&self, fence: Option<&Lease>) -> Result<Box<dyn DecisionTx>>;
 
     /// Closes every connection, waiting for those in use.
     async fn close(&self);

@@ -7,6 +7,7 @@ use jiff::civil::Date;
 use kss_policy::{Counter, QuotaWindow};
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
+use crate::registry::{InstanceInfo, InstanceStatus, LeaseRow};
 use crate::{AuditEntry, AuditRecord, Decision, Profile, Result, StoreError, StoredCounter};
 
 /// A column type a backend decodes (for any row lifetime).
@@ -101,5 +102,43 @@ where
             policy_version: policy_version.map(to_u64).transpose()?,
             nonce: row.try_get("nonce")?,
         },
+    })
+}
+
+pub(crate) fn instance_from_row<R>(row: &R) -> Result<InstanceStatus>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Option<i64>: Decodes<R::Database>,
+{
+    Ok(InstanceStatus {
+        info: InstanceInfo {
+            name: row.try_get("name")?,
+            incarnation: row.try_get("incarnation")?,
+            hostname: row.try_get("hostname")?,
+            endpoint: row.try_get("endpoint")?,
+            kss_version: row.try_get("kss_version")?,
+            started_at_ms: row.try_get("started_at_ms")?,
+        },
+        heartbeat_ms: row.try_get("heartbeat_ms")?,
+        applied_policy_version: to_u64(row.try_get("applied_policy_version")?)?,
+        applied_at_ms: row.try_get("applied_at_ms")?,
+        stopped_at_ms: row.try_get("stopped_at_ms")?,
+    })
+}
+
+pub(crate) fn lease_from_row<R>(row: &R) -> Result<LeaseRow>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+{
+    Ok(LeaseRow {
+        holder: row.try_get("holder")?,
+        token: to_u64(row.try_get("token")?)?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
     })
 }

@@ -18,8 +18,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kss_policy::{Counter, QuotaWindow};
 use kss_store::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, MysqlStore, Profile, SqliteStore,
-    State, Store, StoreError, StoredCounter, parse_db_uri,
+    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, InstanceInfo, Lease, LeaseClaim,
+    MysqlStore, OFFLINE_AFTER_MS, Profile, SqliteStore, State, Store, StoreError, StoredCounter,
+    clone_sqlite_into_mysql, parse_db_uri,
 };
 use sqlx::{Connection, Executor, Row};
 
@@ -127,6 +128,9 @@ conformance!(
     dropped_tx_leaves_nothing,
     concurrent_decisions_known_profile,
     concurrent_decisions_unknown_profile,
+    instances_register_heartbeat_and_stop,
+    leases_grant_refuse_and_take_over,
+    fenced_writes_fail_after_a_takeover,
 );
 
 /// The TLS URL really gives an encrypted, verified connection.
@@ -308,7 +312,7 @@ async fn profiles(s: Arc<dyn Store>) {
     assert_eq!(s.profile_count().await.unwrap(), 0);
     assert_eq!(s.profile("p1").await.unwrap(), None);
     let p1 = profile("p1", "first");
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.insert_profile(&p1).await.unwrap());
     assert!(!tx.insert_profile(&profile("p1", "again")).await.unwrap());
     tx.commit().await.unwrap();
@@ -316,7 +320,7 @@ async fn profiles(s: Arc<dyn Store>) {
     assert_eq!(s.profile_count().await.unwrap(), 1);
 
     // A duplicate leaves the row as it is, and the transaction goes on.
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(!tx.insert_profile(&profile("p1", "other")).await.unwrap());
     assert!(tx.insert_profile(&profile("p2", "second")).await.unwrap());
     tx.commit().await.unwrap();
@@ -328,7 +332,7 @@ async fn profiles(s: Arc<dyn Store>) {
 }
 
 async fn counters_save_read_clear(s: Arc<dyn Store>) {
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.counters_for(&["p1", "p2"]).await.unwrap().is_empty());
     tx.save_counters(&[
         counter("p1", "r2", 5),
@@ -353,7 +357,7 @@ async fn counters_save_read_clear(s: Arc<dyn Store>) {
     );
 
     // counters_for sees them, and a save replaces.
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     let mut seen = tx.counters_for(&["p1", "nobody"]).await.unwrap();
     seen.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
     assert_eq!(seen, vec![counter("p1", "r1", 3), counter("p1", "r2", 5)]);
@@ -391,7 +395,7 @@ async fn audit_ids_in_order(s: Arc<dyn Store>) {
             )
         })
         .collect();
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.append_audit(&[]).await.unwrap().is_empty());
     let a = tx.append_audit(&first).await.unwrap();
     tx.commit().await.unwrap();
@@ -409,7 +413,7 @@ async fn audit_ids_in_order(s: Arc<dyn Store>) {
             record(Some(&format!("q{}", i % 7)), d, "sign", 1000 + i, None)
         })
         .collect();
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     let b = tx.append_audit(&many).await.unwrap();
     let c = tx
         .append_audit(&[record(None, Decision::Denied, "x", 5, None)])
@@ -457,7 +461,7 @@ async fn audit_filters_and_counts(s: Arc<dyn Store>) {
         record(Some("p2"), Decision::Approved, "sign", 3000, None),
         record(None, Decision::Denied, "unlock", 4000, None),
     ];
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     let id = tx.append_audit(&recs).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(s.audit_counts().await.unwrap(), (2, 2));
@@ -525,7 +529,7 @@ async fn audit_filters_and_counts(s: Arc<dyn Store>) {
 
 async fn nonce_accepted_once(s: Arc<dyn Store>) {
     let n = nonce(7, 7);
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.seen_nonces(&[&n]).await.unwrap().is_empty());
     tx.append_audit(&[record(
         Some("p"),
@@ -539,7 +543,7 @@ async fn nonce_accepted_once(s: Arc<dyn Store>) {
     tx.commit().await.unwrap();
 
     let other = nonce(8, 8);
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert_eq!(
         tx.seen_nonces(&[&n, &other]).await.unwrap(),
         vec![n.clone()]
@@ -562,7 +566,7 @@ async fn nonce_accepted_once(s: Arc<dyn Store>) {
 
 async fn dropped_tx_leaves_nothing(s: Arc<dyn Store>) {
     let n = nonce(9, 9);
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.insert_profile(&profile("p1", "x")).await.unwrap());
     tx.save_counters(&[counter("p1", "r1", 1)]).await.unwrap();
     tx.append_audit(&[record(
@@ -582,7 +586,7 @@ async fn dropped_tx_leaves_nothing(s: Arc<dyn Store>) {
     assert_eq!(s.audit_counts().await.unwrap(), (0, 0));
 
     // The nonce was not taken, nor the profile id.
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.seen_nonces(&[&n]).await.unwrap().is_empty());
     assert!(tx.insert_profile(&profile("p1", "x")).await.unwrap());
     tx.append_audit(&[record(Some("p1"), Decision::Approved, "unlock", 1, Some(n))])
@@ -598,7 +602,7 @@ const ROUNDS: u64 = 50;
 /// One decision: read the counter under the transaction's lock, add one use, save it,
 /// append its audit record, commit.
 async fn one_use(s: &Arc<dyn Store>, p: &str, task: u64, round: u64) -> Result<(), StoreError> {
-    let mut tx = s.begin_decisions().await?;
+    let mut tx = s.begin_decisions(None).await?;
     let current = tx.counters_for(&[p]).await?;
     let previous = current
         .into_iter()
@@ -654,7 +658,7 @@ async fn concurrent_decisions(s: Arc<dyn Store>, p: &'static str, label: &str) {
 }
 
 async fn concurrent_decisions_known_profile(s: Arc<dyn Store>) {
-    let mut tx = s.begin_decisions().await.unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
     assert!(tx.insert_profile(&profile("p", "x")).await.unwrap());
     tx.commit().await.unwrap();
     concurrent_decisions(s, "p", "known profile").await;
@@ -662,4 +666,263 @@ async fn concurrent_decisions_known_profile(s: Arc<dyn Store>) {
 
 async fn concurrent_decisions_unknown_profile(s: Arc<dyn Store>) {
     concurrent_decisions(s, "ghost", "unknown profile").await;
+}
+
+// ------------------------------------------------------------- registry, leases
+
+fn instance(name: &str, incarnation: &str) -> InstanceInfo {
+    InstanceInfo {
+        name: name.into(),
+        incarnation: incarnation.into(),
+        hostname: "host".into(),
+        endpoint: format!("https://{name}:7443"),
+        kss_version: "test".into(),
+        started_at_ms: 1,
+    }
+}
+
+async fn instances_register_heartbeat_and_stop(s: Arc<dyn Store>) {
+    s.register_instance(&instance("a", "a1"), 0).await.unwrap();
+    s.register_instance(&instance("b", "b1"), 3).await.unwrap();
+    let list = s.instances().await.unwrap();
+    assert_eq!(
+        list.instances
+            .iter()
+            .map(|i| (i.info.name.as_str(), i.applied_policy_version))
+            .collect::<Vec<_>>(),
+        [("a", 0), ("b", 3)]
+    );
+    assert!(list.instances.iter().all(|i| i.online(list.now_ms)));
+    let b_applied_at = list.instances[1].applied_at_ms;
+
+    // A heartbeat records the version applied, and when it changed.
+    assert!(s.heartbeat("a", "a1", 2).await.unwrap());
+    assert!(s.heartbeat("b", "b1", 3).await.unwrap());
+    let list = s.instances().await.unwrap();
+    assert_eq!(list.instances[0].applied_policy_version, 2);
+    assert_eq!(list.instances[1].applied_at_ms, b_applied_at);
+
+    // A restart under the same name takes the row over: the old process's heartbeats fail.
+    s.register_instance(&instance("a", "a2"), 2).await.unwrap();
+    assert!(!s.heartbeat("a", "a1", 2).await.unwrap());
+    assert!(s.heartbeat("a", "a2", 2).await.unwrap());
+
+    // A clean stop shows offline at once; a stale heartbeat after OFFLINE_AFTER_MS.
+    s.mark_stopped("b", "b1").await.unwrap();
+    let list = s.instances().await.unwrap();
+    assert!(list.instances[0].online(list.now_ms));
+    assert!(!list.instances[1].online(list.now_ms));
+    assert!(!list.instances[0].online(list.now_ms + OFFLINE_AFTER_MS + 1_000));
+
+    // Forgetting offline instances needs the lease it is fenced by.
+    let LeaseClaim::Granted { lease, .. } =
+        s.claim_lease("maintenance", "a2", 10_000).await.unwrap()
+    else {
+        panic!("free lease refused")
+    };
+    assert_eq!(s.forget_instances(&lease, 0).await.unwrap(), 1);
+    let names: Vec<String> = s
+        .instances()
+        .await
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.info.name)
+        .collect();
+    assert_eq!(names, ["a"]);
+}
+
+async fn granted(s: &Arc<dyn Store>, holder: &str, ttl_ms: i64) -> Lease {
+    match s.claim_lease("standalone", holder, ttl_ms).await.unwrap() {
+        LeaseClaim::Granted { lease, .. } => lease,
+        other => panic!("{holder}: {other:?}"),
+    }
+}
+
+async fn leases_grant_refuse_and_take_over(s: Arc<dyn Store>) {
+    let a = granted(&s, "a", 400).await;
+    assert_eq!(a.token, 1);
+    // Held: refused, with the holder named.
+    match s.claim_lease("standalone", "b", 400).await.unwrap() {
+        LeaseClaim::HeldBy {
+            holder,
+            expires_in_ms,
+        } => {
+            assert_eq!(holder, "a");
+            assert!(expires_in_ms > 0 && expires_in_ms <= 400, "{expires_in_ms}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Renewed while held; claimed again by its holder without a new token.
+    assert!(s.renew_lease(&a, 400).await.unwrap());
+    assert_eq!(granted(&s, "a", 400).await.token, 1);
+
+    // Expired: another takes it with the next token, and the old holder cannot renew.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let b = granted(&s, "b", 10_000).await;
+    assert_eq!(b.token, 2);
+    assert!(!s.renew_lease(&a, 400).await.unwrap());
+    // Released: free at once, next token.
+    s.release_lease(&b).await.unwrap();
+    assert_eq!(granted(&s, "c", 10_000).await.token, 3);
+    // Releasing a lease no longer held changes nothing.
+    s.release_lease(&a).await.unwrap();
+    assert!(matches!(
+        s.claim_lease("standalone", "d", 400).await.unwrap(),
+        LeaseClaim::HeldBy { .. }
+    ));
+}
+
+async fn fenced_writes_fail_after_a_takeover(s: Arc<dyn Store>) {
+    let a = granted(&s, "a", 300).await;
+    let mut tx = s.begin_decisions(Some(&a)).await.unwrap();
+    tx.append_audit(&[record(Some("p"), Decision::Approved, "unlock", 1, None)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // "a" is cut off long enough for its lease to expire; "b" takes over.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let b = granted(&s, "b", 10_000).await;
+    match s.begin_decisions(Some(&a)).await {
+        Err(StoreError::Fenced(msg)) => assert!(msg.contains("token 2"), "{msg}"),
+        Err(e) => panic!("expected Fenced, got {e}"),
+        Ok(_) => panic!("a stale lease opened a decision transaction"),
+    }
+    assert!(matches!(
+        s.forget_instances(&a, 0).await,
+        Err(StoreError::Fenced(_))
+    ));
+    // The new holder writes; the old one wrote nothing more.
+    let mut tx = s.begin_decisions(Some(&b)).await.unwrap();
+    tx.append_audit(&[record(Some("p"), Decision::Approved, "unlock", 1, None)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.audit_counts().await.unwrap(), (2, 0));
+}
+
+// ------------------------------------------------------------------ clone-db
+
+/// A standalone SQLite keyserver's data copied into an empty MySQL database: every row
+/// (audit ids too), and the target refuses a second clone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clone_sqlite_into_mysql_copies_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SqliteStore::open(&dir.path().join("kss.db")).await.unwrap();
+    let src: Arc<dyn Store> = Arc::new(source.clone());
+    src.create_identity(&Identity {
+        keyserver_id: "ab".repeat(16),
+        sealed_root: vec![7; 72],
+        created_at_ms: 5,
+    })
+    .await
+    .unwrap();
+    src.add_policy("decrypt: []\n", "h1", 10).await.unwrap();
+    src.add_policy("search: []\n", "h2", 11).await.unwrap();
+    src.set_enabled(false).await.unwrap();
+    src.clear_counters(None).await.unwrap();
+    let mut tx = src.begin_decisions(None).await.unwrap();
+    tx.insert_profile(&profile("p1", "one")).await.unwrap();
+    tx.insert_profile(&profile("p2", "two")).await.unwrap();
+    tx.save_counters(&[counter("p1", "r", 3), counter("p2", "r", 1)])
+        .await
+        .unwrap();
+    // More than one page of audit records.
+    let records: Vec<AuditRecord> = (0..1000)
+        .map(|i| {
+            record(
+                Some("p1"),
+                if i % 3 == 0 {
+                    Decision::Denied
+                } else {
+                    Decision::Approved
+                },
+                "decrypt",
+                1,
+                Some(nonce(1, i)),
+            )
+        })
+        .collect();
+    tx.append_audit(&records).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
+        assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
+        println!("SKIPPED clone test: KSS_TEST_MYSQL_URL not set");
+        return;
+    };
+    let base = parse_db_uri(&url).unwrap();
+    let name = unique_db_name();
+    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&base)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .await
+        .unwrap();
+    let target = MysqlStore::connect(base.clone().database(&name))
+        .await
+        .unwrap();
+    let result = tokio::spawn({
+        let target = target.clone();
+        let source = source.clone();
+        async move {
+            let counts = clone_sqlite_into_mysql(&source, &target).await.unwrap();
+            assert_eq!(
+                (
+                    counts.profiles,
+                    counts.policy_versions,
+                    counts.quota_counters,
+                    counts.audit_records
+                ),
+                (2, 2, 2, 1000)
+            );
+            let dst: Arc<dyn Store> = Arc::new(target.clone());
+            let src: Arc<dyn Store> = Arc::new(source.clone());
+            assert_eq!(dst.identity().await.unwrap(), src.identity().await.unwrap());
+            assert_eq!(dst.state().await.unwrap(), src.state().await.unwrap());
+            for v in [Some(1), Some(2), None] {
+                assert_eq!(dst.policy(v).await.unwrap(), src.policy(v).await.unwrap());
+            }
+            for p in ["p1", "p2"] {
+                assert_eq!(dst.profile(p).await.unwrap(), src.profile(p).await.unwrap());
+            }
+            assert_eq!(
+                dst.counters(None).await.unwrap(),
+                src.counters(None).await.unwrap()
+            );
+            let everything = AuditFilter {
+                limit: 5000,
+                ..AuditFilter::default()
+            };
+            assert_eq!(
+                dst.audit(&everything).await.unwrap(),
+                src.audit(&everything).await.unwrap()
+            );
+            assert_eq!(dst.audit_counts().await.unwrap(), (666, 334));
+            // New records continue after the copied ids.
+            let mut tx = dst.begin_decisions(None).await.unwrap();
+            let ids = tx
+                .append_audit(&[record(Some("p2"), Decision::Approved, "decrypt", 1, None)])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(ids, [1001]);
+            // A second clone into the same database is refused, naming the keyserver.
+            match clone_sqlite_into_mysql(&source, &target).await {
+                Err(StoreError::AlreadyExists(msg)) => assert!(msg.contains(&"ab".repeat(16))),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    target.close().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .await
+        .unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

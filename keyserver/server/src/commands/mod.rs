@@ -19,8 +19,8 @@ use crate::data_dir::DataDir;
 /// directory's SQLite file (created if missing), with `durability` for SQLite.
 pub async fn open_store_with(data_dir: &DataDir, durability: Durability) -> Result<Arc<dyn Store>> {
     data_dir.ensure()?;
-    if let Some(uri) = &data_dir.db_uri {
-        let options = parse_db_uri(uri).context("--db-uri")?;
+    if let Some(uri) = data_dir.shared_db_uri()? {
+        let options = parse_db_uri(&uri).context("the shared database's address")?;
         let store = MysqlStore::connect(options)
             .await
             .context("opening the shared database (--db-uri)")?;

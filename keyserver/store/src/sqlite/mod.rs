@@ -11,9 +11,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, PolicyVersion, Profile, Result,
-    State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyVersion, Profile,
+    Result, State, Store, StoreError, StoredCounter,
 };
+
+mod registry;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -30,7 +32,7 @@ pub enum Durability {
 /// A SQLite database file, created and migrated on first open.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -261,10 +263,13 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
-    async fn begin_decisions(&self) -> Result<Box<dyn DecisionTx>> {
+    async fn begin_decisions(&self, fence: Option<&Lease>) -> Result<Box<dyn DecisionTx>> {
         // IMMEDIATE: take the write lock now, so counters read here cannot change before
-        // this transaction writes them.
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // this transaction writes them (and no claim can move the lease meanwhile).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(lease) = fence {
+            registry::check_fence(&mut tx, lease).await?;
+        }
         Ok(Box::new(SqliteDecisionTx { tx }))
     }
 }

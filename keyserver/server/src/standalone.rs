@@ -1,0 +1,99 @@
+//! One active standalone server per data: the `standalone` lease. A second server on the
+//! same database waits (it does not serve) until the lease is free: released by a clean
+//! stop, or expired after the holder died. The holder renews it; every decision
+//! transaction checks its fencing token, so a holder that lost it (paused, cut off) cannot
+//! approve anything, and it stops when it notices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use kss_store::{Lease, LeaseClaim, Store};
+use tracing::{error, info, warn};
+
+use crate::shutdown::Shutdown;
+
+pub const LEASE_NAME: &str = "standalone";
+/// A dead holder's lease frees itself after this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+fn ttl_ms() -> i64 {
+    LEASE_TTL.as_millis() as i64
+}
+
+/// Claims the lease, waiting while another server holds it (or until `shutdown`).
+pub async fn acquire(
+    store: &dyn Store,
+    holder: &str,
+    shutdown: &Shutdown,
+) -> Result<Option<Lease>> {
+    let stopped = shutdown.stopped();
+    tokio::pin!(stopped);
+    let mut told = false;
+    loop {
+        match store.claim_lease(LEASE_NAME, holder, ttl_ms()).await {
+            Ok(LeaseClaim::Granted { lease, .. }) => {
+                info!(token = lease.token, "standalone lease acquired");
+                return Ok(Some(lease));
+            }
+            Ok(LeaseClaim::HeldBy {
+                holder: other,
+                expires_in_ms,
+            }) => {
+                if !told {
+                    let msg = format!(
+                        "another kss server ({other}) is active on this data; waiting until it \
+                         stops (its lease expires in {:.1}s unless renewed)",
+                        expires_in_ms as f64 / 1000.0
+                    );
+                    warn!("{msg}");
+                    eprintln!("{msg}");
+                    told = true;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot claim the standalone lease yet"),
+        }
+        tokio::select! {
+            _ = &mut stopped => return Ok(None),
+            _ = tokio::time::sleep(CLAIM_EVERY) => {}
+        }
+    }
+}
+
+/// Renews the lease until `shutdown`, then releases it. If it is lost (another server took
+/// it over) or cannot be renewed before it expires, the server stops with an error.
+pub async fn keep(store: Arc<dyn Store>, lease: Lease, shutdown: Arc<Shutdown>) {
+    let stopped = shutdown.stopped();
+    tokio::pin!(stopped);
+    let mut renewed_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        match store.renew_lease(&lease, ttl_ms()).await {
+            Ok(true) => renewed_at = tokio::time::Instant::now(),
+            Ok(false) => {
+                let why = format!(
+                    "lost the standalone lease (token {}): another server took over this data",
+                    lease.token
+                );
+                error!("{why}");
+                shutdown.fail(why);
+                return;
+            }
+            Err(e) if renewed_at.elapsed() >= LEASE_TTL => {
+                let why = format!("could not renew the standalone lease before it expired: {e}");
+                error!("{why}");
+                shutdown.fail(why);
+                return;
+            }
+            Err(e) => warn!(error = %e, "renewing the standalone lease failed; retrying"),
+        }
+    }
+    if let Err(e) = store.release_lease(&lease).await {
+        warn!(error = %e, "could not release the standalone lease; it expires by itself");
+    }
+}

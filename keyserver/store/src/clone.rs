@@ -1,0 +1,205 @@
+//! `kss clone-db`: copies a standalone keyserver's SQLite database into an empty MySQL
+//! database, so that it becomes a cluster with the same identity, profiles, policy
+//! versions, persistent quota counters and audit log (audit ids kept).
+//!
+//! The source is read in one read transaction (a consistent snapshot); the target is
+//! written in one transaction, so a failed clone leaves the target empty. The caller
+//! keeps the standalone server stopped meanwhile (it holds the standalone lease).
+
+use sqlx::{MySql, QueryBuilder, Row};
+
+use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64};
+use crate::{AuditEntry, MysqlStore, Result, SqliteStore, StoreError};
+
+/// Audit rows per page read and per INSERT.
+const AUDIT_PAGE: i64 = 400;
+
+/// What was copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneCounts {
+    pub keyserver_id: String,
+    pub profiles: u64,
+    pub policy_versions: u64,
+    pub quota_counters: u64,
+    pub audit_records: u64,
+}
+
+/// Copies everything but the instance registry and leases (those describe processes,
+/// not the keyserver). Refuses a target that holds any keyserver data.
+pub async fn clone_sqlite_into_mysql(
+    source: &SqliteStore,
+    target: &MysqlStore,
+) -> Result<CloneCounts> {
+    let mut src = source.pool.begin().await?;
+    let mut dst = target.pool.begin().await?;
+
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT keyserver_id FROM identity WHERE singleton = 1 FOR UPDATE")
+            .fetch_optional(&mut *dst)
+            .await?;
+    if let Some(id) = existing {
+        return Err(StoreError::AlreadyExists(format!(
+            "the target database already holds keyserver {id}"
+        )));
+    }
+    for (table, sql) in [
+        ("profiles", "SELECT COUNT(*) FROM profiles"),
+        ("policy_versions", "SELECT COUNT(*) FROM policy_versions"),
+        ("quota_counters", "SELECT COUNT(*) FROM quota_counters"),
+        ("audit", "SELECT COUNT(*) FROM audit"),
+    ] {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *dst).await?;
+        if n != 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "the target database is not empty ({n} rows in {table})"
+            )));
+        }
+    }
+
+    let identity = sqlx::query(
+        "SELECT keyserver_id, sealed_root, created_at_ms FROM identity WHERE singleton = 1",
+    )
+    .fetch_optional(&mut *src)
+    .await?
+    .ok_or_else(|| StoreError::NotFound("a keyserver identity in the source".into()))?;
+    let keyserver_id: String = identity.try_get("keyserver_id")?;
+    sqlx::query(
+        "INSERT INTO identity (singleton, keyserver_id, sealed_root, created_at_ms) \
+         VALUES (1, ?, ?, ?)",
+    )
+    .bind(&keyserver_id)
+    .bind(identity.try_get::<Vec<u8>, _>("sealed_root")?)
+    .bind(identity.try_get::<i64, _>("created_at_ms")?)
+    .execute(&mut *dst)
+    .await?;
+
+    let mut counts = CloneCounts {
+        keyserver_id,
+        ..CloneCounts::default()
+    };
+
+    for row in sqlx::query("SELECT * FROM policy_versions ORDER BY version")
+        .fetch_all(&mut *src)
+        .await?
+    {
+        sqlx::query(
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(row.try_get::<i64, _>("version")?)
+        .bind(row.try_get::<String, _>("text")?)
+        .bind(row.try_get::<String, _>("sha256")?)
+        .bind(row.try_get::<i64, _>("loaded_at_ms")?)
+        .execute(&mut *dst)
+        .await?;
+        counts.policy_versions += 1;
+    }
+
+    let state =
+        sqlx::query("SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1")
+            .fetch_one(&mut *src)
+            .await?;
+    sqlx::query(
+        "UPDATE state SET enabled = ?, policy_version = ?, quota_epoch = ? WHERE singleton = 1",
+    )
+    .bind(state.try_get::<i64, _>("enabled")?)
+    .bind(state.try_get::<i64, _>("policy_version")?)
+    .bind(state.try_get::<i64, _>("quota_epoch")?)
+    .execute(&mut *dst)
+    .await?;
+
+    for row in sqlx::query("SELECT * FROM profiles ORDER BY profile_id")
+        .fetch_all(&mut *src)
+        .await?
+    {
+        let p = profile_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
+             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.profile_id)
+        .bind(&p.device_id)
+        .bind(&p.device_public_key)
+        .bind(&p.workstation_share)
+        .bind(&p.name)
+        .bind(p.words.join(" "))
+        .bind(p.created_at_ms)
+        .execute(&mut *dst)
+        .await?;
+        counts.profiles += 1;
+    }
+
+    for row in sqlx::query("SELECT * FROM quota_counters ORDER BY profile_id, rule_id")
+        .fetch_all(&mut *src)
+        .await?
+    {
+        let c = counter_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO quota_counters (rule_id, profile_id, day, hour, hour_used, day_used) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.rule_id)
+        .bind(&c.profile_id)
+        .bind(c.counter.window.day.to_string())
+        .bind(i64::from(c.counter.window.hour))
+        .bind(to_i64(c.counter.hour_used)?)
+        .bind(to_i64(c.counter.day_used)?)
+        .execute(&mut *dst)
+        .await?;
+        counts.quota_counters += 1;
+    }
+
+    let mut after = 0i64;
+    loop {
+        let page = sqlx::query("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after)
+            .bind(AUDIT_PAGE)
+            .fetch_all(&mut *src)
+            .await?
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<AuditEntry>>>()?;
+        let Some(last) = page.last() else { break };
+        after = to_i64(last.id)?;
+        insert_audit_page(&mut dst, &page).await?;
+        counts.audit_records += page.len() as u64;
+    }
+
+    dst.commit().await?;
+    src.commit().await?;
+    Ok(counts)
+}
+
+/// One multi-row INSERT that keeps the audit ids (AUTO_INCREMENT then continues after the
+/// largest).
+async fn insert_audit_page(
+    dst: &mut sqlx::Transaction<'static, MySql>,
+    page: &[AuditEntry],
+) -> Result<()> {
+    let mut ids = Vec::with_capacity(page.len());
+    for e in page {
+        ids.push(to_i64(e.id)?);
+    }
+    let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+        "INSERT INTO audit (id, at_ms, instance_id, profile_id, device_id, request_type, meta, \
+         cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
+    );
+    q.push_values(page.iter().zip(ids), |mut row, (e, id)| {
+        let r = &e.record;
+        row.push_bind(id)
+            .push_bind(r.at_ms)
+            .push_bind(r.instance_id.clone())
+            .push_bind(r.profile_id.clone())
+            .push_bind(r.device_id.clone())
+            .push_bind(r.request_type.clone())
+            .push_bind(r.meta.clone())
+            .push_bind(r.cryptographic_id.clone())
+            .push_bind(r.decision.as_str())
+            .push_bind(r.rule_set.map(i64::from))
+            .push_bind(r.reason.clone())
+            .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
+            .push_bind(r.nonce.clone());
+    });
+    q.build().execute(&mut **dst).await?;
+    Ok(())
+}
