@@ -17,7 +17,8 @@
 //! latency is measured from that due time, so a server that falls behind shows it in the
 //! latencies instead of silently lowering the load (no coordinated omission), up to the
 //! `--concurrency` requests in flight. Requests are spread round-robin over `--connections`
-//! HTTP/2 connections.
+//! HTTP/2 connections, themselves spread over `--endpoint` and every `--also-endpoint`
+//! (instances of one cluster).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,10 @@ pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 pub struct LoadgenArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// More instances of the same keyserver (cluster mode), with the same CA and server
+    /// name; the connections are spread over --endpoint and these, round-robin.
+    #[arg(long = "also-endpoint", value_name = "URL")]
+    pub also_endpoints: Vec<String>,
     /// The keyserver's id (default: asked with GetInfo).
     #[arg(long, value_name = "ID")]
     pub keyserver_id: Option<String>,
@@ -303,12 +308,13 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
 
     let ca = std::fs::read(&args.connect.ca)
         .with_context(|| format!("reading CA file {}", args.connect.ca.display()))?;
+    let endpoints: Vec<&String> = std::iter::once(&args.connect.endpoint)
+        .chain(&args.also_endpoints)
+        .collect();
     let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        clients.push(
-            KssClient::connect(&args.connect.endpoint, &ca, Some(&args.connect.server_name))
-                .await?,
-        );
+    for i in 0..args.connections {
+        let endpoint = endpoints[i % endpoints.len()];
+        clients.push(KssClient::connect(endpoint, &ca, Some(&args.connect.server_name)).await?);
     }
     let keyserver_id: KeyserverId = match &args.keyserver_id {
         Some(id) => id
@@ -457,6 +463,13 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
     }
     if args.connections == 0 {
         bail!("--connections must be at least 1");
+    }
+    if args.connections < 1 + args.also_endpoints.len() {
+        bail!(
+            "--connections {} is fewer than the {} endpoints: give at least one connection each",
+            args.connections,
+            1 + args.also_endpoints.len()
+        );
     }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be a number >= 0");

@@ -29,6 +29,21 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Create the keyserver's identity (its ID is printed) and write its backup key.
     Create(CreateArgs),
+    /// Join this data directory to an existing cluster (--db-uri) as one more instance of
+    /// its keyserver. Needs the cluster's master key (--master-key-file, or
+    /// <data-dir>/master.key), copied from the first instance or mounted from a secret.
+    Initialize,
+    /// Copy this standalone keyserver into an empty cluster database (same ID, profiles,
+    /// policy versions, quotas, audit); this data directory then uses it. Stop the server
+    /// first.
+    CloneDb {
+        /// The cluster database: mysql://user:pass@host:port/db or
+        /// mysql:host=H,port=P,user=U,password=W,database=D.
+        new_uri: String,
+    },
+    /// Instances of this keyserver.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Write a fresh backup key of this keyserver.
     SaveBackupKey(SaveBackupArgs),
     /// Restore a keyserver's identity from its backup key and its holders' approvals
@@ -63,6 +78,16 @@ pub enum Command {
     Client(kss_client::cli::ClientCommand),
     /// Drive signed decrypt requests at a keyserver and report throughput and latency.
     Loadgen(kss_client::loadgen::LoadgenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Every instance: online or offline (no heartbeat for 5 s, or stopped), the policy
+    /// version it applied, its endpoint.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod policy_cmd;
+pub mod rollout;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -2,8 +2,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use kss_server::cli::{Cli, Command, PolicyCommand, QuotaCommand};
-use kss_server::commands::{self, admin_key, audit, create, quota, server_policy, state};
+use kss_server::cli::{Cli, Command, InstanceCommand, PolicyCommand, QuotaCommand};
+use kss_server::commands::{
+    self, admin_key, audit, cluster, create, quota, server_policy, state,
+};
 use kss_server::{logging, policy_cmd, serve};
 
 fn main() -> ExitCode {
@@ -45,6 +47,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Serve(args) => serve::run(*args, &cli.data).await,
             Command::Client(command) => kss_client::cli::run(command).await,
             Command::Loadgen(args) => kss_client::loadgen::loadgen(args).await.map(drop),
+            Command::Initialize => cluster::initialize(&data_dir).await,
+            Command::CloneDb { new_uri } => cluster::clone_db(&data_dir, &new_uri).await,
             command => {
                 let store = commands::open_store(&data_dir).await?;
                 let store = store.as_ref();
@@ -66,6 +70,9 @@ fn run(cli: Cli) -> Result<()> {
                         quota::clear(store, &data_dir, profile.as_deref()).await
                     }
                     Command::Audit(args) => audit::list(store, &args).await,
+                    Command::Instance(InstanceCommand::List { json }) => {
+                        cluster::list(store, json).await
+                    }
                     _ => anyhow::bail!("unhandled command"),
                 }
             }

@@ -69,7 +69,7 @@ impl Membership {
             }
             self.beat().await;
             ticks = ticks.wrapping_add(1);
-            if ticks % MAINTENANCE_EVERY == 0 {
+            if ticks.is_multiple_of(MAINTENANCE_EVERY) {
                 self.maintain().await;
             }
         }

@@ -113,7 +113,7 @@ pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> 
     let identity = KeyserverIdentity::generate();
     // The backup first: an identity must never exist without one.
     write_backup(&identity, &holders, args.backup.threshold, &backup_path)?;
-    store_identity(store, &identity, &master).await?;
+    store_identity(store, data_dir, &identity, &master).await?;
     println!("{}", identity.id);
     eprintln!(
         "keyserver {} created; backup key at {} ({} of {} holders restore it). \
@@ -127,8 +127,11 @@ pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> 
     Ok(())
 }
 
+/// Stores the sealed identity; with --db-uri, saves the database address in the data
+/// directory for later commands.
 async fn store_identity(
     store: &dyn Store,
+    data_dir: &DataDir,
     identity: &KeyserverIdentity,
     master: &kss_crypto::seal::MasterKey,
 ) -> Result<()> {
@@ -136,7 +139,10 @@ async fn store_identity(
         .create_identity(&identity.sealed(master, now_ms()))
         .await
     {
-        Ok(()) => Ok(()),
+        Ok(()) => match &data_dir.db_uri {
+            Some(uri) => data_dir.save_db_uri(uri),
+            None => Ok(()),
+        },
         Err(StoreError::AlreadyExists(_)) => {
             bail!("the database already holds a keyserver identity; nothing was changed")
         }
@@ -223,7 +229,7 @@ pub async fn recovery_ingest_key(
     let root = backup::recover(&backup, &approvals).context("recovering the root secret")?;
     let identity = KeyserverIdentity::new(*backup.keyserver_id(), root);
     let master = data_dir.read_or_create_master_key()?;
-    store_identity(store, &identity, &master).await?;
+    store_identity(store, data_dir, &identity, &master).await?;
     println!("{}", identity.id);
     eprintln!(
         "keyserver {} recovered from {}. Load the policy (`kss policy load`); onboarded \

@@ -3,6 +3,7 @@
 pub mod admin_client;
 pub mod admin_key;
 pub mod audit;
+pub mod cluster;
 pub mod create;
 pub mod quota;
 pub mod server_policy;

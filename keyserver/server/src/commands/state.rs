@@ -32,6 +32,7 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
     let state = store.state().await?;
     let profiles = store.profile_count().await?;
     let (approvals, denials) = store.audit_counts().await?;
+    let instances = crate::rollout::instances(store).await?;
     let running = match admin_client::connect(data_dir).await {
         Some(mut admin) => admin
             .status(StatusRequest {})
@@ -52,6 +53,11 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
             "profiles": profiles,
             "approvals": approvals,
             "denials": denials,
+            "instances": instances
+                .instances
+                .iter()
+                .map(|i| crate::rollout::instance_json(i, instances.now_ms))
+                .collect::<Vec<_>>(),
         });
         println!("{value}");
         return Ok(());
@@ -80,5 +86,12 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
     println!("profiles:        {profiles}");
     println!("approvals:       {approvals}");
     println!("denials:         {denials}");
+    println!(
+        "instances:       {} online, {} applied version {}",
+        instances.online, instances.up_to_date, instances.policy_version
+    );
+    if !instances.instances.is_empty() {
+        print!("{}", crate::rollout::instance_table(&instances));
+    }
     Ok(())
 }

@@ -110,4 +110,15 @@ impl Admin for AdminService {
         );
         Ok(Response::new(pb::ClearQuotasResponse { cleared }))
     }
+
+    #[instrument(skip_all, fields(rpc = "Admin.ListInstances"))]
+    async fn list_instances(
+        &self,
+        _request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let report = crate::rollout::instances(self.store.as_ref())
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(report))
+    }
 }
