@@ -133,6 +133,10 @@ pub enum PolicyCommand {
     Load {
         /// The policy file.
         file: PathBuf,
+        /// Then wait (up to SECS, default 10) until every online instance applied it, and
+        /// print how long the rollout took; fails naming the instances that lag.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
+        wait: Option<f64>,
     },
     /// Show which quota counters survive replacing OLD with NEW: throttle rules are matched
     /// by rule_id, so a throttle whose id changes starts counting from zero.

@@ -3,9 +3,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use kss_server::cli::{Cli, Command, InstanceCommand, PolicyCommand, QuotaCommand};
-use kss_server::commands::{
-    self, admin_key, audit, cluster, create, quota, server_policy, state,
-};
+use kss_server::commands::{self, admin_key, audit, cluster, create, quota, server_policy, state};
 use kss_server::{logging, policy_cmd, serve};
 
 fn main() -> ExitCode {
@@ -29,10 +27,16 @@ fn run(cli: Cli) -> Result<()> {
                 server_policy::dump_current(store.as_ref(), &file).await
             });
         }
-        Command::Policy(PolicyCommand::Load { file }) => {
+        Command::Policy(PolicyCommand::Load { file, wait }) => {
+            let wait = wait
+                .map(|secs| {
+                    std::time::Duration::try_from_secs_f64(secs)
+                        .map_err(|_| anyhow::anyhow!("--wait {secs}: give seconds, 0 or more"))
+                })
+                .transpose();
             return block_on(async {
                 let store = commands::open_store(&cli.data.data_dir()).await?;
-                server_policy::load(store.as_ref(), &file).await
+                server_policy::load(store.as_ref(), &file, wait?).await
             });
         }
         Command::Policy(command) => return policy_cmd::run(command),

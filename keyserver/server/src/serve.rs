@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Default: https://<host name>:<listen port>.
     #[arg(long, env = "KSS_ADVERTISE_ENDPOINT")]
     pub advertise_endpoint: Option<String>,
+    /// Standalone mode: how long (seconds) the lease that makes this the one active server
+    /// on its data lasts without renewal; a server that died is replaced after this long.
+    #[arg(long, default_value_t = 10)]
+    pub standalone_lease_secs: u64,
     /// Quick start: self-signed TLS, and create a keyserver identity if there is none,
     /// with a backup key held by one generated administrator key (NOT for production).
     #[arg(long)]
@@ -116,7 +120,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         None
     } else {
         let holder = format!("{}/{}", info.name, info.incarnation);
-        match standalone::acquire(store.as_ref(), &holder, &shutdown).await? {
+        let ttl = Duration::from_secs(args.standalone_lease_secs.max(1));
+        match standalone::acquire(store.as_ref(), &holder, ttl, &shutdown).await? {
             Some(lease) => Some(lease),
             None => {
                 store.close().await;
@@ -145,6 +150,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         tokio::spawn(standalone::keep(
             Arc::clone(&store),
             lease,
+            Duration::from_secs(args.standalone_lease_secs.max(1)),
             Arc::clone(&shutdown),
         ))
     });

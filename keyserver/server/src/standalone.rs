@@ -14,26 +14,26 @@ use tracing::{error, info, warn};
 use crate::shutdown::Shutdown;
 
 pub const LEASE_NAME: &str = "standalone";
-/// A dead holder's lease frees itself after this long.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
-const RENEW_EVERY: Duration = Duration::from_secs(2);
-const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
-fn ttl_ms() -> i64 {
-    LEASE_TTL.as_millis() as i64
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Claims the lease, waiting while another server holds it (or until `shutdown`).
+/// Renewals per lease period: a holder misses several before it loses the lease.
+const RENEWALS_PER_TTL: u32 = 5;
+
+/// Claims the lease for `ttl`, waiting while another server holds it (or until `shutdown`).
 pub async fn acquire(
     store: &dyn Store,
     holder: &str,
+    ttl: Duration,
     shutdown: &Shutdown,
 ) -> Result<Option<Lease>> {
     let stopped = shutdown.stopped();
     tokio::pin!(stopped);
     let mut told = false;
     loop {
-        match store.claim_lease(LEASE_NAME, holder, ttl_ms()).await {
+        match store.claim_lease(LEASE_NAME, holder, ms(ttl)).await {
             Ok(LeaseClaim::Granted { lease, .. }) => {
                 info!(token = lease.token, "standalone lease acquired");
                 return Ok(Some(lease));
@@ -57,23 +57,24 @@ pub async fn acquire(
         }
         tokio::select! {
             _ = &mut stopped => return Ok(None),
-            _ = tokio::time::sleep(CLAIM_EVERY) => {}
+            _ = tokio::time::sleep(ttl / RENEWALS_PER_TTL) => {}
         }
     }
 }
 
-/// Renews the lease until `shutdown`, then releases it. If it is lost (another server took
-/// it over) or cannot be renewed before it expires, the server stops with an error.
-pub async fn keep(store: Arc<dyn Store>, lease: Lease, shutdown: Arc<Shutdown>) {
+/// Renews the lease (for `ttl` each time) until `shutdown`, then releases it. If it is lost
+/// (another server took it over) or cannot be renewed before it expires, the server stops
+/// with an error.
+pub async fn keep(store: Arc<dyn Store>, lease: Lease, ttl: Duration, shutdown: Arc<Shutdown>) {
     let stopped = shutdown.stopped();
     tokio::pin!(stopped);
     let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stopped => break,
-            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = tokio::time::sleep(ttl / RENEWALS_PER_TTL) => {}
         }
-        match store.renew_lease(&lease, ttl_ms()).await {
+        match store.renew_lease(&lease, ms(ttl)).await {
             Ok(true) => renewed_at = tokio::time::Instant::now(),
             Ok(false) => {
                 let why = format!(
@@ -84,7 +85,7 @@ pub async fn keep(store: Arc<dyn Store>, lease: Lease, shutdown: Arc<Shutdown>) 
                 shutdown.fail(why);
                 return;
             }
-            Err(e) if renewed_at.elapsed() >= LEASE_TTL => {
+            Err(e) if renewed_at.elapsed() >= ttl => {
                 let why = format!("could not renew the standalone lease before it expired: {e}");
                 error!("{why}");
                 shutdown.fail(why);

@@ -8,56 +8,10 @@ mod common;
 use common::{DataDir, Server};
 use kss_client::protocol::encrypt_file_key;
 use kss_crypto::ids::KeyserverId;
-use sqlx::Connection;
-
-/// A fresh database on the test server; dropped by `drop_database`.
-async fn fresh_database() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
-        assert!(
-            std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
-            "KSS_TEST_MYSQL_URL not set but KSS_REQUIRE_MYSQL is"
-        );
-        eprintln!("SKIPPED cluster test: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh up)");
-        return None;
-    };
-    let name = format!(
-        "kss_cluster_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let mut conn = sqlx::mysql::MySqlConnection::connect(&url).await.unwrap();
-    // The name is ours: digits and underscores only.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url.as_str(), ""), |(b, q)| (b, q));
-    let prefix = &base[..base.rfind('/').unwrap()];
-    let db_url = if query.is_empty() {
-        format!("{prefix}/{name}")
-    } else {
-        format!("{prefix}/{name}?{query}")
-    };
-    Some((db_url, name))
-}
-
-async fn drop_database(name: &str) {
-    let url = std::env::var("KSS_TEST_MYSQL_URL").unwrap();
-    let mut conn = sqlx::mysql::MySqlConnection::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_identity_policy_and_exact_quotas() {
-    let Some((db, name)) = fresh_database().await else {
+    let Some((db, name)) = common::fresh_database().await else {
         return;
     };
     let a = DataDir::new();
@@ -146,5 +100,5 @@ async fn two_instances_share_identity_policy_and_exact_quotas() {
     assert_eq!(instances.len(), 2, "both instances decided: {all}");
 
     drop((server_a, server_b));
-    drop_database(&name).await;
+    common::drop_database(&name).await;
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kss_client::KssClient;
+use sqlx::Connection;
 
 pub fn kss_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kss")
@@ -245,4 +246,74 @@ pub async fn concurrent_decrypts(
         }
     }
     approved
+}
+
+// ------------------------------------------------------------------ cluster mode
+
+/// A fresh database on the test server; dropped by `drop_database`.
+pub async fn fresh_database() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
+        assert!(
+            std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
+            "KSS_TEST_MYSQL_URL not set but KSS_REQUIRE_MYSQL is"
+        );
+        eprintln!("SKIPPED cluster test: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh up)");
+        return None;
+    };
+    let name = format!(
+        "kss_cluster_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let mut conn = sqlx::mysql::MySqlConnection::connect(&url).await.unwrap();
+    // The name is ours: digits and underscores only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url.as_str(), ""), |(b, q)| (b, q));
+    let prefix = &base[..base.rfind('/').unwrap()];
+    let db_url = if query.is_empty() {
+        format!("{prefix}/{name}")
+    } else {
+        format!("{prefix}/{name}?{query}")
+    };
+    Some((db_url, name))
+}
+
+pub async fn drop_database(name: &str) {
+    let url = std::env::var("KSS_TEST_MYSQL_URL").unwrap();
+    let mut conn = sqlx::mysql::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Gives `to` the self-signed TLS files of `from` (same CA and server certificate), so that
+/// one client configuration reaches every instance of a cluster.
+pub fn share_tls(from: &DataDir, to: &DataDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = to.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["ca.pem", "server.pem", "server.key"] {
+        let target = dir.join(name);
+        std::fs::copy(from.path().join("tls").join(name), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// Copies `from`'s master key into `to`'s data directory (mode 0600): what an
+/// administrator does before `kss initialize` (the operator mounts a Secret instead).
+pub fn share_master_key(from: &DataDir, to: &DataDir) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to.path()).unwrap();
+    let target = to.path().join("master.key");
+    std::fs::copy(from.path().join("master.key"), &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
