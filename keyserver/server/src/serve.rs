@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT (then stops accepting and finishes in-flight requests).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -130,7 +131,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         }
     };
 
-    let admin_listener = bind_admin_socket(&data_dir, lease.is_some()).await?;
+    let (admin_listener, admin_socket_inode) =
+        bind_admin_socket(&data_dir, lease.is_some()).await?;
     // Bound before "serving" is announced, so that a client told so can connect.
     let incoming = TcpIncoming::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?
@@ -273,7 +275,11 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     if let Ok(Err(e)) = metrics_task.await {
         warn!(error = %format!("{e:#}"), "metrics server failed");
     }
-    let _ = std::fs::remove_file(data_dir.admin_socket());
+    // Only our own socket: a server that took over since may have bound a new one.
+    let socket = data_dir.admin_socket();
+    if std::fs::metadata(&socket).is_ok_and(|m| m.ino() == admin_socket_inode) {
+        let _ = std::fs::remove_file(&socket);
+    }
     store.close().await;
     info!("stopped");
     served.with_context(|| format!("serving gRPC on {}", args.listen))?;
@@ -307,7 +313,8 @@ fn instance_info(args: &ServeArgs) -> InstanceInfo {
 /// Binds `<data-dir>/admin.sock` (mode 0600). A server holding the standalone lease takes
 /// the path over (a previous holder is gone or fenced off); otherwise it refuses if a
 /// server already answers on it.
-async fn bind_admin_socket(data_dir: &DataDir, holds_lease: bool) -> Result<UnixListener> {
+/// Returns the listener and the socket file's inode (to remove only our own at exit).
+async fn bind_admin_socket(data_dir: &DataDir, holds_lease: bool) -> Result<(UnixListener, u64)> {
     let path = data_dir.admin_socket();
     if path.exists() {
         if !holds_lease && tokio::net::UnixStream::connect(&path).await.is_ok() {
@@ -322,7 +329,10 @@ async fn bind_admin_socket(data_dir: &DataDir, holds_lease: bool) -> Result<Unix
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     restrict(&path)?;
-    Ok(listener)
+    let inode = std::fs::metadata(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .ino();
+    Ok((listener, inode))
 }
 
 fn restrict(path: &Path) -> Result<()> {

@@ -1,0 +1,413 @@
+//! One active standalone server per data directory: the `standalone` lease, as processes.
+//!
+//! A second `kss serve` on the same data does not serve (no listener, no "serving on")
+//! while the first one holds the lease; it takes over at once after a clean stop, and
+//! after the lease expired when the first one was killed. A server that lost the lease
+//! while it was paused cannot approve anything when it resumes: it is fenced off and
+//! stops with an error, and the audit log holds exactly the approvals clients received.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{DataDir, Server, free_port, wait_until};
+use kss_client::protocol::{RequestSpec, encrypt_file_key};
+use kss_client::{KssClient, Profile};
+use kss_crypto::ids::KeyserverId;
+
+const POLICY: &str = "\
+decrypt:
+  - - rule: meta-rule
+      paths: [/batch]
+";
+
+const WAITING: &str = "is active on this data; waiting until it stops";
+
+/// A `kss serve` that is not expected to serve right away (it waits for the lease):
+/// spawned like `Server::start_with`, without waiting for its "serving on" line.
+struct Waiting {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    serving: Arc<AtomicBool>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl Waiting {
+    fn spawn(data: &DataDir, extra: &[&str]) -> Waiting {
+        let port = free_port();
+        let metrics_port = free_port();
+        let log = data.dir.path().join(format!("waiting-{port}.log"));
+        let mut child = Command::new(common::kss_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["serve", "--self-signed-tls", "--poll-interval-ms", "100"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let serving = Arc::new(AtomicBool::new(false));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        std::thread::spawn({
+            let (serving, stdout) = (Arc::clone(&serving), Arc::clone(&stdout));
+            move || {
+                for line in lines.map_while(Result::ok) {
+                    let mut out = stdout.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                    if line.contains("serving on") {
+                        serving.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Waiting {
+            child,
+            port,
+            log,
+            serving,
+            stdout,
+        }
+    }
+
+    fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether anything accepts TCP connections on its gRPC port.
+    fn port_open(&self) -> bool {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    }
+
+    fn wait_waiting(&self) {
+        wait_until(
+            "the second server to say it waits",
+            Duration::from_secs(15),
+            || self.log_text().contains(WAITING),
+        );
+    }
+
+    fn wait_serving(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.serving() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the waiting server did not serve within {timeout:?}\nstdout:\n{}\nlog:\n{}",
+            self.stdout_text(),
+            self.log_text()
+        );
+    }
+
+    /// For `watch`: it neither serves nor listens, and it is still running.
+    fn still_waiting(&mut self) {
+        assert!(
+            !self.serving(),
+            "served while another server held the lease:\n{}\n{}",
+            self.stdout_text(),
+            self.log_text()
+        );
+        assert!(
+            !self.port_open(),
+            "port {} accepts connections while another server holds the lease",
+            self.port
+        );
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the waiting server exited:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Asserts `still_waiting` throughout `period`.
+    fn watch(&mut self, period: Duration) {
+        let end = Instant::now() + period;
+        while Instant::now() < end {
+            self.still_waiting();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.still_waiting();
+    }
+
+    async fn client(&self, data: &DataDir) -> KssClient {
+        kss_client::install_crypto_provider();
+        KssClient::connect(
+            &format!("https://127.0.0.1:{}", self.port),
+            &data.ca_pem(),
+            Some("localhost"),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+async fn onboard(client: &KssClient, id: &str) -> Profile {
+    let id: KeyserverId = id.parse().unwrap();
+    client.onboard(&id, "batch@host", &[]).await.unwrap()
+}
+
+fn decrypt_spec(ciphertext: &[u8]) -> RequestSpec {
+    RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()])
+}
+
+/// The approved decrypts in the audit log: (audit id, instance).
+fn audited_approvals(data: &DataDir) -> Vec<(u64, String)> {
+    let audit = data.kss_ok(&[
+        "audit",
+        "--json",
+        "--decision",
+        "approved",
+        "--type",
+        "decrypt",
+        "--limit",
+        "100000",
+    ]);
+    audit
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_u64().unwrap(),
+                v["instance"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_server_waits_and_takes_over_after_a_clean_stop() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let a = Server::start(&data);
+    let mut b = Waiting::spawn(&data, &[]);
+
+    // B names the holder (A's instance: host name and process id) and waits.
+    b.wait_waiting();
+    let log = b.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("another kss server (") && l.contains(WAITING)),
+        "{log}"
+    );
+    assert!(log.contains(&format!("-{}/", a.child.id())), "{log}");
+    b.watch(Duration::from_secs(2));
+
+    // A serves meanwhile.
+    let client_a = a.client(&data).await;
+    let profile = onboard(&client_a, &id).await;
+    let file_key = [4u8; 32];
+    let ciphertext = encrypt_file_key(&profile, &file_key);
+    let via_a = client_a
+        .decrypt(&profile, &ciphertext, &["batch/x".to_string()])
+        .await
+        .unwrap();
+    assert!(via_a.is_approved(), "{:?}", via_a.reason_name());
+    b.still_waiting();
+
+    // A clean stop releases the lease: B takes over (its claim is retried every 2 s).
+    assert!(a.terminate(), "A did not exit cleanly after SIGTERM");
+    b.wait_serving(Duration::from_secs(10));
+    let line = b.stdout_text();
+    assert!(
+        line.contains(&format!(
+            "kss keyserver {id} serving on https://127.0.0.1:{}",
+            b.port
+        )),
+        "{line}"
+    );
+    let client_b = b.client(&data).await;
+    assert_eq!(client_b.info().await.unwrap().keyserver_id, id);
+    // The profile onboarded through A works through B.
+    let via_b = client_b
+        .decrypt(&profile, &ciphertext, &["batch/x".to_string()])
+        .await
+        .unwrap();
+    assert!(via_b.is_approved(), "{:?}", via_b.reason_name());
+    assert_eq!(via_b.file_key().unwrap(), &file_key[..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_is_replaced_after_its_lease_expires() {
+    let data = DataDir::new();
+    let id = data.create();
+    let lease = ["--standalone-lease-secs", "2"];
+    let a = Server::start_with(&data, &lease);
+    let a_pid = a.child.id();
+    let mut b = Waiting::spawn(&data, &lease);
+    b.wait_waiting();
+    // Longer than the lease: A renews it, so B keeps waiting.
+    b.watch(Duration::from_secs(4));
+    assert_eq!(a.client(&data).await.info().await.unwrap().keyserver_id, id);
+
+    // kill -9: no release; B takes over once the lease expired.
+    a.kill9();
+    b.wait_serving(Duration::from_secs(15));
+    let client_b = b.client(&data).await;
+    assert_eq!(client_b.info().await.unwrap().keyserver_id, id);
+    // B also took over the admin socket A left behind.
+    let status: serde_json::Value =
+        serde_json::from_str(&data.kss_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    let instance = status["instance_id"].as_str().unwrap().to_string();
+    assert!(
+        instance.ends_with(&format!("-{}", b.child.id())),
+        "{status}"
+    );
+    assert!(!instance.ends_with(&format!("-{a_pid}")), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_server_that_lost_its_lease_cannot_approve() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let lease = ["--standalone-lease-secs", "2"];
+    let mut a = Server::start_with(&data, &lease);
+    let a_pid = a.child.id();
+    let client_a = a.client(&data).await;
+    let profile = onboard(&client_a, &id).await;
+    let ciphertext = encrypt_file_key(&profile, &[4u8; 32]);
+    let spec = decrypt_spec(&ciphertext);
+
+    // Every approval a client receives, by audit id.
+    let mut received = HashSet::new();
+    let first = client_a.request(&profile, &spec).await.unwrap();
+    assert!(first.approved, "{:?}", first.reason_name());
+    received.insert(first.audit_id);
+
+    let b = Waiting::spawn(&data, &lease);
+    b.wait_waiting();
+
+    // A pauses for longer than its lease: B takes over. (Should A be stopped in the middle
+    // of a write, it holds SQLite's write lock and B cannot claim: let it finish, pause it
+    // again.)
+    signal(a_pid, "-STOP");
+    let mut pauses = 1;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let pause_end = Instant::now() + Duration::from_secs(10);
+        while !b.serving() && Instant::now() < pause_end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if b.serving() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B did not take over from the paused A ({pauses} pauses)\nB log:\n{}",
+            b.log_text()
+        );
+        signal(a_pid, "-CONT");
+        std::thread::sleep(Duration::from_millis(200));
+        signal(a_pid, "-STOP");
+        pauses += 1;
+    }
+    b.wait_serving(Duration::from_secs(1));
+
+    // A request reaches A while it is still paused; then A resumes. Whether its lease
+    // keeper notices first (the connection goes) or its decision transaction does (fenced),
+    // the request is not approved.
+    let pending = tokio::spawn({
+        let (client_a, profile, spec) = (client_a.clone(), profile.clone(), spec.clone());
+        async move { client_a.request(&profile, &spec).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(a_pid, "-CONT");
+    match pending.await.unwrap() {
+        Ok(outcome) => {
+            assert!(!outcome.approved, "a fenced-off server approved a request");
+            assert_eq!(outcome.reason_name().as_deref(), Some("unavailable"));
+        }
+        Err(e) => eprintln!("request to the fenced-off server failed (acceptable): {e}"),
+    }
+    // Nor one sent after it resumed.
+    match client_a.request(&profile, &spec).await {
+        Ok(outcome) => {
+            assert!(!outcome.approved, "a fenced-off server approved a request");
+            assert_eq!(outcome.reason_name().as_deref(), Some("unavailable"));
+        }
+        Err(e) => eprintln!("request to the fenced-off server failed (acceptable): {e}"),
+    }
+
+    // A stops itself, with an error that says why.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced-off server did not stop:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "exited with {status}");
+    let log = a.log_text();
+    assert!(
+        log.contains("lost the standalone lease") || log.contains("fenced off"),
+        "{log}"
+    );
+    // On its way out it left B's admin socket alone: the CLI still reaches B.
+    let status: serde_json::Value =
+        serde_json::from_str(&data.kss_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+
+    // B serves the profile.
+    let client_b = b.client(&data).await;
+    assert_eq!(client_b.info().await.unwrap().keyserver_id, id);
+    let via_b = client_b.request(&profile, &spec).await.unwrap();
+    assert!(via_b.approved, "{:?}", via_b.reason_name());
+    received.insert(via_b.audit_id);
+
+    // The audit log holds exactly the approvals clients received: one by A before it
+    // paused, one by B; none by A after it lost the lease.
+    let audited = audited_approvals(&data);
+    let ids: HashSet<u64> = audited.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, received, "{audited:?}");
+    let by_a = audited
+        .iter()
+        .filter(|(_, instance)| instance.ends_with(&format!("-{a_pid}")))
+        .count();
+    assert_eq!(by_a, 1, "{audited:?}");
+}
