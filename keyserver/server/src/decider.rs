@@ -265,6 +265,14 @@ impl DecisionTask {
     async fn decide_with_retries(&self, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
         let mut backoff = Duration::from_millis(5);
         for _ in 1..BATCH_ATTEMPTS {
+            // While the database is known to be down (the switches poller found it so),
+            // deny at once instead of queueing requests behind connection timeouts; the
+            // poller flips this back within a poll interval of the database returning.
+            if !self.switches.borrow().database_ok {
+                return Err(StoreError::Unavailable(
+                    "the database is unreachable".into(),
+                ));
+            }
             match self.decide_batch(jobs).await {
                 Err(StoreError::Unavailable(e)) => {
                     self.metrics.db_error("decide_retry");

@@ -1,0 +1,1068 @@
+//! Cluster mode under failures, with real `kss serve` processes sharing one MariaDB
+//! database and a steady load of concurrent decrypt requests spread over the instances:
+//!
+//! * The database is stopped (`scripts/mariadb.sh stop-db`) and started again: while it is
+//!   down no request is approved, requests are denied as `unavailable` and health reports
+//!   NOT_SERVING; once it is back, every instance approves again within 5 s by itself.
+//! * One instance of three is killed with SIGKILL: the two others keep approving, requests
+//!   to the dead one fail at the transport level, and `kss instance list` shows it offline
+//!   within 10 s.
+//! * The same with a small persistent quota that the load exhausts: exactly the quota is
+//!   approved across the cluster, the killed instance included.
+//!
+//! After each scenario the database is checked against what the clients received, request
+//! by request (each request's nonce and the audit id of its answer): every approval a
+//! client received is the approved audit record it names and is counted in the persistent
+//! quota counter (approvals received ≤ approved audit records == the counter's
+//! `day_used`); an approved record whose client got no approval is only ever a request
+//! whose answer could be lost (in flight to the killed instance, or in flight when the
+//! database stopped: its commit landed, the acknowledgement did not); no nonce was
+//! accepted twice.
+//!
+//! Needs `KSS_TEST_MYSQL_URL` (scripts/mariadb.sh); skipped without it, except where
+//! `KSS_REQUIRE_MYSQL` is set (CI). The tests of this file stop the shared test database,
+//! so they run one at a time (`SERIAL`), and the database is started again even when an
+//! assertion fails ([`RestartDbOnDrop`]).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{DataDir, Server};
+use kss_client::protocol::{RequestSpec, build_request, encrypt_file_key, sign_request};
+use kss_client::{ApproveOutcome, KssClient, Profile};
+use kss_crypto::ids::KeyserverId;
+use serde_json::Value;
+use sqlx::Connection;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const MARIADB_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mariadb.sh");
+
+/// What the health service reports on: the keyserver's gRPC service.
+const KEYSERVER_SERVICE: &str = "kss.v1.KeyServer";
+
+/// The tests of this file take turns: one of them stops the database they all use.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn policy(per_day: u64) -> String {
+    format!(
+        "decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n    - rule: per-profile-throttle-rule\n      per_day: {per_day}\n      persistent: true\n"
+    )
+}
+
+// ------------------------------------------------------------------------ database
+
+/// Runs `scripts/mariadb.sh <command>`; panics if it fails.
+fn mariadb(command: &str) {
+    let out = Command::new("bash")
+        .arg(MARIADB_SH)
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mariadb.sh {command} failed: {}{}",
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    );
+}
+
+/// [`mariadb`] off the runtime's threads; returns when the script has.
+async fn mariadb_async(command: &'static str) {
+    tokio::task::spawn_blocking(move || mariadb(command))
+        .await
+        .unwrap();
+}
+
+/// Starts the database again when dropped, whatever happened (a no-op if it runs).
+struct RestartDbOnDrop;
+
+impl Drop for RestartDbOnDrop {
+    fn drop(&mut self) {
+        match Command::new("bash")
+            .arg(MARIADB_SH)
+            .arg("start-db")
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("mariadb.sh start-db failed: {}", common::text(&out.stderr)),
+            Err(e) => eprintln!("mariadb.sh start-db failed: {e}"),
+        }
+    }
+}
+
+/// An approved decrypt record of the audit.
+#[derive(Debug)]
+struct ApprovedRecord {
+    id: u64,
+    instance: String,
+    nonce: Vec<u8>,
+}
+
+/// What the database says about the decrypt approvals of one profile.
+#[derive(Debug)]
+struct Recorded {
+    approved: Vec<ApprovedRecord>,
+    /// The persistent throttle counter's `day_used` for the profile.
+    day_used: i64,
+    /// Audit records carrying a nonce, and how many distinct nonces they carry.
+    nonces: (i64, i64),
+}
+
+impl Recorded {
+    fn approved(&self) -> i64 {
+        i64::try_from(self.approved.len()).unwrap()
+    }
+
+    fn approved_by_instance(&self) -> BTreeMap<&str, usize> {
+        let mut out = BTreeMap::new();
+        for r in &self.approved {
+            *out.entry(r.instance.as_str()).or_default() += 1;
+        }
+        out
+    }
+}
+
+async fn recorded(db: &str, profile: &Profile) -> Recorded {
+    let mut conn = sqlx::mysql::MySqlConnection::connect(db).await.unwrap();
+    let rows: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT id, instance_id, nonce FROM audit \
+         WHERE decision = 'approved' AND request_type = 'decrypt' ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let counters: Vec<i64> =
+        sqlx::query_scalar("SELECT day_used FROM quota_counters WHERE profile_id = ?")
+            .bind(profile.profile_id().to_string())
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(counters.len(), 1, "one persistent counter: {counters:?}");
+    let nonces: (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT nonce) FROM audit WHERE nonce IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    Recorded {
+        approved: rows
+            .into_iter()
+            .map(|(id, instance, nonce)| ApprovedRecord {
+                id: u64::try_from(id).unwrap(),
+                instance,
+                nonce: nonce.expect("an approved decrypt without its nonce"),
+            })
+            .collect(),
+        day_used: counters[0],
+        nonces,
+    }
+}
+
+/// The guarantee between what clients received and what the database holds:
+///
+/// * every approval a client received is the approved audit record it names (same id,
+///   same nonce, same instance);
+/// * every approved record is of a request of the load, and where the client did not
+///   receive that approval, its answer was lost in a way `lost` allows;
+/// * the persistent counter counts exactly the approved records;
+/// * no nonce was accepted twice.
+///
+/// Returns how many approvals were recorded without reaching their client.
+fn check_received_against_recorded(
+    names: &[String],
+    samples: &[Sample],
+    db: &Recorded,
+    lost: impl Fn(&Sample) -> bool,
+) -> usize {
+    let by_nonce: HashMap<&[u8], &Sample> =
+        samples.iter().map(|s| (s.nonce.as_slice(), s)).collect();
+    let records: HashMap<&[u8], &ApprovedRecord> = db
+        .approved
+        .iter()
+        .map(|r| (r.nonce.as_slice(), r))
+        .collect();
+    let received = samples
+        .iter()
+        .filter(|s| s.answer == Answer::Approved)
+        .count();
+    println!(
+        "received {received} approvals; the audit holds {} ({:?}); counter day_used {}",
+        db.approved.len(),
+        db.approved_by_instance(),
+        db.day_used
+    );
+    for s in samples.iter().filter(|s| s.answer == Answer::Approved) {
+        let record = records
+            .get(s.nonce.as_slice())
+            .unwrap_or_else(|| panic!("an approval received without its audit record: {s:?}"));
+        assert_eq!(record.id, s.audit_id, "{s:?} {record:?}");
+        assert_eq!(record.instance, names[s.instance], "{s:?} {record:?}");
+    }
+    let mut not_received = 0;
+    for r in &db.approved {
+        let s = by_nonce
+            .get(r.nonce.as_slice())
+            .unwrap_or_else(|| panic!("an approved record of no request sent: {r:?}"));
+        if s.answer != Answer::Approved {
+            assert!(
+                lost(s),
+                "approved in the audit ({r:?}) but the client got no approval: {s:?}"
+            );
+            not_received += 1;
+        }
+    }
+    assert!(received <= db.approved.len());
+    assert_eq!(db.approved(), db.day_used, "counter vs audit");
+    assert_eq!(
+        db.nonces.0, db.nonces.1,
+        "a nonce accepted twice: {:?}",
+        db.nonces
+    );
+    println!("{not_received} approvals recorded whose answer was lost");
+    not_received
+}
+
+// ------------------------------------------------------------------------- cluster
+
+/// Instances named a, b, c, ... of one keyserver on a fresh database.
+struct Cluster {
+    dirs: Vec<DataDir>,
+    /// `None` once killed.
+    servers: Vec<Option<Server>>,
+    names: Vec<String>,
+    id: String,
+    db: String,
+    db_name: String,
+}
+
+impl Cluster {
+    /// `None`: no test database (the test is skipped).
+    async fn start(instances: usize, per_day: u64) -> Option<Cluster> {
+        let (db, db_name) = common::fresh_database().await?;
+        let dirs: Vec<DataDir> = (0..instances).map(|_| DataDir::new()).collect();
+        let names: Vec<String> = (0..instances)
+            .map(|i| char::from(b'a' + u8::try_from(i).unwrap()).to_string())
+            .collect();
+        let id = dirs[0]
+            .kss_ok(&[
+                "--db-uri",
+                &db,
+                "create",
+                "--ignore-security-checks",
+                "--threshold",
+                "1",
+            ])
+            .trim()
+            .to_string();
+        dirs[0].load_policy(&policy(per_day));
+        // The first start generates the self-signed TLS files the others share.
+        let mut servers = vec![Some(Server::start_with(
+            &dirs[0],
+            &["--db-uri", &db, "--instance-name", &names[0]],
+        ))];
+        for (dir, name) in dirs[1..].iter().zip(&names[1..]) {
+            common::share_master_key(&dirs[0], dir);
+            dir.kss_ok(&["--db-uri", &db, "initialize"]);
+            common::share_tls(&dirs[0], dir);
+            servers.push(Some(Server::start_with(
+                dir,
+                &["--db-uri", &db, "--instance-name", name],
+            )));
+        }
+        Some(Cluster {
+            dirs,
+            servers,
+            names,
+            id,
+            db,
+            db_name,
+        })
+    }
+
+    fn server(&self, i: usize) -> &Server {
+        self.servers[i].as_ref().unwrap()
+    }
+
+    async fn clients(&self) -> Vec<KssClient> {
+        let mut clients = Vec::new();
+        for i in 0..self.servers.len() {
+            clients.push(self.server(i).client(&self.dirs[0]).await);
+        }
+        clients
+    }
+
+    async fn onboard(&self, client: &KssClient) -> Profile {
+        client
+            .onboard(&self.id.parse::<KeyserverId>().unwrap(), "batch@host", &[])
+            .await
+            .unwrap()
+    }
+
+    /// A health client per instance.
+    async fn health_clients(&self) -> Vec<HealthClient<tonic::transport::Channel>> {
+        let ca = self.dirs[0].ca_pem();
+        let mut out = Vec::new();
+        for i in 0..self.servers.len() {
+            let channel =
+                kss_client::connect_channel(&self.server(i).endpoint(), &ca, Some("localhost"))
+                    .await
+                    .unwrap();
+            out.push(HealthClient::new(channel));
+        }
+        out
+    }
+
+    fn kill9(&mut self, i: usize) {
+        self.servers[i].take().unwrap().kill9();
+    }
+
+    /// The server logs of the instances still running (for failure messages).
+    fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .zip(&self.names)
+            .filter_map(|(s, n)| s.as_ref().map(|s| format!("--- {n}:\n{}", s.log_text())))
+            .collect()
+    }
+
+    async fn finish(self) {
+        let name = self.db_name.clone();
+        drop(self);
+        common::drop_database(&name).await;
+    }
+}
+
+async fn health(client: &HealthClient<tonic::transport::Channel>) -> Option<ServingStatus> {
+    let response = client
+        .clone()
+        .check(HealthCheckRequest {
+            service: KEYSERVER_SERVICE.to_string(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// `kss instance list --json` through `dir`, off the runtime's threads.
+async fn instance_list(dir: PathBuf) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(common::kss_bin())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["instance", "list", "--json"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kss instance list failed: {}",
+            common::text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn instance_online(list: &Value, name: &str) -> bool {
+    let found = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no instance {name} in {list}"));
+    found["online"].as_bool().unwrap()
+}
+
+// ---------------------------------------------------------------------------- load
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Approved,
+    /// Denied, with the reason's name.
+    Denied(String),
+    /// No answer: the call failed (transport error, gRPC status).
+    Failed(String),
+}
+
+/// One request of the load: to which instance, when sent, when answered, and the answer.
+#[derive(Debug, Clone)]
+struct Sample {
+    instance: usize,
+    nonce: Vec<u8>,
+    start: Instant,
+    end: Instant,
+    answer: Answer,
+    /// The audit record the answer names (0 if none).
+    audit_id: u64,
+}
+
+/// What the workers have received so far, per instance.
+struct Live {
+    approved: Vec<AtomicUsize>,
+    unavailable: Vec<AtomicUsize>,
+    /// `unavailable` answers to requests sent at or after `mark`.
+    unavailable_since_mark: Vec<AtomicUsize>,
+    quota: Vec<AtomicUsize>,
+    /// Set by the test (e.g. when the database is down).
+    mark: std::sync::OnceLock<Instant>,
+}
+
+impl Live {
+    fn approved(&self, i: usize) -> usize {
+        self.approved[i].load(Ordering::SeqCst)
+    }
+
+    fn unavailable(&self, i: usize) -> usize {
+        self.unavailable[i].load(Ordering::SeqCst)
+    }
+
+    fn unavailable_since_mark(&self, i: usize) -> usize {
+        self.unavailable_since_mark[i].load(Ordering::SeqCst)
+    }
+
+    fn quota(&self, i: usize) -> usize {
+        self.quota[i].load(Ordering::SeqCst)
+    }
+
+    fn total_approved(&self) -> usize {
+        (0..self.approved.len()).map(|i| self.approved(i)).sum()
+    }
+}
+
+/// Workers looping decrypt requests, worker `w` on instance `w % instances`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+    started: Instant,
+}
+
+impl Load {
+    /// `pause`: how long each worker waits between two requests (after a failed call, at
+    /// least 20 ms, so that a dead instance is not hammered).
+    fn start(
+        clients: &[KssClient],
+        profile: &Profile,
+        ciphertext: &[u8],
+        workers: usize,
+        pause: Duration,
+    ) -> Load {
+        let n = clients.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Live {
+            approved: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            unavailable: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            unavailable_since_mark: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            mark: std::sync::OnceLock::new(),
+            quota: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        });
+        let spec = RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()]);
+        let workers = (0..workers)
+            .map(|w| {
+                let instance = w % n;
+                let (client, profile, spec) =
+                    (clients[instance].clone(), profile.clone(), spec.clone());
+                let (stop, live) = (Arc::clone(&stop), Arc::clone(&live));
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let body = build_request(&profile, &spec);
+                        let message = sign_request(&profile, &body);
+                        let start = Instant::now();
+                        let (answer, audit_id) = match client.approve_raw(message).await {
+                            Ok(response) => {
+                                let o = ApproveOutcome::from_response(response);
+                                if o.approved {
+                                    assert!(
+                                        !o.decryption_share.is_empty(),
+                                        "approved without a share"
+                                    );
+                                    live.approved[instance].fetch_add(1, Ordering::SeqCst);
+                                    (Answer::Approved, o.audit_id)
+                                } else {
+                                    let reason = o.reason_name().unwrap();
+                                    if reason == "unavailable" {
+                                        live.unavailable[instance].fetch_add(1, Ordering::SeqCst);
+                                        if live.mark.get().is_some_and(|m| start >= *m) {
+                                            live.unavailable_since_mark[instance]
+                                                .fetch_add(1, Ordering::SeqCst);
+                                        }
+                                    } else if reason == "quota" {
+                                        live.quota[instance].fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    (Answer::Denied(reason), o.audit_id)
+                                }
+                            }
+                            Err(e) => (Answer::Failed(e.to_string()), 0),
+                        };
+                        let failed = matches!(answer, Answer::Failed(_));
+                        samples.push(Sample {
+                            instance,
+                            nonce: body.nonce,
+                            start,
+                            end: Instant::now(),
+                            answer,
+                            audit_id,
+                        });
+                        let wait = if failed {
+                            pause.max(Duration::from_millis(20))
+                        } else {
+                            pause
+                        };
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            live,
+            workers,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the workers (each finishes its request in flight) and returns every sample.
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut samples = Vec::new();
+        for w in self.workers {
+            samples.extend(w.await.unwrap());
+        }
+        samples.sort_by_key(|s| s.end);
+        samples
+    }
+
+    /// Seconds since the load started, for printing.
+    fn at(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.started).as_secs_f64()
+    }
+}
+
+/// Counts of answers: approved, denied by reason, failed by message.
+#[derive(Debug, Default)]
+struct Tally {
+    approved: usize,
+    denied: BTreeMap<String, usize>,
+    failed: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Tally {
+        let mut t = Tally::default();
+        for s in samples {
+            match &s.answer {
+                Answer::Approved => t.approved += 1,
+                Answer::Denied(r) => *t.denied.entry(r.clone()).or_default() += 1,
+                Answer::Failed(m) => *t.failed.entry(shorten(m)).or_default() += 1,
+            }
+        }
+        t
+    }
+
+    fn denied(&self) -> usize {
+        self.denied.values().sum()
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.values().sum()
+    }
+}
+
+/// The start of an error message, enough to group similar ones.
+fn shorten(m: &str) -> String {
+    m.chars().take(100).collect()
+}
+
+fn print_tallies(
+    title: &str,
+    names: &[String],
+    samples: &[Sample],
+    keep: impl Fn(&Sample) -> bool,
+) {
+    println!("{title}:");
+    for (i, name) in names.iter().enumerate() {
+        let t = Tally::of(samples.iter().filter(|s| s.instance == i && keep(s)));
+        println!(
+            "  {name}: {} approved, {} denied {:?}, {} failed {:?}",
+            t.approved,
+            t.denied(),
+            t.denied,
+            t.failed(),
+            t.failed
+        );
+    }
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes; returns whether it held.
+async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// --------------------------------------------------------------------------- tests
+
+/// Two instances under load; the database stops for a few seconds and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_restart_under_load_denies_then_recovers_within_5s() {
+    const WORKERS: usize = 16;
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(2, 100_000).await else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let health_clients = cluster.health_clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[4u8; 32]);
+    for h in &health_clients {
+        assert_eq!(health(h).await, Some(ServingStatus::Serving));
+    }
+
+    let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, name) in names.iter().enumerate() {
+        assert!(
+            load.live.approved(i) > 0,
+            "instance {name} approved nothing before the outage:\n{}",
+            cluster.logs()
+        );
+    }
+
+    // The outage. From here on, the database is started again whatever happens.
+    let restart_guard = RestartDbOnDrop;
+    let stop_called = Instant::now();
+    mariadb_async("stop-db").await;
+    let stop_returned = Instant::now();
+    println!(
+        "stop-db at {:.2} s, returned at {:.2} s",
+        load.at(stop_called),
+        load.at(stop_returned)
+    );
+    load.live.mark.set(stop_returned).unwrap();
+    let approved_at_stop: Vec<usize> = (0..names.len()).map(|i| load.live.approved(i)).collect();
+    // Down for at least 3 s, and until every instance both reports NOT_SERVING and has
+    // answered `unavailable` to a request sent after stop-db returned (bounded: a hang
+    // fails the assertions below). That takes a while: a batch tries 3 times, each try
+    // waiting up to the pool's 3 s acquire timeout, and a request sent during the outage
+    // waits for the batch in progress before its own (about 18 s in all).
+    let mut not_serving_after: Vec<Option<Duration>> = vec![None; names.len()];
+    let mut unavailable_after: Vec<Option<Duration>> = vec![None; names.len()];
+    let mut unavailable_to_new_after: Vec<Option<Duration>> = vec![None; names.len()];
+    let outage_deadline = stop_returned + Duration::from_secs(45);
+    loop {
+        for i in 0..names.len() {
+            if not_serving_after[i].is_none()
+                && health(&health_clients[i]).await == Some(ServingStatus::NotServing)
+            {
+                not_serving_after[i] = Some(stop_returned.elapsed());
+            }
+            if unavailable_after[i].is_none() && load.live.unavailable(i) > 0 {
+                unavailable_after[i] = Some(stop_returned.elapsed());
+            }
+            if unavailable_to_new_after[i].is_none() && load.live.unavailable_since_mark(i) > 0 {
+                unavailable_to_new_after[i] = Some(stop_returned.elapsed());
+            }
+        }
+        let all_seen = not_serving_after.iter().all(Option::is_some)
+            && unavailable_to_new_after.iter().all(Option::is_some);
+        if (all_seen && stop_returned.elapsed() >= Duration::from_secs(3))
+            || Instant::now() >= outage_deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, name) in names.iter().enumerate() {
+        println!(
+            "instance {name} (times from stop-db returning): NOT_SERVING after {:?}, first `unavailable` \
+             answer after {:?}, first to a request sent after stop-db returned after {:?}",
+            not_serving_after[i], unavailable_after[i], unavailable_to_new_after[i]
+        );
+    }
+    let approved_during_outage: Vec<usize> = (0..names.len())
+        .map(|i| load.live.approved(i) - approved_at_stop[i])
+        .collect();
+
+    let start_called = Instant::now();
+    mariadb_async("start-db").await;
+    let start_returned = Instant::now();
+    println!(
+        "start-db at {:.2} s, returned at {:.2} s (database down {:.2} s)",
+        load.at(start_called),
+        load.at(start_returned),
+        start_called.duration_since(stop_returned).as_secs_f64()
+    );
+    // Approving again, and SERVING again, on every instance.
+    let approved_at_start: Vec<usize> = (0..names.len()).map(|i| load.live.approved(i)).collect();
+    let live = Arc::clone(&load.live);
+    let recovered = eventually(Duration::from_secs(15), async || {
+        (0..names.len()).all(|i| live.approved(i) > approved_at_start[i])
+    })
+    .await;
+    let mut serving_after = vec![None; names.len()];
+    for (i, h) in health_clients.iter().enumerate() {
+        if eventually(Duration::from_secs(15), async || {
+            health(h).await == Some(ServingStatus::Serving)
+        })
+        .await
+        {
+            serving_after[i] = Some(start_returned.elapsed());
+        }
+    }
+    // The registry too: both instances online again (their heartbeats resumed).
+    let dir = cluster.dirs[0].path();
+    let mut last_list = Value::Null;
+    let listed_online = eventually(Duration::from_secs(10), async || {
+        last_list = instance_list(dir.clone()).await;
+        last_list["online"] == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish().await;
+    drop(restart_guard);
+    assert!(listed_online, "instances not online again: {last_list}");
+
+    print_tallies("before the outage", &names, &samples, |s| {
+        s.end < stop_called
+    });
+    print_tallies(
+        "sent and answered while the database was down",
+        &names,
+        &samples,
+        |s| s.start >= stop_returned && s.end <= start_called,
+    );
+    print_tallies(
+        "answered while the database was down",
+        &names,
+        &samples,
+        |s| s.end >= stop_returned && s.end <= start_called,
+    );
+    print_tallies("answered after start-db", &names, &samples, |s| {
+        s.end > start_called
+    });
+    let unavailable_latency = samples
+        .iter()
+        .filter(|s| s.answer == Answer::Denied("unavailable".into()))
+        .map(|s| s.end - s.start)
+        .max();
+    println!("slowest `unavailable` answer: {unavailable_latency:?}");
+
+    // While the database was down: nothing approved, every instance said `unavailable`
+    // (or the call failed), and health said NOT_SERVING.
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.start >= stop_returned && s.end <= start_called)
+        .collect();
+    let mut waits: Vec<Duration> = during.iter().map(|s| s.end - s.start).collect();
+    waits.sort();
+    if !waits.is_empty() {
+        println!(
+            "{} requests sent and answered while the database was down: answered in {:?} (min), {:?} (median), {:?} (max)",
+            waits.len(),
+            waits[0],
+            waits[waits.len() / 2],
+            waits[waits.len() - 1]
+        );
+    }
+    for s in &during {
+        assert!(
+            matches!(&s.answer, Answer::Denied(r) if r == "unavailable")
+                || matches!(s.answer, Answer::Failed(_)),
+            "while the database was down, {} answered {:?}",
+            names[s.instance],
+            s.answer
+        );
+    }
+    // An approval answered after stop-db returned was committed before; it can only be
+    // the answer of a request sent before stop-db returned.
+    for s in samples
+        .iter()
+        .filter(|s| s.answer == Answer::Approved && s.end > stop_returned && s.end <= start_called)
+    {
+        assert!(
+            s.start < stop_returned,
+            "approval of a request sent while the database was down: {s:?}"
+        );
+    }
+    for i in 0..names.len() {
+        assert!(
+            approved_during_outage[i] <= WORKERS,
+            "instance {} approved {} requests while the database was down",
+            names[i],
+            approved_during_outage[i]
+        );
+        assert!(
+            unavailable_to_new_after[i].is_some(),
+            "instance {} never answered `unavailable` while the database was down:\n{}",
+            names[i],
+            cluster.logs()
+        );
+        assert!(
+            not_serving_after[i].is_some(),
+            "instance {} never reported NOT_SERVING while the database was down",
+            names[i]
+        );
+    }
+
+    // Back within 5 s of the database, on every instance.
+    assert!(
+        recovered,
+        "not every instance approved again:\n{}",
+        cluster.logs()
+    );
+    for i in 0..names.len() {
+        let first = samples
+            .iter()
+            .filter(|s| s.instance == i && s.answer == Answer::Approved && s.end > start_called)
+            .map(|s| s.end)
+            .min()
+            .unwrap();
+        let after = first.saturating_duration_since(start_returned);
+        println!(
+            "instance {}: first approval {:.3} s after start-db returned ({:.3} s after it was called); SERVING after {:?}",
+            names[i],
+            after.as_secs_f64(),
+            first.duration_since(start_called).as_secs_f64(),
+            serving_after[i]
+        );
+        assert!(
+            after <= Duration::from_secs(5),
+            "instance {} approved again only {after:?} after the database returned:\n{}",
+            names[i],
+            cluster.logs()
+        );
+        assert!(
+            serving_after[i].is_some(),
+            "instance {} did not report SERVING again",
+            names[i]
+        );
+    }
+
+    // Whatever a client received is recorded and counted; denials were only `unavailable`
+    // (or `replayed`: a retried batch whose commit had landed unacknowledged).
+    let all = Tally::of(&samples);
+    for reason in all.denied.keys() {
+        assert!(
+            reason == "unavailable" || reason == "replayed",
+            "unexpected denials: {:?}",
+            all.denied
+        );
+    }
+    // An approval can be recorded without reaching its client only for a request in flight
+    // when the database stopped (its commit landed, the acknowledgement did not).
+    let db = recorded(&cluster.db, &profile).await;
+    let lost = check_received_against_recorded(&names, &samples, &db, |s| {
+        s.start < stop_returned && s.end > stop_called
+    });
+    assert!(lost <= WORKERS, "{lost} approvals lost");
+    cluster.finish().await;
+}
+
+/// Three instances under load; one is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_instance_under_load_leaves_the_others_approving() {
+    const WORKERS: usize = 18;
+    const KILLED: usize = 2;
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = Cluster::start(3, 100_000).await else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[4u8; 32]);
+    let list = instance_list(cluster.dirs[0].path()).await;
+    assert_eq!(list["online"], 3, "{list}");
+
+    let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, name) in names.iter().enumerate() {
+        assert!(
+            load.live.approved(i) > 0,
+            "instance {name} approved nothing"
+        );
+    }
+    let kill_called = Instant::now();
+    cluster.kill9(KILLED);
+    let killed = Instant::now();
+    println!(
+        "killed instance {} at {:.2} s",
+        names[KILLED],
+        load.at(killed)
+    );
+
+    // Shown offline within 10 s (heartbeats stop), through a survivor's data dir.
+    let survivor_dir = cluster.dirs[0].path();
+    let mut last_list = Value::Null;
+    let offline = eventually(Duration::from_secs(10), async || {
+        last_list = instance_list(survivor_dir.clone()).await;
+        !instance_online(&last_list, &names[KILLED])
+    })
+    .await;
+    let offline_after = killed.elapsed();
+    println!(
+        "instance {} shown offline after {:.1} s",
+        names[KILLED],
+        offline_after.as_secs_f64()
+    );
+    let remaining = Duration::from_secs(3).saturating_sub(killed.elapsed());
+    tokio::time::sleep(remaining).await;
+    let samples = load.finish().await;
+    print_tallies("before the kill", &names, &samples, |s| s.end < kill_called);
+    print_tallies("sent after the kill", &names, &samples, |s| {
+        s.start >= killed
+    });
+
+    assert!(
+        offline,
+        "instance {} still online: {last_list}",
+        names[KILLED]
+    );
+    assert_eq!(last_list["online"], 2, "{last_list}");
+    for (i, name) in names.iter().enumerate() {
+        if i != KILLED {
+            assert!(instance_online(&last_list, name), "{last_list}");
+        }
+    }
+    // The survivors keep approving; the dead one answers nothing.
+    for (i, name) in names.iter().enumerate() {
+        let after = Tally::of(
+            samples
+                .iter()
+                .filter(|s| s.instance == i && s.start >= killed),
+        );
+        if i == KILLED {
+            assert_eq!(after.approved + after.denied(), 0, "{name}: {after:?}");
+            assert!(after.failed() > 0, "{name}: {after:?}");
+        } else {
+            assert!(
+                after.approved > 0,
+                "{name} approved nothing after the kill: {after:?}"
+            );
+            assert_eq!(after.failed(), 0, "{name}: {after:?}");
+            assert_eq!(after.denied(), 0, "{name}: {after:?}");
+        }
+    }
+
+    // Every received approval is recorded and counted. Only the killed instance can have
+    // committed approvals whose answer was lost: at most one per worker on it.
+    let db = recorded(&cluster.db, &profile).await;
+    let lost = check_received_against_recorded(&names, &samples, &db, |s| {
+        s.instance == KILLED && matches!(s.answer, Answer::Failed(_)) && s.start < killed
+    });
+    assert!(
+        lost <= WORKERS.div_ceil(names.len()),
+        "{lost} approvals lost"
+    );
+    cluster.finish().await;
+}
+
+/// Three instances under load against a small persistent quota; one is killed with
+/// SIGKILL halfway through: the cluster still approves exactly the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_instance_under_load_keeps_a_small_quota_exact() {
+    const PER_DAY: i64 = 300;
+    const WORKERS: usize = 12;
+    const KILLED: usize = 1;
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = Cluster::start(3, PER_DAY as u64).await else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[4u8; 32]);
+
+    // Paced, so that the kill lands while the quota is being used.
+    let load = Load::start(
+        &clients,
+        &profile,
+        &ciphertext,
+        WORKERS,
+        Duration::from_millis(20),
+    );
+    let live = Arc::clone(&load.live);
+    let halfway = eventually(Duration::from_secs(30), async || {
+        live.total_approved() >= (PER_DAY / 3) as usize
+    })
+    .await;
+    assert!(halfway, "the load did not get going:\n{}", cluster.logs());
+    cluster.kill9(KILLED);
+    let killed = Instant::now();
+    let approved_at_kill = live.total_approved();
+    println!(
+        "killed instance {} at {:.2} s, {approved_at_kill} approvals received",
+        names[KILLED],
+        load.at(killed)
+    );
+    // Until every survivor is refused for quota, then a little more.
+    let exhausted = eventually(Duration::from_secs(30), async || {
+        (0..names.len())
+            .filter(|i| *i != KILLED)
+            .all(|i| live.quota(i) > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let samples = load.finish().await;
+    print_tallies("whole run", &names, &samples, |_| true);
+    print_tallies("sent after the kill", &names, &samples, |s| {
+        s.start >= killed
+    });
+    assert!(exhausted, "the quota was never exhausted");
+    assert!(
+        approved_at_kill < PER_DAY as usize,
+        "the quota was used up before the kill"
+    );
+
+    // Exactly the quota, the approvals decided by the killed instance included; only its
+    // requests in flight at the kill can have been approved without their answer.
+    let db = recorded(&cluster.db, &profile).await;
+    let lost = check_received_against_recorded(&names, &samples, &db, |s| {
+        s.instance == KILLED && matches!(s.answer, Answer::Failed(_)) && s.start < killed
+    });
+    assert_eq!(db.approved(), PER_DAY, "{:?}", db.approved_by_instance());
+    assert_eq!(db.day_used, PER_DAY);
+    assert!(
+        lost <= WORKERS.div_ceil(names.len()),
+        "{lost} approvals lost"
+    );
+    // After the kill: the survivors answered (approved, then quota), the dead one did not.
+    for (i, name) in names.iter().enumerate() {
+        let after = Tally::of(
+            samples
+                .iter()
+                .filter(|s| s.instance == i && s.start >= killed),
+        );
+        if i == KILLED {
+            assert_eq!(after.approved + after.denied(), 0, "{name}: {after:?}");
+        } else {
+            assert_eq!(after.failed(), 0, "{name}: {after:?}");
+            assert!(
+                after.denied.keys().all(|r| r == "quota"),
+                "{name}: {after:?}"
+            );
+        }
+    }
+    cluster.finish().await;
+}
