@@ -18,36 +18,23 @@ out=${OUT:-target/bench-keyserver}
 mkdir -p "$out"
 cores=$(nproc)
 
+source bench/lib.sh
 cargo build --release -q -p kss-server
 kss=target/release/kss
 
-echo "== crypto floor (criterion)" >&2
-cargo bench -q -p kss-crypto --bench floor -- --warm-up-time 1 --measurement-time 5 \
-  'crypto/(decrypt_share_with_verify|ed25519_verify|ciphertext_verify|decryption_share_verified|share_verify|cache_hit)$' \
-  > "$out/criterion.txt" 2>&1
-median_ns() { python3 -c "import json; print(json.load(open('target/criterion/${1/\//_}/new/estimates.json'))['median']['point_estimate'])"; }
-share_ns=$(median_ns crypto/decrypt_share_with_verify)
-sig_ns=$(median_ns crypto/ed25519_verify)
-floor=$(python3 -c "print(round($cores * 1e9 / ($share_ns + $sig_ns)))")
+measure_floor "$out"
 
 data=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
 $kss --data-dir "$data/d" create --ignore-security-checks --threshold 1 > /dev/null 2>&1
-cat > "$data/policy.yml" <<'YAML'
-decrypt:
-  - - rule: meta-rule
-      paths: [/batch]
-    - rule: per-profile-throttle-rule
-      per_day: 1000000000
-      persistent: true
-YAML
+write_bench_policy "$data/policy.yml"
 $kss --data-dir "$data/d" policy load "$data/policy.yml" > /dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
+mport=$(free_port)
 RUST_LOG=warn $kss --data-dir "$data/d" serve --self-signed-tls --listen "127.0.0.1:$port" \
   --metrics-listen "127.0.0.1:$mport" > "$out/serve.out" 2> "$out/serve.log" &
 server=$!
-for _ in $(seq 100); do grep -q "serving on" "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+wait_serving "$out/serve.out"
 
 load() { # name, extra loadgen args...
   local name=$1; shift
@@ -68,7 +55,7 @@ kill "$server"; wait "$server" 2>/dev/null || true
 RUST_LOG=warn $kss --data-dir "$data/d" serve --self-signed-tls --listen "127.0.0.1:$port" \
   --metrics-listen "127.0.0.1:$mport" --sqlite-sync normal > "$out/serve.out" 2> "$out/serve.log" &
 server=$!
-for _ in $(seq 100); do grep -q "serving on" "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+wait_serving "$out/serve.out"
 load paced-normal --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" \
   --rate "$(python3 -c "print(int($floor * 0.5))")"
 

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Cluster mode against the crypto floor, measured in one run on this machine:
+#
+#   1. criterion: the crypto floor F (as bench/keyserver.sh).
+#   2. 3 `kss serve` instances (release) sharing one MariaDB database, a persistent
+#      per-profile throttle (every approval reads and writes its counter in the shared
+#      database, exactly), `kss loadgen` on the same cores spreading its connections over
+#      the 3 instances, distinct ciphertexts, flat out → approved/s, ratio to F
+#      (target ≥ 0.6 × F).
+#   3. 10 instances; `kss policy load --wait` 20 times: the time from storing a version to
+#      every online instance reporting it applied → p50 / p99 / max (target p99 < 2 s).
+#
+# Needs the test MariaDB (started if missing): eval "$(bash scripts/mariadb.sh up)".
+# Usage: bench/cluster.sh [SECONDS per load run, default 10]
+# Prints a Markdown table; raw reports go to $OUT (default target/bench-cluster).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+out=${OUT:-target/bench-cluster}
+mkdir -p "$out"
+source bench/lib.sh
+eval "$(bash scripts/mariadb.sh up)"
+
+cargo build --release -q -p kss-server
+kss=target/release/kss
+measure_floor "$out"
+
+db_name="kss_bench_$$"
+root_sql() {
+  mariadb --no-defaults --protocol=socket --socket="$KSS_TEST_MYSQL_SOCKET" -u root -e "$1"
+}
+root_sql "CREATE DATABASE $db_name"
+db="${KSS_TEST_MYSQL_URL%/*}/$db_name"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  root_sql "DROP DATABASE IF EXISTS $db_name" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+$kss --data-dir "$work/i0" --db-uri "$db" create --ignore-security-checks --threshold 1 \
+  > /dev/null 2>&1
+write_bench_policy "$work/policy.yml"
+$kss --data-dir "$work/i0" policy load "$work/policy.yml" > /dev/null
+
+endpoints=()
+start_instance() { # index
+  local i=$1 dir="$work/i$1" port
+  if [ "$i" -gt 0 ]; then
+    mkdir -p "$dir" && chmod 700 "$dir"
+    install -m 600 "$work/i0/master.key" "$dir/master.key"
+    $kss --data-dir "$dir" --db-uri "$db" initialize > /dev/null 2>&1
+    mkdir -p "$dir/tls"
+    install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" "$dir/tls/"
+  fi
+  port=$(free_port)
+  RUST_LOG=warn $kss --data-dir "$dir" serve --self-signed-tls --instance-name "i$i" \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+    > "$out/serve-$i.out" 2> "$out/serve-$i.log" &
+  pids+=($!)
+  wait_serving "$out/serve-$i.out"
+  endpoints+=("https://127.0.0.1:$port")
+}
+for i in 0 1 2; do start_instance "$i"; done
+
+echo "== load: 3 instances, distinct ciphertexts, flat out" >&2
+distinct=$(python3 -c "print(max(256, int($floor * $secs * 1.3 / 16) + 1))")
+$kss loadgen --endpoint "${endpoints[0]}" --also-endpoint "${endpoints[1]}" \
+  --also-endpoint "${endpoints[2]}" --ca "$work/i0/tls/ca.pem" --json --warmup 2 \
+  --duration "$secs" --profiles 16 --concurrency 96 --connections 6 \
+  --distinct-ciphertexts "$distinct" > "$out/cluster3.json"
+
+for i in 3 4 5 6 7 8 9; do start_instance "$i"; done
+echo "== rollout: 20 policy versions to 10 instances" >&2
+: > "$out/rollout.txt"
+for n in $(seq 20); do
+  { cat "$work/policy.yml"; echo "# rollout $n"; } > "$work/p$n.yml"
+  $kss --data-dir "$work/i0" policy load "$work/p$n.yml" --wait 10 >> "$out/rollout.txt"
+done
+
+python3 - "$out" "$floor" "$share_ns" "$sig_ns" "$(nproc)" <<'PY'
+import json, re, sys, math
+out, floor, share_ns, sig_ns, cores = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+r = json.load(open(f"{out}/cluster3.json"))
+times = sorted(float(m.group(2)) for m in re.finditer(r"applied by (\d+)/\1 online instances in ([0-9.]+) s", open(f"{out}/rollout.txt").read()))
+instances = set(re.findall(r"applied by (\d+)/", open(f"{out}/rollout.txt").read()))
+assert len(times) == 20, f"expected 20 rollouts, got {len(times)}"
+def pct(p): return times[max(0, math.ceil(p / 100 * len(times)) - 1)]
+rate = r["approved_per_second"]
+print("| measure | value | ratio | target |")
+print("| --- | ---: | ---: | --- |")
+print(f"| verified share (decrypt_share, median) | {share_ns/1e3:.0f} µs | | |")
+print(f"| ed25519 verify (median) | {sig_ns/1e3:.0f} µs | | |")
+print(f"| F = {cores} cores ÷ (share + signature) | {floor:.0f} /s | 1.00 | |")
+print(f"| 3 instances on MariaDB, exact persistent quotas, distinct ciphertexts, flat out | {rate:.0f} approved/s (p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms) | {rate/floor:.2f} × F | ≥ 0.6 × F |")
+print(f"| policy rollout to {'/'.join(sorted(instances))} instances, 20 loads: p50 / p99 / max | {pct(50):.3f} / {pct(99):.3f} / {times[-1]:.3f} s | | p99 < 2 s |")
+errs, denied = r.get("errors_by_code") or {}, r.get("denied_by_reason") or {}
+if errs or denied:
+    print(f"\nload: errors {errs}, denied {denied}")
+PY
