@@ -1,7 +1,7 @@
 # One entry point for the whole test suite (README: "make test"); .ci/run calls it.
 CARGO ?= cargo
 
-.PHONY: test lint bench fuzz
+.PHONY: test lint bench bench-keyserver bench-cluster fuzz
 
 test:
 	$(CARGO) test --workspace --all-targets
@@ -15,6 +15,13 @@ bench:
 	$(CARGO) bench -p kss-policy --bench evaluate
 	$(CARGO) bench -p kss-server --bench policy_eval
 	bash bench/policy-eval.sh
+
+# The keyserver and cluster mode against the crypto floor (README: Benchmarks).
+bench-keyserver:
+	bash bench/keyserver.sh
+
+bench-cluster:
+	bash bench/cluster.sh
 
 # Fuzz the policy loader (nightly + cargo-fuzz); SECONDS=600 by default.
 fuzz:
