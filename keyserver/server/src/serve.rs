@@ -148,12 +148,18 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Duration::from_millis(args.poll_interval_ms.max(50)),
         Arc::clone(&metrics),
     ));
+    // The lease is released only once the last decision is made (not at the signal), so
+    // a server taking over never fences off requests this one is finishing.
+    let (decided_all, decided_all_rx) = tokio::sync::oneshot::channel::<()>();
     let lease_keeper = lease.clone().map(|lease| {
         tokio::spawn(standalone::keep(
             Arc::clone(&store),
             lease,
             Duration::from_secs(args.standalone_lease_secs.max(1)),
             Arc::clone(&shutdown),
+            async move {
+                let _ = decided_all_rx.await;
+            },
         ))
     });
     let membership = Membership {
@@ -262,6 +268,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     if decider_task.await.is_err() {
         warn!("decision task ended abnormally");
     }
+    let _ = decided_all.send(());
     watcher.abort();
     health_task.abort();
     // Marks this instance stopped, and releases the standalone lease.

@@ -62,16 +62,21 @@ pub async fn acquire(
     }
 }
 
-/// Renews the lease (for `ttl` each time) until `shutdown`, then releases it. If it is lost
-/// (another server took it over) or cannot be renewed before it expires, the server stops
-/// with an error.
-pub async fn keep(store: Arc<dyn Store>, lease: Lease, ttl: Duration, shutdown: Arc<Shutdown>) {
-    let stopped = shutdown.stopped();
-    tokio::pin!(stopped);
+/// Renews the lease (for `ttl` each time) until `done` resolves (the server has decided
+/// its last request), then releases it. If it is lost (another server took it over) or
+/// cannot be renewed before it expires, the server stops with an error.
+pub async fn keep(
+    store: Arc<dyn Store>,
+    lease: Lease,
+    ttl: Duration,
+    shutdown: Arc<Shutdown>,
+    done: impl Future<Output = ()>,
+) {
+    tokio::pin!(done);
     let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = &mut stopped => break,
+            _ = &mut done => break,
             _ = tokio::time::sleep(ttl / RENEWALS_PER_TTL) => {}
         }
         match store.renew_lease(&lease, ms(ttl)).await {
