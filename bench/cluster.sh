@@ -58,6 +58,7 @@ start_instance() { # index
     install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" "$dir/tls/"
   fi
   port=$(free_port)
+  rm -f "$out/serve-$i.out"   # wait_serving must not read a previous run's
   RUST_LOG=warn $kss --data-dir "$dir" serve --self-signed-tls --instance-name "i$i" \
     --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
     > "$out/serve-$i.out" 2> "$out/serve-$i.log" &
@@ -71,7 +72,7 @@ echo "== load: 3 instances, distinct ciphertexts, flat out" >&2
 distinct=$(python3 -c "print(max(256, int($floor * $secs * 1.3 / 16) + 1))")
 $kss loadgen --endpoint "${endpoints[0]}" --also-endpoint "${endpoints[1]}" \
   --also-endpoint "${endpoints[2]}" --ca "$work/i0/tls/ca.pem" --json --warmup 2 \
-  --duration "$secs" --profiles 16 --concurrency 96 --connections 6 \
+  --duration "$secs" --profiles 16 --concurrency "${CONCURRENCY:-96}" --connections 6 \
   --distinct-ciphertexts "$distinct" > "$out/cluster3.json"
 
 for i in 3 4 5 6 7 8 9; do start_instance "$i"; done

@@ -31,6 +31,7 @@ write_bench_policy "$data/policy.yml"
 $kss --data-dir "$data/d" policy load "$data/policy.yml" > /dev/null
 port=$(free_port)
 mport=$(free_port)
+rm -f "$out/serve.out"   # wait_serving must not read the previous server's
 RUST_LOG=warn $kss --data-dir "$data/d" serve --self-signed-tls --listen "127.0.0.1:$port" \
   --metrics-listen "127.0.0.1:$mport" > "$out/serve.out" 2> "$out/serve.log" &
 server=$!
@@ -52,6 +53,7 @@ load repeated --profiles 16 --concurrency 64 --distinct-ciphertexts 1 --repeat-s
 # The same paced run with commits synced at checkpoints only (survives kill -9, not a power
 # loss): what per-commit fsync costs in latency.
 kill "$server"; wait "$server" 2>/dev/null || true
+rm -f "$out/serve.out"   # wait_serving must not read the previous server's
 RUST_LOG=warn $kss --data-dir "$data/d" serve --self-signed-tls --listen "127.0.0.1:$port" \
   --metrics-listen "127.0.0.1:$mport" --sqlite-sync normal > "$out/serve.out" 2> "$out/serve.log" &
 server=$!
