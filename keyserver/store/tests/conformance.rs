@@ -51,13 +51,23 @@ fn unique_db_name() -> String {
 }
 
 async fn with_mysql(var: &str, check: Check) {
+    in_scratch_mysql(var, |store| check(Arc::new(store))).await;
+}
+
+/// Runs `test` on a fresh, migrated database of the server at `$var` (skipped when unset,
+/// unless KSS_REQUIRE_MYSQL), dropped afterwards even if the test fails.
+async fn in_scratch_mysql<F, Fut>(var: &str, test: F)
+where
+    F: FnOnce(MysqlStore) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Ok(url) = std::env::var(var) else {
         // CI sets KSS_REQUIRE_MYSQL: there a missing database is a failure, not a skip.
         assert!(
             std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
             "{var} not set but KSS_REQUIRE_MYSQL is"
         );
-        println!("SKIPPED mysql conformance: {var} not set");
+        println!("SKIPPED mysql test: {var} not set");
         return;
     };
     let base = parse_db_uri(&url).unwrap();
@@ -72,8 +82,8 @@ async fn with_mysql(var: &str, check: Check) {
     let store = MysqlStore::connect(base.clone().database(&name))
         .await
         .unwrap();
-    // Run in a task so that a failed check still drops the database.
-    let result = tokio::spawn(check(Arc::new(store.clone()))).await;
+    // Run in a task so that a failed test still drops the database.
+    let result = tokio::spawn(test(store.clone())).await;
     store.close().await;
     admin
         .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
@@ -847,26 +857,7 @@ async fn clone_sqlite_into_mysql_copies_everything() {
     tx.append_audit(&records).await.unwrap();
     tx.commit().await.unwrap();
 
-    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
-        assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
-        println!("SKIPPED clone test: KSS_TEST_MYSQL_URL not set");
-        return;
-    };
-    let base = parse_db_uri(&url).unwrap();
-    let name = unique_db_name();
-    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&base)
-        .await
-        .unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-        .await
-        .unwrap();
-    let target = MysqlStore::connect(base.clone().database(&name))
-        .await
-        .unwrap();
-    let result = tokio::spawn({
-        let target = target.clone();
-        let source = source.clone();
+    in_scratch_mysql("KSS_TEST_MYSQL_URL", |target| {
         async move {
             let counts = clone_sqlite_into_mysql(&source, &target).await.unwrap();
             assert_eq!(
@@ -917,12 +908,4 @@ async fn clone_sqlite_into_mysql_copies_everything() {
         }
     })
     .await;
-    target.close().await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
-        .await
-        .unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
