@@ -173,7 +173,15 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCiphertext, CryptoError> {
 }
 
 /// A ciphertext that passed `Ciphertext::verify`. Only this crate's verification functions
-/// construct it, so holding one proves the check was done.
+/// construct it, so holding one proves the check was done: its fields are private, so code
+/// outside this crate cannot make one from unverified bytes.
+///
+/// ```compile_fail,E0451
+/// use kss_crypto::ciphertext::VerifiedCiphertext;
+/// fn forge(inner: kss_crypto::blsttc::Ciphertext) -> VerifiedCiphertext {
+///     VerifiedCiphertext { inner, digest: [0; 32] } // error: private fields
+/// }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifiedCiphertext {
     inner: Ciphertext,
