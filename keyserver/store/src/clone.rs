@@ -9,7 +9,7 @@
 use sqlx::{MySql, QueryBuilder, Row};
 
 use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64};
-use crate::{AuditEntry, MysqlStore, Result, SqliteStore, StoreError};
+use crate::{AuditEntry, MysqlStore, Result, SqliteStore, StoreError, mysql};
 
 /// Audit rows per page read and per INSERT.
 const AUDIT_PAGE: i64 = 400;
@@ -113,41 +113,23 @@ pub async fn clone_sqlite_into_mysql(
         .await?
     {
         let p = profile_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
-             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&p.profile_id)
-        .bind(&p.device_id)
-        .bind(&p.device_public_key)
-        .bind(&p.workstation_share)
-        .bind(&p.name)
-        .bind(p.words.join(" "))
-        .bind(p.created_at_ms)
-        .execute(&mut *dst)
-        .await?;
+        if !mysql::insert_profile(&mut dst, &p).await? {
+            return Err(StoreError::AlreadyExists(format!(
+                "profile {}",
+                p.profile_id
+            )));
+        }
         counts.profiles += 1;
     }
 
-    for row in sqlx::query("SELECT * FROM quota_counters ORDER BY profile_id, rule_id")
+    let counters = sqlx::query("SELECT * FROM quota_counters ORDER BY profile_id, rule_id")
         .fetch_all(&mut *src)
         .await?
-    {
-        let c = counter_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO quota_counters (rule_id, profile_id, day, hour, hour_used, day_used) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.rule_id)
-        .bind(&c.profile_id)
-        .bind(c.counter.window.day.to_string())
-        .bind(i64::from(c.counter.window.hour))
-        .bind(to_i64(c.counter.hour_used)?)
-        .bind(to_i64(c.counter.day_used)?)
-        .execute(&mut *dst)
-        .await?;
-        counts.quota_counters += 1;
-    }
+        .iter()
+        .map(counter_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    mysql::upsert_counters(&mut dst, &counters).await?;
+    counts.quota_counters = counters.len() as u64;
 
     let mut after = 0i64;
     loop {

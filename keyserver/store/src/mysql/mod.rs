@@ -32,7 +32,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
 use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
@@ -397,64 +397,11 @@ impl DecisionTx for MysqlDecisionTx {
     }
 
     async fn insert_profile(&mut self, p: &Profile) -> Result<bool> {
-        // A plain INSERT, with a duplicate key read as "exists": InnoDB rolls back only
-        // the failed statement, the transaction goes on. (INSERT IGNORE would also
-        // downgrade strict-mode errors, e.g. truncation, to warnings; and with sqlx's
-        // CLIENT_FOUND_ROWS, ON DUPLICATE KEY UPDATE could not tell the two cases apart.)
-        let done = sqlx::query(
-            "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
-             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&p.profile_id)
-        .bind(&p.device_id)
-        .bind(&p.device_public_key)
-        .bind(&p.workstation_share)
-        .bind(&p.name)
-        .bind(p.words.join(" "))
-        .bind(p.created_at_ms)
-        .execute(&mut *self.tx)
-        .await;
-        match done {
-            Ok(d) => Ok(d.rows_affected() == 1),
-            Err(e) if is_duplicate(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        insert_profile(&mut self.tx, p).await
     }
 
     async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()> {
-        for chunk in counters.chunks(MAX_BINDS_PER_STATEMENT / 6) {
-            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO quota_counters \
-                 (rule_id, profile_id, day, hour, hour_used, day_used) ",
-            );
-            let mut failed = None;
-            q.push_values(chunk, |mut row, c| {
-                let (hour_used, day_used) =
-                    match (to_i64(c.counter.hour_used), to_i64(c.counter.day_used)) {
-                        (Ok(h), Ok(d)) => (h, d),
-                        (Err(e), _) | (_, Err(e)) => {
-                            failed = Some(e);
-                            (0, 0)
-                        }
-                    };
-                row.push_bind(c.rule_id.clone())
-                    .push_bind(c.profile_id.clone())
-                    .push_bind(c.counter.window.day.to_string())
-                    .push_bind(i64::from(c.counter.window.hour))
-                    .push_bind(hour_used)
-                    .push_bind(day_used);
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            // VALUES(col) works on MariaDB and MySQL 8 (deprecated there, not removed).
-            q.push(
-                " ON DUPLICATE KEY UPDATE day = VALUES(day), hour = VALUES(hour), \
-                 hour_used = VALUES(hour_used), day_used = VALUES(day_used)",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        upsert_counters(&mut self.tx, counters).await
     }
 
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
@@ -516,4 +463,71 @@ impl DecisionTx for MysqlDecisionTx {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts a profile; `false` if one with its id exists (left as it is). Shared by
+/// decisions and `clone-db`.
+pub(crate) async fn insert_profile(conn: &mut MySqlConnection, p: &Profile) -> Result<bool> {
+    // A plain INSERT, with a duplicate key read as "exists": InnoDB rolls back only
+    // the failed statement, the transaction goes on. (INSERT IGNORE would also
+    // downgrade strict-mode errors, e.g. truncation, to warnings; and with sqlx's
+    // CLIENT_FOUND_ROWS, ON DUPLICATE KEY UPDATE could not tell the two cases apart.)
+    let done = sqlx::query(
+        "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
+         name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&p.profile_id)
+    .bind(&p.device_id)
+    .bind(&p.device_public_key)
+    .bind(&p.workstation_share)
+    .bind(&p.name)
+    .bind(p.words.join(" "))
+    .bind(p.created_at_ms)
+    .execute(&mut *conn)
+    .await;
+    match done {
+        Ok(d) => Ok(d.rows_affected() == 1),
+        Err(e) if is_duplicate(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes counters (insert or replace). Shared by decisions and `clone-db`.
+pub(crate) async fn upsert_counters(
+    conn: &mut MySqlConnection,
+    counters: &[StoredCounter],
+) -> Result<()> {
+    for chunk in counters.chunks(MAX_BINDS_PER_STATEMENT / 6) {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT INTO quota_counters \
+             (rule_id, profile_id, day, hour, hour_used, day_used) ",
+        );
+        let mut failed = None;
+        q.push_values(chunk, |mut row, c| {
+            let (hour_used, day_used) =
+                match (to_i64(c.counter.hour_used), to_i64(c.counter.day_used)) {
+                    (Ok(h), Ok(d)) => (h, d),
+                    (Err(e), _) | (_, Err(e)) => {
+                        failed = Some(e);
+                        (0, 0)
+                    }
+                };
+            row.push_bind(c.rule_id.clone())
+                .push_bind(c.profile_id.clone())
+                .push_bind(c.counter.window.day.to_string())
+                .push_bind(i64::from(c.counter.window.hour))
+                .push_bind(hour_used)
+                .push_bind(day_used);
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // VALUES(col) works on MariaDB and MySQL 8 (deprecated there, not removed).
+        q.push(
+            " ON DUPLICATE KEY UPDATE day = VALUES(day), hour = VALUES(hour), \
+             hour_used = VALUES(hour_used), day_used = VALUES(day_used)",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
