@@ -13,12 +13,12 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DataDir, Server, free_port, wait_until};
+use common::{DataDir, Server, wait_until};
 use kss_client::protocol::{RequestSpec, encrypt_file_key};
 use kss_client::{KssClient, Profile};
 use kss_crypto::ids::KeyserverId;
@@ -43,20 +43,12 @@ struct Waiting {
 
 impl Waiting {
     fn spawn(data: &DataDir, extra: &[&str]) -> Waiting {
-        let port = free_port();
-        let metrics_port = free_port();
-        let log = data.dir.path().join(format!("waiting-{port}.log"));
-        let mut child = Command::new(common::kss_bin())
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["serve", "--self-signed-tls", "--poll-interval-ms", "100"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let common::Spawned {
+            mut child,
+            port,
+            log,
+            ..
+        } = common::spawn_serve(data, extra);
         let serving = Arc::new(AtomicBool::new(false));
         let stdout = Arc::new(Mutex::new(String::new()));
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();

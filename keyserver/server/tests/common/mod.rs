@@ -88,6 +88,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `kss serve` process just started: stdout piped, stderr to `log`.
+pub struct Spawned {
+    pub child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+/// Starts `kss serve` on the data directory with self-signed TLS, on free loopback ports,
+/// polling every 100 ms; does not wait for it to serve.
+pub fn spawn_serve(data: &DataDir, extra: &[&str]) -> Spawned {
+    let port = free_port();
+    let metrics_port = free_port();
+    let log = data.dir.path().join(format!("server-{port}.log"));
+    let child = Command::new(kss_bin())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["serve", "--self-signed-tls", "--poll-interval-ms", "100"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Spawned {
+        child,
+        port,
+        metrics_port,
+        log,
+    }
+}
+
 /// A running `kss serve`; killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -102,20 +135,12 @@ impl Server {
     }
 
     pub fn start_with(data: &DataDir, extra: &[&str]) -> Server {
-        let port = free_port();
-        let metrics_port = free_port();
-        let log = data.dir.path().join(format!("server-{port}.log"));
-        let child = Command::new(kss_bin())
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["serve", "--self-signed-tls", "--poll-interval-ms", "100"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let Spawned {
+            child,
+            port,
+            metrics_port,
+            log,
+        } = spawn_serve(data, extra);
         let mut server = Server {
             child,
             port,
