@@ -136,28 +136,27 @@ impl Registry for SqliteStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl_ms: i64) -> Result<bool> {
+        self.set_lease_expiry(lease, now_ms() + ttl_ms).await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        // Expire it now rather than delete it: the token keeps growing.
+        self.set_lease_expiry(lease, 0).await.map(drop)
+    }
+}
+
+impl SqliteStore {
+    /// Moves a lease's expiry if it is still held as granted; `false` if not.
+    async fn set_lease_expiry(&self, lease: &Lease, expires_at_ms: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE leases SET expires_at_ms = ? WHERE name = ? AND holder = ? AND token = ?",
         )
-        .bind(now_ms() + ttl_ms)
+        .bind(expires_at_ms)
         .bind(&lease.name)
         .bind(&lease.holder)
         .bind(to_i64(lease.token)?)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        // Expire it now rather than delete it: the token keeps growing.
-        sqlx::query(
-            "UPDATE leases SET expires_at_ms = 0 WHERE name = ? AND holder = ? AND token = ?",
-        )
-        .bind(&lease.name)
-        .bind(&lease.holder)
-        .bind(to_i64(lease.token)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }
