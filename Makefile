@@ -1,11 +1,19 @@
 # One entry point for the whole test suite (README: "make test"); .ci/run calls it.
 CARGO ?= cargo
 
-.PHONY: test lint bench bench-keyserver bench-cluster fuzz
+.PHONY: test lint bench bench-keyserver bench-cluster fuzz e2e
 
+# The workspace's tests, then the Kubernetes e2e suite on a real control plane (the
+# kss-e2e tests compiled by the first line only print "skipped" there).
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	CARGO="$(CARGO)" bash e2e/run.sh
+
+# The e2e suite alone: control plane up, `cargo test -p kss-e2e`, control plane down.
+# Tools are built once and cached in ~/.cache/kss-e2e (a cold build takes ~15 min).
+e2e:
+	CARGO="$(CARGO)" bash e2e/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -20,6 +20,10 @@
 #                        set (e.g. to install CRDs: the garbage collector only
 #                        discovers CRD kinds added later every ~30 s)
 #   KSS_E2E_NODE_NAME    name of the fake kwok node (default kwok-node-0)
+#   KSS_E2E_POD_CIDR     kwok's pod IP range (default 127.N.0.1/16 with N picked at
+#                        random in 1-254 among the /16s nothing on this host has
+#                        bound): loopback pod IPs, so that a process started for a
+#                        pod can bind its pod IP on this host (see e2e/README.md)
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,6 +58,23 @@ free_port() {
     fi
   done
   die "no free port found"
+}
+
+# pick_pod_cidr: a loopback /16 (127.N.0.0, N in 1-254) in which no TCP socket is
+# bound on this host, so that two control planes (e.g. two e2e runs at once)
+# hardly ever hand out the same pod IPs. /proc/net/tcp shows 127.N.x.y as
+# YYXXNN7F (little-endian hex).
+pick_pod_cidr() {
+  local n hex i
+  for i in $(seq 1 50); do
+    n=$((1 + RANDOM % 254))
+    printf -v hex '%02X7F' "$n"
+    if ! grep -qE "^ *[0-9]+: [0-9A-F]{4}$hex:" /proc/net/tcp 2>/dev/null; then
+      echo "127.$n.0.1/16"
+      return 0
+    fi
+  done
+  echo "127.1.0.1/16"
 }
 
 # wait_for <seconds> <description> <command...>: poll until the command succeeds.
@@ -241,6 +262,7 @@ cmd_up() {
   free_port CM_PORT
   free_port SCHED_PORT
   free_port KWOK_PORT
+  POD_CIDR=${KSS_E2E_POD_CIDR:-$(pick_pod_cidr)}
   cat >"$STATE/ports.env" <<EOF
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
@@ -248,6 +270,7 @@ API_PORT=$API_PORT
 CM_PORT=$CM_PORT
 SCHED_PORT=$SCHED_PORT
 KWOK_PORT=$KWOK_PORT
+POD_CIDR=$POD_CIDR
 EOF
 
   gen_pki
@@ -334,7 +357,7 @@ EOF
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds=40 \
     --node-ip=127.0.0.1 \
-    --cidr=10.244.0.1/16 \
+    --cidr="$POD_CIDR" \
     --server-address="127.0.0.1:$KWOK_PORT"
 
   wait_for 60 "kube-controller-manager /healthz" curl -kfsS "https://127.0.0.1:$CM_PORT/healthz"
@@ -373,7 +396,7 @@ EOF
 
   UP_OK=1
   trap - EXIT
-  log "control plane up in $((SECONDS - t0)) s (state: $STATE)"
+  log "control plane up in $((SECONDS - t0)) s (state: $STATE, pod IPs from $POD_CIDR)"
   log "use: eval \"\$($0 env)\""
 }
 

@@ -6,6 +6,8 @@
 //! * [`ciphertext`] — threshold ciphertexts, verification and the verification cache.
 //! * [`signing`] — Ed25519 request signatures with domain separation.
 //! * [`seal`](mod@seal) — XChaCha20-Poly1305 sealing of secrets at rest.
+//! * [`identity`] — the keyserver's ID and sealed root secret, as stored and as the
+//!   operator's bootstrap document.
 //! * [`backup`] — the root secret under an M-of-N threshold of administrator keys.
 //!
 //! Secrets are zeroized on drop, are not `Clone`, and print as `<redacted>`. Errors are one
@@ -14,6 +16,7 @@
 pub mod backup;
 pub mod ciphertext;
 mod error;
+pub mod identity;
 pub mod ids;
 pub mod profile;
 pub mod root;
@@ -31,6 +34,7 @@ pub use ciphertext::{
     CiphertextBytes, DecryptionShareBytes, VerificationCache, VerifiedCiphertext,
 };
 pub use error::CryptoError;
+pub use identity::SealedIdentity;
 pub use ids::{DeviceId, KeyserverId, PROFILE_ID_LEN, ProfileId};
 pub use profile::{
     KssPublicShare, KssShare, PossessionProof, ProfilePublicKeys, WorkstationPublicShare,

@@ -41,9 +41,22 @@ impl MasterKey {
         Ok(MasterKey(array))
     }
 
-    /// The 32 bytes, for the key file.
+    /// The 32 bytes.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.0)
+    }
+
+    /// The key file's text: 64 lowercase hex characters.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0))
+    }
+
+    /// The key from the key file's text: 64 hex characters, surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let bytes = Zeroizing::new(
+            hex::decode(text.trim()).map_err(|_| CryptoError::InvalidHex { what: "master key" })?,
+        );
+        Self::from_bytes(&bytes)
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -131,6 +144,14 @@ mod tests {
         // Fresh nonce each time.
         assert_ne!(sealed, seal(&key, b"root secret", b"very secret"));
         let again = MasterKey::from_bytes(&*key.to_bytes()).unwrap();
+        let text = key.to_hex();
+        assert_eq!(text.len(), 64);
+        assert_eq!(*text, text.to_lowercase());
+        let from_file = MasterKey::from_hex(&format!("  {}\n", *text)).unwrap();
+        assert_eq!(
+            &**open(&from_file, b"root secret", &sealed).unwrap(),
+            b"very secret"
+        );
         assert_eq!(
             &**open(&again, b"root secret", &sealed).unwrap(),
             b"very secret"
@@ -160,6 +181,14 @@ mod tests {
             );
         }
         assert!(MasterKey::from_bytes(&[0; 31]).is_err());
+        assert_eq!(
+            MasterKey::from_hex("xyz").unwrap_err(),
+            CryptoError::InvalidHex { what: "master key" }
+        );
+        assert!(matches!(
+            MasterKey::from_hex(&"ab".repeat(31)),
+            Err(CryptoError::BadLength { got: 31, .. })
+        ));
         assert_eq!(format!("{key:?}"), "MasterKey(<redacted>)");
     }
 }

@@ -100,13 +100,34 @@ impl DataDir {
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Creates the directory (mode 0700) if missing.
+    /// Creates the directory if missing, and restricts it to its owner (mode 0700).
+    ///
+    /// A directory this user does not own cannot be restricted (a Kubernetes `emptyDir`
+    /// belongs to root, mode 0777): it is used as it is, with a warning. Every secret file
+    /// kss writes in it is private anyway (mode 0600, the admin socket too).
     pub fn ensure(&self) -> Result<()> {
         fs::create_dir_all(&self.root)
             .with_context(|| format!("creating data directory {}", self.root.display()))?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", self.root.display()))?;
-        Ok(())
+        match fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !self.owned()? => {
+                tracing::warn!(
+                    data_dir = %self.root.display(),
+                    "the data directory belongs to another user and cannot be restricted to \
+                     this one; using it as it is"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("restricting {}", self.root.display())),
+        }
+    }
+
+    /// Whether this process's user owns the data directory.
+    fn owned(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            fs::metadata(&self.root).with_context(|| format!("reading {}", self.root.display()))?;
+        Ok(meta.uid() == rustix::process::geteuid().as_raw())
     }
 
     /// Reads the master key.
@@ -117,11 +138,7 @@ impl DataDir {
             fs::read_to_string(path)
                 .with_context(|| format!("reading the master key {}", path.display()))?,
         );
-        let bytes = zeroize::Zeroizing::new(
-            hex::decode(text.trim())
-                .with_context(|| format!("{}: the master key is not hex", path.display()))?,
-        );
-        MasterKey::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+        MasterKey::from_hex(&text).with_context(|| format!("{}", path.display()))
     }
 
     /// Reads the master key, or creates one (mode 0600) if the file does not exist.
@@ -130,20 +147,25 @@ impl DataDir {
             return self.read_master_key();
         }
         let key = MasterKey::generate();
-        let text = zeroize::Zeroizing::new(hex::encode(*key.to_bytes()));
-        write_private(&self.master_key, text.as_bytes())?;
+        write_private(&self.master_key, key.to_hex().as_bytes())?;
         Ok(key)
     }
 }
 
-/// Refuses a secret file that others can read.
+/// Permission bits a secret file must not have: any bit for other users, and write for
+/// its group. Group read is accepted: Kubernetes gives it to Secret volumes of a pod with
+/// an `fsGroup` (mode 0440 or 0640).
+const NOT_PRIVATE: u32 = 0o027;
+
+/// Refuses a secret file that other users can read or write, or that its group can write.
 pub fn check_private(path: &Path) -> Result<()> {
     let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & NOT_PRIVATE != 0 {
         bail!(
-            "{} is readable by other users (mode {:o}); run: chmod 600 {}",
+            "{} is open to other users (mode {mode:o}): a secret file may be readable by its \
+             owner and group only, and writable by its owner only; run: chmod 600 {}",
             path.display(),
-            meta.permissions().mode() & 0o777,
             path.display()
         );
     }

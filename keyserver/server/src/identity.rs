@@ -3,10 +3,11 @@
 use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow};
+use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::{KeyserverId, ProfileId};
 use kss_crypto::profile::KssShare;
 use kss_crypto::root::{RootSecret, TokenKey};
-use kss_crypto::seal::{self, MasterKey};
+use kss_crypto::seal::MasterKey;
 use kss_store::{Identity, Store};
 
 /// The keyserver's ID and root secret, unsealed in memory.
@@ -22,13 +23,6 @@ impl std::fmt::Debug for KeyserverIdentity {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
-}
-
-/// Binds a sealed root secret to its keyserver ID (a row copied under another ID fails).
-fn seal_aad(id: &KeyserverId) -> Vec<u8> {
-    let mut aad = b"kss root secret v1\0".to_vec();
-    aad.extend_from_slice(id.as_bytes());
-    aad
 }
 
 impl KeyserverIdentity {
@@ -61,24 +55,19 @@ impl KeyserverIdentity {
 
     /// The row to store: the root secret sealed with the master key.
     pub fn sealed(&self, master: &MasterKey, now_ms: i64) -> Identity {
-        Identity {
-            keyserver_id: self.id.to_string(),
-            sealed_root: seal::seal(master, &seal_aad(&self.id), self.root.expose_bytes()),
-            created_at_ms: now_ms,
-        }
+        identity_row(&SealedIdentity::seal(&self.id, &self.root, master), now_ms)
     }
 
     /// Opens a stored identity with the master key.
     pub fn unseal(row: &Identity, master: &MasterKey) -> Result<Self> {
-        let id = KeyserverId::from_str(&row.keyserver_id)
-            .map_err(|e| anyhow!("stored keyserver ID '{}': {e}", row.keyserver_id))?;
-        let bytes = seal::open(master, &seal_aad(&id), &row.sealed_root).with_context(|| {
+        let sealed = sealed_of(row)?;
+        let id = sealed.keyserver_id;
+        let root = sealed.open(master).with_context(|| {
             format!(
                 "cannot open keyserver {id}'s secret with this master key \
                  (wrong --master-key-file, or the database belongs to another keyserver)"
             )
         })?;
-        let root = RootSecret::from_bytes(&bytes).context("stored root secret")?;
         Ok(Self::new(id, root))
     }
 
@@ -93,6 +82,25 @@ impl KeyserverIdentity {
             })?;
         Self::unseal(&row, master)
     }
+}
+
+/// The database row of a sealed identity.
+pub fn identity_row(sealed: &SealedIdentity, now_ms: i64) -> Identity {
+    Identity {
+        keyserver_id: sealed.keyserver_id.to_string(),
+        sealed_root: sealed.sealed_root.clone(),
+        created_at_ms: now_ms,
+    }
+}
+
+/// The sealed identity of a database row.
+pub fn sealed_of(row: &Identity) -> Result<SealedIdentity> {
+    let keyserver_id = KeyserverId::from_str(&row.keyserver_id)
+        .map_err(|e| anyhow!("stored keyserver ID '{}': {e}", row.keyserver_id))?;
+    Ok(SealedIdentity {
+        keyserver_id,
+        sealed_root: row.sealed_root.clone(),
+    })
 }
 
 /// Milliseconds since the Unix epoch.

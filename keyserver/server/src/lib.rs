@@ -5,6 +5,7 @@
 //! decryption share, encode). [`switches`] follows the database for the policy in force.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod data_dir;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod logging;
 pub mod membership;
 pub mod metrics;
+pub mod pod;
 pub mod policy_cmd;
 pub mod rollout;
 pub mod serve;

@@ -1,5 +1,10 @@
 //! `kss serve`: wires the store, the decision task and the gRPC services, and runs them
 //! until SIGTERM or SIGINT (then stops accepting and finishes in-flight requests).
+//!
+//! Order: the store, the standalone lease, the listeners that run in every state (admin
+//! socket, metrics, `--health-listen`, `--admin-listen`), then the identity (with
+//! `--bootstrap-identity`, the instance may refuse to serve until it checks out, see
+//! [`bootstrap`](crate::bootstrap)), and only then the workstation listener.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -12,21 +17,24 @@ use clap::Args;
 use kss_crypto::ciphertext::VerificationCache;
 use kss_proto::v1::admin_server::AdminServer;
 use kss_proto::v1::key_server_server::KeyServerServer;
-use kss_store::{Durability, InstanceInfo};
+use kss_store::{Durability, InstanceInfo, Store};
 use rand::RngCore;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::{error, info, warn};
+use tracing::{error, info, instrument, warn};
 
+use crate::bootstrap::{self, Checked, RECHECK_INTERVAL};
 use crate::data_dir::{DataDir, DataDirArgs};
 use crate::decider::{Decider, DecisionTask, MemoryCounters};
 use crate::identity::KeyserverIdentity;
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
-use crate::service::admin::AdminService;
+use crate::pod::{AdminListener, PodArgs};
+use crate::service::admin::{AdminGate, AdminMode, AdminService, Mode};
 use crate::service::keyserver::KeyServerService;
 use crate::service::profiles::ProfileCache;
 use crate::service::verifier::Verifier;
@@ -83,6 +91,8 @@ pub struct ServeArgs {
     /// with a backup key held by one generated administrator key (NOT for production).
     #[arg(long)]
     pub dev: bool,
+    #[command(flatten)]
+    pub pod: PodArgs,
 }
 
 pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
@@ -95,13 +105,20 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Durability::Full
     };
     let shared = data_dir.shared_db_uri()?.is_some();
+    let mode = if shared {
+        Mode::Cluster
+    } else {
+        Mode::Standalone
+    };
+    // Listener configurations are checked before anything else happens.
+    let admin_tls = args.pod.admin_listener()?;
     let store = crate::commands::open_store_with(&data_dir, durability).await?;
     if args.dev && store.identity().await?.is_none() {
         crate::commands::create::create_dev_identity(store.as_ref(), &data_dir).await?;
     }
-    let master = data_dir.read_master_key()?;
-    let identity = Arc::new(KeyserverIdentity::load(store.as_ref(), &master).await?);
-    drop(master);
+    // Read now so that a missing key stops the server at once (it is read again at every
+    // identity check).
+    drop(data_dir.read_master_key()?);
     let mut tls_args = args.tls.clone();
     tls_args.self_signed_tls |= args.dev && tls_args.tls_cert.is_none();
     let (tls_config, generated_ca) = tls::server_config(&tls_args, &data_dir)?;
@@ -130,24 +147,6 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             }
         }
     };
-
-    let (admin_listener, admin_socket_inode) =
-        bind_admin_socket(&data_dir, lease.is_some()).await?;
-    // Bound before "serving" is announced, so that a client told so can connect.
-    let incoming = TcpIncoming::bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?
-        .with_nodelay(Some(true));
-    let instance_id = info.name.clone();
-    let metrics = Arc::new(Metrics::new());
-    let initial = switches::load(store.as_ref()).await?;
-    let policy_version = initial.policy.version;
-    let (switches_tx, switches_rx) = watch::channel(Arc::new(initial));
-    let watcher = tokio::spawn(switches::watch(
-        Arc::clone(&store),
-        switches_tx,
-        Duration::from_millis(args.poll_interval_ms.max(50)),
-        Arc::clone(&metrics),
-    ));
     // The lease is released only once the last decision is made (not at the signal), so
     // a server taking over never fences off requests this one is finishing.
     let (decided_all, decided_all_rx) = tokio::sync::oneshot::channel::<()>();
@@ -162,6 +161,116 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             },
         ))
     });
+
+    let (admin_listener, admin_socket_inode) =
+        bind_admin_socket(&data_dir, lease.is_some()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = tokio::spawn(metrics::serve(
+        args.metrics_listen,
+        Arc::clone(&metrics),
+        shutdown.stopped(),
+    ));
+    // Health: "" is live from now on; kss.v1.KeyServer is ready only while this instance
+    // decides requests.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_ready(&health, false).await;
+    // The health listener outlives the others: probes see NOT_SERVING, not a refused
+    // connection, until the process exits.
+    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_task = match args.pod.health_listen {
+        Some(addr) => {
+            let incoming = TcpIncoming::bind(addr)
+                .with_context(|| format!("binding {addr} (--health-listen)"))?;
+            info!(listen = %addr, "health probes: plaintext gRPC (grpc.health.v1)");
+            Some(tokio::spawn(
+                Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = health_stopped.await;
+                    }),
+            ))
+        }
+        None => None,
+    };
+    let (admin_mode, admin_mode_rx) = watch::channel(AdminMode::Starting);
+    let admin_task = tokio::spawn(
+        Server::builder()
+            .add_service(AdminServer::new(AdminGate {
+                mode: admin_mode_rx.clone(),
+            }))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(admin_listener),
+                shutdown.stopped(),
+            ),
+    );
+    let admin_tls_task = match admin_tls {
+        Some(AdminListener { addr, tls }) => {
+            let incoming = TcpIncoming::bind(addr)
+                .with_context(|| format!("binding {addr} (--admin-listen)"))?;
+            let server = Server::builder()
+                .tls_config(tls)
+                .context("the admin listener's TLS configuration")?
+                .add_service(health_service.clone())
+                .add_service(reflection_v1()?)
+                .add_service(AdminServer::new(AdminGate {
+                    mode: admin_mode_rx,
+                }));
+            info!(listen = %addr, "admin API: gRPC over mutual TLS");
+            Some(tokio::spawn(
+                server.serve_with_incoming_shutdown(incoming, shutdown.stopped()),
+            ))
+        }
+        None => None,
+    };
+    let listeners = Listeners {
+        health_stop,
+        health_task,
+        admin_task,
+        admin_tls_task,
+        metrics_task,
+        admin_socket_inode,
+    };
+
+    let identity = match args.pod.bootstrap_identity.as_deref() {
+        Some(bootstrap) => {
+            wait_for_identity(store.as_ref(), &data_dir, bootstrap, &admin_mode, &shutdown).await
+        }
+        None => load_identity(store.as_ref(), &data_dir).await.map(Some),
+    };
+    let identity = match identity {
+        Ok(Some(identity)) => Arc::new(identity),
+        // Stopped while refusing (nothing was served), or nothing to serve.
+        other => {
+            shutdown.stop();
+            let _ = decided_all.send(());
+            if let Some(keeper) = lease_keeper {
+                let _ = keeper.await;
+            }
+            listeners.stop(&data_dir).await;
+            store.close().await;
+            info!("stopped");
+            other?;
+            return match shutdown.failure() {
+                Some(why) => bail!("{why}"),
+                None => Ok(()),
+            };
+        }
+    };
+
+    // Bound before "serving" is announced, so that a client told so can connect.
+    let incoming = TcpIncoming::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?
+        .with_nodelay(Some(true));
+    let instance_id = info.name.clone();
+    let initial = switches::load(store.as_ref()).await?;
+    let policy_version = initial.policy.version;
+    let (switches_tx, switches_rx) = watch::channel(Arc::new(initial));
+    let watcher = tokio::spawn(switches::watch(
+        Arc::clone(&store),
+        switches_tx,
+        Duration::from_millis(args.poll_interval_ms.max(50)),
+        Arc::clone(&metrics),
+    ));
     let membership = Membership {
         store: Arc::clone(&store),
         info,
@@ -192,7 +301,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         metrics: Arc::clone(&metrics),
         max_clock_skew: Duration::from_secs(args.max_clock_skew),
     });
-    let admin = AdminService {
+    admin_mode.send_replace(AdminMode::Serving(Arc::new(AdminService {
         identity: Arc::clone(&identity),
         store: Arc::clone(&store),
         switches: switches_rx.clone(),
@@ -200,37 +309,15 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         started: Instant::now(),
         instance_id: instance_id.clone(),
         time_zone,
-    };
+        mode,
+    })));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<KeyServerServer<KeyServerService>>()
-        .await;
-    let health_task = tokio::spawn(follow_health(health, switches_rx.clone()));
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building the reflection service")?;
-
-    let metrics_task = tokio::spawn(metrics::serve(
-        args.metrics_listen,
-        Arc::clone(&metrics),
+    set_ready(&health, switches_rx.borrow().database_ok).await;
+    let readiness = tokio::spawn(follow_readiness(
+        health,
+        switches_rx.clone(),
         shutdown.stopped(),
     ));
-    let admin_task = tokio::spawn(
-        Server::builder()
-            .add_service(AdminServer::new(admin))
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(admin_listener),
-                shutdown.stopped(),
-            ),
-    );
 
     info!(
         keyserver_id = %identity.id,
@@ -238,6 +325,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         metrics = %args.metrics_listen,
         policy_version,
         instance = %instance_id,
+        mode = mode.as_str(),
         "kss keyserver serving"
     );
     println!(
@@ -252,8 +340,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         .tls_config(tls_config)
         .context("TLS configuration")?
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?)
         .add_service(
             KeyServerServer::from_arc(Arc::clone(&keyserver))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -263,6 +351,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     drop(keyserver);
     if let Err(e) = &served {
         error!(error = %e, "gRPC server failed");
+        shutdown.stop();
     }
     // The decision task ends once every request holding a Decider is done.
     if decider_task.await.is_err() {
@@ -270,23 +359,13 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     }
     let _ = decided_all.send(());
     watcher.abort();
-    health_task.abort();
+    let _ = readiness.await;
     // Marks this instance stopped, and releases the standalone lease.
     let _ = membership.await;
     if let Some(keeper) = lease_keeper {
         let _ = keeper.await;
     }
-    if let Ok(Err(e)) = admin_task.await {
-        warn!(error = %e, "admin socket server failed");
-    }
-    if let Ok(Err(e)) = metrics_task.await {
-        warn!(error = %format!("{e:#}"), "metrics server failed");
-    }
-    // Only our own socket: a server that took over since may have bound a new one.
-    let socket = data_dir.admin_socket();
-    if std::fs::metadata(&socket).is_ok_and(|m| m.ino() == admin_socket_inode) {
-        let _ = std::fs::remove_file(&socket);
-    }
+    listeners.stop(&data_dir).await;
     store.close().await;
     info!("stopped");
     served.with_context(|| format!("serving gRPC on {}", args.listen))?;
@@ -294,6 +373,115 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Some(why) => bail!("{why}"),
         None => Ok(()),
     }
+}
+
+/// Without --bootstrap-identity: the stored identity, or the error that stops the server.
+async fn load_identity(store: &dyn Store, data_dir: &DataDir) -> Result<KeyserverIdentity> {
+    let master = data_dir.read_master_key()?;
+    KeyserverIdentity::load(store, &master).await
+}
+
+/// With --bootstrap-identity: checks (and bootstraps) the identity; while this instance
+/// must refuse to serve, says why on the admin API and in the log, and checks again every
+/// [`RECHECK_INTERVAL`]. `None`: stopped (SIGTERM) while refusing. An error: the first
+/// check could not be made.
+#[instrument(skip_all, fields(bootstrap_identity = %bootstrap.display()))]
+async fn wait_for_identity(
+    store: &dyn Store,
+    data_dir: &DataDir,
+    bootstrap: &Path,
+    admin_mode: &watch::Sender<AdminMode>,
+    shutdown: &Shutdown,
+) -> Result<Option<KeyserverIdentity>> {
+    let stopped = shutdown.stopped();
+    tokio::pin!(stopped);
+    let mut refused = false;
+    loop {
+        match bootstrap::check(store, data_dir, bootstrap).await {
+            Ok(Checked::Serve(identity)) => {
+                if refused {
+                    info!(keyserver_id = %identity.id, "the identity checks out now: serving");
+                }
+                return Ok(Some(identity));
+            }
+            Ok(Checked::Refuse(refusal)) => {
+                error!(reason = refusal.reason(), "{refusal}");
+                refused = true;
+                admin_mode.send_replace(AdminMode::Refusing(refusal.to_string().into()));
+            }
+            Err(e) if !refused => return Err(e).context("checking the keyserver identity"),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot check the keyserver identity again yet; still refusing");
+            }
+        }
+        tokio::select! {
+            _ = &mut stopped => return Ok(None),
+            _ = tokio::time::sleep(RECHECK_INTERVAL) => {}
+        }
+    }
+}
+
+/// The listeners that run whatever the instance's state.
+struct Listeners {
+    health_stop: tokio::sync::oneshot::Sender<()>,
+    health_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    admin_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin_tls_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    metrics_task: JoinHandle<Result<()>>,
+    admin_socket_inode: u64,
+}
+
+impl Listeners {
+    /// Waits for those that stop at the shutdown signal, then stops the health listener
+    /// and removes the admin socket. The caller has stopped the server (`Shutdown`).
+    async fn stop(self, data_dir: &DataDir) {
+        if let Ok(Err(e)) = self.admin_task.await {
+            warn!(error = %e, "admin socket server failed");
+        }
+        if let Some(task) = self.admin_tls_task
+            && let Ok(Err(e)) = task.await
+        {
+            warn!(error = %e, "admin listener failed");
+        }
+        if let Ok(Err(e)) = self.metrics_task.await {
+            warn!(error = %format!("{e:#}"), "metrics server failed");
+        }
+        let _ = self.health_stop.send(());
+        if let Some(task) = self.health_task
+            && let Ok(Err(e)) = task.await
+        {
+            warn!(error = %e, "health listener failed");
+        }
+        // Only our own socket: a server that took over since may have bound a new one.
+        let socket = data_dir.admin_socket();
+        if std::fs::metadata(&socket).is_ok_and(|m| m.ino() == self.admin_socket_inode) {
+            let _ = std::fs::remove_file(&socket);
+        }
+    }
+}
+
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")
+}
+
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")
 }
 
 /// This process's entry in the registry.
@@ -348,27 +536,43 @@ fn restrict(path: &Path) -> Result<()> {
         .with_context(|| format!("restricting {}", path.display()))
 }
 
-/// Reports NOT_SERVING while the database is unreachable.
-async fn follow_health(
+/// Readiness (service `kss.v1.KeyServer`): SERVING while this instance decides requests.
+async fn set_ready(health: &tonic_health::server::HealthReporter, ready: bool) {
+    if ready {
+        health
+            .set_serving::<KeyServerServer<KeyServerService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<KeyServerServer<KeyServerService>>()
+            .await;
+    }
+}
+
+/// Ready while the database is reachable; not ready from the shutdown signal on.
+async fn follow_readiness(
     health: tonic_health::server::HealthReporter,
     mut switches: watch::Receiver<Arc<Switches>>,
+    stopped: impl Future<Output = ()>,
 ) {
-    let mut serving = true;
-    while switches.changed().await.is_ok() {
-        let ok = switches.borrow().database_ok;
-        if ok != serving {
-            serving = ok;
-            if ok {
-                health
-                    .set_serving::<KeyServerServer<KeyServerService>>()
-                    .await;
-            } else {
-                health
-                    .set_not_serving::<KeyServerServer<KeyServerService>>()
-                    .await;
+    tokio::pin!(stopped);
+    let mut ready = switches.borrow_and_update().database_ok;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            changed = switches.changed() => {
+                if changed.is_err() {
+                    break;
+                }
             }
         }
+        let ok = switches.borrow_and_update().database_ok;
+        if ok != ready {
+            ready = ok;
+            set_ready(&health, ok).await;
+        }
     }
+    set_ready(&health, false).await;
 }
 
 async fn wait_for_signal() {

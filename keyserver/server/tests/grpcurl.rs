@@ -52,6 +52,11 @@ fn grpcurl_lists_and_calls_the_services() {
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
     let methods = run(&[&addr, "describe", "kss.v1.KeyServer"]);
     assert!(methods.contains("rpc Approve"), "{methods}");
+    assert!(services.contains("kss.v1.Admin"), "{services}");
+    let admin = run(&[&addr, "describe", "kss.v1.Admin"]);
+    assert!(admin.contains("rpc LoadPolicy"), "{admin}");
+    let status = run(&[&addr, "describe", "kss.v1.StatusResponse"]);
+    assert!(status.contains("string mode = 9"), "{status}");
     let info = run(&[&addr, "kss.v1.KeyServer/GetInfo"]);
     assert!(info.contains(&id), "{info}");
     let health = run(&[

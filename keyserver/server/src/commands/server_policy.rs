@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use kss_policy::Policy;
-use kss_store::Store;
+use kss_policy::{LoadError, Policy, Summary};
+use kss_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::identity::now_ms;
@@ -15,31 +15,91 @@ use crate::rollout;
 /// How often `--wait` reads the registry.
 const ROLLOUT_POLL: Duration = Duration::from_millis(20);
 
-/// Validates and stores a policy file as a new version; with `wait`, then waits until
-/// every online instance applied it (or the version already in force, if unchanged).
-pub async fn load(store: &dyn Store, file: &Path, wait: Option<Duration>) -> Result<()> {
-    // Validate whole before storing: an invalid policy changes nothing.
-    let (text, policy) = crate::policy_cmd::read(file)
-        .map_err(|e| anyhow!("{e:#}; the policy in force is unchanged"))?;
+/// What [`store_policy`] did.
+#[derive(Debug)]
+pub struct StoredPolicy {
+    /// The version in force afterwards.
+    pub version: u64,
+    /// Whether a new version was stored (false: the text is the version in force).
+    pub changed: bool,
+    pub summary: Summary,
+    /// Migration warnings (the policy is valid).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// The policy does not load: the located error. Nothing was stored.
+    #[error("{0}")]
+    Invalid(LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Validates a policy text whole, then stores it as a new version unless it is
+/// byte-identical to the version in force. What `kss policy load` and the admin API's
+/// `LoadPolicy` both do.
+pub async fn store_policy(store: &dyn Store, text: &str) -> Result<StoredPolicy, PolicyLoadError> {
+    let policy = Policy::load(text).map_err(PolicyLoadError::Invalid)?;
+    let summary = policy.summary();
+    let warnings = policy.warnings().iter().map(ToString::to_string).collect();
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
     if let Some(current) = store.policy(None).await?
         && current.sha256 == sha
+        && current.text == text
     {
+        return Ok(StoredPolicy {
+            version: current.version,
+            changed: false,
+            summary,
+            warnings,
+        });
+    }
+    let version = store.add_policy(text, &sha, now_ms()).await?;
+    Ok(StoredPolicy {
+        version,
+        changed: true,
+        summary,
+        warnings,
+    })
+}
+
+/// Validates and stores a policy file as a new version; with `wait`, then waits until
+/// every online instance applied it (or the version already in force, if unchanged).
+pub async fn load(store: &dyn Store, file: &Path, wait: Option<Duration>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let started = Instant::now();
+    // Validated whole before anything is stored: an invalid policy changes nothing.
+    let stored = match store_policy(store, &text).await {
+        Ok(stored) => stored,
+        Err(PolicyLoadError::Invalid(e)) => {
+            bail!("{}: {e}; the policy in force is unchanged", file.display())
+        }
+        Err(e) => return Err(e).context("storing the policy"),
+    };
+    for w in &stored.warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
+    if stored.changed {
+        println!(
+            "policy version {} stored ({})",
+            stored.version, stored.summary
+        );
+    } else {
         println!(
             "policy unchanged (version {} has the same text)",
-            current.version
+            stored.version
         );
-        return match wait {
-            Some(timeout) => wait_for_rollout(store, current.version, timeout).await,
-            None => Ok(()),
-        };
     }
-    let stored = Instant::now();
-    let version = store.add_policy(&text, &sha, now_ms()).await?;
-    println!("policy version {version} stored ({})", policy.summary());
     match wait {
         Some(timeout) => {
-            wait_for_rollout(store, version, timeout.saturating_sub(stored.elapsed())).await
+            let timeout = if stored.changed {
+                timeout.saturating_sub(started.elapsed())
+            } else {
+                timeout
+            };
+            wait_for_rollout(store, stored.version, timeout).await
         }
         None => Ok(()),
     }

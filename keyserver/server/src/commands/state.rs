@@ -33,13 +33,17 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
     let profiles = store.profile_count().await?;
     let (approvals, denials) = store.audit_counts().await?;
     let instances = crate::rollout::instances(store).await?;
-    let running = match admin_client::connect(data_dir).await {
-        Some(mut admin) => admin
-            .status(StatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner()),
-        None => None,
+    // A server that refuses to serve says why (FAILED_PRECONDITION, see `kss serve
+    // --bootstrap-identity`).
+    let (running, refusing) = match admin_client::connect(data_dir).await {
+        Some(mut admin) => match admin.status(StatusRequest {}).await {
+            Ok(r) => (Some(r.into_inner()), None),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                (None, Some(s.message().to_string()))
+            }
+            Err(_) => (None, None),
+        },
+        None => (None, None),
     };
     if as_json {
         let value = json!({
@@ -47,6 +51,7 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
             "enabled": state.enabled,
             "policy_version": state.policy_version,
             "running": running.is_some(),
+            "refusing": refusing,
             "applied_policy_version": running.as_ref().map(|r| r.policy_version),
             "uptime_seconds": running.as_ref().map(|r| r.uptime_seconds),
             "instance_id": running.as_ref().map(|r| r.instance_id.clone()),
@@ -81,7 +86,10 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
             println!("applied version: {}", r.policy_version);
             println!("uptime:          {}s", r.uptime_seconds);
         }
-        None => println!("server:          not running"),
+        None => match &refusing {
+            Some(why) => println!("server:          refusing to serve: {why}"),
+            None => println!("server:          not running"),
+        },
     }
     println!("profiles:        {profiles}");
     println!("approvals:       {approvals}");

@@ -1,5 +1,7 @@
 //! `kss.v1.Admin`: what only the running server knows (uptime, in-memory throttle
-//! counters), for the `kss` CLI on the same host. Served on a Unix socket (mode 0600).
+//! counters), and policy loading, for the `kss` CLI on the same host (a Unix socket, mode
+//! 0600) and for the operator (`--admin-listen`, mutual TLS). [`AdminGate`] is what the
+//! listeners serve: it answers FAILED_PRECONDITION while the instance refuses to serve.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,11 +14,30 @@ use kss_proto::v1::admin_server::Admin;
 use kss_store::Store;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
+use crate::commands::server_policy::{PolicyLoadError, store_policy};
 use crate::decider::MemoryCounters;
 use crate::identity::KeyserverIdentity;
 use crate::switches::Switches;
+
+/// `StatusResponse.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The data directory's SQLite database.
+    Standalone,
+    /// A shared MySQL/MariaDB database.
+    Cluster,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
 
 pub struct AdminService {
     pub identity: Arc<KeyserverIdentity>,
@@ -26,6 +47,7 @@ pub struct AdminService {
     pub started: Instant,
     pub instance_id: String,
     pub time_zone: TimeZone,
+    pub mode: Mode,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -57,6 +79,7 @@ impl Admin for AdminService {
             approvals,
             denials,
             instance_id: self.instance_id.clone(),
+            mode: self.mode.as_str().to_string(),
         }))
     }
 
@@ -120,5 +143,99 @@ impl Admin for AdminService {
             .await
             .map_err(unavailable)?;
         Ok(Response::new(report))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.LoadPolicy"))]
+    async fn load_policy(
+        &self,
+        request: Request<pb::LoadPolicyRequest>,
+    ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
+        let source = request.into_inner().source;
+        let stored = store_policy(self.store.as_ref(), &source)
+            .await
+            .map_err(|e| match e {
+                PolicyLoadError::Invalid(e) => {
+                    Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
+                }
+                PolicyLoadError::Store(e) => unavailable(e),
+            })?;
+        for w in &stored.warnings {
+            warn!(warning = %w, "policy migration warning");
+        }
+        if stored.changed {
+            info!(version = stored.version, summary = %stored.summary, "policy version stored");
+        }
+        Ok(Response::new(pb::LoadPolicyResponse {
+            version: stored.version,
+            changed: stored.changed,
+            rules: u32::try_from(stored.summary.rules).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+/// What the admin listeners answer with.
+#[derive(Clone)]
+pub enum AdminMode {
+    /// The identity is not checked yet: UNAVAILABLE.
+    Starting,
+    /// The instance refuses to serve: FAILED_PRECONDITION with this message (it starts
+    /// with the reason word and a colon).
+    Refusing(Arc<str>),
+    Serving(Arc<AdminService>),
+}
+
+/// The `Admin` service the listeners serve, whatever the instance's state: it passes
+/// calls to the [`AdminService`] once the instance serves.
+pub struct AdminGate {
+    pub mode: watch::Receiver<AdminMode>,
+}
+
+impl AdminGate {
+    fn service(&self) -> Result<Arc<AdminService>, Status> {
+        match &*self.mode.borrow() {
+            AdminMode::Serving(service) => Ok(Arc::clone(service)),
+            AdminMode::Refusing(why) => Err(Status::failed_precondition(why.to_string())),
+            AdminMode::Starting => Err(Status::unavailable(
+                "the keyserver is starting: its identity is not checked yet",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminGate {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.service()?.status(request).await
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        self.service()?.list_quotas(request).await
+    }
+
+    async fn clear_quotas(
+        &self,
+        request: Request<pb::ClearQuotasRequest>,
+    ) -> Result<Response<pb::ClearQuotasResponse>, Status> {
+        self.service()?.clear_quotas(request).await
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        self.service()?.list_instances(request).await
+    }
+
+    async fn load_policy(
+        &self,
+        request: Request<pb::LoadPolicyRequest>,
+    ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
+        self.service()?.load_policy(request).await
     }
 }

@@ -61,6 +61,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// MySQL error numbers.
 const ER_DUP_ENTRY: u16 = 1062;
 
+/// How long a process waits for another one's migrations (seconds).
+const MIGRATION_LOCK_WAIT_SECS: i64 = 60;
+/// A named lock per database (`GET_LOCK` names are limited to 64 characters).
+const MIGRATION_LOCK: &str = "CONCAT('kss_migrations_', MD5(DATABASE()))";
+
 /// A MySQL (or MariaDB) database, migrated on connect.
 #[derive(Clone)]
 pub struct MysqlStore {
@@ -76,7 +81,8 @@ impl fmt::Debug for MysqlStore {
 
 impl MysqlStore {
     /// Connects (a pool of 8 connections) and applies pending migrations. Several
-    /// processes may connect at once: sqlx's migrator takes a database lock.
+    /// processes may connect at once: migrations run under a named lock (see
+    /// [`migrate`]).
     pub async fn connect(options: MySqlConnectOptions) -> Result<Self> {
         let pool = MySqlPoolOptions::new()
             .max_connections(POOL_SIZE)
@@ -94,9 +100,35 @@ impl MysqlStore {
             })
             .connect_with(options)
             .await?;
-        MIGRATIONS.run(&pool).await?;
+        migrate(&pool).await?;
         Ok(MysqlStore { pool })
     }
+}
+
+/// Applies pending migrations while holding a named lock, so that processes connecting at
+/// once to a new database (pods starting together) do not run them twice. sqlx's own
+/// migration lock is `GET_LOCK(name, -1)`, which MariaDB answers with NULL at once instead
+/// of waiting; this one waits up to [`MIGRATION_LOCK_WAIT_SECS`] on both.
+async fn migrate(pool: &MySqlPool) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let locked: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT GET_LOCK({MIGRATION_LOCK}, ?)"
+    )))
+    .bind(MIGRATION_LOCK_WAIT_SECS)
+    .fetch_one(&mut *conn)
+    .await?;
+    if locked != Some(1) {
+        return Err(StoreError::Migration(format!(
+            "another process held the migration lock for {MIGRATION_LOCK_WAIT_SECS} s"
+        )));
+    }
+    let migrated = MIGRATIONS.run(&mut *conn).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT RELEASE_LOCK({MIGRATION_LOCK})"
+    )))
+    .execute(&mut *conn)
+    .await;
+    migrated.map_err(StoreError::from)
 }
 
 fn is_duplicate(e: &sqlx::Error) -> bool {

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs the e2e test suite (the kss-e2e crate's tests) against a real control plane:
+# builds or locates the tools (cached), builds the kss (and kss-operator) binaries and
+# the tests, brings the control plane up with the CRDs of crds/ installed before
+# kube-controller-manager starts, runs `cargo test -p kss-e2e --no-fail-fast --
+# --test-threads=1`, and always brings the control plane down again.
+#
+#   e2e/run.sh                               # the whole suite
+#   e2e/run.sh --test podrunner              # arguments before `--` go to cargo test,
+#   e2e/run.sh podrunner -- --nocapture      # arguments after it to the test binary
+#
+# Environment:
+#   KSS_E2E_STATE   control-plane state dir (default /tmp/kss-e2e-run; wiped by `up`);
+#                   the tests' pod runners keep their pods' files in $KSS_E2E_STATE/podrunner.
+#                   Two runs at once need two state dirs (`up` refuses a live one).
+#   KSS_E2E_KEEP=1  leave the control plane running after the tests (then run
+#                   `KSS_E2E_STATE=... e2e/control-plane.sh down` yourself)
+#   CARGO           cargo command (default cargo)
+#   KSS_E2E_CACHE, KSS_E2E_POD_CIDR, KSS_E2E_NODE_NAME: see control-plane.sh
+set -euo pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$E2E_DIR/.." && pwd)
+export KSS_E2E_STATE=${KSS_E2E_STATE:-/tmp/kss-e2e-run}
+CARGO=${CARGO:-cargo}
+CP="$E2E_DIR/control-plane.sh"
+
+log() { printf '[e2e-run] %s\n' "$*" >&2; }
+
+cargo_args=()
+test_args=()
+seen_dashes=0
+for arg in "$@"; do
+  if ((seen_dashes)); then
+    test_args+=("$arg")
+  elif [[ $arg == -- ]]; then
+    seen_dashes=1
+  else
+    cargo_args+=("$arg")
+  fi
+done
+
+t0=$SECONDS
+log "building / locating the control-plane tools"
+KSS_E2E_BIN=$(bash "$E2E_DIR/build-tools.sh" | tail -n 1)
+export KSS_E2E_BIN
+
+WORK=$(mktemp -d -t kss-e2e-run.XXXXXX)
+CP_UP=0
+
+# Processes a pod runner started and that outlived the tests (a test binary killed
+# hard): kill those whose pid file still names a live kss process.
+kill_leftovers() {
+  local f pid exe
+  [[ -d "$KSS_E2E_STATE/podrunner" ]] || return 0
+  while IFS= read -r -d '' f; do
+    pid=$(<"$f") || continue
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || continue
+    if [[ $(basename "$exe") == kss ]]; then
+      log "killing leftover pod process $pid ($f)"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done < <(find "$KSS_E2E_STATE/podrunner" -name pid -type f -print0 2>/dev/null)
+}
+
+cleanup() {
+  local status=$?
+  # Only a control plane this run brought up is ours to stop: `up` refuses (and stops
+  # nothing) while another run's control plane lives in the same state dir.
+  if ((CP_UP)); then
+    kill_leftovers
+    if [[ ${KSS_E2E_KEEP:-} == 1 ]]; then
+      log "KSS_E2E_KEEP=1: control plane left running in $KSS_E2E_STATE"
+    else
+      bash "$CP" down || true
+    fi
+  fi
+  rm -rf "$WORK"
+  log "done in $((SECONDS - t0)) s (exit $status)"
+  exit "$status"
+}
+trap cleanup EXIT
+
+# CRDs go in before kube-controller-manager starts, so that its garbage collector
+# knows their kinds from the beginning (see control-plane.sh).
+cat >"$WORK/pre-cm-hook.sh" <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+shopt -s nullglob
+files=("$ROOT"/crds/*.yaml)
+if ((\${#files[@]} == 0)); then
+  echo "[e2e-run] no CRDs in $ROOT/crds" >&2
+  exit 0
+fi
+names=()
+for f in "\${files[@]}"; do
+  while IFS= read -r name; do
+    [[ \$name == customresourcedefinition.* ]] && names+=("\$name")
+  done < <(kubectl apply --server-side --force-conflicts -o name -f "\$f")
+done
+if ((\${#names[@]})); then
+  kubectl wait --for=condition=Established --timeout=60s "\${names[@]}" >/dev/null
+  echo "[e2e-run] CRDs established: \${names[*]}" >&2
+fi
+EOF
+chmod +x "$WORK/pre-cm-hook.sh"
+export KSS_E2E_PRE_CM_HOOK="$WORK/pre-cm-hook.sh"
+
+# Compile first, so that the control plane does not idle through a build (and a
+# compile error costs no `up`): the kss binary the pod runner starts, the operator's
+# binary when the workspace has it, and the tests.
+log "building the binaries and the e2e tests"
+bins=(-p kss-server --bin kss)
+if [[ -f "$ROOT/operator/Cargo.toml" ]]; then
+  bins+=(-p kss-operator --bin kss-operator)
+fi
+(cd "$ROOT" && "$CARGO" build "${bins[@]}")
+(cd "$ROOT" && "$CARGO" test -p kss-e2e --no-run "${cargo_args[@]}")
+
+bash "$CP" up
+CP_UP=1
+eval "$(bash "$CP" env)"
+export KUBECONFIG KSS_E2E=1
+mkdir -p "$KSS_E2E_STATE/podrunner"
+
+# --no-fail-fast: a failing test binary does not hide the results of the others.
+log "cargo test -p kss-e2e --no-fail-fast ${cargo_args[*]} -- --test-threads=1 ${test_args[*]}"
+cd "$ROOT"
+"$CARGO" test -p kss-e2e --no-fail-fast "${cargo_args[@]}" -- --test-threads=1 "${test_args[@]}"

@@ -1,0 +1,1156 @@
+//! The operator against the real control plane (run by `e2e/run.sh`): `kss-operator` runs
+//! as a process with the install bundle's ServiceAccount and RBAC; kwok runs the pods and
+//! the pod runner starts a real `kss` keyserver process for each, with the configuration
+//! the operator generated, on real MariaDB for cluster mode. Workstations are real `kss
+//! client` processes over TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kss_e2e::PodRunner;
+use kss_e2e::harness;
+use kss_operator::crd::cluster::Phase;
+use kss_operator::crd::{KeyShardCluster, KssPolicy};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+const KEYSERVER_PODS: &str = "app.kubernetes.io/name=kss";
+
+const POLICY_V1: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]\n";
+const POLICY_V2: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]\n    - rule: per-profile-throttle-rule\n      per_day: 100\n      persistent: true\n";
+const POLICY_INVALID: &str = "decrypt:\n  - - rule: meta-rule\n      pathz: [/public]\n";
+
+fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+fn root() -> PathBuf {
+    harness::workspace_root()
+}
+
+/// `<target>/debug/kss-operator`, next to the `kss` binary.
+fn operator_bin() -> Result<PathBuf> {
+    let kss = harness::kss_bin()?;
+    let bin = kss.with_file_name("kss-operator");
+    ensure!(
+        bin.exists(),
+        "{} missing: cargo build -p kss-operator",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok(out)
+}
+
+fn ok(cmd: &mut Command) -> Result<String> {
+    let out = run(cmd)?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn kubectl(args: &[&str]) -> Command {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args);
+    cmd
+}
+
+/// `kubectl apply -f -` of `yaml` in `ns`; the combined output and whether it succeeded.
+fn apply_yaml(ns: &str, yaml: &str) -> Result<(bool, String)> {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("kubectl apply")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(yaml.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn apply_ok(ns: &str, yaml: &str) -> Result<()> {
+    let (success, output) = apply_yaml(ns, yaml)?;
+    ensure!(success, "kubectl apply failed: {output}");
+    Ok(())
+}
+
+/// A kubeconfig for the operator's ServiceAccount (the install bundle's RBAC, nothing
+/// more), built from the admin kubeconfig's cluster entry and a fresh token.
+fn operator_kubeconfig(dir: &Path) -> Result<PathBuf> {
+    let token = ok(&mut kubectl(&[
+        "create",
+        "token",
+        "kss-operator",
+        "-n",
+        "kss-system",
+        "--duration=2h",
+    ]))?;
+    let server = ok(&mut kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "--raw",
+        "--flatten",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]))?;
+    let ca = ok(&mut kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "--raw",
+        "--flatten",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]))?;
+    let path = dir.join("operator.kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: kss-operator\n  user:\n    token: {}\ncontexts:\n- name: op\n  context: {{cluster: e2e, user: kss-operator}}\ncurrent-context: op\n",
+        token.trim()
+    );
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// One `kss-operator run` process (killed on drop).
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(dir: &Path, ns: &str, lease: &str, identity: &str) -> Result<Operator> {
+        let kubeconfig = operator_kubeconfig(dir)?;
+        let log = dir.join(format!("operator-{identity}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(operator_bin()?)
+            .args([
+                "run",
+                "--watch-namespace",
+                ns,
+                "--lease-namespace",
+                "kss-system",
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+                "--lease-duration-secs",
+                "6",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kss_operator=debug,kube=warn")
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting kss-operator")?;
+        Ok(Operator { child, log })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A test namespace with its pod runner and operator.
+struct Scene {
+    client: Client,
+    ns: String,
+    runner: PodRunner,
+    operator: Operator,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn new(name: &str) -> Result<Scene> {
+        let client = harness::client().await?;
+        let ns = harness::create_namespace(&client, name).await?;
+        let runner = PodRunner::start(
+            client.clone(),
+            &ns,
+            KEYSERVER_PODS,
+            harness::kss_bin()?,
+            harness::state_dir(name)?,
+        );
+        let dir = tempfile::tempdir()?;
+        let operator = Operator::start(dir.path(), &ns, &format!("kss-op-{ns}"), "op-a")?;
+        Ok(Scene {
+            client,
+            ns,
+            runner,
+            operator,
+            dir,
+        })
+    }
+
+    fn clusters(&self) -> Api<KeyShardCluster> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn cluster(&self, name: &str) -> Result<KeyShardCluster> {
+        Ok(self.clusters().get(name).await?)
+    }
+
+    /// Waits until the cluster satisfies `pred`; on timeout reports its status and the
+    /// operator's last log lines.
+    async fn wait_cluster(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&KeyShardCluster) -> bool,
+    ) -> Result<KeyShardCluster> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let cluster = self.clusters().get_opt(name).await?;
+            if let Some(c) = cluster.as_ref().filter(|c| pred(c)) {
+                return Ok(c.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = self.operator.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                bail!(
+                    "timed out waiting for {name}: {what}\nstatus: {}\noperator log (newest first):\n{}",
+                    serde_json::to_string_pretty(&cluster.and_then(|c| c.status))
+                        .unwrap_or_default(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn wait_ready(&self, name: &str) -> Result<KeyShardCluster> {
+        self.wait_cluster(name, "phase Ready", |c| {
+            status(c).phase == Some(Phase::Ready)
+        })
+        .await
+    }
+
+    async fn secret_text(&self, name: &str, key: &str) -> Result<String> {
+        let secret = self.secrets().get(name).await?;
+        let bytes = secret
+            .data
+            .and_then(|d| d.get(key).cloned())
+            .with_context(|| format!("Secret {name} has no {key}"))?;
+        Ok(String::from_utf8(bytes.0)?)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents)?;
+        Ok(path)
+    }
+
+    async fn finish(mut self, result: Result<()>) {
+        if result.is_err() {
+            eprintln!(
+                "operator log:\n{}",
+                self.operator
+                    .log_text()
+                    .lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        self.operator.kill();
+        self.runner.shutdown().await;
+        let _ = harness::delete_namespace(&self.client, &self.ns).await;
+        if let Err(e) = result {
+            panic!("{e:#}");
+        }
+    }
+}
+
+fn status(c: &KeyShardCluster) -> kss_operator::crd::KeyShardClusterStatus {
+    c.status.clone().unwrap_or_default()
+}
+
+fn condition(c: &KeyShardCluster, type_: &str) -> Option<(String, String, String)> {
+    status(c)
+        .conditions
+        .iter()
+        .find(|x| x.r#type == type_)
+        .map(|x| (x.status.clone(), x.reason.clone(), x.message.clone()))
+}
+
+fn policy_yaml(name: &str, text: &str) -> String {
+    let body: String = text.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: kss.dev/v1alpha1\nkind: KssPolicy\nmetadata:\n  name: {name}\nspec:\n  policy: |\n{body}"
+    )
+}
+
+/// A workstation: a profile onboarded through one instance.
+struct Workstation {
+    profile: PathBuf,
+    ca: PathBuf,
+    server_name: String,
+    ciphertext: PathBuf,
+    key: String,
+}
+
+impl Workstation {
+    fn kss() -> Result<Command> {
+        Ok(Command::new(harness::kss_bin()?))
+    }
+
+    async fn onboard(scene: &Scene, cluster: &str, keyserver_id: &str, ip: &str) -> Result<Self> {
+        let ca = scene.file(
+            &format!("{cluster}-ca.crt"),
+            &scene
+                .secret_text(&format!("{cluster}-tls"), "ca.crt")
+                .await?,
+        )?;
+        let profile = scene.dir.path().join(format!("{cluster}-profile.json"));
+        let server_name = format!("{cluster}.{}.svc", scene.ns);
+        ok(Self::kss()?.args([
+            "client",
+            "onboard",
+            "--endpoint",
+            &format!("https://{ip}:8443"),
+            "--ca",
+            &ca.display().to_string(),
+            "--server-name",
+            &server_name,
+            "--keyserver-id",
+            keyserver_id,
+            "--profile",
+            &profile.display().to_string(),
+        ]))?;
+        let ciphertext = scene.dir.path().join(format!("{cluster}-file.ct"));
+        let key = ok(Self::kss()?.args([
+            "client",
+            "encrypt",
+            "--profile",
+            &profile.display().to_string(),
+            "--out",
+            &ciphertext.display().to_string(),
+        ]))?
+        .trim()
+        .to_string();
+        Ok(Workstation {
+            profile,
+            ca,
+            server_name,
+            ciphertext,
+            key,
+        })
+    }
+
+    /// Decrypts through the instance at `ip`; the printed key or the denial.
+    fn decrypt(&self, ip: &str, path: &str, registration: bool) -> Result<Output> {
+        let mut cmd = Self::kss()?;
+        cmd.args([
+            "client",
+            "decrypt",
+            "--endpoint",
+            &format!("https://{ip}:8443"),
+            "--ca",
+            &self.ca.display().to_string(),
+            "--server-name",
+            &self.server_name,
+            "--profile",
+            &self.profile.display().to_string(),
+            "--ciphertext",
+            &self.ciphertext.display().to_string(),
+            "--path",
+            path,
+        ]);
+        if registration {
+            cmd.arg("--registration");
+        }
+        run(&mut cmd)
+    }
+
+    fn decrypts(&self, ip: &str, registration: bool) -> Result<()> {
+        let out = self.decrypt(ip, "public/report.pdf", registration)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && stdout.trim() == self.key,
+            "decrypt through {ip} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+async fn pod_ips(scene: &Scene, cluster: &str) -> Result<Vec<(String, String)>> {
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.ns);
+    let list = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("app.kubernetes.io/instance={cluster}")),
+        )
+        .await?;
+    let mut out: Vec<(String, String)> = list
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A scratch database on the MariaDB of `scripts/mariadb.sh`, and its address.
+fn scratch_database(tag: &str) -> Result<String> {
+    let url = std::env::var("KSS_TEST_MYSQL_URL")
+        .context("KSS_TEST_MYSQL_URL not set: run scripts/mariadb.sh up (e2e/run.sh does)")?;
+    let rest = url.strip_prefix("mysql://").context("mysql:// URL")?;
+    let (userpass, hostdb) = rest.split_once('@').context("user@host")?;
+    let (user, pass) = userpass.split_once(':').context("user:pass")?;
+    let (hostport, _) = hostdb.split_once('/').context("host/db")?;
+    let (host, port) = hostport.split_once(':').context("host:port")?;
+    let name = format!(
+        "kss_e2e_{tag}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    mariadb(host, port, user, pass, &format!("CREATE DATABASE {name}"))?;
+    Ok(format!("mysql://{user}:{pass}@{hostport}/{name}"))
+}
+
+fn mariadb(host: &str, port: &str, user: &str, pass: &str, sql: &str) -> Result<String> {
+    let client = ["mariadb", "mysql"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .context("no mariadb/mysql client")?;
+    ok(Command::new(client)
+        .args(["-h", host, "-P", port, "-u", user, "-N", "-B", "-e", sql])
+        .env("MYSQL_PWD", pass))
+}
+
+/// Runs `sql` against the database of `uri` (scratch databases only).
+fn sql_on(uri: &str, sql: &str) -> Result<String> {
+    let rest = uri.strip_prefix("mysql://").context("mysql:// URL")?;
+    let (userpass, hostdb) = rest.split_once('@').context("user@host")?;
+    let (user, pass) = userpass.split_once(':').context("user:pass")?;
+    let (hostport, _) = hostdb.split_once('/').context("host/db")?;
+    let (host, port) = hostport.split_once(':').context("host:port")?;
+    mariadb(host, port, user, pass, sql)
+}
+
+fn database_name(uri: &str) -> &str {
+    uri.rsplit('/').next().unwrap_or_default()
+}
+
+fn example(name: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(
+        root().join("manifests/examples").join(name),
+    )?)
+}
+
+fn enabled(test: &str) -> bool {
+    harness::enabled(test).expect("e2e environment")
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The API server's own schema rejects invalid resources, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resources_are_rejected_by_the_api_server() {
+    if !enabled("invalid_resources_are_rejected_by_the_api_server") {
+        return;
+    }
+    let client = harness::client().await.expect("client");
+    let ns = harness::create_namespace(&client, "invalid")
+        .await
+        .expect("namespace");
+    let cases = [
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: a}\nspec:\n  mode: Standalone\n  replicas: 3\n  backup: {ignoreSecurityChecks: true}\n",
+            "mode Standalone runs exactly one instance",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: b}\nspec:\n  mode: Cluster\n  replicas: 3\n  backup: {ignoreSecurityChecks: true}\n",
+            "mode Cluster needs spec.database.secretRef",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: c}\nspec:\n  mode: Sharded\n  backup: {ignoreSecurityChecks: true}\n",
+            "Unsupported value: \"Sharded\"",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: d}\nspec:\n  mode: Cluster\n  replicas: 40\n  database: {secretRef: {name: db}}\n  backup: {ignoreSecurityChecks: true}\n",
+            "spec.replicas: Invalid value: 40",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: e}\nspec:\n  mode: Standalone\n  backup:\n    threshold: 2\n    holders: [{name: a, publicKey: zz}]\n",
+            "threshold >= 3 of at least 5 holders",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: f}\nspec:\n  replicas: 1\n",
+            "spec.mode: Required value",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KssPolicy\nmetadata: {name: g}\nspec: {}\n",
+            "spec.policy: Required value",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (yaml, expected) in cases {
+        let (success, output) = apply_yaml(&ns, yaml).expect("kubectl");
+        if success || !output.contains(expected) {
+            failures.push(format!(
+                "expected rejection with {expected:?}, got: {output}"
+            ));
+        }
+    }
+    // Mode cannot change once created.
+    apply_ok(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: h}\nspec:\n  mode: Standalone\n  backup: {ignoreSecurityChecks: true}\n",
+    )
+    .expect("valid cluster");
+    let (success, output) = apply_yaml(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: h}\nspec:\n  mode: Cluster\n  database: {secretRef: {name: db}}\n  backup: {ignoreSecurityChecks: true}\n",
+    )
+    .expect("kubectl");
+    if success || !output.contains("mode cannot change after creation") {
+        failures.push(format!("mode change accepted: {output}"));
+    }
+    let _ = harness::delete_namespace(&client, &ns).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The standalone example: identity, backup key, objects, policy, a workstation decrypts;
+/// no secret in status, Events or the operator's log; deletion cascades but keeps the
+/// backup key, and re-creating the resource adopts the same keyserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_example_serves_and_deletion_keeps_the_backup_key() {
+    if !enabled("standalone_example_serves_and_deletion_keeps_the_backup_key") {
+        return;
+    }
+    init_tracing();
+    let scene = Scene::new("standalone").await.expect("scene");
+    let result = standalone(&scene).await;
+    scene.finish(result).await;
+}
+
+async fn standalone(scene: &Scene) -> Result<()> {
+    let ns = &scene.ns;
+    apply_ok(ns, &example("policy.yaml")?)?;
+    apply_ok(ns, &example("standalone.yaml")?)?;
+    let c = scene.wait_ready("kss-demo").await?;
+    let st = status(&c);
+    let id = st.keyserver_id.clone().context("keyserver ID in status")?;
+    ensure!(id.len() == 32, "keyserver ID {id}");
+    for t in [
+        "Available",
+        "IdentityReady",
+        "BackupKeyReady",
+        "PolicyApplied",
+    ] {
+        let (s, reason, message) = condition(&c, t).with_context(|| format!("condition {t}"))?;
+        ensure!(s == "True", "{t} is {s}: {reason} {message}");
+    }
+    ensure!(condition(&c, "Degraded").map(|x| x.0) == Some("False".into()));
+    let backup = st.backup.clone().context("backup status")?;
+    ensure!(
+        (backup.holders, backup.threshold) == (5, 3),
+        "backup {backup:?}"
+    );
+    ensure!(
+        st.policy_version == Some(1),
+        "policy version {:?}",
+        st.policy_version
+    );
+    ensure!(st.instances.len() == 1 && st.instances[0].online);
+    ensure!(st.instances[0].name == "kss-demo-0");
+    ensure!(
+        st.instances[0].applied_policy_version == 1,
+        "instance applied {:?}",
+        st.instances
+    );
+    for cond in &st.conditions {
+        ensure!(cond.observed_generation == c.metadata.generation);
+    }
+
+    // Objects, owned by the resource; pods locked down.
+    let sts: StatefulSet = Api::namespaced(scene.client.clone(), ns)
+        .get("kss-demo")
+        .await?;
+    let owner = sts.metadata.owner_references.clone().unwrap_or_default();
+    ensure!(
+        owner.len() == 1 && owner[0].kind == "KeyShardCluster" && owner[0].controller == Some(true)
+    );
+    let pod = sts
+        .spec
+        .clone()
+        .context("sts spec")?
+        .template
+        .spec
+        .context("pod spec")?;
+    let sc = pod.containers[0]
+        .security_context
+        .clone()
+        .context("security context")?;
+    ensure!(sc.read_only_root_filesystem == Some(true) && sc.run_as_non_root == Some(true));
+    ensure!(sc.capabilities.and_then(|c| c.drop) == Some(vec!["ALL".to_string()]));
+    ensure!(
+        pod.containers[0]
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .is_some()
+    );
+    let _svc: Service = Api::namespaced(scene.client.clone(), ns)
+        .get("kss-demo")
+        .await?;
+    let _pdb: PodDisruptionBudget = Api::namespaced(scene.client.clone(), ns)
+        .get("kss-demo")
+        .await?;
+    // The bootstrap copy of the root secret is gone once an instance confirmed the ID.
+    ensure!(
+        scene
+            .secrets()
+            .get_opt("kss-demo-bootstrap")
+            .await?
+            .is_none(),
+        "bootstrap Secret still present"
+    );
+    let policy: KssPolicy = Api::namespaced(scene.client.clone(), ns)
+        .get("batch-decrypt")
+        .await?;
+    let pst = policy.status.clone().context("policy status")?;
+    ensure!(pst.clusters.len() == 1 && pst.clusters[0].cluster == "kss-demo");
+
+    // A workstation onboards and decrypts through the instance the operator configured.
+    let ips = pod_ips(scene, "kss-demo").await?;
+    let ip = &ips.first().context("pod IP")?.1;
+    // The example policy approves /public paths (rule set 1).
+    let ws = Workstation::onboard(scene, "kss-demo", &id, ip).await?;
+    ws.decrypts(ip, false)?;
+
+    // No secret material in status, Events or the operator's log.
+    let master = scene
+        .secret_text("kss-demo-master-key", "master.key")
+        .await?;
+    let ca_key = scene.secret_text("kss-demo-ca", "ca.key").await?;
+    let ca_key_line = ca_key.lines().nth(1).unwrap_or_default().to_string();
+    let backup_json = scene
+        .secret_text("kss-demo-backup-key", "backup-key.json")
+        .await?;
+    let backup_value: serde_json::Value = serde_json::from_str(&backup_json)?;
+    let wrapped = backup_value.to_string();
+    let status_json = serde_json::to_string(&scene.cluster("kss-demo").await?.status)?;
+    let events = ok(&mut kubectl(&["get", "events", "-n", ns, "-o", "json"]))?;
+    let log = scene.operator.log_text();
+    for (what, haystack) in [
+        ("status", &status_json),
+        ("events", &events),
+        ("operator log", &log),
+    ] {
+        ensure!(!haystack.contains(master.trim()), "master key in {what}");
+        ensure!(!haystack.contains(&ca_key_line), "CA key in {what}");
+        ensure!(
+            !haystack.contains(&wrapped[..wrapped.len().min(200)]),
+            "backup key in {what}"
+        );
+    }
+    ensure!(
+        events.contains("IdentityCreated"),
+        "no IdentityCreated event"
+    );
+
+    // Deletion cascades; the backup key and master key stay; re-creating adopts them.
+    let clusters = scene.clusters();
+    clusters
+        .delete("kss-demo", &DeleteParams::foreground())
+        .await?;
+    harness::poll("owned objects garbage-collected", WAIT, || async {
+        let sts: Api<StatefulSet> = Api::namespaced(scene.client.clone(), ns);
+        let svc: Api<Service> = Api::namespaced(scene.client.clone(), ns);
+        Ok::<bool, kss_e2e::Error>(
+            sts.get_opt("kss-demo").await?.is_none()
+                && svc.get_opt("kss-demo").await?.is_none()
+                && scene.secrets().get_opt("kss-demo-tls").await?.is_none()
+                && clusters.get_opt("kss-demo").await?.is_none(),
+        )
+    })
+    .await?;
+    ensure!(
+        scene
+            .secrets()
+            .get_opt("kss-demo-backup-key")
+            .await?
+            .is_some(),
+        "backup key deleted"
+    );
+    ensure!(
+        scene
+            .secrets()
+            .get_opt("kss-demo-master-key")
+            .await?
+            .is_some(),
+        "master key deleted"
+    );
+    apply_ok(ns, &example("standalone.yaml")?)?;
+    let again = scene.wait_ready("kss-demo").await?;
+    ensure!(
+        status(&again).keyserver_id.as_deref() == Some(id.as_str()),
+        "re-created cluster has another ID: {:?}",
+        status(&again).keyserver_id
+    );
+    let ips = pod_ips(scene, "kss-demo").await?;
+    let ip = &ips.first().context("pod IP")?.1;
+    ws.decrypts(ip, false)?;
+    Ok(())
+}
+
+/// Cluster mode on MariaDB: 3 instances, policy rollout per instance, an invalid policy
+/// rejected with the old one in force, scaling up and down, crash and pod deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rolls_out_policies_scales_and_fails_over() {
+    if !enabled("cluster_rolls_out_policies_scales_and_fails_over") {
+        return;
+    }
+    init_tracing();
+    let scene = Scene::new("cluster").await.expect("scene");
+    let result = cluster_scenario(&scene).await;
+    scene.finish(result).await;
+}
+
+fn all_at(c: &KeyShardCluster, n: usize, version: i64) -> bool {
+    let st = status(c);
+    let online: Vec<_> = st.instances.iter().filter(|i| i.online).collect();
+    online.len() == n
+        && online.iter().all(|i| i.applied_policy_version == version)
+        && st
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.version == version && p.up_to_date == n as i32)
+}
+
+async fn cluster_scenario(scene: &Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let uri = scratch_database("cluster")?;
+    let yaml = example("cluster.yaml")?
+        .replace("mysql://kss:change-me@mysql.databases.svc:3306/kss", &uri);
+    ensure!(yaml.contains(&uri), "example database address not found");
+    apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_V1))?;
+    apply_ok(ns, &yaml)?;
+    let c = scene
+        .wait_cluster("kss-prod", "3 instances at policy version 1", |c| {
+            status(c).phase == Some(Phase::Ready) && all_at(c, 3, 1)
+        })
+        .await?;
+    let id = status(&c).keyserver_id.context("ID")?;
+    let stored = sql_on(
+        &uri,
+        &format!("SELECT keyserver_id FROM {}.identity", database_name(&uri)),
+    )
+    .unwrap_or_default();
+    ensure!(
+        stored.contains(&id) || stored.is_empty(),
+        "database holds {stored}, status {id}"
+    );
+    let ips = pod_ips(scene, "kss-prod").await?;
+    ensure!(ips.len() == 3, "pods {ips:?}");
+    let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1).await?;
+    for (_, ip) in &ips {
+        ws.decrypts(ip, false)?;
+    }
+
+    // A policy change becomes version 2 on every instance.
+    apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_V2))?;
+    scene
+        .wait_cluster("kss-prod", "every instance at version 2", |c| {
+            all_at(c, 3, 2) && condition(c, "PolicyApplied").is_some_and(|x| x.0 == "True")
+        })
+        .await?;
+
+    // An invalid policy: Valid=False with the located error; version 2 stays in force.
+    apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_INVALID))?;
+    let policies: Api<KssPolicy> = Api::namespaced(scene.client.clone(), ns);
+    harness::poll("KssPolicy Valid=False", WAIT, || async {
+        let p = policies.get("batch-decrypt").await?;
+        Ok::<bool, kss_e2e::Error>(p.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Valid" && c.status == "False" && c.message.contains("pathz"))
+        }))
+    })
+    .await?;
+    let c = scene
+        .wait_cluster("kss-prod", "PolicyApplied=False PolicyInvalid", |c| {
+            condition(c, "PolicyApplied").is_some_and(|x| x.1 == "PolicyInvalid")
+        })
+        .await?;
+    ensure!(
+        all_at(&c, 3, 2),
+        "instances moved off version 2: {:?}",
+        status(&c).instances
+    );
+    ws.decrypts(&ips[1].1, false)?;
+    apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_V2))?;
+
+    // Scale up to 5, then down to 2.
+    scene
+        .clusters()
+        .patch(
+            "kss-prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await?;
+    scene
+        .wait_cluster("kss-prod", "5 instances online", |c| {
+            status(c).phase == Some(Phase::Ready) && all_at(c, 5, 2)
+        })
+        .await?;
+    scene
+        .clusters()
+        .patch(
+            "kss-prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await?;
+    let c = scene
+        .wait_cluster("kss-prod", "2 instances online", |c| {
+            status(c).phase == Some(Phase::Ready)
+                && all_at(c, 2, 2)
+                && status(c).ready.as_deref() == Some("2/2")
+        })
+        .await?;
+    ensure!(status(&c).instances.iter().filter(|i| !i.online).count() >= 3);
+    scene
+        .runner
+        .wait_until("2 keyserver processes", WAIT, |p| {
+            p.values().filter(|p| p.is_alive()).count() == 2
+        })
+        .await?;
+
+    // A crashed instance is restarted and rejoins; a deleted pod is replaced and rejoins.
+    let victim = scene
+        .runner
+        .process("kss-prod-0")
+        .context("process kss-prod-0")?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(victim.pid)?).context("pid")?,
+        rustix::process::Signal::KILL,
+    )?;
+    scene
+        .runner
+        .wait_until("kss-prod-0 restarted", WAIT, |p| {
+            p.get("kss-prod-0")
+                .is_some_and(|p| p.pid != victim.pid && p.is_alive())
+        })
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), ns);
+    let old_uid = pods.get("kss-prod-1").await?.metadata.uid;
+    pods.delete("kss-prod-1", &DeleteParams::default()).await?;
+    harness::poll("kss-prod-1 replaced", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(pods.get_opt("kss-prod-1").await?.is_some_and(|p| {
+            p.metadata.uid != old_uid && p.status.and_then(|s| s.pod_ip).is_some()
+        }))
+    })
+    .await?;
+    scene
+        .wait_cluster("kss-prod", "both instances back online", |c| {
+            status(c).phase == Some(Phase::Ready) && all_at(c, 2, 2)
+        })
+        .await?;
+    let ips = pod_ips(scene, "kss-prod").await?;
+    for (_, ip) in &ips {
+        harness::poll("decrypt after failover", WAIT, || async {
+            Ok::<bool, kss_e2e::Error>(ws.decrypts(ip, false).is_ok())
+        })
+        .await?;
+    }
+    let _ = sql_on(&uri, &format!("DROP DATABASE {}", database_name(&uri)));
+    Ok(())
+}
+
+/// A second cluster pointed at the first one's database: its instances refuse, its status
+/// says IdentityMismatch, and the database still holds the first keyserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_another_keyserver_is_refused() {
+    if !enabled("a_database_of_another_keyserver_is_refused") {
+        return;
+    }
+    init_tracing();
+    let scene = Scene::new("mismatch").await.expect("scene");
+    let result = mismatch(&scene).await;
+    scene.finish(result).await;
+}
+
+fn cluster_yaml(name: &str, replicas: u32, db_secret: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata:\n  name: {name}\nspec:\n  mode: Cluster\n  replicas: {replicas}\n  database:\n    secretRef: {{name: {db_secret}}}\n  policyRef: {{name: p}}\n  backup:\n{extra}"
+    )
+}
+
+fn db_secret_yaml(name: &str, uri: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  uri: {uri}\n")
+}
+
+async fn mismatch(scene: &Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let uri = scratch_database("mismatch")?;
+    apply_ok(ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        ns,
+        &cluster_yaml("first", 1, "db", "    ignoreSecurityChecks: true\n"),
+    )?;
+    let first = scene.wait_ready("first").await?;
+    let first_id = status(&first).keyserver_id.context("ID")?;
+    apply_ok(
+        ns,
+        &cluster_yaml("second", 1, "db", "    ignoreSecurityChecks: true\n"),
+    )?;
+    let second = scene
+        .wait_cluster("second", "IdentityReady=False IdentityMismatch", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMismatch")
+        })
+        .await?;
+    let (_, _, message) = condition(&second, "IdentityReady").context("condition")?;
+    ensure!(
+        message.contains(&first_id),
+        "message does not name the database's keyserver: {message}"
+    );
+    ensure!(status(&second).phase == Some(Phase::Failed));
+    let stored = sql_on(
+        &uri,
+        &format!("SELECT keyserver_id FROM {}.identity", database_name(&uri)),
+    )?;
+    ensure!(
+        stored.trim() == first_id,
+        "database identity changed: {stored}"
+    );
+    let first = scene.cluster("first").await?;
+    ensure!(status(&first).phase == Some(Phase::Ready));
+    let _ = sql_on(&uri, &format!("DROP DATABASE {}", database_name(&uri)));
+    Ok(())
+}
+
+/// The database is lost: instances restarted on an empty database refuse; the holders'
+/// approvals in a Secret let the operator restore the same keyserver ID from the
+/// backup-key Secret; the workstation onboarded before decrypts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_is_recovered_from_the_backup_key() {
+    if !enabled("a_lost_database_is_recovered_from_the_backup_key") {
+        return;
+    }
+    init_tracing();
+    let scene = Scene::new("recovery").await.expect("scene");
+    let result = recovery(&scene).await;
+    scene.finish(result).await;
+}
+
+async fn recovery(scene: &Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let kss = harness::kss_bin()?;
+    let mut holders = String::from("    threshold: 3\n    holders:\n");
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        let prefix = scene.dir.path().join(name);
+        ok(Command::new(&kss).args([
+            "admin-key",
+            "generate",
+            "--out",
+            &prefix.display().to_string(),
+            "--name",
+            name,
+        ]))?;
+        let public: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("pub"))?)?;
+        holders.push_str(&format!(
+            "      - name: {name}\n        publicKey: {}\n",
+            public["public_key"].as_str().context("public_key")?
+        ));
+    }
+    let uri = scratch_database("recovery")?;
+    apply_ok(ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
+    let c = scene.wait_ready("vault").await?;
+    let id = status(&c).keyserver_id.context("ID")?;
+    let ips = pod_ips(scene, "vault").await?;
+    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1).await?;
+    ws.decrypts(&ips[1].1, false)?;
+
+    // Lose the database: drop it, create it empty, restart the instances.
+    let db = database_name(&uri).to_string();
+    sql_on(&uri, &format!("DROP DATABASE {db}; CREATE DATABASE {db}"))?;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), ns);
+    for (pod, _) in &ips {
+        pods.delete(pod, &DeleteParams::default()).await?;
+    }
+    scene
+        .wait_cluster("vault", "IdentityReady=False IdentityMissing", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMissing")
+        })
+        .await?;
+
+    // Three holders approve the backup key from its Secret.
+    let backup = scene.file(
+        "backup-key.json",
+        &scene
+            .secret_text("vault-backup-key", "backup-key.json")
+            .await?,
+    )?;
+    let mut approvals =
+        String::from("apiVersion: v1\nkind: Secret\nmetadata:\n  name: approvals\nstringData:\n");
+    for name in ["alice", "carol", "erin"] {
+        let out = scene.dir.path().join(format!("{name}.approval"));
+        ok(Command::new(&kss).args([
+            "backup",
+            "approve",
+            "--backup",
+            &backup.display().to_string(),
+            "--admin-key",
+            &scene
+                .dir
+                .path()
+                .join(format!("{name}.key"))
+                .display()
+                .to_string(),
+            "--out",
+            &out.display().to_string(),
+        ]))?;
+        let text = std::fs::read_to_string(&out)?;
+        approvals.push_str(&format!(
+            "  {name}.json: '{}'\n",
+            text.replace('\n', " ").replace('\'', "''")
+        ));
+    }
+    apply_ok(ns, &approvals)?;
+    scene
+        .clusters()
+        .patch(
+            "vault",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"recovery": {"approvalsSecretName": "approvals"}}})),
+        )
+        .await?;
+    let c = scene.wait_ready("vault").await?;
+    ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
+    let stored = sql_on(&uri, &format!("SELECT keyserver_id FROM {db}.identity"))?;
+    ensure!(stored.trim() == id, "recovered database holds {stored}");
+    // The profile is re-registered with its registration token, then decrypts again.
+    let ips = pod_ips(scene, "vault").await?;
+    let ip = &ips[0].1;
+    harness::poll("workstation decrypts after recovery", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(ws.decrypts(ip, true).is_ok())
+    })
+    .await?;
+    ws.decrypts(&ips[1].1, false)?;
+    ensure!(
+        scene.secrets().get_opt("vault-bootstrap").await?.is_none(),
+        "bootstrap Secret kept after recovery"
+    );
+    let _ = sql_on(&uri, &format!("DROP DATABASE {db}"));
+    Ok(())
+}
+
+/// Two operator replicas: one holds the Lease and reconciles; when it dies, the other
+/// takes over and reconciles a new cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_replicas_elect_one_leader() {
+    if !enabled("two_operator_replicas_elect_one_leader") {
+        return;
+    }
+    init_tracing();
+    let mut scene = Scene::new("leader").await.expect("scene");
+    let result = leader(&mut scene).await;
+    scene.finish(result).await;
+}
+
+async fn leader(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let lease_name = format!("kss-op-{ns}");
+    let mut second = Operator::start(scene.dir.path(), ns, &lease_name, "op-b")?;
+    let leases: Api<Lease> = Api::namespaced(scene.client.clone(), "kss-system");
+    let holder = || async {
+        leases
+            .get_opt(&lease_name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    harness::poll("a leader", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(holder().await.is_some())
+    })
+    .await?;
+    let first_holder = holder().await.context("holder")?;
+    ensure!(
+        first_holder == "op-a",
+        "expected op-a (started first) to lead, got {first_holder}"
+    );
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: one}\nspec:\n  mode: Standalone\n  policyRef: {name: p}\n  backup: {ignoreSecurityChecks: true}\n",
+    )?;
+    scene.wait_ready("one").await?;
+    ensure!(
+        !second.log_text().contains("reconciling object"),
+        "the follower reconciled"
+    );
+    // The leader dies; the follower takes the Lease and reconciles.
+    scene.operator.kill();
+    harness::poll("op-b leads", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(holder().await.as_deref() == Some("op-b"))
+    })
+    .await?;
+    apply_ok(
+        ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: two}\nspec:\n  mode: Standalone\n  policyRef: {name: p}\n  backup: {ignoreSecurityChecks: true}\n",
+    )?;
+    scene.wait_ready("two").await?;
+    ensure!(second.log_text().contains("leading"), "op-b never led");
+    second.kill();
+    Ok(())
+}

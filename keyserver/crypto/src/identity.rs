@@ -1,0 +1,275 @@
+//! The keyserver's identity at rest: its ID and its root secret sealed with the master key.
+//!
+//! The keyserver stores exactly this in its database; the operator produces it (without
+//! the server's stack) to bootstrap a cluster, as a JSON document:
+//!
+//! ```json
+//! {"format":"kss-bootstrap-identity/v1","keyserver_id":"<32 hex>","sealed_root":"<hex>"}
+//! ```
+//!
+//! The root secret is sealed (XChaCha20-Poly1305, see [`seal`](mod@crate::seal)) with the
+//! associated data `"kss root secret v1\0" || keyserver id bytes`, so a sealed root copied
+//! under another keyserver ID does not open.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::error::CryptoError;
+use crate::ids::KeyserverId;
+use crate::root::{ROOT_SECRET_LEN, RootSecret};
+use crate::seal::{self, MasterKey, SEAL_OVERHEAD};
+
+/// The `format` of the JSON document.
+pub const BOOTSTRAP_IDENTITY_FORMAT: &str = "kss-bootstrap-identity/v1";
+
+/// Length of a sealed root secret.
+pub const SEALED_ROOT_LEN: usize = ROOT_SECRET_LEN + SEAL_OVERHEAD;
+
+/// Binds a sealed root secret to its keyserver ID.
+fn seal_aad(id: &KeyserverId) -> Vec<u8> {
+    let mut aad = b"kss root secret v1\0".to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+/// A keyserver ID and its root secret sealed with a master key. Holds no secret in the
+/// clear (`Debug` shows the ID and the sealed length only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedIdentity {
+    /// The keyserver.
+    pub keyserver_id: KeyserverId,
+    /// The root secret, sealed with the master key and bound to `keyserver_id`.
+    pub sealed_root: Vec<u8>,
+}
+
+impl SealedIdentity {
+    /// Seals `root` for keyserver `id` with `master` (a fresh random nonce each time).
+    pub fn seal(id: &KeyserverId, root: &RootSecret, master: &MasterKey) -> Self {
+        SealedIdentity {
+            keyserver_id: *id,
+            sealed_root: seal::seal(master, &seal_aad(id), root.expose_bytes()),
+        }
+    }
+
+    /// Opens the root secret with `master`. [`CryptoError::Sealed`] if the key is not the
+    /// one it was sealed with, the ID is not the one it was sealed for, or it is damaged.
+    pub fn open(&self, master: &MasterKey) -> Result<RootSecret, CryptoError> {
+        let bytes = seal::open(master, &seal_aad(&self.keyserver_id), &self.sealed_root)?;
+        RootSecret::from_bytes(&bytes)
+    }
+
+    /// The JSON document (one line).
+    pub fn to_json(&self) -> String {
+        let mut doc = Map::new();
+        doc.insert("format".into(), BOOTSTRAP_IDENTITY_FORMAT.into());
+        doc.insert("keyserver_id".into(), self.keyserver_id.to_hex().into());
+        doc.insert("sealed_root".into(), hex::encode(&self.sealed_root).into());
+        Value::Object(doc).to_string()
+    }
+
+    /// Parses the JSON document; an error names the field that is wrong. Surrounding
+    /// whitespace is ignored; unknown fields are refused.
+    pub fn from_json(text: &str) -> Result<Self, CryptoError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| malformed(format!("not a JSON document: {e}")))?;
+        let Value::Object(doc) = value else {
+            return Err(malformed("not a JSON object"));
+        };
+        if let Some(unknown) = doc
+            .keys()
+            .find(|k| !matches!(k.as_str(), "format" | "keyserver_id" | "sealed_root"))
+        {
+            return Err(field_err(unknown, "unknown field"));
+        }
+        let format = string_field(&doc, "format")?;
+        if format != BOOTSTRAP_IDENTITY_FORMAT {
+            return Err(field_err(
+                "format",
+                format!("{format:?}, expected {BOOTSTRAP_IDENTITY_FORMAT:?}"),
+            ));
+        }
+        let keyserver_id = string_field(&doc, "keyserver_id")?
+            .parse::<KeyserverId>()
+            .map_err(|e| field_err("keyserver_id", e))?;
+        let sealed_hex = string_field(&doc, "sealed_root")?;
+        if sealed_hex.len() != 2 * SEALED_ROOT_LEN {
+            return Err(field_err(
+                "sealed_root",
+                format!(
+                    "{} hex characters, expected {}",
+                    sealed_hex.len(),
+                    2 * SEALED_ROOT_LEN
+                ),
+            ));
+        }
+        let sealed_root = hex::decode(sealed_hex)
+            .map_err(|_| field_err("sealed_root", "not valid hexadecimal"))?;
+        Ok(SealedIdentity {
+            keyserver_id,
+            sealed_root,
+        })
+    }
+}
+
+impl fmt::Debug for SealedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedIdentity")
+            .field("keyserver_id", &self.keyserver_id)
+            .field(
+                "sealed_root",
+                &format_args!("<{} bytes>", self.sealed_root.len()),
+            )
+            .finish()
+    }
+}
+
+fn malformed(what: impl fmt::Display) -> CryptoError {
+    CryptoError::Malformed(format!("bootstrap identity: {what}"))
+}
+
+fn field_err(field: &str, e: impl fmt::Display) -> CryptoError {
+    malformed(format!("field `{field}`: {e}"))
+}
+
+fn string_field<'a>(doc: &'a Map<String, Value>, field: &str) -> Result<&'a str, CryptoError> {
+    match doc.get(field) {
+        None => Err(field_err(field, "missing")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(field_err(field, "must be a string")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sealed() -> (SealedIdentity, MasterKey, [u8; ROOT_SECRET_LEN]) {
+        let master = MasterKey::generate();
+        let root = RootSecret::generate();
+        let id = KeyserverId::random();
+        (
+            SealedIdentity::seal(&id, &root, &master),
+            master,
+            *root.expose_bytes(),
+        )
+    }
+
+    fn err(text: &str) -> String {
+        SealedIdentity::from_json(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn round_trip_through_json() {
+        let (sealed, master, root) = sealed();
+        assert_eq!(sealed.sealed_root.len(), SEALED_ROOT_LEN);
+        let json = sealed.to_json();
+        let doc: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc["format"], BOOTSTRAP_IDENTITY_FORMAT);
+        assert_eq!(doc["keyserver_id"], sealed.keyserver_id.to_string());
+        assert_eq!(doc["sealed_root"], hex::encode(&sealed.sealed_root));
+        assert_eq!(doc.as_object().unwrap().len(), 3);
+        let parsed = SealedIdentity::from_json(&format!("\n{json}\n")).unwrap();
+        assert_eq!(parsed, sealed);
+        assert_eq!(parsed.open(&master).unwrap().expose_bytes(), &root);
+        // Debug shows no sealed bytes.
+        let debug = format!("{parsed:?}");
+        assert!(debug.contains(&sealed.keyserver_id.to_string()));
+        assert!(!debug.contains(&hex::encode(&sealed.sealed_root[..8])));
+    }
+
+    #[test]
+    fn same_sealing_as_the_stored_identity() {
+        // The AAD the keyserver has always used: databases written before stay readable.
+        let (sealed, master, root) = sealed();
+        let mut aad = b"kss root secret v1\0".to_vec();
+        aad.extend_from_slice(sealed.keyserver_id.as_bytes());
+        assert_eq!(
+            &**seal::open(&master, &aad, &sealed.sealed_root).unwrap(),
+            &root
+        );
+        let old = SealedIdentity {
+            keyserver_id: sealed.keyserver_id,
+            sealed_root: seal::seal(&master, &aad, &root),
+        };
+        assert_eq!(old.open(&master).unwrap().expose_bytes(), &root);
+    }
+
+    #[test]
+    fn wrong_master_key_or_tampered_id_fails() {
+        let (sealed, _, _) = sealed();
+        assert_eq!(
+            sealed.open(&MasterKey::generate()).unwrap_err(),
+            CryptoError::Sealed
+        );
+        let (sealed, master, _) = self::sealed();
+        let mut moved = sealed.clone();
+        moved.keyserver_id = KeyserverId::random();
+        assert_eq!(moved.open(&master).unwrap_err(), CryptoError::Sealed);
+        // Also through JSON: the ID edited in the document.
+        let json = sealed.to_json().replace(
+            &sealed.keyserver_id.to_string(),
+            &moved.keyserver_id.to_string(),
+        );
+        let edited = SealedIdentity::from_json(&json).unwrap();
+        assert_eq!(edited.open(&master).unwrap_err(), CryptoError::Sealed);
+        let mut damaged = sealed.clone();
+        damaged.sealed_root[30] ^= 1;
+        assert_eq!(damaged.open(&master).unwrap_err(), CryptoError::Sealed);
+    }
+
+    #[test]
+    fn bad_documents_name_the_field() {
+        let (sealed, _, _) = sealed();
+        let id = sealed.keyserver_id.to_string();
+        let root = hex::encode(&sealed.sealed_root);
+        let doc = |format: &str, id: &str, root: &str| {
+            format!(r#"{{"format":"{format}","keyserver_id":"{id}","sealed_root":"{root}"}}"#)
+        };
+        let e = err(r#"{"format":"kss-bootstrap-identity/v1","keyserver_id":"00"}"#);
+        assert!(e.contains("keyserver_id"), "{e}");
+        let e = err(&format!(
+            r#"{{"format":"kss-bootstrap-identity/v1","keyserver_id":"{id}"}}"#
+        ));
+        assert!(e.contains("field `sealed_root`: missing"), "{e}");
+        let e = err(&format!(
+            r#"{{"keyserver_id":"{id}","sealed_root":"{root}"}}"#
+        ));
+        assert!(e.contains("field `format`: missing"), "{e}");
+        let e = err(&doc("kss-backup-key/v1", &id, &root));
+        assert!(
+            e.contains("field `format`") && e.contains("kss-backup-key/v1"),
+            "{e}"
+        );
+        let e = err(&doc(BOOTSTRAP_IDENTITY_FORMAT, "xyz", &root));
+        assert!(e.contains("field `keyserver_id`"), "{e}");
+        let e = err(&doc(BOOTSTRAP_IDENTITY_FORMAT, &id, &root[2..]));
+        assert!(
+            e.contains("field `sealed_root`") && e.contains("hex characters"),
+            "{e}"
+        );
+        let e = err(&doc(
+            BOOTSTRAP_IDENTITY_FORMAT,
+            &id,
+            &format!("zz{}", &root[2..]),
+        ));
+        assert!(
+            e.contains("field `sealed_root`: not valid hexadecimal"),
+            "{e}"
+        );
+        let e = err(&format!(
+            r#"{{"format":"kss-bootstrap-identity/v1","keyserver_id":{},"sealed_root":"{root}"}}"#,
+            7
+        ));
+        assert!(e.contains("field `keyserver_id`: must be a string"), "{e}");
+        let e = err(&format!(
+            r#"{{"format":"kss-bootstrap-identity/v1","keyserver_id":"{id}","sealed_root":"{root}","root":"x"}}"#
+        ));
+        assert!(e.contains("field `root`: unknown field"), "{e}");
+        assert!(err("[1]").contains("not a JSON object"));
+        assert!(err("{").contains("not a JSON document"));
+        // No error echoes the sealed bytes.
+        assert!(!e.contains(&root));
+    }
+}

@@ -1,0 +1,903 @@
+//! `kss serve` as the operator runs it in a pod: plaintext gRPC health for the kubelet's
+//! probes (`--health-listen`), the admin API over mutual TLS (`--admin-listen`), policy
+//! loading through it (`LoadPolicy`), and the bootstrap identity (`--bootstrap-identity`)
+//! with the refusing mode: real `kss` processes, real TLS, certificates made with rcgen.
+//!
+//! The cluster test needs `KSS_TEST_MYSQL_URL` (scripts/mariadb.sh); it is skipped without
+//! it, except where `KSS_REQUIRE_MYSQL` is set (CI).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{DataDir, free_port, path_of, spawn_serve};
+use kss_crypto::identity::SealedIdentity;
+use kss_crypto::ids::KeyserverId;
+use kss_crypto::root::RootSecret;
+use kss_crypto::seal::MasterKey;
+use kss_proto::v1::admin_client::AdminClient;
+use kss_proto::v1::{
+    ListInstancesRequest, LoadPolicyRequest, LoadPolicyResponse, StatusRequest, StatusResponse,
+};
+use kss_store::Store;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const READY: &str = "kss.v1.KeyServer";
+
+const POLICY: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n    - rule: per-profile-throttle-rule\n      per_day: 5\n      persistent: true\n  - - rule: approve-rule\nsearch:\n  - - rule: reject-rule\n";
+const POLICY_2: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/other]\n";
+const BAD_POLICY: &str = "decrypt:\n  - - rule: per-profile-throttle-rule\n      per_days: 5\n";
+
+// ------------------------------------------------------------------ certificates
+
+/// A CA that signs server and client certificates.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// (certificate PEM, key PEM).
+    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+        let sans = if purpose == ExtendedKeyUsagePurpose::ServerAuth {
+            vec!["localhost".to_string(), "127.0.0.1".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The admin listener's TLS material: a CA that signs the server's certificate and the
+/// operator's client certificate, and a rogue client certificate from another CA.
+struct AdminPki {
+    dir: tempfile::TempDir,
+    ca: String,
+    client: (String, String),
+    rogue: (String, String),
+}
+
+impl AdminPki {
+    fn new() -> AdminPki {
+        let ca = Ca::new("kss admin CA");
+        let other = Ca::new("some other CA");
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue("kss admin listener", ExtendedKeyUsagePurpose::ServerAuth);
+        std::fs::write(dir.path().join("admin.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("admin.key"), key).unwrap();
+        std::fs::write(dir.path().join("client-ca.pem"), ca.pem()).unwrap();
+        AdminPki {
+            ca: ca.pem(),
+            client: ca.issue("kss-operator", ExtendedKeyUsagePurpose::ClientAuth),
+            rogue: other.issue("kss-operator", ExtendedKeyUsagePurpose::ClientAuth),
+            dir,
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        path_of(&self.dir.path().join(name)).to_string()
+    }
+
+    /// A channel to the admin listener, presenting `client` (or no certificate).
+    async fn channel(
+        &self,
+        port: u16,
+        client: Option<&(String, String)>,
+    ) -> Result<Channel, String> {
+        kss_client::install_crypto_provider();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    async fn admin(&self, port: u16) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(port, Some(&self.client)).await.unwrap())
+    }
+}
+
+// ------------------------------------------------------------------ a pod-like server
+
+/// `kss serve` with the pod listeners; stdout collected, stderr in `log`.
+struct PodServer {
+    child: Child,
+    port: u16,
+    health_port: u16,
+    admin_port: u16,
+    log: PathBuf,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl PodServer {
+    /// Starts `kss serve` on `data` (self-signed TLS for workstations) with `extra` flags,
+    /// and waits until its admin listener answers (serving or refusing).
+    async fn start(data: &DataDir, pki: &AdminPki, extra: &[&str]) -> PodServer {
+        let health_port = free_port();
+        let admin_port = free_port();
+        let health = format!("127.0.0.1:{health_port}");
+        let admin = format!("127.0.0.1:{admin_port}");
+        let (cert, key, ca) = (
+            pki.file("admin.pem"),
+            pki.file("admin.key"),
+            pki.file("client-ca.pem"),
+        );
+        let mut args = vec![
+            "--health-listen",
+            &health,
+            "--admin-listen",
+            &admin,
+            "--admin-tls-cert",
+            &cert,
+            "--admin-tls-key",
+            &key,
+            "--admin-client-ca",
+            &ca,
+        ];
+        args.extend_from_slice(extra);
+        let spawned = spawn_serve(data, &args);
+        let mut child = spawned.child;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let sink = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut out = sink.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        let mut server = PodServer {
+            child,
+            port: spawned.port,
+            health_port,
+            admin_port,
+            log: spawned.log,
+            stdout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("kss serve exited ({status}):\n{}", server.log_text());
+            }
+            if let Ok(channel) = pki.channel(admin_port, Some(&pki.client)).await {
+                let answer = AdminClient::new(channel).status(StatusRequest {}).await;
+                match answer {
+                    Ok(_) => break,
+                    Err(s) if s.code() == Code::FailedPrecondition => break,
+                    Err(_) => {}
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the admin listener did not answer:\n{}",
+                server.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn workstation_port_open(&self) -> bool {
+        TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    async fn health(&self, service: &str) -> ServingStatus {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.health_port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let answer = client
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ServingStatus::try_from(answer.status).unwrap()
+    }
+
+    /// Waits until the workstation listener serves (after leaving the refusing mode).
+    async fn wait_serving(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stdout_text().contains("serving on") {
+            assert!(
+                Instant::now() < deadline,
+                "kss serve did not start serving:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM; returns the exit status's success and how long the exit took.
+    fn terminate(mut self) -> (bool, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.success(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("kss serve did not stop after SIGTERM:\n{}", self.log_text());
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+async fn status(admin: &mut AdminClient<Channel>) -> Result<StatusResponse, tonic::Status> {
+    admin.status(StatusRequest {}).await.map(|r| r.into_inner())
+}
+
+async fn load_policy(
+    admin: &mut AdminClient<Channel>,
+    source: &str,
+) -> Result<LoadPolicyResponse, tonic::Status> {
+    admin
+        .load_policy(LoadPolicyRequest {
+            source: source.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Writes a file with `mode`.
+fn write_mode(path: &Path, contents: &str, mode: u32) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// What the operator makes: a master key and a bootstrap identity sealed with it, as a
+/// Kubernetes Secret volume with an fsGroup shows them (mode 0440). Returns the ID.
+struct Secrets {
+    dir: tempfile::TempDir,
+}
+
+impl Secrets {
+    fn new() -> Secrets {
+        Secrets {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn master_key_file(&self) -> PathBuf {
+        self.dir.path().join("master.key")
+    }
+
+    fn write_master_key(&self, master: &MasterKey) {
+        let path = self.master_key_file();
+        let _ = std::fs::remove_file(&path);
+        write_mode(&path, &format!("{}\n", *master.to_hex()), 0o440);
+    }
+
+    /// A fresh identity sealed with `master`, written to `name`.
+    fn write_identity(&self, name: &str, master: &MasterKey) -> (KeyserverId, PathBuf) {
+        let id = KeyserverId::random();
+        let sealed = SealedIdentity::seal(&id, &RootSecret::generate(), master);
+        let path = self.dir.path().join(name);
+        write_mode(&path, &sealed.to_json(), 0o440);
+        (id, path)
+    }
+}
+
+async fn sqlite_identity(data: &DataDir) -> kss_store::Identity {
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    let identity = store.identity().await.unwrap().unwrap();
+    store.close().await;
+    identity
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// How many times the log says `what`.
+fn count(log: &str, what: &str) -> usize {
+    log.matches(what).count()
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Health over plaintext gRPC, the admin API over mutual TLS (Status, ListInstances,
+/// LoadPolicy), clients without a certificate of the admin CA refused, the admin socket
+/// still working.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_admin_api_over_mutual_tls() {
+    let data = DataDir::new();
+    let id = data.create();
+    let pki = AdminPki::new();
+    let server = PodServer::start(&data, &pki, &[]).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    assert_eq!(server.health(READY).await, ServingStatus::Serving);
+
+    let mut admin = pki.admin(server.admin_port).await;
+    let st = status(&mut admin).await.unwrap();
+    assert_eq!(st.keyserver_id, id);
+    assert_eq!(st.mode, "standalone");
+    assert_eq!(st.policy_version, 0);
+    let instances = admin
+        .list_instances(ListInstancesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(instances.online, 1, "{instances:?}");
+    assert_eq!(instances.instances[0].name, st.instance_id);
+
+    // LoadPolicy: a new version, then idempotent.
+    let first = load_policy(&mut admin, POLICY).await.unwrap();
+    assert_eq!((first.version, first.changed, first.rules), (1, true, 4));
+    let again = load_policy(&mut admin, POLICY).await.unwrap();
+    assert_eq!((again.version, again.changed, again.rules), (1, false, 4));
+    // Invalid: the located error, nothing stored.
+    let bad = load_policy(&mut admin, BAD_POLICY).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message()
+            .contains("decrypt: rule set 0, rule 0 (per-profile-throttle-rule), argument 'per_days' (line 3): unknown argument"),
+        "{}",
+        bad.message()
+    );
+    assert!(bad.message().contains("the policy in force is unchanged"));
+    let still = load_policy(&mut admin, POLICY).await.unwrap();
+    assert_eq!((still.version, still.changed), (1, false));
+    // The same text as the CLI stores: `kss policy load` of it changes nothing either.
+    let cli = data.load_policy(POLICY);
+    assert!(cli.contains("policy unchanged (version 1"), "{cli}");
+    // A different text: a new version, applied by the running server.
+    let second = load_policy(&mut admin, POLICY_2).await.unwrap();
+    assert_eq!((second.version, second.changed, second.rules), (2, true, 1));
+    common::wait_until("policy version 2 applied", Duration::from_secs(10), || {
+        futures_block(status(&mut admin.clone())).is_ok_and(|s| s.policy_version == 2)
+    });
+    data.kss_ok(&[
+        "policy",
+        "dump",
+        "--current",
+        path_of(&data.dir.path().join("current.yml")),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(data.dir.path().join("current.yml")).unwrap(),
+        kss_policy::Policy::load(POLICY_2).unwrap().dump()
+    );
+
+    // Without a client certificate, or with one of another CA: refused in the handshake
+    // (with TLS 1.3 the client learns it at its first call).
+    for (what, client) in [("no certificate", None), ("another CA", Some(&pki.rogue))] {
+        let refused = match pki.channel(server.admin_port, client).await {
+            Err(e) => e,
+            Ok(channel) => {
+                let e = AdminClient::new(channel)
+                    .status(StatusRequest {})
+                    .await
+                    .unwrap_err();
+                assert_ne!(e.code(), Code::Ok);
+                format!("{e:?}")
+            }
+        };
+        assert!(!refused.is_empty(), "{what}");
+    }
+    let log = server.log_text();
+    assert!(!log.contains("BEGIN"), "no key material in the log");
+    // The legitimate client still works after the refused handshakes.
+    assert_eq!(status(&mut admin).await.unwrap().keyserver_id, id);
+
+    // The admin socket keeps working as before.
+    let cli_status: serde_json::Value =
+        serde_json::from_str(&data.kss_ok(&["status", "--json"])).unwrap();
+    assert_eq!(cli_status["running"], true);
+    assert_eq!(cli_status["applied_policy_version"], 2);
+
+    let (clean, took) = server.terminate();
+    assert!(clean);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Bootstrap on SQLite: a data directory with only a master key and a bootstrap identity
+/// file; stored on the first start, left alone on the next; another identity is refused
+/// without changing anything; SIGTERM stops a refusing server at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_identity_then_restart_then_mismatch() {
+    let data = DataDir::new();
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let master = MasterKey::generate();
+    // The master key in the data directory, as a Secret volume shows it (group-readable).
+    std::fs::create_dir_all(data.path()).unwrap();
+    write_mode(
+        &data.path().join("master.key"),
+        &format!("{}\n", *master.to_hex()),
+        0o440,
+    );
+    let (id, bootstrap) = secrets.write_identity("identity.json", &master);
+    let flag = ["--bootstrap-identity", path_of(&bootstrap)];
+
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    assert_eq!(
+        status(&mut admin).await.unwrap().keyserver_id,
+        id.to_string()
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("keyserver {id} bootstrapped into the database")),
+        "{log}"
+    );
+    // A workstation reaches it under that ID.
+    let ca = data.ca_pem();
+    let client = kss_client::KssClient::connect(&server.endpoint(), &ca, Some("localhost"))
+        .await
+        .unwrap();
+    assert_eq!(client.info().await.unwrap().keyserver_id, id.to_string());
+    assert!(server.terminate().0);
+    let stored = sqlite_identity(&data).await;
+
+    // Restart with the same file: same ID, nothing rewritten.
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    assert_eq!(
+        status(&mut admin).await.unwrap().keyserver_id,
+        id.to_string()
+    );
+    assert!(!server.log_text().contains("bootstrapped"));
+    assert!(server.terminate().0);
+    let after = sqlite_identity(&data).await;
+    assert_eq!(
+        (&after.keyserver_id, &after.sealed_root, after.created_at_ms),
+        (
+            &stored.keyserver_id,
+            &stored.sealed_root,
+            stored.created_at_ms
+        )
+    );
+
+    // Another identity: refusing mode.
+    let (other, other_file) = secrets.write_identity("other.json", &master);
+    let server =
+        PodServer::start(&data, &pki, &["--bootstrap-identity", path_of(&other_file)]).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "IdentityMismatch: the database holds keyserver {id}; this instance was configured \
+             for keyserver {other}; nothing was changed"
+        )
+    );
+    // Every admin RPC refuses the same way, LoadPolicy included (nothing stored).
+    let load = load_policy(&mut admin, POLICY).await.unwrap_err();
+    assert_eq!(load.code(), Code::FailedPrecondition);
+    assert!(load.message().starts_with("IdentityMismatch: "));
+    let list = admin
+        .list_instances(ListInstancesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(list.code(), Code::FailedPrecondition);
+    // Live, not ready; no workstation listener.
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    assert_eq!(server.health(READY).await, ServingStatus::NotServing);
+    assert!(!server.workstation_port_open());
+    // The admin socket answers the same.
+    let mut socket = kss_server::commands::admin_client::connect(&kss_server::data_dir::DataDir {
+        root: data.path(),
+        master_key: data.path().join("master.key"),
+        db_uri: None,
+    })
+    .await
+    .unwrap();
+    let via_socket = socket.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(via_socket.code(), Code::FailedPrecondition);
+    assert!(via_socket.message().starts_with("IdentityMismatch: "));
+    // Checked again every 2 s, logged every time.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let log = server.log_text();
+    assert!(
+        count(&log, "IdentityMismatch: the database holds keyserver") >= 3,
+        "{log}"
+    );
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(!server.workstation_port_open());
+    assert!(!server.stdout_text().contains("serving on"));
+    let (clean, took) = server.terminate();
+    assert!(clean);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Nothing was changed.
+    let after = sqlite_identity(&data).await;
+    assert_eq!(
+        (&after.keyserver_id, &after.sealed_root, after.created_at_ms),
+        (
+            &stored.keyserver_id,
+            &stored.sealed_root,
+            stored.created_at_ms
+        )
+    );
+    let policy = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    assert!(policy.policy(None).await.unwrap().is_none());
+    policy.close().await;
+}
+
+/// An empty database and no bootstrap file: IdentityMissing; the instance leaves the
+/// refusing mode by itself, in the same process, once the file appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_identity_refuses_until_a_bootstrap_identity_appears() {
+    let data = DataDir::new();
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let master = MasterKey::generate();
+    secrets.write_master_key(&master);
+    let absent = secrets.dir.path().join("bootstrap").join("identity.json");
+    let server = PodServer::start(
+        &data,
+        &pki,
+        &[
+            "--master-key-file",
+            path_of(&secrets.master_key_file()),
+            "--bootstrap-identity",
+            path_of(&absent),
+        ],
+    )
+    .await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        "IdentityMissing: the database holds no keyserver identity and no bootstrap identity \
+         was given; restore it with kss recovery-ingest-key"
+    );
+    assert_eq!(server.health(READY).await, ServingStatus::NotServing);
+    assert!(!server.workstation_port_open());
+
+    // The operator creates the Secret: the file appears.
+    std::fs::create_dir_all(absent.parent().unwrap()).unwrap();
+    let id = KeyserverId::random();
+    let sealed = SealedIdentity::seal(&id, &RootSecret::generate(), &master);
+    write_mode(&absent, &sealed.to_json(), 0o440);
+    server.wait_serving(Duration::from_secs(10)).await;
+    assert_eq!(
+        status(&mut admin).await.unwrap().keyserver_id,
+        id.to_string()
+    );
+    assert_eq!(server.health(READY).await, ServingStatus::Serving);
+    assert!(server.workstation_port_open());
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("keyserver {id} bootstrapped into the database")),
+        "{log}"
+    );
+    assert!(server.terminate().0);
+}
+
+/// A master key that cannot open the stored identity: MasterKeyMismatch; fixing the key
+/// file (the Secret) lets the instance serve without a restart. A bootstrap identity sealed
+/// with another key is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn master_key_mismatch_refuses_until_the_key_is_fixed() {
+    let data = DataDir::new();
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let right = MasterKey::generate();
+    let wrong = MasterKey::generate();
+    secrets.write_master_key(&wrong);
+    let (id, bootstrap) = secrets.write_identity("identity.json", &right);
+    let key_file = secrets.master_key_file();
+    let args = [
+        "--master-key-file",
+        path_of(&key_file),
+        "--bootstrap-identity",
+        path_of(&bootstrap),
+    ];
+    // Empty database, a bootstrap identity the key cannot open: nothing is stored.
+    let server = PodServer::start(&data, &pki, &args).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().starts_with(&format!(
+            "MasterKeyMismatch: the master key cannot open keyserver {id}'s secret in the bootstrap identity"
+        )),
+        "{}",
+        refused.message()
+    );
+    assert!(server.terminate().0);
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    assert!(store.identity().await.unwrap().is_none());
+    store.close().await;
+
+    // The identity is stored (with the right key), then served with the wrong one.
+    secrets.write_master_key(&right);
+    let server = PodServer::start(&data, &pki, &args).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    assert!(server.terminate().0);
+    secrets.write_master_key(&wrong);
+    let server = PodServer::start(&data, &pki, &args).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "MasterKeyMismatch: the master key cannot open keyserver {id}'s secret in the database"
+        )
+    );
+    assert_eq!(server.health(READY).await, ServingStatus::NotServing);
+    // The Secret is fixed: served within a re-check, same process.
+    secrets.write_master_key(&right);
+    server.wait_serving(Duration::from_secs(10)).await;
+    assert_eq!(
+        status(&mut admin).await.unwrap().keyserver_id,
+        id.to_string()
+    );
+    assert_eq!(server.health(READY).await, ServingStatus::Serving);
+    let log = server.log_text();
+    assert!(!log.contains(&*right.to_hex()) && !log.contains(&*wrong.to_hex()));
+    assert!(server.terminate().0);
+}
+
+/// Cluster mode as a pod runs it: `--db-uri` to a fresh database, an empty data directory,
+/// the master key and bootstrap identity from Secret volumes (mode 0440), no
+/// `kss initialize`. Two pods bootstrap at once (one stores the identity); a third joins
+/// with the bootstrap file gone; a pod configured for another keyserver refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_pods_bootstrap_join_and_refuse_another_identity() {
+    let Some((db, name)) = common::fresh_database().await else {
+        return;
+    };
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let master = MasterKey::generate();
+    secrets.write_master_key(&master);
+    let (id, bootstrap) = secrets.write_identity("identity.json", &master);
+    let key_file = secrets.master_key_file();
+    let pod_args = |bootstrap: &Path| {
+        vec![
+            "--db-uri".to_string(),
+            db.clone(),
+            "--master-key-file".to_string(),
+            path_of(&key_file).to_string(),
+            "--bootstrap-identity".to_string(),
+            path_of(bootstrap).to_string(),
+        ]
+    };
+
+    // Two pods start at once on the empty database, both with the bootstrap identity:
+    // one stores it, the other finds it stored; both serve it.
+    let (first_dir, racer_dir) = (DataDir::new(), DataDir::new());
+    let first_args = pod_args(&bootstrap);
+    let first_flags = strs(&first_args);
+    let (first, racer) = tokio::join!(
+        PodServer::start(&first_dir, &pki, &first_flags),
+        PodServer::start(&racer_dir, &pki, &first_flags),
+    );
+    first.wait_serving(Duration::from_secs(15)).await;
+    racer.wait_serving(Duration::from_secs(15)).await;
+    let mut admin = pki.admin(first.admin_port).await;
+    let st = status(&mut admin).await.unwrap();
+    assert_eq!(st.keyserver_id, id.to_string());
+    assert_eq!(st.mode, "cluster");
+    let mut racer_admin = pki.admin(racer.admin_port).await;
+    assert_eq!(
+        status(&mut racer_admin).await.unwrap().keyserver_id,
+        id.to_string()
+    );
+    let bootstrapped = format!("keyserver {id} bootstrapped into the database");
+    assert_eq!(
+        count(&first.log_text(), &bootstrapped) + count(&racer.log_text(), &bootstrapped),
+        1
+    );
+    assert_eq!(first.health(READY).await, ServingStatus::Serving);
+    // The data directory holds only what kss made itself.
+    let mut made: Vec<String> = std::fs::read_dir(first_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["admin.sock", "tls"], "{made:?}");
+    let loaded = load_policy(&mut admin, POLICY).await.unwrap();
+    assert_eq!((loaded.version, loaded.changed), (1, true));
+
+    // The operator deleted the bootstrap Secret: a second pod joins the same keyserver.
+    let second_dir = DataDir::new();
+    let gone = secrets.dir.path().join("deleted.json");
+    let second_args = pod_args(&gone);
+    let second = PodServer::start(&second_dir, &pki, &strs(&second_args)).await;
+    second.wait_serving(Duration::from_secs(15)).await;
+    let mut admin2 = pki.admin(second.admin_port).await;
+    let st2 = status(&mut admin2).await.unwrap();
+    assert_eq!(st2.keyserver_id, id.to_string());
+    assert_eq!(st2.policy_version, 1);
+    let again = load_policy(&mut admin2, POLICY).await.unwrap();
+    assert_eq!((again.version, again.changed), (1, false));
+    common::wait_until("three instances online", Duration::from_secs(10), || {
+        futures_block(admin2.clone().list_instances(ListInstancesRequest {}))
+            .is_ok_and(|r| r.into_inner().online == 3)
+    });
+
+    // A pod configured for another keyserver: refuses, writes nothing.
+    let (other, other_file) = secrets.write_identity("other.json", &master);
+    let third_dir = DataDir::new();
+    let third_args = pod_args(&other_file);
+    let third = PodServer::start(&third_dir, &pki, &strs(&third_args)).await;
+    let mut admin3 = pki.admin(third.admin_port).await;
+    let refused = status(&mut admin3).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "IdentityMismatch: the database holds keyserver {id}; this instance was configured \
+             for keyserver {other}; nothing was changed"
+        )
+    );
+    assert_eq!(third.health(READY).await, ServingStatus::NotServing);
+    assert!(!third.workstation_port_open());
+    // Not registered: the registry still lists the three serving instances only.
+    let list = admin2
+        .list_instances(ListInstancesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.instances.len(), 3, "{list:?}");
+    let (clean, took) = third.terminate();
+    assert!(clean && took < Duration::from_secs(3), "{took:?}");
+
+    assert!(second.terminate().0);
+    assert!(racer.terminate().0);
+    assert!(first.terminate().0);
+    let store = kss_store::MysqlStore::connect(kss_store::parse_db_uri(&db).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.identity().await.unwrap().unwrap().keyserver_id,
+        id.to_string()
+    );
+    store.close().await;
+    common::drop_database(&name).await;
+}
+
+/// Secret files may be group-readable (Kubernetes Secret volumes with an fsGroup), never
+/// open to others or group-writable.
+#[test]
+fn check_private_accepts_group_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    for mode in [0o600, 0o400, 0o640, 0o440] {
+        write_mode(&path, "x", mode);
+        kss_server::data_dir::check_private(&path)
+            .unwrap_or_else(|e| panic!("mode {mode:o} refused: {e}"));
+        std::fs::remove_file(&path).unwrap();
+    }
+    for mode in [0o604, 0o460, 0o620, 0o644, 0o666, 0o601] {
+        write_mode(&path, "x", mode);
+        let e = kss_server::data_dir::check_private(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("mode {mode:o}")), "{e}");
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// The pod flags' misconfigurations stop `kss serve` at once, saying what is missing.
+#[test]
+fn admin_listen_needs_its_tls_files() {
+    let data = DataDir::new();
+    data.create();
+    let out = data.kss(&[
+        "serve",
+        "--self-signed-tls",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = common::text(&out.stderr);
+    assert!(
+        err.contains("--admin-listen")
+            && err.contains("missing: --admin-tls-cert, --admin-tls-key, --admin-client-ca"),
+        "{err}"
+    );
+    let pki = AdminPki::new();
+    let out = data.kss(&[
+        "serve",
+        "--self-signed-tls",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-tls-cert",
+        &pki.file("admin.pem"),
+        "--admin-tls-key",
+        &pki.file("admin.key"),
+        "--admin-client-ca",
+        &pki.file("admin.key"),
+    ]);
+    assert!(!out.status.success());
+    let err = common::text(&out.stderr);
+    assert!(
+        err.contains("no certificate in the admin client CA file"),
+        "{err}"
+    );
+    let out = data.kss(&["serve", "--dev", "--bootstrap-identity", "/nonexistent"]);
+    assert!(!out.status.success());
+    assert!(common::text(&out.stderr).contains("cannot be used with"));
+}

@@ -1,0 +1,389 @@
+//! The StatefulSet of keyserver instances.
+//!
+//! Every instance gets its configuration from the pod spec alone: arguments, environment
+//! and mounted Secrets (master key, TLS, admin TLS, and the transient bootstrap identity).
+//! Listeners bind the pod's IP (`$(POD_IP)`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::{Names, labels, owned_meta, ports, selector_labels};
+use crate::crd::KeyShardCluster;
+
+/// The keyserver image this operator release deploys by default (what the Dockerfile
+/// builds and tags).
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kss-project/kss:", env!("CARGO_PKG_VERSION"));
+
+/// The unprivileged user of the keyserver image.
+const USER: i64 = 65532;
+
+/// Mount points inside the container.
+mod paths {
+    pub const DATA: &str = "/var/lib/kss";
+    pub const MASTER_KEY: &str = "/etc/kss/master-key";
+    pub const BOOTSTRAP: &str = "/etc/kss/bootstrap";
+    pub const TLS: &str = "/etc/kss/tls";
+    pub const ADMIN_TLS: &str = "/etc/kss/admin-tls";
+}
+
+/// The readiness probe's service: SERVING only while the instance can decide requests.
+pub const READY_SERVICE: &str = "kss.v1.KeyServer";
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn secret_volume(name: &str, secret: String, optional: bool) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o400),
+            optional: optional.then_some(true),
+            items: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(!path.starts_with(paths::DATA)),
+        ..VolumeMount::default()
+    }
+}
+
+fn grpc_probe(service: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        grpc: Some(GRPCAction {
+            port: ports::HEALTH,
+            service: Some(service.to_string()),
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("128Mi".to_string())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("512Mi".to_string()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> Container {
+    let spec = &cluster.spec;
+    let args = [
+        "serve".to_string(),
+        format!("--listen=$(POD_IP):{}", ports::GRPC),
+        format!("--health-listen=$(POD_IP):{}", ports::HEALTH),
+        format!("--admin-listen=$(POD_IP):{}", ports::ADMIN),
+        format!("--metrics-listen=$(POD_IP):{}", ports::METRICS),
+        format!("--tls-cert={}/tls.crt", paths::TLS),
+        format!("--tls-key={}/tls.key", paths::TLS),
+        format!("--admin-tls-cert={}/tls.crt", paths::ADMIN_TLS),
+        format!("--admin-tls-key={}/tls.key", paths::ADMIN_TLS),
+        format!("--admin-client-ca={}/ca.crt", paths::ADMIN_TLS),
+        "--log-format=json".to_string(),
+    ];
+    let mut env_vars = vec![
+        field_env("POD_IP", "status.podIP"),
+        field_env("KSS_INSTANCE_NAME", "metadata.name"),
+        env(
+            "KSS_ADVERTISE_ENDPOINT",
+            format!(
+                "$(KSS_INSTANCE_NAME).{}.{}.svc:{}",
+                names.headless_service(),
+                names.namespace,
+                ports::GRPC
+            ),
+        ),
+        env("KSS_DATA_DIR", paths::DATA),
+        env(
+            "KSS_MASTER_KEY_FILE",
+            format!("{}/master.key", paths::MASTER_KEY),
+        ),
+        env(
+            "KSS_BOOTSTRAP_IDENTITY",
+            format!("{}/identity.json", paths::BOOTSTRAP),
+        ),
+        env(
+            "KSS_TIME_ZONE",
+            spec.time_zone.clone().unwrap_or_else(|| "UTC".to_string()),
+        ),
+    ];
+    if let Some(db) = spec.database.as_ref().filter(|_| cluster.is_cluster()) {
+        env_vars.push(EnvVar {
+            name: "KSS_DB_URI".to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: db.secret_ref.name.clone(),
+                    key: db.secret_ref.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+    Container {
+        name: "kss".to_string(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| default_image.to_string()),
+        ),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        args: Some(args.to_vec()),
+        env: Some(env_vars),
+        ports: Some(vec![
+            container_port("grpc", ports::GRPC),
+            container_port("admin", ports::ADMIN),
+            container_port("health", ports::HEALTH),
+            container_port("metrics", ports::METRICS),
+        ]),
+        volume_mounts: Some(vec![
+            mount("data", paths::DATA),
+            mount("master-key", paths::MASTER_KEY),
+            mount("bootstrap", paths::BOOTSTRAP),
+            mount("tls", paths::TLS),
+            mount("admin-tls", paths::ADMIN_TLS),
+        ]),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        startup_probe: Some(grpc_probe("", 2, 30)),
+        liveness_probe: Some(grpc_probe("", 10, 3)),
+        readiness_probe: Some(grpc_probe(READY_SERVICE, 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(USER),
+            run_as_group: Some(USER),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Container::default()
+    }
+}
+
+/// The StatefulSet: `replicas` instances; standalone keeps its SQLite database on a
+/// claim per pod (retained when the StatefulSet is deleted or scaled down: a keyserver's
+/// data is never deleted automatically), cluster instances keep only scratch files.
+pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> StatefulSet {
+    let spec = &cluster.spec;
+    let mut volumes = vec![
+        secret_volume("master-key", names.master_key_secret(), false),
+        secret_volume("bootstrap", names.bootstrap_secret(), true),
+        secret_volume("tls", names.tls_secret(cluster), false),
+        secret_volume("admin-tls", names.admin_tls_secret(), false),
+    ];
+    let claims = if cluster.is_cluster() {
+        volumes.push(Volume {
+            name: "data".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        None
+    } else {
+        let storage = spec.storage.clone();
+        let size = storage
+            .as_ref()
+            .and_then(|s| s.size.clone())
+            .unwrap_or_else(|| "1Gi".to_string());
+        Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_string()),
+                labels: Some(labels(names)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                storage_class_name: storage.and_then(|s| s.storage_class_name),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        }])
+    };
+    StatefulSet {
+        metadata: owned_meta(cluster, names, names.statefulset()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(names.headless_service()),
+            pod_management_policy: Some("Parallel".to_string()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(names)),
+                ..LabelSelector::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".to_string()),
+                    when_scaled: Some("Retain".to_string()),
+                },
+            ),
+            volume_claim_templates: claims,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(names)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(cluster, names, default_image)],
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(USER),
+                        run_as_group: Some(USER),
+                        fs_group: Some(USER),
+                        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{KeyShardClusterSpec, cluster::Mode};
+
+    fn cluster(yaml: &str) -> KeyShardCluster {
+        let spec: KeyShardClusterSpec = serde_saphyr::from_str(yaml).expect("spec");
+        let mut c = KeyShardCluster::new("demo", spec);
+        c.metadata.namespace = Some("ns".to_string());
+        c.metadata.uid = Some("uid-1".to_string());
+        c
+    }
+
+    fn names() -> Names {
+        Names {
+            cluster: "demo".into(),
+            namespace: "ns".into(),
+        }
+    }
+
+    #[test]
+    fn cluster_mode_shares_the_database_and_keeps_no_claim() {
+        let c = cluster(
+            "mode: Cluster\nreplicas: 3\ndatabase: {secretRef: {name: db}}\nbackup: {ignoreSecurityChecks: true}\n",
+        );
+        assert_eq!(c.spec.mode, Mode::Cluster);
+        let sts = statefulset(&c, &names(), DEFAULT_IMAGE);
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.volume_claim_templates.is_none());
+        let pod = spec.template.spec.expect("pod");
+        let env = pod.containers[0].env.clone().expect("env");
+        let db = env.iter().find(|e| e.name == "KSS_DB_URI").expect("db env");
+        let key_ref = db
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!((key_ref.name.as_str(), key_ref.key.as_str()), ("db", "uri"));
+        assert_eq!(
+            sts.metadata.owner_references.expect("owner")[0].controller,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn pods_run_unprivileged_with_a_read_only_root() {
+        let c = cluster("mode: Standalone\nbackup: {ignoreSecurityChecks: true}\n");
+        let sts = statefulset(&c, &names(), "img:1");
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.volume_claim_templates.expect("claims").len(), 1);
+        let pod = spec.template.spec.expect("pod");
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("img:1"));
+        let sc = container
+            .security_context
+            .clone()
+            .expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        // No secret value is inlined into the pod spec: secrets come from volumes.
+        let env = container.env.clone().expect("env");
+        assert!(env.iter().all(|e| e.name != "KSS_DB_URI"));
+        let ready = container.readiness_probe.clone().expect("probe");
+        assert_eq!(
+            ready.grpc.expect("grpc").service.as_deref(),
+            Some(READY_SERVICE)
+        );
+    }
+}

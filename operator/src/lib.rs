@@ -1,0 +1,23 @@
+//! kss-operator: reconciles `KeyShardCluster` and `KssPolicy` resources into keyserver
+//! pods that share one keyserver ID.
+//!
+//! - [`crd`]: the resource types and the condition vocabulary;
+//! - [`desired`]: pure functions from a resource to the objects it should own;
+//! - [`pki`], [`identity`]: certificates and the keyserver identity the operator creates;
+//! - [`admin`]: the mTLS client of the keyserver's admin API;
+//! - [`reconcile`]: one reconcile of each kind; [`controller`]: watches and wiring;
+//! - [`leader`], [`metrics`]: leader election and Prometheus metrics.
+
+pub mod admin;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod desired;
+pub mod error;
+pub mod identity;
+pub mod leader;
+pub mod metrics;
+pub mod pki;
+pub mod reconcile;
+pub mod secrets;
+pub mod status;

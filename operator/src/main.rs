@@ -1,0 +1,189 @@
+//! `kss-operator`: runs the controllers (`run`), or writes the CRDs (`crdgen`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tracing::{error, info};
+
+use kss_operator::desired::DEFAULT_IMAGE;
+use kss_operator::leader::{self, Election};
+use kss_operator::metrics::{self, Metrics};
+use kss_operator::reconcile::Context;
+use kss_operator::{controller, crdgen};
+
+/// kss-operator: runs key shard servers on Kubernetes from KeyShardCluster and KssPolicy
+/// resources.
+#[derive(Debug, Parser)]
+#[command(name = "kss-operator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format (logs go to standard error).
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controllers.
+    Run(RunArgs),
+    /// Write the CRD YAML files (one per kind) into DIR; with --check, fail if they differ.
+    Crdgen {
+        /// Where to write them.
+        #[arg(default_value = "crds")]
+        dir: PathBuf,
+        /// Also write every CRD into this one file (the `kubectl apply` install bundle).
+        #[arg(long, default_value = "manifests/install/00-crds.yaml")]
+        bundle: PathBuf,
+        /// Write nothing; exit 1 naming the stale files.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "KSS_OPERATOR_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// The keyserver image deployed when a KeyShardCluster names none.
+    #[arg(long, env = "KSS_KEYSERVER_IMAGE", default_value = DEFAULT_IMAGE)]
+    keyserver_image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "KSS_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_listen: SocketAddr,
+    /// Elect a leader with a Lease (run several replicas safely). Off: this replica
+    /// reconciles at once (one replica only).
+    #[arg(long, env = "KSS_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "kss-operator-leader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, POD_NAME, or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease lasts without renewal (seconds).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("kss-operator-{}", std::process::id()))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn({
+        let metrics = Arc::clone(&metrics);
+        let addr = args.metrics_listen;
+        async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                error!(error = %format!("{e:#}"), "metrics listener stopped");
+            }
+        }
+    });
+    let identity = args.identity.clone().unwrap_or_else(host_name);
+    let reporter = Reporter {
+        controller: "kss-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: Arc::clone(&metrics),
+        default_image: args.keyserver_image.clone(),
+    });
+
+    if !args.leader_elect {
+        metrics.set_leader(true);
+        controller::run(ctx, args.watch_namespace).await;
+        return Ok(());
+    }
+    let Some(lease_namespace) = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.watch_namespace.clone())
+    else {
+        bail!("--leader-elect needs --lease-namespace (or POD_NAMESPACE, or --watch-namespace)");
+    };
+    let election = Election {
+        namespace: lease_namespace,
+        lease_name: args.lease_name.clone(),
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration_secs),
+    };
+    let mut leading = leader::start(client, &election).await?;
+    info!("waiting to lead");
+    leader::until_leading(&mut leading).await?;
+    info!(identity = %election.identity, "leading: starting the controllers");
+    metrics.set_leader(true);
+    tokio::select! {
+        _ = controller::run(ctx, args.watch_namespace) => Ok(()),
+        _ = leader::until_lost(&mut leading) => {
+            metrics.set_leader(false);
+            bail!("lost the leader Lease: exiting so that only the new leader reconciles")
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen { dir, bundle, check } => {
+            if check {
+                let mut stale = crdgen::stale(&dir)?;
+                if crdgen::bundle_is_stale(&bundle)? {
+                    stale.push(bundle.display().to_string());
+                }
+                if !stale.is_empty() {
+                    bail!(
+                        "stale CRDs (run `cargo run -p kss-operator -- crdgen`): {}",
+                        stale.join(", ")
+                    );
+                }
+                println!("CRDs in {} are up to date", dir.display());
+                Ok(())
+            } else {
+                crdgen::write_all(&dir)?;
+                crdgen::write_bundle(&bundle)
+            }
+        }
+        Command::Run(args) => {
+            init_logging(&cli.log_format);
+            run(args).await
+        }
+    }
+}

@@ -1,0 +1,791 @@
+//! Reconcile of a `KeyShardCluster`: Secrets (CA, TLS, master key, bootstrap identity,
+//! backup key), the Services, the PodDisruptionBudget and the StatefulSet by server-side
+//! apply; then the instances' own word, over the admin API, on the identity and the
+//! policy; then the status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use super::{Context, digest, now_rfc3339};
+use crate::admin::{self, AdminTls, Instance, Probe};
+use crate::crd::cluster::{BackupStatus, InstanceStatus, Phase, PolicyRollout};
+use crate::crd::condition::reasons;
+use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
+use crate::desired::{self, FIELD_MANAGER, Names};
+use crate::error::{Error, Result};
+use crate::identity;
+use crate::pki::{self, Ca};
+use crate::secrets;
+use crate::status::{self, BackupNote, IdentityState, Observed, PolicyState};
+
+/// Keys of the Secrets the operator writes.
+mod keys {
+    pub const MASTER_KEY: &str = "master.key";
+    pub const IDENTITY: &str = "identity.json";
+    pub const BACKUP: &str = "backup-key.json";
+    pub const KEYSERVER_ID: &str = "keyserver-id";
+    pub const ADMIN_KEY: &str = "admin.key";
+    pub const TLS_CRT: &str = "tls.crt";
+    pub const TLS_KEY: &str = "tls.key";
+    pub const CA_CRT: &str = "ca.crt";
+    pub const CA_KEY: &str = "ca.key";
+}
+
+#[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<KeyShardCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics
+        .observe("KeyShardCluster", started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// Events are best effort: a failure to record one never fails the reconcile.
+async fn event(
+    ctx: &Context,
+    cluster: &KeyShardCluster,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+        warn!(error = %e, reason, "could not record an event");
+    }
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+/// The owner of the Secrets kept by default when the resource is deleted (CA, master
+/// key, backup key): none while `spec.backup.retainOnDelete`.
+fn retained_owner(
+    cluster: &KeyShardCluster,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    if cluster.spec.backup.retain_on_delete {
+        None
+    } else {
+        desired::owner_reference(cluster)
+    }
+}
+
+/// The CA, the admin API's server certificate and, unless the user brings one, the
+/// workstation certificate.
+async fn ensure_pki(
+    cluster: &KeyShardCluster,
+    names: &Names,
+    secrets_api: &Api<Secret>,
+) -> Result<Result<Ca, (String, String)>> {
+    // Workstations trust this CA: it is kept with the backup key when the resource is
+    // deleted, so that a re-created cluster serves certificates they still accept.
+    let retained_owner = retained_owner(cluster);
+    let ca_secret = match secrets::get(secrets_api, &names.ca_secret()).await? {
+        Some(s) => {
+            secrets::set_owner(secrets_api, &s, retained_owner).await?;
+            s
+        }
+        None => {
+            let ca = pki::new_ca(&names.cluster)?;
+            let mut meta = desired::retained_meta(names, names.ca_secret());
+            meta.owner_references = retained_owner.map(|o| vec![o]);
+            let secret = secrets::build(
+                meta,
+                "Opaque",
+                &[(keys::CA_CRT, &ca.cert), (keys::CA_KEY, &ca.key)],
+            );
+            secrets::create_if_missing(secrets_api, secret).await?.0
+        }
+    };
+    let ca = Ca::load(
+        &names.cluster,
+        &secrets::text(&ca_secret, keys::CA_CRT)?,
+        &secrets::text(&ca_secret, keys::CA_KEY)?,
+    )?;
+    let server_names = pki::service_names(&names.cluster, &names.namespace);
+    for (secret_name, wanted) in [
+        (names.admin_tls_secret(), true),
+        (names.generated_tls_secret(), cluster.spec.tls.is_none()),
+    ] {
+        if !wanted || secrets::get(secrets_api, &secret_name).await?.is_some() {
+            continue;
+        }
+        let cert = ca.server("kss keyserver", server_names.clone())?;
+        let secret = secrets::build(
+            desired::owned_meta(cluster, names, secret_name),
+            "kubernetes.io/tls",
+            &[
+                (keys::TLS_CRT, &cert.cert),
+                (keys::TLS_KEY, &cert.key),
+                (keys::CA_CRT, &ca.cert_pem),
+            ],
+        );
+        secrets::create_if_missing(secrets_api, secret).await?;
+    }
+    if let Some(tls) = &cluster.spec.tls {
+        let problem = match secrets::get(secrets_api, &tls.secret_name).await? {
+            None => Some(format!("TLS Secret {} not found", tls.secret_name)),
+            Some(s) => [keys::TLS_CRT, keys::TLS_KEY]
+                .iter()
+                .find(|k| secrets::text(&s, k).is_err())
+                .map(|k| format!("TLS Secret {} has no {k}", tls.secret_name)),
+        };
+        if let Some(message) = problem {
+            return Ok(Err((reasons::TLS_SECRET_INVALID.to_string(), message)));
+        }
+    }
+    Ok(Ok(ca))
+}
+
+/// Where the identity material stands after [`ensure_identity`].
+struct IdentityMaterial {
+    keyserver_id: Option<String>,
+    master_hex: Option<zeroize::Zeroizing<String>>,
+    bootstrap_present: bool,
+    backup: std::result::Result<(BackupNote, BackupStatus), (String, String)>,
+    backup_secret: Option<Secret>,
+    created: bool,
+}
+
+/// Master key, bootstrap identity and backup key, each created once, in that order.
+async fn ensure_identity(
+    cluster: &KeyShardCluster,
+    names: &Names,
+    secrets_api: &Api<Secret>,
+) -> Result<IdentityMaterial> {
+    let retained_owner = retained_owner(cluster);
+    let known_id = cluster.status.as_ref().and_then(|s| s.keyserver_id.clone());
+    let backup_name = names.backup_secret(cluster);
+    let backup_secret = secrets::get(secrets_api, &backup_name).await?;
+    let mut master_secret = secrets::get(secrets_api, &names.master_key_secret()).await?;
+    let bootstrap_secret = secrets::get(secrets_api, &names.bootstrap_secret()).await?;
+    let mut created = false;
+
+    // A fresh keyserver: nothing known, nothing retained.
+    let fresh = known_id.is_none() && backup_secret.is_none() && bootstrap_secret.is_none();
+    if master_secret.is_none() && (fresh || backup_secret.is_none()) {
+        let master = identity::new_master_key();
+        let mut meta = desired::retained_meta(names, names.master_key_secret());
+        meta.owner_references = retained_owner.clone().map(|o| vec![o]);
+        let secret = secrets::build(meta, "Opaque", &[(keys::MASTER_KEY, &master)]);
+        master_secret = Some(secrets::create_if_missing(secrets_api, secret).await?.0);
+    }
+    let master_hex = match &master_secret {
+        Some(s) => {
+            secrets::set_owner(secrets_api, s, retained_owner.clone()).await?;
+            Some(zeroize::Zeroizing::new(secrets::text(s, keys::MASTER_KEY)?))
+        }
+        None => None,
+    };
+
+    let mut bootstrap_json = match &bootstrap_secret {
+        Some(s) => Some(zeroize::Zeroizing::new(secrets::text(s, keys::IDENTITY)?)),
+        None => None,
+    };
+    if fresh && let Some(master) = &master_hex {
+        let (id, json) = identity::new_bootstrap(master)?;
+        let secret = secrets::build(
+            desired::owned_meta(cluster, names, names.bootstrap_secret()),
+            "Opaque",
+            &[(keys::IDENTITY, &json)],
+        );
+        let (stored, now_created) = secrets::create_if_missing(secrets_api, secret).await?;
+        created = now_created;
+        if now_created {
+            info!(keyserver_id = %id, "created a new keyserver identity");
+        }
+        bootstrap_json = Some(zeroize::Zeroizing::new(secrets::text(
+            &stored,
+            keys::IDENTITY,
+        )?));
+    }
+
+    // The backup key, derived from the bootstrap identity when there is none yet.
+    let mut backup_secret = backup_secret;
+    if backup_secret.is_none()
+        && let (Some(bootstrap), Some(master)) = (&bootstrap_json, &master_hex)
+    {
+        let material = identity::backup_from_bootstrap(bootstrap, master, &cluster.spec.backup)?;
+        let mut meta = desired::retained_meta(names, backup_name.clone());
+        meta.owner_references = retained_owner.clone().map(|o| vec![o]);
+        let mut data = vec![
+            (keys::BACKUP, material.backup_json.as_str()),
+            (keys::KEYSERVER_ID, material.keyserver_id.as_str()),
+        ];
+        if let Some(admin) = &material.generated_admin_key {
+            data.push((keys::ADMIN_KEY, admin.as_str()));
+        }
+        let secret = secrets::build(meta, "Opaque", &data);
+        backup_secret = Some(secrets::create_if_missing(secrets_api, secret).await?.0);
+    }
+
+    let backup = match &backup_secret {
+        None => Err((
+            reasons::BACKUP_KEY_INVALID.to_string(),
+            format!("backup-key Secret {backup_name} not found and no identity to derive it from"),
+        )),
+        Some(s) => {
+            secrets::set_owner(secrets_api, s, retained_owner.clone()).await?;
+            match secrets::text(s, keys::BACKUP).and_then(|t| identity::parse_backup(&t)) {
+                Err(e) => Err((reasons::BACKUP_KEY_INVALID.to_string(), e.to_string())),
+                Ok(backup) => {
+                    let id = backup.keyserver_id().to_string();
+                    let mismatch = known_id.as_ref().is_some_and(|k| *k != id);
+                    if mismatch {
+                        Err((
+                            reasons::BACKUP_KEY_INVALID.to_string(),
+                            format!(
+                                "backup-key Secret {backup_name} belongs to keyserver {id}, not to this cluster's keyserver"
+                            ),
+                        ))
+                    } else {
+                        let holders = backup.holders().len();
+                        let weak = holders < 5 || backup.threshold() < 3;
+                        let note = if created {
+                            BackupNote::Created
+                        } else if weak {
+                            BackupNote::Weak
+                        } else {
+                            BackupNote::Present
+                        };
+                        Ok((
+                            note,
+                            BackupStatus {
+                                secret_name: backup_name.clone(),
+                                created_at: s
+                                    .metadata
+                                    .creation_timestamp
+                                    .as_ref()
+                                    .map(|t| t.0.to_string()),
+                                holders: i32::try_from(holders).unwrap_or(i32::MAX),
+                                threshold: i32::try_from(backup.threshold()).unwrap_or(i32::MAX),
+                            },
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    let keyserver_id = known_id
+        .or_else(|| {
+            backup.as_ref().ok().and_then(|_| {
+                backup_secret
+                    .as_ref()
+                    .and_then(|s| secrets::text(s, keys::KEYSERVER_ID).ok())
+            })
+        })
+        .or_else(|| {
+            bootstrap_json
+                .as_ref()
+                .and_then(|b| identity::bootstrap_keyserver_id(b).ok())
+        })
+        .filter(|id| identity::is_keyserver_id(id));
+    Ok(IdentityMaterial {
+        keyserver_id,
+        master_hex,
+        bootstrap_present: bootstrap_json.is_some(),
+        backup,
+        backup_secret,
+        created,
+    })
+}
+
+/// The pods of the cluster with an IP, by name.
+async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&desired::selector_string(names)))
+        .await?;
+    let mut pods: Vec<(String, String)> = list
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            Some((p.name_any(), ip))
+        })
+        .collect();
+    pods.sort();
+    Ok(pods)
+}
+
+/// Recovery from the backup key: the holders' approvals from the recovery Secret.
+async fn recover(
+    cluster: &KeyShardCluster,
+    names: &Names,
+    secrets_api: &Api<Secret>,
+    material: &IdentityMaterial,
+) -> std::result::Result<(), String> {
+    let Some(recovery) = &cluster.spec.recovery else {
+        return Err(
+            "the database holds no keyserver identity: restore it from the backup key \
+                    by giving the holders' approvals in spec.recovery.approvalsSecretName \
+                    (README: backup and recovery)"
+                .into(),
+        );
+    };
+    let approvals = match secrets::get(secrets_api, &recovery.approvals_secret_name).await {
+        Ok(Some(s)) => secrets::all_text(&s).map_err(|e| e.to_string())?,
+        Ok(None) => {
+            return Err(format!(
+                "recovery approvals Secret {} not found",
+                recovery.approvals_secret_name
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let backup_json = material
+        .backup_secret
+        .as_ref()
+        .ok_or("no backup-key Secret to recover from")
+        .and_then(|s| secrets::text(s, keys::BACKUP).map_err(|_| "backup-key Secret unreadable"))
+        .map_err(str::to_string)?;
+    let backup = identity::parse_backup(&backup_json).map_err(|e| e.to_string())?;
+    let master = material.master_hex.as_ref().ok_or("no master-key Secret")?;
+    let bootstrap =
+        identity::recover_bootstrap(&backup, &approvals, master).map_err(|e| e.to_string())?;
+    let secret = secrets::build(
+        desired::owned_meta(cluster, names, names.bootstrap_secret()),
+        "Opaque",
+        &[(keys::IDENTITY, &bootstrap)],
+    );
+    secrets::create_if_missing(secrets_api, secret)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Action> {
+    let names = Names::of(cluster).ok_or_else(|| Error::NoNamespace {
+        what: format!("KeyShardCluster {}", cluster.name_any()),
+    })?;
+    let api: Api<KeyShardCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let previous = cluster.status.clone().unwrap_or_default();
+    let now = now_rfc3339();
+    let generation = cluster.metadata.generation;
+
+    if cluster.spec.paused {
+        let observed = Observed {
+            generation,
+            paused: true,
+            desired_replicas: cluster.spec.replicas,
+            ready_replicas: previous.ready_replicas,
+            identity: IdentityState::Pending,
+            backup: Ok(BackupNote::Present),
+            policy: PolicyState::Unknown,
+            blocker: None,
+        };
+        let mut status = previous.clone();
+        let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
+        status.conditions = conditions;
+        status.phase = Some(phase);
+        write_status(&api, &names, &previous, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let mut blocker = None;
+    let ca = match ensure_pki(cluster, &names, &secrets_api).await? {
+        Ok(ca) => Some(ca),
+        Err(problem) => {
+            blocker = Some(problem);
+            None
+        }
+    };
+    if let Some(db) = cluster
+        .spec
+        .database
+        .as_ref()
+        .filter(|_| cluster.is_cluster())
+    {
+        let ok = secrets::get(&secrets_api, &db.secret_ref.name)
+            .await?
+            .is_some_and(|s| secrets::text(&s, &db.secret_ref.key).is_ok());
+        if !ok {
+            blocker = Some((
+                reasons::DATABASE_SECRET_MISSING.to_string(),
+                format!(
+                    "Secret {} with key {:?} (the database address) not found",
+                    db.secret_ref.name, db.secret_ref.key
+                ),
+            ));
+        }
+    }
+    let material = ensure_identity(cluster, &names, &secrets_api).await?;
+    if material.created {
+        event(
+            ctx,
+            cluster,
+            false,
+            "IdentityCreated",
+            format!(
+                "keyserver {} created; backup key in Secret {}",
+                material.keyserver_id.clone().unwrap_or_default(),
+                names.backup_secret(cluster)
+            ),
+        )
+        .await;
+    }
+
+    // The workload.
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    apply(
+        &services,
+        &names.headless_service(),
+        &desired::headless_service(cluster, &names),
+    )
+    .await?;
+    apply(
+        &services,
+        &names.service(),
+        &desired::service(cluster, &names),
+    )
+    .await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    apply(
+        &pdbs,
+        &names.pdb(),
+        &desired::pod_disruption_budget(cluster, &names),
+    )
+    .await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let sts = apply(
+        &statefulsets,
+        &names.statefulset(),
+        &desired::statefulset(cluster, &names, &ctx.default_image),
+    )
+    .await?;
+    let sts_status = sts.status.unwrap_or_default();
+
+    // What the instances say.
+    let pods = pods(ctx, &names).await?;
+    let mut probes: Vec<(String, Probe, Option<Instance>)> = Vec::new();
+    if let Some(ca) = &ca {
+        let client_cert = ca.operator_client()?;
+        let tls = AdminTls::new(
+            &ca.cert_pem,
+            &client_cert,
+            &pki::admin_server_name(&names.cluster, &names.namespace),
+        );
+        let results = join_all(pods.iter().map(|(pod, ip)| admin::probe(pod, ip, &tls))).await;
+        for ((pod, _), (probe, instance)) in pods.iter().zip(results) {
+            probes.push((pod.clone(), probe, instance));
+        }
+    }
+    let our_id = material.keyserver_id.clone();
+    let serving_ours = probes.iter().any(
+        |(_, p, _)| matches!(p, Probe::Serving(s) if Some(&s.keyserver_id) == our_id.as_ref()),
+    );
+    let serving_other = probes.iter().find_map(|(pod, p, _)| match p {
+        Probe::Serving(s) if Some(&s.keyserver_id) != our_id.as_ref() => {
+            Some((pod.clone(), s.keyserver_id.clone()))
+        }
+        _ => None,
+    });
+    let refusal = probes.iter().find_map(|(_, p, _)| match p {
+        Probe::Refusing { reason, message } => Some((reason.clone(), message.clone())),
+        _ => None,
+    });
+
+    let previous_identity_ready = previous
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "IdentityReady" && c.status == "True");
+    let identity = if serving_ours {
+        // Confirmed: the bootstrap copy of the root secret is no longer needed; from now
+        // on only the backup key (with its holders' approvals) restores the identity.
+        if material.bootstrap_present && material.backup.is_ok() {
+            secrets::delete(&secrets_api, &names.bootstrap_secret()).await?;
+            info!("identity confirmed by an instance; bootstrap Secret deleted");
+        }
+        if !previous_identity_ready {
+            event(
+                ctx,
+                cluster,
+                false,
+                "IdentityConfirmed",
+                format!(
+                    "an instance serves keyserver {}",
+                    our_id.clone().unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        IdentityState::Confirmed
+    } else if let Some((pod, other)) = serving_other {
+        IdentityState::Refused {
+            reason: reasons::IDENTITY_MISMATCH.to_string(),
+            message: format!(
+                "instance {pod} serves keyserver {other}, not this cluster's keyserver {}",
+                our_id.clone().unwrap_or_default()
+            ),
+            recovering: false,
+        }
+    } else if let Some((reason, message)) = refusal {
+        let mut recovering = false;
+        let mut message = message;
+        if reason == reasons::IDENTITY_MISSING && !material.bootstrap_present {
+            match recover(cluster, &names, &secrets_api, &material).await {
+                Ok(()) => {
+                    recovering = true;
+                    message = "recovering the identity from the backup key into the empty \
+                               database"
+                        .to_string();
+                    event(ctx, cluster, false, "RecoveryStarted", message.clone()).await;
+                }
+                Err(problem) => {
+                    message = problem;
+                    if cluster.spec.recovery.is_some() {
+                        event(
+                            ctx,
+                            cluster,
+                            true,
+                            reasons::RECOVERY_FAILED,
+                            message.clone(),
+                        )
+                        .await;
+                    }
+                }
+            }
+        } else if reason == reasons::IDENTITY_MISSING {
+            recovering = cluster.spec.recovery.is_some();
+        }
+        let reason = if reason == reasons::IDENTITY_MISSING
+            && cluster.spec.recovery.is_some()
+            && !recovering
+        {
+            reasons::RECOVERY_FAILED.to_string()
+        } else {
+            reason
+        };
+        if !recovering && previous_identity_ready {
+            event(ctx, cluster, true, &reason, message.clone()).await;
+        }
+        IdentityState::Refused {
+            reason,
+            message,
+            recovering,
+        }
+    } else if material.keyserver_id.is_none() {
+        IdentityState::Failed {
+            reason: reasons::IDENTITY_MISSING.to_string(),
+            message: "no keyserver identity: the backup-key and master-key Secrets are \
+                      missing and the resource records no ID"
+                .to_string(),
+        }
+    } else {
+        IdentityState::Pending
+    };
+
+    // The policy, through the first instance that serves this keyserver.
+    let mut serving: Vec<Instance> = probes
+        .into_iter()
+        .filter_map(|(_, p, i)| match p {
+            Probe::Serving(s) if Some(&s.keyserver_id) == our_id.as_ref() => i,
+            _ => None,
+        })
+        .collect();
+    let (policy, rollout, instances) =
+        policy_and_rollout(cluster, ctx, &names, serving.first_mut()).await?;
+    if let (Some(r), Some(old)) = (&rollout, &previous.policy)
+        && r.version != old.version
+    {
+        event(
+            ctx,
+            cluster,
+            false,
+            "PolicyVersionStored",
+            format!(
+                "KssPolicy {} stored as policy version {}",
+                r.name, r.version
+            ),
+        )
+        .await;
+    }
+
+    let observed = Observed {
+        generation,
+        paused: false,
+        desired_replicas: cluster.spec.replicas,
+        ready_replicas: sts_status.ready_replicas.unwrap_or(0),
+        identity: identity.clone(),
+        backup: material.backup.clone().map(|(note, _)| note),
+        policy,
+        blocker,
+    };
+    let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
+    let ready = sts_status.ready_replicas.unwrap_or(0);
+    let status = KeyShardClusterStatus {
+        phase: Some(phase),
+        keyserver_id: material.keyserver_id.clone(),
+        replicas: sts_status.replicas,
+        ready_replicas: ready,
+        ready: Some(format!("{ready}/{}", cluster.spec.replicas)),
+        selector: Some(desired::selector_string(&names)),
+        policy_version: rollout
+            .as_ref()
+            .map(|r| r.version)
+            .or(previous.policy_version),
+        policy: rollout.or(previous.policy.clone()),
+        instances: instances.unwrap_or(previous.instances.clone()),
+        backup: material.backup.ok().map(|(_, b)| b),
+        conditions,
+        observed_generation: generation,
+    };
+    if previous.phase != Some(phase) {
+        info!(?phase, "phase changed");
+        let warning = matches!(phase, Phase::Failed | Phase::Degraded);
+        event(
+            ctx,
+            cluster,
+            warning,
+            &format!("{phase:?}"),
+            format!(
+                "phase {phase:?}: {ready}/{} instances ready",
+                cluster.spec.replicas
+            ),
+        )
+        .await;
+    }
+    write_status(&api, &names, &previous, status).await?;
+    Ok(Action::requeue(match phase {
+        Phase::Ready => Duration::from_secs(60),
+        _ => Duration::from_secs(3),
+    }))
+}
+
+/// Stores the referenced policy (idempotent) and reads the rollout from the registry.
+async fn policy_and_rollout(
+    cluster: &KeyShardCluster,
+    ctx: &Context,
+    names: &Names,
+    instance: Option<&mut Instance>,
+) -> Result<(
+    PolicyState,
+    Option<PolicyRollout>,
+    Option<Vec<InstanceStatus>>,
+)> {
+    let Some(instance) = instance else {
+        let state = if cluster.spec.policy_ref.is_some() {
+            PolicyState::Unknown
+        } else {
+            PolicyState::None
+        };
+        return Ok((state, None, None));
+    };
+    let mut state = PolicyState::None;
+    let mut stored: Option<(String, String)> = None;
+    if let Some(policy_ref) = &cluster.spec.policy_ref {
+        let api: Api<KssPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        let name = policy_ref.name.clone();
+        state = match api.get_opt(&name).await? {
+            None => PolicyState::NotFound { name },
+            Some(policy) => match super::policy::validate(&policy.spec.policy) {
+                Err(message) => PolicyState::Invalid { name, message },
+                Ok(_) => match instance.load_policy(&policy.spec.policy).await {
+                    Ok(resp) => {
+                        if resp.changed {
+                            info!(policy = %name, version = resp.version, "stored a new policy version");
+                        }
+                        stored = Some((name.clone(), digest(&policy.spec.policy)));
+                        PolicyState::Unknown
+                    }
+                    Err(Ok(message)) => PolicyState::Rejected { name, message },
+                    Err(Err(e)) => return Err(e),
+                },
+            },
+        };
+    }
+    let list = instance.list_instances().await?;
+    let instances: Vec<InstanceStatus> = list
+        .instances
+        .iter()
+        .map(|i| InstanceStatus {
+            name: i.name.clone(),
+            online: i.online,
+            applied_policy_version: i64::try_from(i.applied_policy_version).unwrap_or(i64::MAX),
+            endpoint: (!i.endpoint.is_empty()).then(|| i.endpoint.clone()),
+        })
+        .collect();
+    // Deduplicate by name (the registry's key is the instance name already).
+    let instances: Vec<InstanceStatus> = instances
+        .into_iter()
+        .map(|i| (i.name.clone(), i))
+        .collect::<BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    let version = i64::try_from(list.policy_version).unwrap_or(i64::MAX);
+    let up_to_date = i32::try_from(list.up_to_date).unwrap_or(i32::MAX);
+    let online = i32::try_from(list.online).unwrap_or(i32::MAX);
+    let rollout = stored.map(|(name, digest)| PolicyRollout {
+        name,
+        digest: Some(digest),
+        version,
+        up_to_date,
+        online,
+    });
+    if let Some(r) = &rollout {
+        state = PolicyState::Rollout {
+            name: r.name.clone(),
+            version,
+            up_to_date,
+            online,
+        };
+    }
+    Ok((state, rollout, Some(instances)))
+}
+
+async fn write_status(
+    api: &Api<KeyShardCluster>,
+    names: &Names,
+    previous: &KeyShardClusterStatus,
+    status: KeyShardClusterStatus,
+) -> Result<()> {
+    if *previous == status {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "kss.dev/v1alpha1",
+        "kind": "KeyShardCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &names.cluster,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! A `KeyShardCluster`'s conditions and phase, computed from what a reconcile observed
+//! (pure: no I/O, so each case is unit-tested).
+
+use crate::crd::cluster::Phase;
+use crate::crd::condition::{self, Condition, reasons, types};
+
+/// Where the keyserver identity stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityState {
+    /// An instance serves this cluster's keyserver ID.
+    Confirmed,
+    /// Created (or adopted); no instance has confirmed it yet.
+    Pending,
+    /// An instance refuses: the database holds another keyserver, no identity, or one the
+    /// master key cannot open. `recovering`: the operator supplied a recovered identity.
+    Refused {
+        reason: String,
+        message: String,
+        recovering: bool,
+    },
+    /// The operator could not create, adopt or recover it.
+    Failed { reason: String, message: String },
+}
+
+/// Where the policy stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyState {
+    /// No `spec.policyRef`.
+    None,
+    /// Not known yet (no instance serving).
+    Unknown,
+    NotFound {
+        name: String,
+    },
+    /// The KssPolicy does not validate; the version in force stays.
+    Invalid {
+        name: String,
+        message: String,
+    },
+    /// The keyserver rejected it.
+    Rejected {
+        name: String,
+        message: String,
+    },
+    Rollout {
+        name: String,
+        version: i64,
+        up_to_date: i32,
+        online: i32,
+    },
+}
+
+/// What one reconcile observed.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub paused: bool,
+    pub desired_replicas: i32,
+    pub ready_replicas: i32,
+    pub identity: IdentityState,
+    /// `Err((reason, message))` when the backup key is unusable.
+    pub backup: Result<BackupNote, (String, String)>,
+    pub policy: PolicyState,
+    /// Something that keeps pods from starting (e.g. a missing Secret): (reason, message).
+    pub blocker: Option<(String, String)>,
+}
+
+/// How the backup key came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupNote {
+    Created,
+    Present,
+    /// Weaker than 3 of 5 (`ignoreSecurityChecks`).
+    Weak,
+}
+
+/// The conditions (merged into `previous`, keeping transition times) and the phase.
+pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<Condition>, Phase) {
+    let generation = observed.generation;
+    let mut conditions = previous.to_vec();
+    let mut set = |type_: &str, status: bool, reason: &str, message: String| {
+        condition::set(
+            &mut conditions,
+            condition::new(type_, status, reason, message, generation, now),
+        );
+    };
+    if observed.paused {
+        set(
+            types::PROGRESSING,
+            false,
+            reasons::PAUSED,
+            "spec.paused is set: the operator changes nothing until it is cleared".into(),
+        );
+        return (conditions, Phase::Paused);
+    }
+
+    // Identity.
+    let identity_reason = match &observed.identity {
+        IdentityState::Refused { reason, .. } | IdentityState::Failed { reason, .. } => {
+            Some(reason.clone())
+        }
+        _ => None,
+    };
+    let (identity_ok, identity_failed) = match &observed.identity {
+        IdentityState::Confirmed => {
+            set(
+                types::IDENTITY_READY,
+                true,
+                reasons::IDENTITY_CONFIRMED,
+                "an instance serves this keyserver ID".into(),
+            );
+            (true, false)
+        }
+        IdentityState::Pending => {
+            set(
+                types::IDENTITY_READY,
+                false,
+                reasons::IDENTITY_PENDING,
+                "waiting for the first instance to store or confirm the keyserver identity".into(),
+            );
+            (false, false)
+        }
+        IdentityState::Refused {
+            reason,
+            message,
+            recovering,
+        } => {
+            let reason = if *recovering {
+                reasons::RECOVERING
+            } else {
+                reason.as_str()
+            };
+            set(types::IDENTITY_READY, false, reason, message.clone());
+            (false, !*recovering)
+        }
+        IdentityState::Failed { reason, message } => {
+            set(types::IDENTITY_READY, false, reason, message.clone());
+            (false, true)
+        }
+    };
+
+    // Backup key.
+    let backup_failed = match &observed.backup {
+        Ok(note) => {
+            let (reason, message) = match note {
+                BackupNote::Created => (
+                    reasons::BACKUP_KEY_CREATED,
+                    "backup key written; copy it off the cluster (README: backup and recovery)",
+                ),
+                BackupNote::Present => (reasons::BACKUP_KEY_PRESENT, "backup key present"),
+                BackupNote::Weak => (
+                    reasons::WEAK_BACKUP_SETUP,
+                    "backup key present, but weaker than 3 of 5 holders (ignoreSecurityChecks)",
+                ),
+            };
+            set(types::BACKUP_KEY_READY, true, reason, message.into());
+            false
+        }
+        Err((reason, message)) => {
+            set(types::BACKUP_KEY_READY, false, reason, message.clone());
+            true
+        }
+    };
+
+    // Policy.
+    let rolling_out = match &observed.policy {
+        PolicyState::None => {
+            set(
+                types::POLICY_APPLIED,
+                false,
+                reasons::NO_POLICY,
+                "no spec.policyRef: every request is denied".into(),
+            );
+            false
+        }
+        PolicyState::Unknown => false,
+        PolicyState::NotFound { name } => {
+            set(
+                types::POLICY_APPLIED,
+                false,
+                reasons::POLICY_NOT_FOUND,
+                format!("KssPolicy {name} not found; the policy in force stays"),
+            );
+            false
+        }
+        PolicyState::Invalid { name, message } => {
+            set(
+                types::POLICY_APPLIED,
+                false,
+                reasons::POLICY_INVALID,
+                format!("KssPolicy {name} is invalid ({message}); the policy in force stays"),
+            );
+            false
+        }
+        PolicyState::Rejected { name, message } => {
+            set(
+                types::POLICY_APPLIED,
+                false,
+                reasons::POLICY_REJECTED,
+                format!("the keyserver rejected KssPolicy {name}: {message}"),
+            );
+            false
+        }
+        PolicyState::Rollout {
+            name,
+            version,
+            up_to_date,
+            online,
+        } => {
+            let done = *online > 0 && up_to_date == online;
+            set(
+                types::POLICY_APPLIED,
+                done,
+                if done {
+                    reasons::ROLLED_OUT
+                } else {
+                    reasons::ROLLING_OUT
+                },
+                format!(
+                    "KssPolicy {name}: version {version} applied by {up_to_date}/{online} online instances"
+                ),
+            );
+            !done
+        }
+    };
+
+    let desired = observed.desired_replicas;
+    let ready = observed.ready_replicas;
+    let failed = identity_failed || backup_failed || observed.blocker.is_some();
+    let available = identity_ok && ready > 0;
+    set(
+        types::AVAILABLE,
+        available,
+        if available {
+            reasons::ALL_INSTANCES_READY
+        } else {
+            reasons::NO_INSTANCE_READY
+        },
+        format!("{ready}/{desired} instances ready"),
+    );
+    if available && ready < desired {
+        set(
+            types::AVAILABLE,
+            true,
+            reasons::INSTANCES_NOT_READY,
+            format!("{ready}/{desired} instances ready"),
+        );
+    }
+    let progressing = !failed && (ready != desired || rolling_out || !identity_ok);
+    let (p_reason, p_message) = if let Some((reason, message)) = &observed.blocker {
+        (reason.as_str(), message.clone())
+    } else if !identity_ok {
+        (reasons::IDENTITY_PENDING, "waiting for the identity".into())
+    } else if ready != desired {
+        (
+            reasons::SCALING,
+            format!("{ready}/{desired} instances ready"),
+        )
+    } else if rolling_out {
+        (reasons::ROLLING_OUT, "policy rollout in progress".into())
+    } else {
+        (reasons::RECONCILED, "every object matches the spec".into())
+    };
+    set(types::PROGRESSING, progressing, p_reason, p_message);
+
+    let phase = if failed {
+        Phase::Failed
+    } else if !identity_ok {
+        Phase::Initializing
+    } else if ready == desired && !rolling_out {
+        Phase::Ready
+    } else if ready > 0 {
+        Phase::Degraded
+    } else {
+        Phase::Pending
+    };
+    let degraded = matches!(phase, Phase::Failed | Phase::Degraded);
+    let d_reason = if let Some((reason, _)) = &observed.blocker {
+        reason.clone()
+    } else if let Some(reason) = identity_reason.filter(|_| identity_failed) {
+        reason
+    } else if backup_failed {
+        reasons::BACKUP_KEY_INVALID.to_string()
+    } else if degraded {
+        reasons::INSTANCES_NOT_READY.to_string()
+    } else {
+        reasons::RECONCILED.to_string()
+    };
+    let d_message = match &observed.blocker {
+        Some((_, m)) => m.clone(),
+        None if degraded => format!("phase {phase:?}: see the other conditions"),
+        None => "healthy".into(),
+    };
+    set(types::DEGRADED, degraded, &d_reason, d_message);
+    (conditions, phase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed() -> Observed {
+        Observed {
+            generation: Some(2),
+            paused: false,
+            desired_replicas: 3,
+            ready_replicas: 3,
+            identity: IdentityState::Confirmed,
+            backup: Ok(BackupNote::Present),
+            policy: PolicyState::Rollout {
+                name: "p".into(),
+                version: 4,
+                up_to_date: 3,
+                online: 3,
+            },
+            blocker: None,
+        }
+    }
+
+    fn reason(conds: &[Condition], t: &str) -> (String, String) {
+        let c = condition::find(conds, t).expect("condition present");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn all_ready_and_rolled_out_is_ready() {
+        let (conds, phase) = compute(&observed(), &[], "now");
+        assert_eq!(phase, Phase::Ready);
+        assert_eq!(
+            reason(&conds, "Available"),
+            ("True".into(), "AllInstancesReady".into())
+        );
+        assert_eq!(reason(&conds, "Progressing").0, "False");
+        assert_eq!(reason(&conds, "Degraded").0, "False");
+        assert_eq!(
+            reason(&conds, "PolicyApplied"),
+            ("True".into(), "RolledOut".into())
+        );
+        assert!(conds.iter().all(|c| c.observed_generation == Some(2)));
+    }
+
+    #[test]
+    fn a_lagging_instance_keeps_the_rollout_progressing() {
+        let mut o = observed();
+        o.policy = PolicyState::Rollout {
+            name: "p".into(),
+            version: 5,
+            up_to_date: 2,
+            online: 3,
+        };
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Degraded);
+        assert_eq!(
+            reason(&conds, "PolicyApplied"),
+            ("False".into(), "RollingOut".into())
+        );
+        assert_eq!(
+            reason(&conds, "Progressing"),
+            ("True".into(), "RollingOut".into())
+        );
+    }
+
+    #[test]
+    fn another_keyservers_database_fails_with_the_instances_reason() {
+        let mut o = observed();
+        o.identity = IdentityState::Refused {
+            reason: "IdentityMismatch".into(),
+            message: "IdentityMismatch: the database holds keyserver X".into(),
+            recovering: false,
+        };
+        o.ready_replicas = 0;
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Failed);
+        assert_eq!(
+            reason(&conds, "IdentityReady"),
+            ("False".into(), "IdentityMismatch".into())
+        );
+        assert_eq!(
+            reason(&conds, "Degraded"),
+            ("True".into(), "IdentityMismatch".into())
+        );
+        assert_eq!(reason(&conds, "Available").0, "False");
+    }
+
+    #[test]
+    fn recovery_in_progress_is_initializing_not_failed() {
+        let mut o = observed();
+        o.identity = IdentityState::Refused {
+            reason: "IdentityMissing".into(),
+            message: "m".into(),
+            recovering: true,
+        };
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Initializing);
+        assert_eq!(reason(&conds, "IdentityReady").1, "Recovering");
+    }
+
+    #[test]
+    fn an_invalid_policy_keeps_the_cluster_serving() {
+        let mut o = observed();
+        o.policy = PolicyState::Invalid {
+            name: "p".into(),
+            message: "line 3: unknown rule".into(),
+        };
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Ready);
+        let c = condition::find(&conds, "PolicyApplied").expect("policy condition");
+        assert_eq!(c.reason, "PolicyInvalid");
+        assert!(c.message.contains("line 3") && c.message.contains("stays"));
+    }
+
+    #[test]
+    fn paused_changes_nothing_else() {
+        let mut o = observed();
+        o.paused = true;
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Paused);
+        assert_eq!(conds.len(), 1);
+    }
+}
