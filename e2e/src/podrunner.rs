@@ -373,13 +373,15 @@ type Desired = Option<Arc<Pod>>;
 
 /// The watch loop: one supervisor task per pod name.
 async fn run(ctx: Arc<Ctx>, mut cancel: watch::Receiver<bool>) {
-    let provisioner = ctx.cfg.provision_volumes.then(|| {
-        tokio::spawn(provisioner::run(
+    // A JoinSet aborts its tasks when dropped, also when this task is aborted.
+    let mut aux = JoinSet::new();
+    if ctx.cfg.provision_volumes {
+        aux.spawn(provisioner::run(
             ctx.client.clone(),
             ctx.cfg.namespace.clone(),
             ctx.cfg.state_dir.clone(),
-        ))
-    });
+        ));
+    }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.cfg.namespace);
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().labels(&ctx.cfg.selector);
@@ -410,9 +412,7 @@ async fn run(ctx: Arc<Ctx>, mut cancel: watch::Receiver<bool>) {
             warn!(error = %e, "pod supervisor failed");
         }
     }
-    if let Some(provisioner) = provisioner {
-        provisioner.abort();
-    }
+    aux.abort_all();
 }
 
 fn dispatch(

@@ -147,6 +147,7 @@ fn operator_kubeconfig(dir: &Path) -> Result<PathBuf> {
 struct Operator {
     child: Child,
     log: PathBuf,
+    metrics_port: u16,
 }
 
 impl Operator {
@@ -154,6 +155,9 @@ impl Operator {
         let kubeconfig = operator_kubeconfig(dir)?;
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log)?;
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new(operator_bin()?)
             .args([
                 "run",
@@ -168,7 +172,7 @@ impl Operator {
                 "--lease-duration-secs",
                 "6",
                 "--metrics-listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{metrics_port}"),
             ])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kss_operator=debug,kube=warn")
@@ -176,7 +180,25 @@ impl Operator {
             .stderr(file)
             .spawn()
             .context("starting kss-operator")?;
-        Ok(Operator { child, log })
+        Ok(Operator {
+            child,
+            log,
+            metrics_port,
+        })
+    }
+
+    /// The body of `GET /metrics`.
+    fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        ensure!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "metrics: {response}"
+        );
+        Ok(response)
     }
 
     fn log_text(&self) -> String {
@@ -207,6 +229,13 @@ struct Scene {
 impl Scene {
     async fn new(name: &str) -> Result<Scene> {
         let client = harness::client().await?;
+        // The kubectl install bundle: CRDs, namespace, ServiceAccount and RBAC the
+        // operator runs with (idempotent; its Deployment's pods are kwok's, running nothing).
+        ok(&mut kubectl(&[
+            "apply",
+            "-f",
+            &root().join("manifests/install").display().to_string(),
+        ]))?;
         let ns = harness::create_namespace(&client, name).await?;
         let runner = PodRunner::start(
             client.clone(),
@@ -701,6 +730,16 @@ async fn standalone(scene: &Scene) -> Result<()> {
         events.contains("IdentityCreated"),
         "no IdentityCreated event"
     );
+
+    // Prometheus metrics of the reconciles, and the leader gauge.
+    let metrics = scene.operator.metrics()?;
+    for line in [
+        "kss_operator_reconciles_total{kind=\"KeyShardCluster\",result=\"ok\"}",
+        "kss_operator_reconcile_duration_seconds_count{kind=\"KssPolicy\"}",
+        "kss_operator_leader 1",
+    ] {
+        ensure!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
 
     // Deletion cascades; the backup key and master key stay; re-creating adopts them.
     let clusters = scene.clusters();

@@ -41,6 +41,9 @@ enum Command {
         /// Also write every CRD into this one file (the `kubectl apply` install bundle).
         #[arg(long, default_value = "manifests/install/00-crds.yaml")]
         bundle: PathBuf,
+        /// Also rewrite the CRD reference between the markers of this README.
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
         /// Write nothing; exit 1 naming the stale files.
         #[arg(long)]
         check: bool,
@@ -162,11 +165,19 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crdgen { dir, bundle, check } => {
+        Command::Crdgen {
+            dir,
+            bundle,
+            readme,
+            check,
+        } => {
             if check {
                 let mut stale = crdgen::stale(&dir)?;
                 if crdgen::bundle_is_stale(&bundle)? {
                     stale.push(bundle.display().to_string());
+                }
+                if crdgen::reference_is_stale(&readme)? {
+                    stale.push(format!("{} (CRD reference)", readme.display()));
                 }
                 if !stale.is_empty() {
                     bail!(
@@ -178,7 +189,8 @@ async fn main() -> Result<()> {
                 Ok(())
             } else {
                 crdgen::write_all(&dir)?;
-                crdgen::write_bundle(&bundle)
+                crdgen::write_bundle(&bundle)?;
+                crdgen::write_reference(&readme)
             }
         }
         Command::Run(args) => {

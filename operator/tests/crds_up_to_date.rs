@@ -17,4 +17,9 @@ fn checked_in_crds_match_the_rust_types() {
         "stale {}, run `cargo run -p kss-operator -- crdgen`",
         bundle.display()
     );
+    let readme = root.join("README.md");
+    assert!(
+        !kss_operator::crdgen::reference_is_stale(&readme).expect("compare README"),
+        "the CRD reference in README.md is stale, run `cargo run -p kss-operator -- crdgen`"
+    );
 }
