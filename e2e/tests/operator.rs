@@ -522,6 +522,23 @@ fn enabled(test: &str) -> bool {
     harness::enabled(test).expect("e2e environment")
 }
 
+/// A test that runs `scenario` in a fresh [`Scene`] (namespace, pod runner, operator)
+/// against the e2e control plane, or reports itself skipped without one.
+macro_rules! scene_test {
+    ($name:ident, $prefix:literal, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if !enabled(stringify!($name)) {
+                return;
+            }
+            init_tracing();
+            let mut scene = Scene::new($prefix).await.expect("scene");
+            let result = $scenario(&mut scene).await;
+            scene.finish(result).await;
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 
 /// The API server's own schema rejects invalid resources, naming the field.
@@ -591,21 +608,16 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The standalone example: identity, backup key, objects, policy, a workstation decrypts;
-/// no secret in status, Events or the operator's log; deletion cascades but keeps the
-/// backup key, and re-creating the resource adopts the same keyserver.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_example_serves_and_deletion_keeps_the_backup_key() {
-    if !enabled("standalone_example_serves_and_deletion_keeps_the_backup_key") {
-        return;
-    }
-    init_tracing();
-    let scene = Scene::new("standalone").await.expect("scene");
-    let result = standalone(&scene).await;
-    scene.finish(result).await;
-}
+// The standalone example: identity, backup key, objects, policy, a workstation decrypts;
+// no secret in status, Events or the operator's log; deletion cascades but keeps the
+// backup key, and re-creating the resource adopts the same keyserver.
+scene_test!(
+    standalone_example_serves_and_deletion_keeps_the_backup_key,
+    "standalone",
+    standalone
+);
 
-async fn standalone(scene: &Scene) -> Result<()> {
+async fn standalone(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     apply_ok(ns, &example("policy.yaml")?)?;
     apply_ok(ns, &example("standalone.yaml")?)?;
@@ -786,18 +798,13 @@ async fn standalone(scene: &Scene) -> Result<()> {
     Ok(())
 }
 
-/// Cluster mode on MariaDB: 3 instances, policy rollout per instance, an invalid policy
-/// rejected with the old one in force, scaling up and down, crash and pod deletion.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_rolls_out_policies_scales_and_fails_over() {
-    if !enabled("cluster_rolls_out_policies_scales_and_fails_over") {
-        return;
-    }
-    init_tracing();
-    let scene = Scene::new("cluster").await.expect("scene");
-    let result = cluster_scenario(&scene).await;
-    scene.finish(result).await;
-}
+// Cluster mode on MariaDB: 3 instances, policy rollout per instance, an invalid policy
+// rejected with the old one in force, scaling up and down, crash and pod deletion.
+scene_test!(
+    cluster_rolls_out_policies_scales_and_fails_over,
+    "cluster",
+    cluster_scenario
+);
 
 fn all_at(c: &KeyShardCluster, n: usize, version: i64) -> bool {
     let st = status(c);
@@ -810,7 +817,7 @@ fn all_at(c: &KeyShardCluster, n: usize, version: i64) -> bool {
             .is_some_and(|p| p.version == version && p.up_to_date == n as i32)
 }
 
-async fn cluster_scenario(scene: &Scene) -> Result<()> {
+async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let uri = scratch_database("cluster")?;
     let yaml = example("cluster.yaml")?
@@ -951,18 +958,13 @@ async fn cluster_scenario(scene: &Scene) -> Result<()> {
     Ok(())
 }
 
-/// A second cluster pointed at the first one's database: its instances refuse, its status
-/// says IdentityMismatch, and the database still holds the first keyserver.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_of_another_keyserver_is_refused() {
-    if !enabled("a_database_of_another_keyserver_is_refused") {
-        return;
-    }
-    init_tracing();
-    let scene = Scene::new("mismatch").await.expect("scene");
-    let result = mismatch(&scene).await;
-    scene.finish(result).await;
-}
+// A second cluster pointed at the first one's database: its instances refuse, its status
+// says IdentityMismatch, and the database still holds the first keyserver.
+scene_test!(
+    a_database_of_another_keyserver_is_refused,
+    "mismatch",
+    mismatch
+);
 
 fn cluster_yaml(name: &str, replicas: u32, db_secret: &str, extra: &str) -> String {
     format!(
@@ -974,7 +976,7 @@ fn db_secret_yaml(name: &str, uri: &str) -> String {
     format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  uri: {uri}\n")
 }
 
-async fn mismatch(scene: &Scene) -> Result<()> {
+async fn mismatch(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let uri = scratch_database("mismatch")?;
     apply_ok(ns, &db_secret_yaml("db", &uri))?;
@@ -1014,21 +1016,16 @@ async fn mismatch(scene: &Scene) -> Result<()> {
     Ok(())
 }
 
-/// The database is lost: instances restarted on an empty database refuse; the holders'
-/// approvals in a Secret let the operator restore the same keyserver ID from the
-/// backup-key Secret; the workstation onboarded before decrypts again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_database_is_recovered_from_the_backup_key() {
-    if !enabled("a_lost_database_is_recovered_from_the_backup_key") {
-        return;
-    }
-    init_tracing();
-    let scene = Scene::new("recovery").await.expect("scene");
-    let result = recovery(&scene).await;
-    scene.finish(result).await;
-}
+// The database is lost: instances restarted on an empty database refuse; the holders'
+// approvals in a Secret let the operator restore the same keyserver ID from the
+// backup-key Secret; the workstation onboarded before decrypts again.
+scene_test!(
+    a_lost_database_is_recovered_from_the_backup_key,
+    "recovery",
+    recovery
+);
 
-async fn recovery(scene: &Scene) -> Result<()> {
+async fn recovery(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let kss = harness::kss_bin()?;
     let mut holders = String::from("    threshold: 3\n    holders:\n");
@@ -1133,18 +1130,9 @@ async fn recovery(scene: &Scene) -> Result<()> {
     Ok(())
 }
 
-/// Two operator replicas: one holds the Lease and reconciles; when it dies, the other
-/// takes over and reconciles a new cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_operator_replicas_elect_one_leader() {
-    if !enabled("two_operator_replicas_elect_one_leader") {
-        return;
-    }
-    init_tracing();
-    let mut scene = Scene::new("leader").await.expect("scene");
-    let result = leader(&mut scene).await;
-    scene.finish(result).await;
-}
+// Two operator replicas: one holds the Lease and reconciles; when it dies, the other
+// takes over and reconciles a new cluster.
+scene_test!(two_operator_replicas_elect_one_leader, "leader", leader);
 
 async fn leader(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -65,6 +68,47 @@ pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// Wraps a reconcile so that a success resets the object's backoff.
+fn reconciler<K, F, Fut>(
+    backoff: Arc<Backoff>,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, Error>>
+where
+    K: ResourceExt + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let backoff = Arc::clone(&backoff);
+        Box::pin(async move {
+            let result = reconcile(Arc::clone(&obj), ctx).await;
+            if result.is_ok() {
+                backoff.reset(obj.as_ref());
+            }
+            result
+        })
+    }
+}
+
+/// A failed reconcile is retried after the object's next backoff delay.
+fn error_policy<K: ResourceExt>(
+    backoff: Arc<Backoff>,
+    kind: &'static str,
+) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, error, _ctx| {
+        let delay = backoff.next(obj.as_ref());
+        warn!(kind, name = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
+    }
+}
+
+/// Logs what the controller stream reports besides reconcile results (watch errors).
+async fn log_outcome<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        warn!(error = %e, "controller");
+    }
+}
+
 /// Runs both controllers until the stream ends (shutdown signal).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
@@ -76,8 +120,6 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let cluster_controller = Controller::new(clusters.clone(), watcher::Config::default());
     let store = cluster_controller.store();
     let policy_store = store.clone();
-    let cluster_backoff = Arc::clone(&backoff);
-    let cluster_backoff_ok = Arc::clone(&backoff);
     let clusters_done = cluster_controller
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
@@ -106,31 +148,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         )
         .shutdown_on_signal()
         .run(
-            move |obj, ctx| {
-                let backoff = Arc::clone(&cluster_backoff_ok);
-                async move {
-                    let result = reconcile::cluster::reconcile(Arc::clone(&obj), ctx).await;
-                    if result.is_ok() {
-                        backoff.reset(obj.as_ref());
-                    }
-                    result
-                }
-            },
-            move |obj, error: &Error, _ctx| {
-                let delay = cluster_backoff.next(obj.as_ref());
-                warn!(cluster = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
-                Action::requeue(delay)
-            },
+            reconciler(Arc::clone(&backoff), reconcile::cluster::reconcile),
+            error_policy(backoff, "KeyShardCluster"),
             Arc::clone(&ctx),
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "KeyShardCluster controller");
-            }
-        });
+        .for_each(log_outcome);
 
     let policy_backoff = Arc::new(Backoff::default());
-    let policy_backoff_ok = Arc::clone(&policy_backoff);
     let policies_done = Controller::new(api::<KssPolicy>(&client, ns), watcher::Config::default())
         .watches(clusters, watcher::Config::default(), |cluster| {
             let name = cluster.spec.policy_ref.as_ref()?.name.clone();
@@ -138,28 +162,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         })
         .shutdown_on_signal()
         .run(
-            move |obj, ctx| {
-                let backoff = Arc::clone(&policy_backoff_ok);
-                async move {
-                    let result = reconcile::policy::reconcile(Arc::clone(&obj), ctx).await;
-                    if result.is_ok() {
-                        backoff.reset(obj.as_ref());
-                    }
-                    result
-                }
-            },
-            move |obj, error: &Error, _ctx| {
-                let delay = policy_backoff.next(obj.as_ref());
-                warn!(policy = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
-                Action::requeue(delay)
-            },
+            reconciler(Arc::clone(&policy_backoff), reconcile::policy::reconcile),
+            error_policy(policy_backoff, "KssPolicy"),
             Arc::clone(&ctx),
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "KssPolicy controller");
-            }
-        });
+        .for_each(log_outcome);
 
     ctx.metrics.set_ready();
     info!("controllers running");

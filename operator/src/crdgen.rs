@@ -140,6 +140,19 @@ fn type_of(schema: &serde_json::Value) -> String {
     kind
 }
 
+/// The `required` list of an object schema.
+fn required_fields(schema: &serde_json::Value) -> Vec<String> {
+    schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn walk(prefix: &str, schema: &serde_json::Value, required: &[String], rows: &mut Vec<String>) {
     let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
         return;
@@ -172,15 +185,7 @@ fn walk(prefix: &str, schema: &serde_json::Value, required: &[String], rows: &mu
             Some("array") => field.get("items").cloned().unwrap_or_default(),
             _ => field.clone(),
         };
-        let child_required: Vec<String> = child
-            .get("required")
-            .and_then(|r| r.as_array())
-            .map(|r| {
-                r.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let child_required = required_fields(&child);
         let child_prefix = if field.get("type").and_then(|t| t.as_str()) == Some("array") {
             format!("{path}[]")
         } else {
@@ -204,15 +209,7 @@ pub fn reference() -> Result<String> {
         ));
         for part in ["spec", "status"] {
             let section = &schema["properties"][part];
-            let required: Vec<String> = section
-                .get("required")
-                .and_then(|r| r.as_array())
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let required = required_fields(section);
             let mut rows = Vec::new();
             walk(part, section, &required, &mut rows);
             out.push_str("| field | type | description |\n| --- | --- | --- |\n");
