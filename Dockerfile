@@ -58,7 +58,6 @@ RUN set -eu; \
 #    stubs' build: touch the crate roots so that cargo rebuilds our crates.
 COPY keyserver keyserver
 COPY operator operator
-COPY charts charts
 RUN set -eu; \
     touch keyserver/policy/src/lib.rs keyserver/crypto/src/lib.rs \
           keyserver/store/src/lib.rs keyserver/client/src/lib.rs \

@@ -23,3 +23,35 @@ fn checked_in_crds_match_the_rust_types() {
         "the CRD reference in README.md is stale, run `cargo run -p kss-operator -- crdgen`"
     );
 }
+
+fn undocumented(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    for (name, field) in props {
+        let here = format!("{path}.{name}");
+        if field.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+            out.push(here.clone());
+        }
+        if name == "resources" {
+            continue; // Kubernetes' own ResourceRequirements
+        }
+        undocumented(&here, field, out);
+        if let Some(items) = field.get("items") {
+            undocumented(&format!("{here}[]"), items, out);
+        }
+    }
+}
+
+#[test]
+fn every_field_is_documented_for_kubectl_explain() {
+    let mut missing = Vec::new();
+    for (_, crd) in kss_operator::crdgen::crds() {
+        let value = serde_json::to_value(&crd).expect("crd json");
+        let schema = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        for part in ["spec", "status"] {
+            undocumented(part, &schema["properties"][part], &mut missing);
+        }
+    }
+    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+}

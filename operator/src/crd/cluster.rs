@@ -151,8 +151,11 @@ pub enum Mode {
 /// Image pull policy of the keyserver container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PullPolicy {
+    /// Pull at every pod start.
     Always,
+    /// Pull when the node lacks the image.
     IfNotPresent,
+    /// Never pull.
     Never,
 }
 

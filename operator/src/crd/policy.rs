@@ -80,10 +80,15 @@ pub struct KssPolicyStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySummary {
+    /// Request types the policy decides (e.g. decrypt, search).
     pub request_types: i32,
+    /// Rule sets, over all request types.
     pub rule_sets: i32,
+    /// Rules, over all rule sets.
     pub rules: i32,
+    /// Throttle (quota) rules.
     pub throttles: i32,
+    /// Throttle rules whose counters live in the database.
     pub persistent_throttles: i32,
 }
 
@@ -101,6 +106,7 @@ pub struct ClusterRollout {
     /// Online instances that applied it, of `online`.
     #[serde(default)]
     pub up_to_date: i32,
+    /// Online instances of the cluster.
     #[serde(default)]
     pub online: i32,
 }
