@@ -242,10 +242,10 @@ fn flag_values(words: &[String], long: &str, short: Option<&str>) -> Vec<String>
     while let Some(word) = iter.next() {
         if let Some(value) = word.strip_prefix(&format!("{long}=")) {
             values.push(value.to_string());
-        } else if word == long || Some(word.as_str()) == short {
-            if let Some(value) = iter.next() {
-                values.push(value.clone());
-            }
+        } else if (word == long || Some(word.as_str()) == short)
+            && let Some(value) = iter.next()
+        {
+            values.push(value.clone());
         }
     }
     values
@@ -324,10 +324,10 @@ impl Manifest {
             }
         }
         for bin in self.sections.iter().filter(|(h, _)| h == "[[bin]]") {
-            if let Some(path) = bin.1.get("path") {
-                if !files.contains(path) {
-                    files.push(path.clone());
-                }
+            if let Some(path) = bin.1.get("path")
+                && !files.contains(path)
+            {
+                files.push(path.clone());
             }
         }
         if root().join(&self.dir).join("build.rs").is_file() {
@@ -790,13 +790,13 @@ fn images_run_as_nonroot_with_the_binary_they_copy() {
             builder_runs.contains(&format!("target/release/{bin}")),
             "the builder never handles target/release/{bin} (where {source} comes from)"
         );
-        if let Some(dir) = Path::new(source).parent().and_then(|p| p.to_str()) {
-            if !dir.ends_with("target/release") {
-                assert!(
-                    builder_runs.contains(&format!("{dir}/")),
-                    "the builder never puts anything into {dir}/ (COPY --from={BUILDER} {source})"
-                );
-            }
+        if let Some(dir) = Path::new(source).parent().and_then(|p| p.to_str())
+            && !dir.ends_with("target/release")
+        {
+            assert!(
+                builder_runs.contains(&format!("{dir}/")),
+                "the builder never puts anything into {dir}/ (COPY --from={BUILDER} {source})"
+            );
         }
     }
 }

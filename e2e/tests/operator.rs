@@ -1012,6 +1012,47 @@ async fn mismatch(scene: &mut Scene) -> Result<()> {
     );
     let first = scene.cluster("first").await?;
     ensure!(status(&first).phase == Some(Phase::Ready));
+
+    // Holders whose keys pass the schema's pattern but are not public keys: no identity
+    // is made, and the status says why.
+    let bad_key = "f".repeat(96);
+    let holders: String = (0..5)
+        .map(|i| format!("      - {{name: admin{i}, publicKey: {bad_key}}}\n"))
+        .collect();
+    apply_ok(
+        ns,
+        &cluster_yaml(
+            "bad-keys",
+            1,
+            "db",
+            &format!("    threshold: 3\n    holders:\n{holders}"),
+        ),
+    )?;
+    let bad = scene
+        .wait_cluster("bad-keys", "IdentityReady=False IdentityFailed", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityFailed")
+        })
+        .await?;
+    let (_, _, message) = condition(&bad, "IdentityReady").context("condition")?;
+    ensure!(
+        message.contains("admin0"),
+        "message does not name the holder: {message}"
+    );
+    ensure!(status(&bad).phase == Some(Phase::Failed));
+    ensure!(
+        scene
+            .secrets()
+            .get_opt("bad-keys-master-key")
+            .await?
+            .is_some()
+    );
+    ensure!(
+        scene
+            .secrets()
+            .get_opt("bad-keys-backup-key")
+            .await?
+            .is_none()
+    );
     let _ = sql_on(&uri, &format!("DROP DATABASE {}", database_name(&uri)));
     Ok(())
 }

@@ -30,7 +30,11 @@ fn undocumented(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
     };
     for (name, field) in props {
         let here = format!("{path}.{name}");
-        if field.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+        if field
+            .get("description")
+            .and_then(|d| d.as_str())
+            .is_none_or(str::is_empty)
+        {
             out.push(here.clone());
         }
         if name == "resources" {
@@ -53,5 +57,8 @@ fn every_field_is_documented_for_kubectl_explain() {
             undocumented(part, &schema["properties"][part], &mut missing);
         }
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:?}"
+    );
 }

@@ -55,6 +55,7 @@ pub mod reasons {
     pub const IDENTITY_CONFIRMED: &str = "IdentityConfirmed";
     pub const IDENTITY_MISMATCH: &str = "IdentityMismatch";
     pub const IDENTITY_MISSING: &str = "IdentityMissing";
+    pub const IDENTITY_FAILED: &str = "IdentityFailed";
     pub const MASTER_KEY_MISMATCH: &str = "MasterKeyMismatch";
     pub const RECOVERING: &str = "Recovering";
     pub const RECOVERY_FAILED: &str = "RecoveryFailed";

@@ -443,7 +443,46 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             ));
         }
     }
-    let material = ensure_identity(cluster, &names, &secrets_api).await?;
+    let material = match ensure_identity(cluster, &names, &secrets_api).await {
+        Ok(material) => material,
+        // A spec the identity cannot be made from (e.g. a holder's key that is not a
+        // public key): said in status, retried when the spec changes.
+        Err(Error::Identity(message)) => {
+            warn!(%message, "cannot create the keyserver identity");
+            event(
+                ctx,
+                cluster,
+                true,
+                reasons::IDENTITY_FAILED,
+                message.clone(),
+            )
+            .await;
+            let observed = Observed {
+                generation,
+                paused: false,
+                desired_replicas: cluster.spec.replicas,
+                ready_replicas: 0,
+                identity: IdentityState::Failed {
+                    reason: reasons::IDENTITY_FAILED.to_string(),
+                    message,
+                },
+                backup: Err((
+                    reasons::BACKUP_KEY_INVALID.to_string(),
+                    "no backup key without an identity".to_string(),
+                )),
+                policy: PolicyState::Unknown,
+                blocker,
+            };
+            let mut status = previous.clone();
+            let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
+            status.conditions = conditions;
+            status.phase = Some(phase);
+            status.observed_generation = generation;
+            write_status(&api, &names, &previous, status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Err(e) => return Err(e),
+    };
     if material.created {
         event(
             ctx,

@@ -1,0 +1,707 @@
+//! The Helm chart `charts/kss-operator` against the real control plane (run by
+//! `e2e/run.sh`, which puts `helm` and `kubectl` on PATH; the CRDs are installed from
+//! `crds/` before the tests): what `helm template` renders is accepted by the API server
+//! (`kubectl apply --dry-run=server`) for the default values, the cluster-mode CI values
+//! and the other switches, with the install bundle's images, rules and security
+//! settings; `helm install --wait` of the CI values into a namespace enforcing the
+//! "restricted" Pod Security Standard creates the operator and the resources of the
+//! values, `helm uninstall --wait` removes the operator and keeps the KssPolicy and
+//! KeyShardCluster (helm.sh/resource-policy: keep).
+//!
+//! The release's cluster-scoped objects (ClusterRole, ClusterRoleBinding) are named after
+//! the release (`<release>-kss-operator`), so they never collide with the install
+//! bundle's `kss-operator` ClusterRole that other tests apply. kwok runs the operator's
+//! pods: they run nothing, which is enough for Helm.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kss_e2e::harness;
+use kss_operator::crd::{KeyShardCluster, KssPolicy};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const RESTRICTED: &str = "pod-security.kubernetes.io/enforce";
+
+fn root() -> PathBuf {
+    harness::workspace_root()
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/kss-operator")
+}
+
+fn cluster_values() -> String {
+    chart().join("ci/cluster-values.yaml").display().to_string()
+}
+
+fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+fn describe(cmd: &Command) -> String {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+/// Runs `cmd` with `stdin` (if any); its output.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<Output> {
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{what}` (helm and kubectl come from PATH)"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .with_context(|| format!("writing to `{what}`"))?;
+    }
+    child
+        .wait_with_output()
+        .with_context(|| format!("running `{what}`"))
+}
+
+/// Runs `cmd`; its stdout, or an error with both outputs.
+fn ok(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+    let what = describe(cmd);
+    let out = run(cmd, stdin)?;
+    ensure!(
+        out.status.success(),
+        "`{what}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `helm` with its cache, configuration and data in a temporary directory.
+struct Helm {
+    home: tempfile::TempDir,
+}
+
+impl Helm {
+    fn new() -> Result<Helm> {
+        Ok(Helm {
+            home: tempfile::tempdir().context("helm home")?,
+        })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("helm");
+        for (var, dir) in [
+            ("HELM_CACHE_HOME", "cache"),
+            ("HELM_CONFIG_HOME", "config"),
+            ("HELM_DATA_HOME", "data"),
+        ] {
+            cmd.env(var, self.home.path().join(dir));
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// `helm template <release> <chart> -n <ns> <args>`.
+    fn template(&self, release: &str, ns: &str, args: &[&str]) -> Result<String> {
+        let chart = chart().display().to_string();
+        let mut all = vec!["template", release, &chart, "--namespace", ns];
+        all.extend_from_slice(args);
+        ok(&mut self.cmd(&all), None)
+    }
+}
+
+fn kubectl(args: &[&str]) -> Command {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args);
+    cmd
+}
+
+/// The objects of `kubectl apply -o json` (a List, or one object).
+fn objects(json_text: &str) -> Result<Vec<Value>> {
+    let value: Value = serde_json::from_str(json_text).context("kubectl -o json output")?;
+    Ok(if value["kind"] == "List" {
+        value["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        vec![value]
+    })
+}
+
+/// `kubectl apply --dry-run=server -o json -f -`: what the API server would store.
+fn server_dry_run(yaml: &str) -> Result<Vec<Value>> {
+    objects(&ok(
+        &mut kubectl(&["apply", "--dry-run=server", "-o", "json", "-f", "-"]),
+        Some(yaml),
+    )?)
+}
+
+/// A file of the install bundle as JSON objects (client-side, no server involved).
+fn bundle(file: &str) -> Result<Vec<Value>> {
+    let path = root().join("manifests/install").join(file);
+    objects(&ok(
+        &mut kubectl(&[
+            "apply",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            &path.display().to_string(),
+        ]),
+        None,
+    )?)
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .filter_map(|o| o["kind"].as_str().map(str::to_string))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: Option<&str>) -> Result<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && name.is_none_or(|n| o["metadata"]["name"] == n))
+        .with_context(|| format!("no {kind} {}", name.unwrap_or_default()))
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(deployment: &Value) -> Vec<String> {
+    container(deployment)["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn env<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+    container(deployment)["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// The rendered operator Deployment has the install bundle's images, environment,
+/// probes and security settings.
+fn check_deployment(deployment: &Value, bundle_deployment: &Value) -> Result<()> {
+    let c = container(deployment);
+    let b = container(bundle_deployment);
+    ensure!(
+        c["image"] == b["image"],
+        "operator image {} (the install bundle deploys {})",
+        c["image"],
+        b["image"]
+    );
+    let keyserver = env(deployment, "KSS_KEYSERVER_IMAGE").map(|e| e["value"].clone());
+    ensure!(
+        keyserver == Some(json!(kss_operator::desired::DEFAULT_IMAGE)),
+        "KSS_KEYSERVER_IMAGE {keyserver:?}, not DEFAULT_IMAGE {}",
+        kss_operator::desired::DEFAULT_IMAGE
+    );
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let path = env(deployment, var).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone());
+        ensure!(
+            path == Some(json!(field)),
+            "{var} must come from the downward API ({field}): {path:?}"
+        );
+    }
+    ensure!(
+        args(deployment).first().map(String::as_str) == Some("run"),
+        "args {:?} do not start with `run`",
+        args(deployment)
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        ensure!(
+            c[probe]["httpGet"]["path"] == "/healthz" && c[probe]["httpGet"]["port"] == "metrics",
+            "{probe}: {}",
+            c[probe]
+        );
+    }
+    ensure!(
+        c["ports"][0]["containerPort"] == 8080,
+        "metrics port {}",
+        c["ports"]
+    );
+    let sc = &c["securityContext"];
+    ensure!(
+        sc["runAsNonRoot"] == true
+            && sc["readOnlyRootFilesystem"] == true
+            && sc["allowPrivilegeEscalation"] == false
+            && sc["capabilities"]["drop"] == json!(["ALL"]),
+        "container securityContext {sc}"
+    );
+    let pod_sc = &deployment["spec"]["template"]["spec"]["securityContext"];
+    ensure!(
+        pod_sc["runAsNonRoot"] == true
+            && pod_sc["runAsUser"] == 65532
+            && pod_sc["seccompProfile"]["type"] == "RuntimeDefault",
+        "pod securityContext {pod_sc}"
+    );
+    ensure!(
+        c["resources"] == b["resources"],
+        "resources {} (the bundle's: {})",
+        c["resources"],
+        b["resources"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_templates_are_accepted_by_the_api_server() {
+    if !harness::enabled("helm_templates_are_accepted_by_the_api_server").expect("e2e environment")
+    {
+        return;
+    }
+    init_tracing();
+    let client = harness::client().await.expect("kubernetes client");
+    let ns = harness::create_namespace(&client, "helm-tpl")
+        .await
+        .expect("namespace");
+    let outcome = templates(&ns).await;
+    harness::delete_namespace(&client, &ns)
+        .await
+        .expect("delete namespace");
+    outcome.expect("helm template scenario");
+}
+
+async fn templates(ns: &str) -> Result<()> {
+    let helm = Helm::new()?;
+    let release = "kss-e2e-tpl";
+    let fullname = format!("{release}-kss-operator");
+    let bundle_deployment = bundle("30-operator.yaml")?
+        .into_iter()
+        .find(|o| o["kind"] == "Deployment")
+        .context("30-operator.yaml: no Deployment")?;
+    let rbac = bundle("20-rbac.yaml")?;
+    let bundle_rules = &find(&rbac, "ClusterRole", None)?["rules"];
+    let bundle_leader_rules = &find(&rbac, "Role", None)?["rules"];
+
+    // Default values: the operator cluster-wide, with leader election.
+    let yaml = helm.template(release, ns, &[])?;
+    let objects = server_dry_run(&yaml)?;
+    ensure!(
+        kinds(&objects)
+            == [
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount"
+            ],
+        "default values render {:?}",
+        kinds(&objects)
+    );
+    let deployment = find(&objects, "Deployment", Some(&fullname))?;
+    check_deployment(deployment, &bundle_deployment)?;
+    ensure!(
+        deployment["spec"]["replicas"] == 2,
+        "replicas {}",
+        deployment["spec"]["replicas"]
+    );
+    let operator_args = args(deployment);
+    for expected in [
+        "--leader-elect=true".to_string(),
+        format!("--lease-name={fullname}-leader"),
+    ] {
+        ensure!(
+            operator_args.contains(&expected),
+            "args {operator_args:?} lack {expected}"
+        );
+    }
+    ensure!(
+        !operator_args
+            .iter()
+            .any(|a| a.starts_with("--watch-namespace")),
+        "args {operator_args:?}"
+    );
+    let cluster_role = find(&objects, "ClusterRole", Some(&fullname))?;
+    ensure!(
+        &cluster_role["rules"] == bundle_rules,
+        "ClusterRole rules {} differ from the install bundle's {bundle_rules}",
+        cluster_role["rules"]
+    );
+    let binding = find(&objects, "ClusterRoleBinding", Some(&fullname))?;
+    ensure!(
+        binding["subjects"][0]["name"] == fullname.as_str()
+            && binding["subjects"][0]["namespace"] == ns,
+        "ClusterRoleBinding subjects {}",
+        binding["subjects"]
+    );
+    let leader = find(
+        &objects,
+        "Role",
+        Some(&format!("{fullname}-leader-election")),
+    )?;
+    ensure!(
+        &leader["rules"] == bundle_leader_rules && leader["metadata"]["namespace"] == ns,
+        "leader-election Role {leader}"
+    );
+    let service = find(&objects, "Service", Some(&format!("{fullname}-metrics")))?;
+    ensure!(
+        service["spec"]["ports"][0]["port"] == 8080
+            && service["spec"]["selector"]["app.kubernetes.io/instance"] == release,
+        "metrics Service {}",
+        service["spec"]
+    );
+
+    // The cluster-mode CI values: also a KssPolicy and a KeyShardCluster that uses it.
+    let values = cluster_values();
+    let objects = server_dry_run(&helm.template(release, ns, &["-f", &values])?)?;
+    let policy = find(&objects, "KssPolicy", Some("batch-decrypt"))?;
+    let text = policy["spec"]["policy"].as_str().unwrap_or_default();
+    ensure!(
+        text.starts_with("decrypt:\n") && text.contains("rule: time-range-rule"),
+        "KssPolicy text {text:?}"
+    );
+    let cluster = find(&objects, "KeyShardCluster", Some("kss-prod"))?;
+    let spec = &cluster["spec"];
+    ensure!(
+        spec["mode"] == "Cluster"
+            && spec["replicas"] == 3
+            && spec["database"]["secretRef"]["name"] == "kss-prod-db"
+            && spec["policyRef"]["name"] == "batch-decrypt"
+            && spec["backup"]["holders"].as_array().map(Vec::len) == Some(5),
+        "KeyShardCluster spec {spec}"
+    );
+    ensure!(
+        cluster["metadata"]["namespace"] == ns
+            && cluster["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+        "KeyShardCluster metadata {}",
+        cluster["metadata"]
+    );
+
+    // One namespace watched: a Role there instead of the ClusterRole.
+    let watch = format!("watchNamespace={ns}");
+    let objects = server_dry_run(&helm.template(release, ns, &["--set", &watch])?)?;
+    ensure!(
+        !kinds(&objects).iter().any(|k| k.starts_with("Cluster")),
+        "watchNamespace renders {:?}",
+        kinds(&objects)
+    );
+    let role = find(&objects, "Role", Some(&fullname))?;
+    ensure!(
+        &role["rules"] == bundle_rules && role["metadata"]["namespace"] == ns,
+        "the namespaced Role {role}"
+    );
+    find(&objects, "RoleBinding", Some(&fullname))?;
+    let deployment = find(&objects, "Deployment", Some(&fullname))?;
+    ensure!(
+        args(deployment).contains(&format!("--watch-namespace={ns}")),
+        "args {:?}",
+        args(deployment)
+    );
+
+    // No leader election: one replica, no Lease Role.
+    let objects = server_dry_run(&helm.template(
+        release,
+        ns,
+        &[
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "replicaCount=1",
+        ],
+    )?)?;
+    ensure!(
+        find(
+            &objects,
+            "Role",
+            Some(&format!("{fullname}-leader-election"))
+        )
+        .is_err(),
+        "a leader-election Role without leader election"
+    );
+    let deployment = find(&objects, "Deployment", Some(&fullname))?;
+    let operator_args = args(deployment);
+    ensure!(
+        operator_args.contains(&"--leader-elect=false".to_string())
+            && !operator_args.iter().any(|a| a.starts_with("--lease-name")),
+        "args {operator_args:?}"
+    );
+    // ... and several replicas without it are refused.
+    let refused = run(
+        &mut helm.cmd(&[
+            "template",
+            release,
+            &chart().display().to_string(),
+            "--set",
+            "leaderElection.enabled=false",
+        ]),
+        None,
+    )?;
+    ensure!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("set replicaCount to 1"),
+        "2 replicas without leader election rendered: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // fullnameOverride names everything, the cluster-scoped objects too.
+    let objects = server_dry_run(&helm.template(
+        release,
+        ns,
+        &["--set", "fullnameOverride=kss-e2e-renamed"],
+    )?)?;
+    for object in &objects {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        ensure!(
+            name.starts_with("kss-e2e-renamed"),
+            "{} {name} does not follow fullnameOverride",
+            object["kind"]
+        );
+    }
+
+    // The ServiceMonitor only on request (its CRD is not installed here: not applied).
+    let plain = helm.template(release, ns, &[])?;
+    let monitored = helm.template(
+        release,
+        ns,
+        &["--set", "metrics.serviceMonitor.enabled=true"],
+    )?;
+    ensure!(
+        !plain.contains("kind: ServiceMonitor"),
+        "a ServiceMonitor by default"
+    );
+    ensure!(
+        monitored.contains("apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor"),
+        "no ServiceMonitor with metrics.serviceMonitor.enabled"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_and_uninstall_with_cluster_values() {
+    if !harness::enabled("helm_install_and_uninstall_with_cluster_values").expect("e2e environment")
+    {
+        return;
+    }
+    init_tracing();
+    let client = harness::client().await.expect("kubernetes client");
+    let ns = harness::create_namespace(&client, "helm")
+        .await
+        .expect("namespace");
+    let helm = Helm::new().expect("helm home");
+    // A release name of its own: its ClusterRole is <release>-kss-operator.
+    let release = format!("kss-e2e-{}", ns.rsplit('-').next().unwrap_or("x"));
+    let outcome = install(&client, &helm, &ns, &release).await;
+    if outcome.is_err() {
+        // Leave no cluster-scoped object behind (the namespace takes the rest).
+        let _ = run(
+            &mut helm.cmd(&["uninstall", &release, "--namespace", &ns, "--wait"]),
+            None,
+        );
+        let name = format!("{release}-kss-operator");
+        for kind in ["clusterrolebinding", "clusterrole"] {
+            let _ = run(
+                &mut kubectl(&["delete", kind, &name, "--ignore-not-found"]),
+                None,
+            );
+        }
+    }
+    harness::delete_namespace(&client, &ns)
+        .await
+        .expect("delete namespace");
+    outcome.expect("helm install scenario");
+}
+
+async fn install(client: &Client, helm: &Helm, ns: &str, release: &str) -> Result<()> {
+    let fullname = format!("{release}-kss-operator");
+    // The operator's pods must pass the "restricted" Pod Security Standard.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {RESTRICTED: "restricted"}}})),
+        )
+        .await
+        .context("labelling the namespace")?;
+
+    let chart = chart().display().to_string();
+    let values = cluster_values();
+    let installed = ok(
+        &mut helm.cmd(&[
+            "install",
+            release,
+            &chart,
+            "--namespace",
+            ns,
+            "-f",
+            &values,
+            "--wait",
+            "--timeout",
+            "60s",
+        ]),
+        None,
+    )?;
+    ensure!(
+        installed.contains("STATUS: deployed") && installed.contains("kubectl -n"),
+        "helm install output (with the chart's NOTES):\n{installed}"
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = deployments.get(&fullname).await.context("Deployment")?;
+    let status = deployment.status.unwrap_or_default();
+    ensure!(
+        status.ready_replicas == Some(2),
+        "Deployment {fullname}: {status:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let running = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    ensure!(
+        running == 2,
+        "{running} operator pods Running (namespace enforces restricted)"
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts.get(&fullname).await.context("ServiceAccount")?;
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let cluster_role = cluster_roles.get(&fullname).await.context("ClusterRole")?;
+    let labels = cluster_role.metadata.labels.unwrap_or_default();
+    ensure!(
+        labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(release),
+        "ClusterRole {fullname} labels {labels:?}"
+    );
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = bindings
+        .get(&fullname)
+        .await
+        .context("ClusterRoleBinding")?;
+    let subject = binding.subjects.unwrap_or_default();
+    ensure!(
+        subject.len() == 1
+            && subject[0].name == fullname
+            && subject[0].namespace.as_deref() == Some(ns),
+        "ClusterRoleBinding subjects {subject:?}"
+    );
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .get(&format!("{fullname}-leader-election"))
+        .await
+        .context("leader-election Role")?;
+    let role_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    role_bindings
+        .get(&format!("{fullname}-leader-election"))
+        .await
+        .context("leader-election RoleBinding")?;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let service = services
+        .get(&format!("{fullname}-metrics"))
+        .await
+        .context("metrics Service")?;
+    let port = service
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().map(|p| p.port));
+    ensure!(port == Some(8080), "metrics Service port {port:?}");
+    let policies: Api<KssPolicy> = Api::namespaced(client.clone(), ns);
+    let policy = policies
+        .get("batch-decrypt")
+        .await
+        .context("KssPolicy batch-decrypt")?;
+    ensure!(
+        policy.spec.policy.contains("per-profile-throttle-rule"),
+        "KssPolicy text {:?}",
+        policy.spec.policy
+    );
+    let clusters: Api<KeyShardCluster> = Api::namespaced(client.clone(), ns);
+    let cluster = clusters
+        .get("kss-prod")
+        .await
+        .context("KeyShardCluster kss-prod")?;
+    ensure!(
+        cluster.spec.replicas == 3
+            && cluster.spec.policy_ref.as_ref().map(|r| r.name.as_str()) == Some("batch-decrypt"),
+        "KeyShardCluster spec {:?}",
+        cluster.spec
+    );
+
+    let status: Value = serde_json::from_str(&ok(
+        &mut helm.cmd(&["status", release, "--namespace", ns, "-o", "json"]),
+        None,
+    )?)
+    .context("helm status -o json")?;
+    ensure!(
+        status["info"]["status"] == "deployed",
+        "helm status: {}",
+        status["info"]
+    );
+
+    ok(
+        &mut helm.cmd(&[
+            "uninstall",
+            release,
+            "--namespace",
+            ns,
+            "--wait",
+            "--timeout",
+            "60s",
+        ]),
+        None,
+    )?;
+    ensure!(
+        deployments.get_opt(&fullname).await?.is_none(),
+        "Deployment left after uninstall"
+    );
+    ensure!(
+        accounts.get_opt(&fullname).await?.is_none(),
+        "ServiceAccount left after uninstall"
+    );
+    ensure!(
+        cluster_roles.get_opt(&fullname).await?.is_none(),
+        "ClusterRole left after uninstall"
+    );
+    ensure!(
+        bindings.get_opt(&fullname).await?.is_none(),
+        "ClusterRoleBinding left after uninstall"
+    );
+    // helm.sh/resource-policy: keep (the chart's default for both).
+    ensure!(
+        policies.get_opt("batch-decrypt").await?.is_some(),
+        "KssPolicy deleted by uninstall"
+    );
+    ensure!(
+        clusters.get_opt("kss-prod").await?.is_some(),
+        "KeyShardCluster deleted by uninstall"
+    );
+    let releases = ok(&mut helm.cmd(&["list", "--namespace", ns, "-q"]), None)?;
+    if !releases.trim().is_empty() {
+        bail!("releases left: {releases}");
+    }
+    Ok(())
+}
