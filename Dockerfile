@@ -17,9 +17,13 @@
 # protoc needs no system package: keyserver/proto/build.rs uses the protoc shipped by the
 # protoc-bin-vendored crate (Linux x86_64 and aarch64 binaries included).
 
+# VERSION of the images (their labels): the crates' version.
 ARG VERSION=0.1.0
 
 # ---------------------------------------------------------------------------- builder
+
+# Rust 1.95 (the workspace's rust-version) on Debian bookworm (the runtime's glibc).
+# builder compiles kss and kss-operator in release mode.
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
@@ -68,8 +72,11 @@ RUN set -eu; \
     cp target/release/kss target/release/kss-operator /out/
 
 # ---------------------------------------------------------------------------- runtime
-# Distroless "cc": glibc, libgcc (the binaries are dynamically linked against them), CA
-# certificates, tzdata, /etc/passwd with nonroot (65532); no shell, no package manager.
+
+# Distroless "cc": glibc and libgcc (the binaries are dynamically linked against them),
+# CA certificates, tzdata, /etc/passwd with the nonroot user (65532); no shell, no
+# package manager.
+# runtime is the base of both images.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG VERSION
 LABEL org.opencontainers.image.version="${VERSION}" \
@@ -80,6 +87,8 @@ LABEL org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 
 # ------------------------------------------------------------------------ kss-operator
+
+# kss-operator is the operator image: `docker build --target kss-operator`.
 FROM runtime AS kss-operator
 LABEL org.opencontainers.image.title="kss-operator" \
       org.opencontainers.image.description="The kss Kubernetes operator: KeyShardCluster and KssPolicy reconciled into keyserver pods"
@@ -91,7 +100,9 @@ ENTRYPOINT ["/usr/local/bin/kss-operator"]
 CMD ["run"]
 
 # --------------------------------------------------------------------------------- kss
+
 # The last stage: what `docker build .` without --target builds.
+# kss is the keyserver image: `docker build --target kss`.
 FROM runtime AS kss
 LABEL org.opencontainers.image.title="kss" \
       org.opencontainers.image.description="The kss keyserver daemon and admin CLI"
