@@ -38,6 +38,9 @@ enum Command {
         /// Where to write them.
         #[arg(default_value = "crds")]
         dir: PathBuf,
+        /// Also write the CRD files into the Helm chart's crds/ folder.
+        #[arg(long, default_value = "charts/kss-operator/crds")]
+        chart_dir: PathBuf,
         /// Also write every CRD into this one file (the `kubectl apply` install bundle).
         #[arg(long, default_value = "manifests/install/00-crds.yaml")]
         bundle: PathBuf,
@@ -167,12 +170,14 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Crdgen {
             dir,
+            chart_dir,
             bundle,
             readme,
             check,
         } => {
             if check {
                 let mut stale = crdgen::stale(&dir)?;
+                stale.extend(crdgen::stale(&chart_dir)?);
                 if crdgen::bundle_is_stale(&bundle)? {
                     stale.push(bundle.display().to_string());
                 }
@@ -189,6 +194,7 @@ async fn main() -> Result<()> {
                 Ok(())
             } else {
                 crdgen::write_all(&dir)?;
+                crdgen::write_all(&chart_dir)?;
                 crdgen::write_bundle(&bundle)?;
                 crdgen::write_reference(&readme)
             }
