@@ -323,53 +323,23 @@ pub(crate) async fn prepare(
                     )
                 })?)
             } else if let Some(sel) = &from.secret_key_ref {
+                let data = objects.secret(&sel.name).await?;
                 let optional = sel.optional.unwrap_or(false);
-                match objects.secret(&sel.name).await? {
-                    Some(data) => match data.get(&sel.key) {
-                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                        None if optional => None,
-                        None => {
-                            return Err(Error::pod(
-                                &name,
-                                format!(
-                                    "env {}: secret {} has no key {}",
-                                    var.name, sel.name, sel.key
-                                ),
-                            ));
-                        }
-                    },
-                    None if optional => None,
-                    None => {
-                        return Err(Error::pod(
-                            &name,
-                            format!("env {}: secret {} not found", var.name, sel.name),
-                        ));
-                    }
-                }
+                key_ref_value(
+                    &name, &var.name, "secret", &sel.name, &sel.key, optional, data,
+                )?
             } else if let Some(sel) = &from.config_map_key_ref {
+                let data = objects.config_map(&sel.name).await?;
                 let optional = sel.optional.unwrap_or(false);
-                match objects.config_map(&sel.name).await? {
-                    Some(data) => match data.get(&sel.key) {
-                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                        None if optional => None,
-                        None => {
-                            return Err(Error::pod(
-                                &name,
-                                format!(
-                                    "env {}: configmap {} has no key {}",
-                                    var.name, sel.name, sel.key
-                                ),
-                            ));
-                        }
-                    },
-                    None if optional => None,
-                    None => {
-                        return Err(Error::pod(
-                            &name,
-                            format!("env {}: configmap {} not found", var.name, sel.name),
-                        ));
-                    }
-                }
+                key_ref_value(
+                    &name,
+                    &var.name,
+                    "configmap",
+                    &sel.name,
+                    &sel.key,
+                    optional,
+                    data,
+                )?
             } else {
                 return Err(Error::pod(
                     &name,
@@ -634,4 +604,32 @@ fn downward_files(
         });
     }
     Ok(())
+}
+
+/// The value of an env var's `secretKeyRef` / `configMapKeyRef`: `None` when it is
+/// optional and absent (the kubelet leaves the variable unset), an error otherwise.
+fn key_ref_value(
+    pod: &str,
+    var: &str,
+    kind: &str,
+    source: &str,
+    key: &str,
+    optional: bool,
+    data: Data,
+) -> Result<Option<String>> {
+    match data {
+        Some(data) => match data.get(key) {
+            Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+            None if optional => Ok(None),
+            None => Err(Error::pod(
+                pod,
+                format!("env {var}: {kind} {source} has no key {key}"),
+            )),
+        },
+        None if optional => Ok(None),
+        None => Err(Error::pod(
+            pod,
+            format!("env {var}: {kind} {source} not found"),
+        )),
+    }
 }
