@@ -163,3 +163,14 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Logs of the harness (and of anything else `RUST_LOG` names, default `kss_e2e=info`)
+/// into the test's captured output. Safe to call from every test.
+pub fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}

@@ -41,14 +41,6 @@ fn cluster_values() -> String {
     chart().join("ci/cluster-values.yaml").display().to_string()
 }
 
-fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .try_init();
-}
-
 fn describe(cmd: &Command) -> String {
     let args: Vec<String> = cmd
         .get_args()
@@ -279,7 +271,7 @@ async fn helm_templates_are_accepted_by_the_api_server() {
     {
         return;
     }
-    init_tracing();
+    harness::init_tracing();
     let client = harness::client().await.expect("kubernetes client");
     let ns = harness::create_namespace(&client, "helm-tpl")
         .await
@@ -504,7 +496,7 @@ async fn helm_install_and_uninstall_with_cluster_values() {
     {
         return;
     }
-    init_tracing();
+    harness::init_tracing();
     let client = harness::client().await.expect("kubernetes client");
     let ns = harness::create_namespace(&client, "helm")
         .await

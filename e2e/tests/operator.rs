@@ -28,14 +28,6 @@ const POLICY_V1: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]
 const POLICY_V2: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]\n    - rule: per-profile-throttle-rule\n      per_day: 100\n      persistent: true\n";
 const POLICY_INVALID: &str = "decrypt:\n  - - rule: meta-rule\n      pathz: [/public]\n";
 
-fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .try_init();
-}
-
 fn root() -> PathBuf {
     harness::workspace_root()
 }
@@ -531,7 +523,7 @@ macro_rules! scene_test {
             if !enabled(stringify!($name)) {
                 return;
             }
-            init_tracing();
+            harness::init_tracing();
             let mut scene = Scene::new($prefix).await.expect("scene");
             let result = $scenario(&mut scene).await;
             scene.finish(result).await;

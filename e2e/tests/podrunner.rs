@@ -28,22 +28,13 @@ const LABEL: (&str, &str) = ("app", "kss-e2e-podrunner");
 const MASTER_KEY: &str = "8f1c3a5e7b9d0f2468ace13579bdf02468ace13579bdf02468ace13579bdf024";
 const START: Duration = Duration::from_secs(60);
 
-fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "kss_e2e=info".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podrunner_runs_a_statefulset_as_kss_processes() {
     if !harness::enabled("podrunner_runs_a_statefulset_as_kss_processes").expect("e2e environment")
     {
         return;
     }
-    init_tracing();
+    harness::init_tracing();
     let client = harness::client().await.expect("kubernetes client");
     let kss = harness::kss_bin().expect("kss binary");
     let state = harness::state_dir("pr").expect("state dir");
@@ -483,7 +474,7 @@ async fn podrunner_configures_processes_like_the_kubelet() {
     {
         return;
     }
-    init_tracing();
+    harness::init_tracing();
     let client = harness::client().await.expect("kubernetes client");
     let state = harness::state_dir("cfg").expect("state dir");
     let ns = harness::create_namespace(&client, "podrunner-cfg")

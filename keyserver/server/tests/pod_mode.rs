@@ -535,14 +535,7 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
         PodServer::start(&data, &pki, &["--bootstrap-identity", path_of(&other_file)]).await;
     let mut admin = pki.admin(server.admin_port).await;
     let refused = status(&mut admin).await.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(
-        refused.message(),
-        format!(
-            "IdentityMismatch: the database holds keyserver {id}; this instance was configured \
-             for keyserver {other}; nothing was changed"
-        )
-    );
+    assert_refused_as_mismatch(&refused, &id, &other);
     // Every admin RPC refuses the same way, LoadPolicy included (nothing stored).
     let load = load_policy(&mut admin, POLICY).await.unwrap_err();
     assert_eq!(load.code(), Code::FailedPrecondition);
@@ -803,14 +796,7 @@ async fn cluster_pods_bootstrap_join_and_refuse_another_identity() {
     let third = PodServer::start(&third_dir, &pki, &strs(&third_args)).await;
     let mut admin3 = pki.admin(third.admin_port).await;
     let refused = status(&mut admin3).await.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(
-        refused.message(),
-        format!(
-            "IdentityMismatch: the database holds keyserver {id}; this instance was configured \
-             for keyserver {other}; nothing was changed"
-        )
-    );
+    assert_refused_as_mismatch(&refused, &id, &other);
     assert_eq!(third.health(READY).await, ServingStatus::NotServing);
     assert!(!third.workstation_port_open());
     // Not registered: the registry still lists the three serving instances only.
@@ -900,4 +886,21 @@ fn admin_listen_needs_its_tls_files() {
     let out = data.kss(&["serve", "--dev", "--bootstrap-identity", "/nonexistent"]);
     assert!(!out.status.success());
     assert!(common::text(&out.stderr).contains("cannot be used with"));
+}
+
+/// The admin API's answer of an instance whose database holds keyserver `stored` while
+/// it was configured for `configured`.
+fn assert_refused_as_mismatch(
+    refused: &tonic::Status,
+    stored: &impl std::fmt::Display,
+    configured: &impl std::fmt::Display,
+) {
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "IdentityMismatch: the database holds keyserver {stored}; this instance was \
+             configured for keyserver {configured}; nothing was changed"
+        )
+    );
 }
