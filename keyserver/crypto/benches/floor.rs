@@ -68,6 +68,22 @@ fn floor(c: &mut Criterion) {
         b.iter(|| cache.verify(black_box(ct_bytes.as_bytes())))
     });
 
+    // Batched verification (what the server does under load): one batch of n distinct
+    // ciphertexts per iteration, no cache; per ciphertext = the time ÷ n.
+    let mut group = c.benchmark_group("crypto/verify_batch");
+    for n in [1usize, 2, 4, 8, 16] {
+        let cts: Vec<Vec<u8>> = (0..n)
+            .map(|i| keys.encrypt(&[i as u8; 32]).into_vec())
+            .collect();
+        let items: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+        let uncached = VerificationCache::new(0);
+        group.throughput(criterion::Throughput::Elements(n as u64));
+        group.bench_function(n.to_string(), |b| {
+            b.iter(|| uncached.verify_batch(black_box(&items)))
+        });
+    }
+    group.finish();
+
     c.bench_function("crypto/encrypt_32", |b| {
         b.iter(|| keys.encrypt(black_box(&file_key)))
     });

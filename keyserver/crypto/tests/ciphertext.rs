@@ -197,3 +197,82 @@ fn verification_agrees_with_blsttc() {
     }
     assert!(checked > 50, "mixes must include invalid ones: {checked}");
 }
+
+/// A batch answers for each ciphertext what verifying it alone would: valid ones pass,
+/// whatever else is in the batch (invalid, malformed, oversize, identity U, repeats, cached).
+#[test]
+fn batch_verification_answers_each_ciphertext_like_a_single_check() {
+    use kss_crypto::blsttc::{Ciphertext, SecretKey};
+    let key = SecretKey::random().public_key();
+    let valid: Vec<Vec<u8>> = (0..6u8).map(|i| key.encrypt([i; 32]).to_bytes()).collect();
+    // W of another valid ciphertext: decodes, fails the pairing check.
+    let swapped = [&valid[0][..48], &valid[1][48..144], &valid[0][144..]].concat();
+    assert!(!Ciphertext::from_bytes(&swapped).unwrap().verify());
+    let mut identity_u = vec![0u8; 48 + 96 + 32];
+    identity_u[0] = 0xc0;
+    identity_u[48] = 0xc0;
+    let too_short = vec![0u8; 10];
+    let oversize = vec![0u8; MAX_CIPHERTEXT_LEN + 1];
+
+    let cache = VerificationCache::new(100);
+    cache.verify(&valid[5]).unwrap(); // cached before the batch
+    let items: Vec<&[u8]> = vec![
+        &valid[0],
+        &swapped,
+        &valid[1],
+        &identity_u,
+        &valid[2],
+        &too_short,
+        &valid[3],
+        &oversize,
+        &valid[4],
+        &valid[5],
+        &valid[0], // twice in one batch
+    ];
+    let results = cache.verify_batch(&items);
+    assert_eq!(results.len(), items.len());
+    for (item, result) in items.iter().zip(&results) {
+        let alone = kss_crypto::ciphertext::verify(item);
+        match (result, &alone) {
+            (Ok(batched), Ok(single)) => assert_eq!(batched, single),
+            (Err(batched), Err(single)) => assert_eq!(batched, single),
+            _ => panic!("batch {result:?} but alone {alone:?}"),
+        }
+    }
+    assert!(matches!(results[1], Err(CryptoError::CiphertextInvalid)));
+    assert!(matches!(results[5], Err(CryptoError::Malformed(_))));
+    assert!(matches!(results[7], Err(CryptoError::TooLarge { .. })));
+    // The valid ones are cached now, the invalid ones are not.
+    assert_eq!(cache.hits(), 1);
+    assert_eq!(cache.len(), 6);
+    let again = cache.verify_batch(&[&valid[0], &valid[3], &swapped]);
+    assert!(again[0].is_ok() && again[1].is_ok() && again[2].is_err());
+    assert_eq!(cache.hits(), 3);
+}
+
+/// Batches of valid ciphertexts only, of every size up to 16, all pass; the same batch with
+/// any one of them tampered fails only that one.
+#[test]
+fn batch_verification_isolates_the_one_invalid_ciphertext() {
+    let keys = keys();
+    for n in [2usize, 3, 8, 16] {
+        let cts: Vec<Vec<u8>> = (0..n)
+            .map(|i| keys.encrypt(&[i as u8; 32]).into_vec())
+            .collect();
+        let items: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+        assert!(
+            VerificationCache::new(0)
+                .verify_batch(&items)
+                .iter()
+                .all(Result::is_ok)
+        );
+        let bad_at = n / 2;
+        let mut tampered = cts.clone();
+        tampered[bad_at][160] ^= 0x01; // in V: decodes, fails the pairing check
+        let items: Vec<&[u8]> = tampered.iter().map(Vec::as_slice).collect();
+        let results = VerificationCache::new(0).verify_batch(&items);
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != bad_at, "n={n}, item {i}: {r:?}");
+        }
+    }
+}

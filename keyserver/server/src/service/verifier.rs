@@ -1,42 +1,154 @@
-//! Ciphertext verification off the async runtime, at a lower CPU priority.
+//! Ciphertext verification off the async runtime, in batches, at a lower CPU priority.
 //!
-//! A verification is ~1–2 ms of one core; it runs on tokio's blocking threads. Those
-//! threads run at a lower priority (nice 10) than the rest of the server, so that the short
-//! steps of every request (TLS, decoding, the decision task, the database) are not queued
-//! behind verifications: verification fills the CPU left over, which under full load is
-//! nearly all of it. Measured on 2 vCPUs at half the crypto floor: p99 latency ~60 ms
-//! before, ~20–30 ms after, with flat-out throughput unchanged.
+//! A verification is ~1.4 ms of one core. Requests put their ciphertext in a queue; at most
+//! one verification thread per core (tokio's blocking threads) works on it. A thread takes
+//! its equal share of what is waiting (so the threads work side by side instead of one on
+//! a long batch), at most [`MAX_BATCH`], and verifies it with one batched pairing check
+//! ([`VerificationCache::verify_batch`]). Idle, a ciphertext is verified alone as soon as
+//! it arrives; under load the queue fills while the threads work, the batches grow, and
+//! each ciphertext costs less (~1.0 ms in a batch of 4, ~0.86 ms in a batch of 16): the
+//! server gets faster exactly when it needs to.
+//!
+//! Measured on 2 vCPUs with the load generator beside it (`bench/keyserver.sh`), against
+//! one `spawn_blocking` verification per request: flat out 1.10 × F instead of 0.80 × F; at
+//! half of F, p99 ~14 ms instead of 22–45 ms.
+//!
+//! The verification threads run at a lower priority (nice 10) than the rest of the server,
+//! so that the short steps of every request (TLS, decoding, the decision task, the
+//! database) are not queued behind verifications.
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kss_crypto::CryptoError;
 use kss_crypto::ciphertext::{VerificationCache, VerifiedCiphertext};
+use tokio::sync::oneshot;
 
 /// How much lower than the rest of the server verification threads run (nice value).
 const VERIFY_NICENESS: i32 = 10;
 
+/// The most ciphertexts verified in one batch (~14 ms of one core).
+pub const MAX_BATCH: usize = 16;
+
+type Verdict = Result<VerifiedCiphertext, CryptoError>;
+
 pub struct Verifier {
     cache: Arc<VerificationCache>,
+    queue: Arc<Queue>,
+}
+
+struct Waiting {
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Verdict>,
+}
+
+struct Queue {
+    waiting: Mutex<Vec<Waiting>>,
+    /// Verification threads running now.
+    threads: AtomicUsize,
+    max_threads: usize,
 }
 
 impl Verifier {
+    /// A verifier with one verification thread per core at most.
     pub fn new(cache: VerificationCache) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_threads(cache, cores)
+    }
+
+    /// A verifier with at most `max_threads` verification threads (at least one).
+    pub fn with_threads(cache: VerificationCache, max_threads: usize) -> Self {
         Verifier {
             cache: Arc::new(cache),
+            queue: Arc::new(Queue {
+                waiting: Mutex::new(Vec::new()),
+                threads: AtomicUsize::new(0),
+                max_threads: max_threads.max(1),
+            }),
         }
     }
 
-    /// Verifies `bytes` (from the cache when seen before). `None`: the task failed (the
-    /// runtime is shutting down).
-    pub async fn verify(&self, bytes: Vec<u8>) -> Option<Result<VerifiedCiphertext, CryptoError>> {
-        let cache = Arc::clone(&self.cache);
-        tokio::task::spawn_blocking(move || {
-            lower_priority_once();
-            cache.verify(&bytes)
-        })
-        .await
-        .ok()
+    /// Verifies `bytes` (from the cache when seen before). `None`: the verification could
+    /// not run (the runtime is shutting down).
+    pub async fn verify(&self, bytes: Vec<u8>) -> Option<Verdict> {
+        let (reply, verdict) = oneshot::channel();
+        self.queue.lock().push(Waiting { bytes, reply });
+        if self.queue.claim_thread() {
+            let queue = Arc::clone(&self.queue);
+            let cache = Arc::clone(&self.cache);
+            // If the runtime is shutting down the task never runs: `reply` is dropped and
+            // this request answers `None`.
+            drop(tokio::task::spawn_blocking(move || {
+                lower_priority_once();
+                work(&queue, &cache);
+            }));
+        }
+        verdict.await.ok()
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        // A plain list: a panic elsewhere cannot leave it inconsistent.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more verification thread, unless there are enough already.
+    fn claim_thread(&self) -> bool {
+        self.threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_threads).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// This thread's share of what is waiting: an equal part for every verification
+    /// thread (so that they work in parallel rather than one on a long batch), at most
+    /// [`MAX_BATCH`].
+    fn take_batch(&self) -> Vec<Waiting> {
+        let mut waiting = self.lock();
+        let n = waiting.len().div_ceil(self.max_threads).min(MAX_BATCH);
+        waiting.drain(..n).collect()
+    }
+}
+
+/// A counted verification thread; uncounted when dropped (also if verification panics).
+struct ThreadSlot<'a>(&'a Queue);
+
+impl Drop for ThreadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The body of a verification thread (counted by `claim_thread` before it was started):
+/// verifies batches until the queue is empty.
+fn work(queue: &Queue, cache: &VerificationCache) {
+    loop {
+        let slot = ThreadSlot(queue);
+        loop {
+            let batch = queue.take_batch();
+            if batch.is_empty() {
+                break;
+            }
+            let items: Vec<&[u8]> = batch.iter().map(|w| w.bytes.as_slice()).collect();
+            let verdicts = cache.verify_batch(&items);
+            for (waiting, verdict) in batch.into_iter().zip(verdicts) {
+                // The requester may have gone (client cancelled).
+                let _ = waiting.reply.send(verdict);
+            }
+        }
+        drop(slot);
+        // A request that queued after the last look, while every thread was counted,
+        // started none: look once more now that this one is uncounted.
+        if queue.is_empty() || !queue.claim_thread() {
+            return;
+        }
     }
 }
 
@@ -55,4 +167,97 @@ fn lower_priority_once() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kss_crypto::blsttc::SecretKey;
+
+    use super::*;
+
+    fn ciphertexts(n: usize) -> Vec<Vec<u8>> {
+        let key = SecretKey::random().public_key();
+        (0..n)
+            .map(|i| key.encrypt([i as u8; 32]).to_bytes())
+            .collect()
+    }
+
+    /// Many requests at once (batches form): each gets its own verdict, and every
+    /// verification thread is uncounted once the queue is empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_each_get_their_own_verdict() {
+        let verifier = Arc::new(Verifier::with_threads(VerificationCache::new(0), 2));
+        let valid = ciphertexts(24);
+        for round in 0..3 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, ct) in valid.iter().enumerate() {
+                let mut bytes = ct.clone();
+                let tampered = (i + round) % 5 == 0;
+                if tampered {
+                    bytes[160] ^= 1; // in V: decodes, fails the pairing check
+                }
+                let verifier = Arc::clone(&verifier);
+                tasks.spawn(async move {
+                    let verdict = verifier.verify(bytes.clone()).await.unwrap();
+                    match verdict {
+                        Ok(v) => {
+                            assert!(!tampered, "a tampered ciphertext passed");
+                            assert_eq!(v.to_bytes(), bytes);
+                        }
+                        Err(e) => {
+                            assert!(tampered, "a valid ciphertext failed: {e}");
+                            assert_eq!(e, CryptoError::CiphertextInvalid);
+                        }
+                    }
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                joined.unwrap();
+            }
+            assert!(verifier.queue.is_empty());
+            // The threads uncount themselves just after their last reply.
+            for _ in 0..100 {
+                if verifier.queue.threads.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(verifier.queue.threads.load(Ordering::SeqCst), 0);
+        }
+    }
+
+    #[test]
+    fn each_thread_takes_its_share_of_the_queue() {
+        let verifier = Verifier::with_threads(VerificationCache::new(0), 2);
+        let push = |n: usize| {
+            for _ in 0..n {
+                let (reply, _) = oneshot::channel();
+                verifier.queue.lock().push(Waiting {
+                    bytes: Vec::new(),
+                    reply,
+                });
+            }
+        };
+        push(1);
+        assert_eq!(verifier.queue.take_batch().len(), 1);
+        push(5);
+        assert_eq!(verifier.queue.take_batch().len(), 3);
+        assert_eq!(verifier.queue.take_batch().len(), 1);
+        assert_eq!(verifier.queue.take_batch().len(), 1);
+        assert!(verifier.queue.take_batch().is_empty());
+        push(100);
+        assert_eq!(verifier.queue.take_batch().len(), MAX_BATCH);
+    }
+
+    #[test]
+    fn threads_are_counted_up_to_the_limit() {
+        let verifier = Verifier::with_threads(VerificationCache::new(0), 2);
+        assert!(verifier.queue.claim_thread());
+        assert!(verifier.queue.claim_thread());
+        assert!(!verifier.queue.claim_thread());
+        drop(ThreadSlot(&verifier.queue));
+        assert!(verifier.queue.claim_thread());
+    }
 }

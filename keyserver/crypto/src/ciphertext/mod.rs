@@ -4,17 +4,21 @@
 //! `Ciphertext::verify` is the check `e(g1, W) = e(U, H(U, V))` that stops chosen-ciphertext
 //! attacks: a decryption share must only ever be produced for a ciphertext that passed it.
 //! [`VerifiedCiphertext`] is the proof that it did: its fields are private and it is made only by
-//! [`verify`] / [`VerifiedCiphertext::verify`] and [`VerificationCache::verify`].
+//! [`verify`] / [`VerifiedCiphertext::verify`] and [`VerificationCache::verify`] /
+//! [`VerificationCache::verify_batch`] (which checks many at once: see `pairing`).
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use blsttc::{Ciphertext, DecryptionShare, PK_SIZE, SIG_SIZE, SecretKeyShare};
 use sha2::{Digest, Sha256};
 
 use crate::error::CryptoError;
+
+mod cache;
+mod pairing;
+
+pub use cache::VerificationCache;
+use pairing::CheckInput;
 
 /// The largest ciphertext accepted. A 32-byte file key encrypts to 176 bytes; this leaves room
 /// for small payloads while refusing anything absurd before any curve arithmetic is done.
@@ -106,65 +110,48 @@ fn parse(bytes: &[u8]) -> Result<Ciphertext, CryptoError> {
     Ciphertext::from_bytes(bytes).map_err(|_| CryptoError::CiphertextInvalid)
 }
 
-/// Offsets of the encoding `U (G1, 48) ‖ W (G2, 96) ‖ V` (blsttc's `Ciphertext::to_bytes`).
-const U_END: usize = PK_SIZE;
-const W_END: usize = PK_SIZE + SIG_SIZE;
-
-/// The ciphertext's validity check, `e(g1, W) == e(U, H(U, V))` — exactly what
-/// `blsttc::Ciphertext::verify` checks — computed as one product of two Miller loops and a
-/// single final exponentiation, `e(g1, W) · e(−U, H(U, V)) == 1`, instead of two full
-/// pairings (`tests/ciphertext.rs` checks both agree).
-///
-/// `bytes` must already have decoded as a `blsttc::Ciphertext` (which checks that U and W
-/// are on the curve and in their subgroups): the points are decoded again here without
-/// repeating those checks.
-fn pairing_check(bytes: &[u8]) -> bool {
-    use blsttc::blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared};
-    use blsttc::group::Group;
-    use pairing::{MillerLoopResult, MultiMillerLoop};
-
-    let (Some(u), Some(w), Some(v)) = (
-        bytes
-            .get(..U_END)
-            .and_then(|b| <&[u8; PK_SIZE]>::try_from(b).ok()),
-        bytes
-            .get(U_END..W_END)
-            .and_then(|b| <&[u8; SIG_SIZE]>::try_from(b).ok()),
-        bytes.get(W_END..),
-    ) else {
-        return false;
-    };
-    let (Some(u), Some(w)) = (
-        Option::<G1Affine>::from(G1Affine::from_compressed_unchecked(u)),
-        Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(w)),
-    ) else {
-        return false;
-    };
-    let hash = hash_g1_g2(&u, v);
-    let product = Bls12::multi_miller_loop(&[
-        (
-            &G1Affine::from(G1Projective::generator()),
-            &G2Prepared::from(w),
-        ),
-        (&(-u), &G2Prepared::from(hash)),
-    ])
-    .final_exponentiation();
-    bool::from(product.is_identity())
+/// A ciphertext decoded (points on the curve and in their subgroups, U not the identity)
+/// whose pairing check has not been done yet.
+struct Decoded {
+    inner: Ciphertext,
+    digest: [u8; 32],
+    input: CheckInput,
 }
 
-/// blsttc's hash of a ciphertext's U and V to G2: V (its SHA3-256 when longer than 64
-/// bytes) followed by U compressed, hashed to the curve with blsttc's domain tag.
-fn hash_g1_g2(u: &blsttc::blstrs::G1Affine, v: &[u8]) -> blsttc::blstrs::G2Affine {
-    use blsttc::group::Curve;
-    use sha3::Digest as _;
+impl Decoded {
+    /// `digest` must be the SHA-256 of `bytes`.
+    fn new(bytes: &[u8], digest: [u8; 32]) -> Result<Self, CryptoError> {
+        let inner = parse(bytes)?;
+        // U = identity would let W = identity pass the pairing check; such a ciphertext hides
+        // nothing, and there is no reason to ever serve a share for it. (U decoded, so its
+        // compressed encoding's infinity flag tells whether it is the identity.)
+        if is_identity_encoding(bytes) {
+            return Err(CryptoError::CiphertextInvalid);
+        }
+        let input = CheckInput::from_bytes(bytes).ok_or(CryptoError::CiphertextInvalid)?;
+        Ok(Decoded {
+            inner,
+            digest,
+            input,
+        })
+    }
 
-    let mut msg = if v.len() > 64 {
-        sha3::Sha3_256::digest(v).to_vec()
-    } else {
-        v.to_vec()
-    };
-    msg.extend_from_slice(&u.to_compressed());
-    blsttc::blstrs::G2Projective::hash_to_curve(&msg, blsttc::DST, &[]).to_affine()
+    /// The pairing check of this ciphertext alone.
+    fn check(self) -> Result<VerifiedCiphertext, CryptoError> {
+        if pairing::check_one(&self.input) {
+            Ok(self.passed())
+        } else {
+            Err(CryptoError::CiphertextInvalid)
+        }
+    }
+
+    /// Only once its pairing check passed (alone or in a batch).
+    fn passed(self) -> VerifiedCiphertext {
+        VerifiedCiphertext {
+            inner: self.inner,
+            digest: self.digest,
+        }
+    }
 }
 
 /// Parses and fully verifies a ciphertext.
@@ -189,27 +176,15 @@ pub struct VerifiedCiphertext {
 }
 
 impl VerifiedCiphertext {
-    /// Parses and fully verifies a ciphertext (two pairings and a hash to G2).
+    /// Parses and fully verifies a ciphertext (two Miller loops, one final exponentiation
+    /// and a hash to G2).
     pub fn verify(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let inner = parse(bytes)?;
-        Self::check(inner, bytes, ciphertext_digest(bytes))
+        Decoded::new(bytes, ciphertext_digest(bytes))?.check()
     }
 
     pub(crate) fn from_ciphertext(inner: Ciphertext) -> Result<Self, CryptoError> {
         let bytes = inner.to_bytes();
-        let digest = ciphertext_digest(&bytes);
-        Self::check(inner, &bytes, digest)
-    }
-
-    /// `inner` must be the decoding of `bytes`, and `digest` their SHA-256.
-    fn check(inner: Ciphertext, bytes: &[u8], digest: [u8; 32]) -> Result<Self, CryptoError> {
-        // U = identity would let W = identity pass the pairing check; such a ciphertext hides
-        // nothing, and there is no reason to ever serve a share for it. (U decoded, so its
-        // compressed encoding's infinity flag tells whether it is the identity.)
-        if is_identity_encoding(bytes) || !pairing_check(bytes) {
-            return Err(CryptoError::CiphertextInvalid);
-        }
-        Ok(VerifiedCiphertext { inner, digest })
+        Decoded::new(&bytes, ciphertext_digest(&bytes))?.check()
     }
 
     /// SHA-256 of the encoded ciphertext.
@@ -241,110 +216,6 @@ impl VerifiedCiphertext {
 impl fmt::Debug for VerifiedCiphertext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "VerifiedCiphertext(sha256={})", hex::encode(self.digest))
-    }
-}
-
-/// A bounded, thread-safe map from digests of ciphertexts that passed verification to their
-/// decoded form.
-///
-/// Keyed by SHA-256 of the *whole* encoded ciphertext: bytes that hash to a cached digest are
-/// the very bytes that were verified, so a hit is neither re-verified nor decoded again
-/// (decoding checks subgroup membership of two points: ~0.2 ms, most of a repeat's cost).
-/// Failed verifications are never cached. When full, the oldest entry is evicted first. The
-/// lock is held only for the lookup and the insert, never during verification.
-pub struct VerificationCache {
-    capacity: usize,
-    inner: Mutex<CacheInner>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    present: HashMap<[u8; 32], Ciphertext>,
-    order: VecDeque<[u8; 32]>,
-}
-
-impl VerificationCache {
-    /// A cache of at most `capacity` digests (0 disables caching).
-    pub fn new(capacity: usize) -> Self {
-        VerificationCache {
-            capacity,
-            inner: Mutex::new(CacheInner::default()),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
-        // The protected data is a plain set; a panic elsewhere cannot leave it unusable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Verifies `bytes`, skipping the pairing check when they were verified before.
-    pub fn verify(&self, bytes: &[u8]) -> Result<VerifiedCiphertext, CryptoError> {
-        check_size(bytes)?;
-        let digest = ciphertext_digest(bytes);
-        let hit = self.lock().present.get(&digest).cloned();
-        if let Some(inner) = hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(VerifiedCiphertext { inner, digest });
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let inner = parse(bytes)?;
-        let verified = VerifiedCiphertext::check(inner, bytes, digest)?;
-        if self.capacity > 0 {
-            let mut cache = self.lock();
-            if cache
-                .present
-                .insert(digest, verified.inner.clone())
-                .is_none()
-            {
-                cache.order.push_back(digest);
-                while cache.order.len() > self.capacity {
-                    if let Some(old) = cache.order.pop_front() {
-                        cache.present.remove(&old);
-                    }
-                }
-            }
-        }
-        Ok(verified)
-    }
-
-    /// Lookups answered from the cache.
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
-    /// Lookups that needed a full verification (successful or not).
-    pub fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
-    }
-
-    /// Digests currently cached.
-    pub fn len(&self) -> usize {
-        self.lock().order.len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The maximum number of digests kept.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-}
-
-impl fmt::Debug for VerificationCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerificationCache")
-            .field("capacity", &self.capacity)
-            .field("len", &self.len())
-            .field("hits", &self.hits())
-            .field("misses", &self.misses())
-            .finish()
     }
 }
 

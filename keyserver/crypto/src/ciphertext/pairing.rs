@@ -1,0 +1,235 @@
+//! The pairing check that makes a ciphertext valid, one at a time or in a batch.
+//!
+//! A blsttc ciphertext `(U, V, W)` is valid when `e(g1, W) = e(U, H(U, V))` — exactly what
+//! `blsttc::Ciphertext::verify` checks. Here it is computed as `e(g1, W) · e(−U, H) = 1`: two
+//! Miller loops and one final exponentiation instead of two full pairings.
+//!
+//! A batch of n ciphertexts is checked at once with random 64-bit exponents `rᵢ` (the
+//! "small exponents" batch test):
+//!
+//! ```text
+//! e(g1, Σ rᵢ·Wᵢ) · Π e(−rᵢ·Uᵢ, Hᵢ) = 1
+//! ```
+//!
+//! n + 1 Miller loops and one final exponentiation instead of 2n and n; per ciphertext
+//! ~0.56 ms instead of ~1.03 ms at n = 4 (the hash to G2 and the decoding are the same
+//! either way). If every ciphertext is valid the product is 1. If any is not, its factor
+//! `zⱼ = e(g1, Wⱼ) · e(−Uⱼ, Hⱼ)` is a non-identity element of the prime-order group GT, and
+//! for any fixed choice of the other exponents exactly one value of `rⱼ` modulo the group
+//! order makes the product 1: with `rⱼ` drawn uniformly from 2⁶⁴ values (from the operating
+//! system's generator, after the ciphertexts are fixed), an invalid ciphertext passes with
+//! probability at most 2⁻⁶⁴. This needs U and W in their prime-order subgroups, which
+//! decoding checks (blsttc's `Ciphertext::from_bytes`); H is hashed into G2.
+//!
+//! A failed batch says only that some ciphertext is invalid: the caller then checks each
+//! one alone ([`super::cache::VerificationCache::verify_batch`]).
+
+use blst::{MultiPoint, blst_p1_affine, blst_p2_affine};
+use blsttc::blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared, G2Projective};
+use blsttc::group::{Curve, Group};
+use blsttc::{PK_SIZE, SIG_SIZE};
+use pairing::{MillerLoopResult, MultiMillerLoop};
+use rand::RngCore;
+
+/// Offsets of the encoding `U (G1, 48) ‖ W (G2, 96) ‖ V` (blsttc's `Ciphertext::to_bytes`).
+const U_END: usize = PK_SIZE;
+const W_END: usize = PK_SIZE + SIG_SIZE;
+
+/// Bits of each random exponent of the batch check.
+const EXPONENT_BITS: usize = 64;
+const EXPONENT_BYTES: usize = EXPONENT_BITS / 8;
+
+/// The points the pairing check of one ciphertext needs.
+#[derive(Clone)]
+pub(super) struct CheckInput {
+    u: G1Affine,
+    w: G2Affine,
+    hash: G2Affine,
+}
+
+impl CheckInput {
+    /// Decodes U and W and hashes `(U, V)` to G2. `bytes` must already have decoded as a
+    /// `blsttc::Ciphertext` (which checks that U and W are on the curve and in their
+    /// subgroups): the points are decoded again here without repeating those checks.
+    /// `None` if they do not decode.
+    pub(super) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let u = bytes
+            .get(..U_END)
+            .and_then(|b| <&[u8; PK_SIZE]>::try_from(b).ok())?;
+        let w = bytes
+            .get(U_END..W_END)
+            .and_then(|b| <&[u8; SIG_SIZE]>::try_from(b).ok())?;
+        let v = bytes.get(W_END..)?;
+        let u = Option::<G1Affine>::from(G1Affine::from_compressed_unchecked(u))?;
+        let w = Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(w))?;
+        let hash = hash_g1_g2(&u, v);
+        Some(CheckInput { u, w, hash })
+    }
+}
+
+/// One ciphertext's check: `e(g1, W) · e(−U, H) = 1`.
+pub(super) fn check_one(input: &CheckInput) -> bool {
+    let product = Bls12::multi_miller_loop(&[
+        (&generator(), &G2Prepared::from(input.w)),
+        (&(-input.u), &G2Prepared::from(input.hash)),
+    ])
+    .final_exponentiation();
+    bool::from(product.is_identity())
+}
+
+/// All of `inputs` at once (see the module documentation): `true` only if, except with
+/// probability 2⁻⁶⁴, every one of them is valid. An empty batch is trivially valid.
+pub(super) fn check_batch(inputs: &[&CheckInput]) -> bool {
+    match inputs {
+        [] => return true,
+        [one] => return check_one(one),
+        _ => {}
+    }
+    let exponents = random_exponents(inputs.len());
+
+    // Σ rᵢ·Wᵢ, one multi-scalar multiplication.
+    let ws: Vec<blst_p2_affine> = inputs.iter().map(|i| *i.w.as_ref()).collect();
+    let mut w_sum = G2Projective::identity();
+    *w_sum.as_mut() = ws.as_slice().mult(&exponents, EXPONENT_BITS);
+
+    // −rᵢ·Uᵢ, each paired with its own Hᵢ.
+    let scaled_us: Vec<G1Affine> = inputs
+        .iter()
+        .zip(exponents.chunks_exact(EXPONENT_BYTES))
+        .map(|(input, exponent)| {
+            let u: [blst_p1_affine; 1] = [*input.u.as_ref()];
+            let mut scaled = G1Projective::identity();
+            *scaled.as_mut() = u.as_slice().mult(exponent, EXPONENT_BITS);
+            -scaled.to_affine()
+        })
+        .collect();
+
+    let g1 = generator();
+    let prepared: Vec<G2Prepared> = std::iter::once(G2Prepared::from(w_sum.to_affine()))
+        .chain(inputs.iter().map(|i| G2Prepared::from(i.hash)))
+        .collect();
+    let terms: Vec<(&G1Affine, &G2Prepared)> = std::iter::once(&g1)
+        .chain(scaled_us.iter())
+        .zip(prepared.iter())
+        .collect();
+    bool::from(
+        Bls12::multi_miller_loop(&terms)
+            .final_exponentiation()
+            .is_identity(),
+    )
+}
+
+/// `n` exponents of [`EXPONENT_BITS`] bits (little-endian, concatenated), each non-zero.
+fn random_exponents(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n * EXPONENT_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    for exponent in bytes.chunks_exact_mut(EXPONENT_BYTES) {
+        if exponent.iter().all(|b| *b == 0) {
+            exponent[0] = 1;
+        }
+    }
+    bytes
+}
+
+fn generator() -> G1Affine {
+    G1Affine::from(G1Projective::generator())
+}
+
+/// blsttc's hash of a ciphertext's U and V to G2: V (its SHA3-256 when longer than 64
+/// bytes) followed by U compressed, hashed to the curve with blsttc's domain tag.
+fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
+    use sha3::Digest as _;
+
+    let mut msg = if v.len() > 64 {
+        sha3::Sha3_256::digest(v).to_vec()
+    } else {
+        v.to_vec()
+    };
+    msg.extend_from_slice(&u.to_compressed());
+    G2Projective::hash_to_curve(&msg, blsttc::DST, &[]).to_affine()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn input(valid: bool) -> CheckInput {
+        let ct = blsttc::SecretKey::random()
+            .public_key()
+            .encrypt([9u8; 32])
+            .to_bytes();
+        let mut input = CheckInput::from_bytes(&ct).unwrap();
+        if !valid {
+            // A W from another ciphertext: both points stay in their subgroups.
+            let other = blsttc::SecretKey::random()
+                .public_key()
+                .encrypt([9u8; 32])
+                .to_bytes();
+            input.w = CheckInput::from_bytes(&other).unwrap().w;
+        }
+        input
+    }
+
+    #[test]
+    fn single_check_accepts_valid_and_rejects_invalid() {
+        assert!(check_one(&input(true)));
+        assert!(!check_one(&input(false)));
+    }
+
+    #[test]
+    fn batches_of_valid_ciphertexts_pass() {
+        for n in [0, 1, 2, 3, 8] {
+            let inputs: Vec<_> = (0..n).map(|_| input(true)).collect();
+            assert!(
+                check_batch(&inputs.iter().collect::<Vec<_>>()),
+                "batch of {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_invalid_ciphertext_fails_the_whole_batch_wherever_it_is() {
+        for n in [1, 2, 5] {
+            for bad in 0..n {
+                let inputs: Vec<_> = (0..n).map(|i| input(i != bad)).collect();
+                let refs: Vec<_> = inputs.iter().collect();
+                assert!(!check_batch(&refs), "batch of {n}, invalid at {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_ciphertexts_do_not_cancel_out() {
+        // Swapping the W of two valid ciphertexts makes both invalid, but leaves W₁ + W₂
+        // unchanged: without the random exponents the batch equation would still hold.
+        let mut a = input(true);
+        let mut b = input(true);
+        std::mem::swap(&mut a.w, &mut b.w);
+        assert!(!check_one(&a) && !check_one(&b));
+        let w_sum = (G2Projective::from(a.w) + G2Projective::from(b.w)).to_affine();
+        let unrandomized = Bls12::multi_miller_loop(&[
+            (&generator(), &G2Prepared::from(w_sum)),
+            (&(-a.u), &G2Prepared::from(a.hash)),
+            (&(-b.u), &G2Prepared::from(b.hash)),
+        ])
+        .final_exponentiation();
+        assert!(bool::from(unrandomized.is_identity()));
+        for _ in 0..4 {
+            assert!(!check_batch(&[&a, &b]));
+        }
+    }
+
+    #[test]
+    fn exponents_are_fresh_and_non_zero() {
+        let a = random_exponents(4);
+        let b = random_exponents(4);
+        assert_eq!(a.len(), 4 * EXPONENT_BYTES);
+        assert_ne!(a, b);
+        assert!(
+            a.chunks_exact(EXPONENT_BYTES)
+                .all(|e| e.iter().any(|b| *b != 0))
+        );
+    }
+}
