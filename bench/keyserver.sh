@@ -71,6 +71,10 @@ print(f"| measure | value | ratio | target |")
 print(f"| --- | ---: | ---: | --- |")
 print(f"| verified share (decrypt_share, median) | {share_ns/1e3:.0f} µs | | |")
 print(f"| ed25519 verify (median) | {sig_ns/1e3:.0f} µs | | |")
+def median(name):
+    return json.load(open(f"target/criterion/{name}/new/estimates.json"))["median"]["point_estimate"]
+for n in (4, 16):
+    print(f"| batched verification, per ciphertext in a batch of {n} | {median(f'crypto_verify_batch/{n}')/n/1e3:.0f} µs | | |")
 print(f"| F = {cores} cores ÷ (share + signature) | {floor:.0f} /s | 1.00 | |")
 print(f"| flat out, distinct ciphertexts | {rate('distinct'):.0f} approved/s | {rate('distinct')/floor:.2f} × F | ≥ 0.75 × F |")
 print(f"| paced at 0.5 × F: p50 / p99 / p99.9 | {lat('paced','p50'):.1f} / {lat('paced','p99'):.1f} / {lat('paced','p999'):.1f} ms | ({rate('paced'):.0f} approved/s) | p99 < 20 ms |")

@@ -6,7 +6,7 @@ measure_floor() {
   local out=$1
   echo "== crypto floor (criterion)" >&2
   cargo bench -q -p kss-crypto --bench floor -- --warm-up-time 1 --measurement-time 5 \
-    'crypto/(decrypt_share_with_verify|ed25519_verify|ciphertext_verify|decryption_share_verified|share_verify|cache_hit)$' \
+    'crypto/(decrypt_share_with_verify|ed25519_verify|ciphertext_verify|decryption_share_verified|share_verify|cache_hit|verify_batch/(4|16))$' \
     > "$out/criterion.txt" 2>&1
   share_ns=$(median_ns crypto/decrypt_share_with_verify)
   sig_ns=$(median_ns crypto/ed25519_verify)

@@ -276,3 +276,20 @@ fn batch_verification_isolates_the_one_invalid_ciphertext() {
         }
     }
 }
+
+#[test]
+fn cached_answers_only_what_was_verified() {
+    let keys = keys();
+    let cache = VerificationCache::new(10);
+    let ct = keys.encrypt(&[3u8; 32]);
+    assert!(cache.cached(ct.as_bytes()).is_none());
+    assert_eq!((cache.hits(), cache.misses()), (0, 0));
+    let verified = cache.verify(ct.as_bytes()).unwrap();
+    assert_eq!(cache.cached(ct.as_bytes()), Some(verified));
+    assert_eq!((cache.hits(), cache.misses()), (1, 1));
+    let mut bad = ct.into_vec();
+    bad[150] ^= 1;
+    assert!(cache.verify(&bad).is_err());
+    assert!(cache.cached(&bad).is_none());
+    assert!(cache.cached(&[0u8; 5]).is_none());
+}

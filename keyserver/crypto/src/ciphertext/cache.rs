@@ -101,6 +101,17 @@ impl VerificationCache {
             .collect()
     }
 
+    /// The verification of `bytes` if it is cached (counted as a hit); `None` otherwise
+    /// (not counted: [`VerificationCache::verify`] or [`VerificationCache::verify_batch`]
+    /// will count the miss). No curve arithmetic: a SHA-256 and a lookup.
+    pub fn cached(&self, bytes: &[u8]) -> Option<VerifiedCiphertext> {
+        check_size(bytes).ok()?;
+        let digest = ciphertext_digest(bytes);
+        let inner = self.lock().present.get(&digest).cloned()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(VerifiedCiphertext { inner, digest })
+    }
+
     /// A cached verification of `bytes`, or their decoding (counted as a miss).
     fn decode_unless_cached(&self, bytes: &[u8]) -> Result<Lookup, CryptoError> {
         check_size(bytes)?;
