@@ -114,15 +114,12 @@ impl VerificationCache {
 
     /// A cached verification of `bytes`, or their decoding (counted as a miss).
     fn decode_unless_cached(&self, bytes: &[u8]) -> Result<Lookup, CryptoError> {
-        check_size(bytes)?;
-        let digest = ciphertext_digest(bytes);
-        let hit = self.lock().present.get(&digest).cloned();
-        if let Some(inner) = hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Lookup::Hit(VerifiedCiphertext { inner, digest }));
+        if let Some(verified) = self.cached(bytes) {
+            return Ok(Lookup::Hit(verified));
         }
+        check_size(bytes)?;
         self.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(Lookup::Miss(Decoded::new(bytes, digest)?))
+        Ok(Lookup::Miss(Decoded::new(bytes, ciphertext_digest(bytes))?))
     }
 
     fn insert(&self, verified: &VerifiedCiphertext) {

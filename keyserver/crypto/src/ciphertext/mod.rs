@@ -159,9 +159,10 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCiphertext, CryptoError> {
     VerifiedCiphertext::verify(bytes)
 }
 
-/// A ciphertext that passed `Ciphertext::verify`. Only this crate's verification functions
-/// construct it, so holding one proves the check was done: its fields are private, so code
-/// outside this crate cannot make one from unverified bytes.
+/// A ciphertext that passed the check of `Ciphertext::verify` (alone, or in a batch: see
+/// `pairing`). Only this crate's verification functions construct it, so holding one proves
+/// the check was done: its fields are private, so code outside this crate cannot make one
+/// from unverified bytes.
 ///
 /// ```compile_fail,E0451
 /// use kss_crypto::ciphertext::VerifiedCiphertext;
@@ -205,8 +206,8 @@ impl VerifiedCiphertext {
     ///
     /// This is the only call of `decrypt_share_no_verify` in the crate. Skipping blsttc's own
     /// re-verification is sound only because a `VerifiedCiphertext` cannot exist without having
-    /// passed `Ciphertext::verify` (directly, or through the cache, whose entries are digests of
-    /// ciphertexts that did). Callers: `KssShare::decryption_share` (the server's hot path),
+    /// passed the check of `Ciphertext::verify` (alone, in a batch, or through the cache,
+    /// whose entries are digests of ciphertexts that did). Callers: `KssShare::decryption_share` (the server's hot path),
     /// `WorkstationShare::decryption_share`, and `backup::approve`.
     pub(crate) fn decryption_share(&self, share: &SecretKeyShare) -> DecryptionShareBytes {
         DecryptionShareBytes(share.decrypt_share_no_verify(&self.inner))
