@@ -37,6 +37,7 @@ use crate::pod::{AdminListener, PodArgs};
 use crate::service::admin::{AdminGate, AdminMode, AdminService, Mode};
 use crate::service::keyserver::KeyServerService;
 use crate::service::profiles::ProfileCache;
+use crate::service::shares::ShareCache;
 use crate::service::verifier::Verifier;
 use crate::shutdown::Shutdown;
 use crate::standalone;
@@ -298,6 +299,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         switches: switches_rx.clone(),
         profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
         verifier: Verifier::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
+        shares: ShareCache::default(),
         metrics: Arc::clone(&metrics),
         max_clock_skew: Duration::from_secs(args.max_clock_skew),
     });

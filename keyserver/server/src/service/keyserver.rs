@@ -17,6 +17,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use tracing::{Span, field, info, instrument, warn};
 
 use super::profiles::{KnownProfile, ProfileCache};
+use super::shares::ShareCache;
 use super::verifier::Verifier;
 use crate::decider::{AuditDraft, Decider, Job, Outcome, Reason, Verdict};
 use crate::identity::{KeyserverIdentity, now_ms};
@@ -33,6 +34,7 @@ pub struct KeyServerService {
     pub switches: watch::Receiver<Arc<Switches>>,
     pub profiles: ProfileCache,
     pub verifier: Verifier,
+    pub shares: ShareCache,
     pub metrics: Arc<Metrics>,
     /// How far a request's timestamp may be from this server's clock.
     pub max_clock_skew: Duration,
@@ -316,7 +318,11 @@ impl KeyServerService {
             return Ok((request_type, denied(outcome)));
         };
         let decryption_share = verified
-            .map(|ct| profile.share.decryption_share(&ct).to_bytes().to_vec())
+            .map(|ct| {
+                self.shares
+                    .decryption_share(profile.id, &profile.share, &ct)
+                    .to_vec()
+            })
             .unwrap_or_default();
         let response = pb::ApproveResponse {
             decision: pb::Decision::Approved as i32,

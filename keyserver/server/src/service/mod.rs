@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod keyserver;
 pub mod profiles;
+pub mod shares;
 pub mod verifier;
