@@ -49,6 +49,7 @@ pub struct Metrics {
     db_errors: Family<OperationLabels, Counter>,
     batch_size: Histogram,
     batch_seconds: Histogram,
+    verify_batch_size: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,6 +98,12 @@ impl Metrics {
             "Time to decide and commit one batch",
             batch_seconds.clone(),
         );
+        let verify_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 6));
+        registry.register(
+            "verify_batch_size",
+            "Ciphertexts verified per batched pairing check",
+            verify_batch_size.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -105,6 +112,7 @@ impl Metrics {
             db_errors,
             batch_size,
             batch_seconds,
+            verify_batch_size,
         }
     }
 
@@ -154,6 +162,10 @@ impl Metrics {
     pub fn batch_done(&self, size: usize, took: Duration) {
         self.batch_size.observe(size as f64);
         self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn verify_batch_done(&self, size: usize) {
+        self.verify_batch_size.observe(size as f64);
     }
 
     /// The text exposition format.

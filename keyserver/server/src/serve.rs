@@ -298,7 +298,10 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         decider,
         switches: switches_rx.clone(),
         profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
-        verifier: Verifier::new(VerificationCache::new(VERIFIED_CIPHERTEXTS)),
+        verifier: Verifier::new(
+            VerificationCache::new(VERIFIED_CIPHERTEXTS),
+            Arc::clone(&metrics),
+        ),
         shares: ShareCache::default(),
         metrics: Arc::clone(&metrics),
         max_clock_skew: Duration::from_secs(args.max_clock_skew),

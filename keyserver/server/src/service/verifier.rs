@@ -25,6 +25,8 @@ use kss_crypto::CryptoError;
 use kss_crypto::ciphertext::{VerificationCache, VerifiedCiphertext};
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
+
 /// How much lower than the rest of the server verification threads run (nice value).
 const VERIFY_NICENESS: i32 = 10;
 
@@ -36,6 +38,7 @@ type Verdict = Result<VerifiedCiphertext, CryptoError>;
 pub struct Verifier {
     cache: Arc<VerificationCache>,
     queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
 }
 
 struct Waiting {
@@ -52,14 +55,19 @@ struct Queue {
 
 impl Verifier {
     /// A verifier with one verification thread per core at most.
-    pub fn new(cache: VerificationCache) -> Self {
+    pub fn new(cache: VerificationCache, metrics: Arc<Metrics>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(cache, cores)
+        Self::with_threads(cache, cores, metrics)
     }
 
     /// A verifier with at most `max_threads` verification threads (at least one).
-    pub fn with_threads(cache: VerificationCache, max_threads: usize) -> Self {
+    pub fn with_threads(
+        cache: VerificationCache,
+        max_threads: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Verifier {
+            metrics,
             cache: Arc::new(cache),
             queue: Arc::new(Queue {
                 waiting: Mutex::new(Vec::new()),
@@ -81,11 +89,12 @@ impl Verifier {
         if self.queue.claim_thread() {
             let queue = Arc::clone(&self.queue);
             let cache = Arc::clone(&self.cache);
+            let metrics = Arc::clone(&self.metrics);
             // If the runtime is shutting down the task never runs: `reply` is dropped and
             // this request answers `None`.
             drop(tokio::task::spawn_blocking(move || {
                 lower_priority_once();
-                work(&queue, &cache);
+                work(&queue, &cache, &metrics);
             }));
         }
         verdict.await.ok()
@@ -132,7 +141,7 @@ impl Drop for ThreadSlot<'_> {
 
 /// The body of a verification thread (counted by `claim_thread` before it was started):
 /// verifies batches until the queue is empty.
-fn work(queue: &Queue, cache: &VerificationCache) {
+fn work(queue: &Queue, cache: &VerificationCache, metrics: &Metrics) {
     loop {
         let slot = ThreadSlot(queue);
         loop {
@@ -142,6 +151,7 @@ fn work(queue: &Queue, cache: &VerificationCache) {
             }
             let items: Vec<&[u8]> = batch.iter().map(|w| w.bytes.as_slice()).collect();
             let verdicts = cache.verify_batch(&items);
+            metrics.verify_batch_done(items.len());
             for (waiting, verdict) in batch.into_iter().zip(verdicts) {
                 // The requester may have gone (client cancelled).
                 let _ = waiting.reply.send(verdict);
@@ -192,7 +202,12 @@ mod tests {
     /// verification thread is uncounted once the queue is empty.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_each_get_their_own_verdict() {
-        let verifier = Arc::new(Verifier::with_threads(VerificationCache::new(0), 2));
+        let metrics = Arc::new(Metrics::new());
+        let verifier = Arc::new(Verifier::with_threads(
+            VerificationCache::new(0),
+            2,
+            Arc::clone(&metrics),
+        ));
         let valid = ciphertexts(24);
         for round in 0..3 {
             let mut tasks = tokio::task::JoinSet::new();
@@ -230,11 +245,18 @@ mod tests {
             }
             assert_eq!(verifier.queue.threads.load(Ordering::SeqCst), 0);
         }
+        // Every ciphertext went through exactly one batch (nothing is cached here).
+        let text = metrics.encode();
+        assert!(
+            text.lines().any(|l| l == "kss_verify_batch_size_sum 72.0"),
+            "{text}"
+        );
     }
 
     #[test]
     fn each_thread_takes_its_share_of_the_queue() {
-        let verifier = Verifier::with_threads(VerificationCache::new(0), 2);
+        let verifier =
+            Verifier::with_threads(VerificationCache::new(0), 2, Arc::new(Metrics::new()));
         let push = |n: usize| {
             for _ in 0..n {
                 let (reply, _) = oneshot::channel();
@@ -257,7 +279,8 @@ mod tests {
 
     #[test]
     fn threads_are_counted_up_to_the_limit() {
-        let verifier = Verifier::with_threads(VerificationCache::new(0), 2);
+        let verifier =
+            Verifier::with_threads(VerificationCache::new(0), 2, Arc::new(Metrics::new()));
         assert!(verifier.queue.claim_thread());
         assert!(verifier.queue.claim_thread());
         assert!(!verifier.queue.claim_thread());
