@@ -24,8 +24,8 @@ pub use registry::{
 };
 pub use sqlite::{Durability, SqliteStore};
 pub use types::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyVersion, Profile, State,
-    StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyAdded, PolicyVersion, Profile,
+    State, StoredCounter,
 };
 
 use async_trait::async_trait;
@@ -43,8 +43,10 @@ pub trait Store: Registry + Send + Sync + 'static {
     async fn state(&self) -> Result<State>;
     async fn set_enabled(&self, enabled: bool) -> Result<()>;
 
-    /// Stores a new policy version and makes it the one in force; returns its number.
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<u64>;
+    /// Stores a new policy version and makes it the one in force, unless `text` (with
+    /// `sha256`) is the version in force already: then nothing changes. Decided in one
+    /// transaction, so concurrent loads of the same text store it once.
+    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded>;
     /// One version, or the one in force (`None`).
     async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>>;
 

@@ -50,6 +50,15 @@ pub struct PolicyVersion {
     pub loaded_at_ms: i64,
 }
 
+/// What [`crate::Store::add_policy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyAdded {
+    /// The version in force now.
+    pub version: u64,
+    /// `false`: the text was already the version in force, and nothing was stored.
+    pub changed: bool,
+}
+
 /// A persistent throttle counter of one (rule id, profile).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCounter {

@@ -19,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kss_policy::{Counter, QuotaWindow};
 use kss_store::{
     AuditEntry, AuditFilter, AuditRecord, Decision, Identity, InstanceInfo, Lease, LeaseClaim,
-    MysqlStore, OFFLINE_AFTER_MS, Profile, SqliteStore, State, Store, StoreError, StoredCounter,
-    clone_sqlite_into_mysql, parse_db_uri,
+    MysqlStore, OFFLINE_AFTER_MS, PolicyAdded, Profile, SqliteStore, State, Store, StoreError,
+    StoredCounter, clone_sqlite_into_mysql, parse_db_uri,
 };
 use sqlx::{Connection, Executor, Row};
 
@@ -287,18 +287,40 @@ async fn state_defaults_and_enabled(s: Arc<dyn Store>) {
 
 async fn policy_versions(s: Arc<dyn Store>) {
     assert_eq!(s.policy(None).await.unwrap(), None);
-    assert_eq!(s.add_policy("text one", "sha1", 100).await.unwrap(), 1);
+    let added = |version, changed| PolicyAdded { version, changed };
+    assert_eq!(
+        s.add_policy("text one", "sha1", 100).await.unwrap(),
+        added(1, true)
+    );
     assert_eq!(s.state().await.unwrap().policy_version, 1);
-    assert_eq!(s.add_policy("text two ✓", "sha2", 200).await.unwrap(), 2);
+    assert_eq!(
+        s.add_policy("text two ✓", "sha2", 200).await.unwrap(),
+        added(2, true)
+    );
     assert_eq!(s.state().await.unwrap().policy_version, 2);
+    // The version in force again: nothing is stored.
+    assert_eq!(
+        s.add_policy("text two ✓", "sha2", 300).await.unwrap(),
+        added(2, false)
+    );
+    // An older version's text is a change: it is stored again, as a new version.
+    assert_eq!(
+        s.add_policy("text one", "sha1", 400).await.unwrap(),
+        added(3, true)
+    );
+    assert_eq!(
+        s.add_policy("text two ✓", "sha2", 500).await.unwrap(),
+        added(4, true)
+    );
+    assert_eq!(s.state().await.unwrap().policy_version, 4);
     let latest = s.policy(None).await.unwrap().unwrap();
-    assert_eq!(latest.version, 2);
+    assert_eq!(latest.version, 4);
     assert_eq!(latest.text, "text two ✓");
     assert_eq!(latest.sha256, "sha2");
-    assert_eq!(latest.loaded_at_ms, 200);
+    assert_eq!(latest.loaded_at_ms, 500);
     let first = s.policy(Some(1)).await.unwrap().unwrap();
     assert_eq!((first.version, first.text.as_str()), (1, "text one"));
-    assert_eq!(s.policy(Some(3)).await.unwrap(), None);
+    assert_eq!(s.policy(Some(5)).await.unwrap(), None);
 }
 
 async fn policy_versions_concurrent(s: Arc<dyn Store>) {
@@ -310,12 +332,32 @@ async fn policy_versions_concurrent(s: Arc<dyn Store>) {
         .collect();
     let mut versions = Vec::new();
     for t in tasks {
-        versions.push(t.await.unwrap().unwrap());
+        let added = t.await.unwrap().unwrap();
+        assert!(added.changed);
+        versions.push(added.version);
     }
     versions.sort_unstable();
     assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
     assert_eq!(s.state().await.unwrap().policy_version, 8);
     assert_eq!(s.policy(None).await.unwrap().unwrap().version, 8);
+
+    // The same text loaded 8 times at once (an operator rolling out to every instance):
+    // stored once, and every load answers that one version.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.add_policy("same text", "same", 100 + i).await })
+        })
+        .collect();
+    let mut changed = 0;
+    for t in tasks {
+        let added = t.await.unwrap().unwrap();
+        assert_eq!(added.version, 9);
+        changed += usize::from(added.changed);
+    }
+    assert_eq!(changed, 1);
+    assert_eq!(s.state().await.unwrap().policy_version, 9);
+    assert_eq!(s.policy(Some(10)).await.unwrap(), None);
 }
 
 async fn profiles(s: Arc<dyn Store>) {

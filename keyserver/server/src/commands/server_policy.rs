@@ -44,21 +44,10 @@ pub async fn store_policy(store: &dyn Store, text: &str) -> Result<StoredPolicy,
     let summary = policy.summary();
     let warnings = policy.warnings().iter().map(ToString::to_string).collect();
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
-    if let Some(current) = store.policy(None).await?
-        && current.sha256 == sha
-        && current.text == text
-    {
-        return Ok(StoredPolicy {
-            version: current.version,
-            changed: false,
-            summary,
-            warnings,
-        });
-    }
-    let version = store.add_policy(text, &sha, now_ms()).await?;
+    let added = store.add_policy(text, &sha, now_ms()).await?;
     Ok(StoredPolicy {
-        version,
-        changed: true,
+        version: added.version,
+        changed: added.changed,
         summary,
         warnings,
     })

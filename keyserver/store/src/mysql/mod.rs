@@ -37,8 +37,8 @@ use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
 use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyVersion, Profile,
-    Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyAdded, PolicyVersion,
+    Profile, Result, State, Store, StoreError, StoredCounter,
 };
 
 mod registry;
@@ -200,13 +200,26 @@ impl Store for MysqlStore {
         Ok(())
     }
 
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<u64> {
+    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded> {
         let mut tx = self.pool.begin().await?;
         // The state row is the lock: concurrent add_policy calls (from any process) run
         // one after the other.
-        sqlx::query("SELECT policy_version FROM state WHERE singleton = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let in_force: i64 =
+            sqlx::query_scalar("SELECT policy_version FROM state WHERE singleton = 1 FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        let current: Option<(String, String)> =
+            sqlx::query_as("SELECT sha256, text FROM policy_versions WHERE version = ?")
+                .bind(in_force)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.is_some_and(|(sha, current_text)| sha == sha256 && current_text == text) {
+            tx.commit().await?;
+            return Ok(PolicyAdded {
+                version: to_u64(in_force)?,
+                changed: false,
+            });
+        }
         let version: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS SIGNED) FROM policy_versions \
              FOR UPDATE",
@@ -228,7 +241,10 @@ impl Store for MysqlStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        to_u64(version)
+        Ok(PolicyAdded {
+            version: to_u64(version)?,
+            changed: true,
+        })
     }
 
     async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>> {

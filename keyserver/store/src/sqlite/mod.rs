@@ -11,8 +11,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyVersion, Profile,
-    Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyAdded, PolicyVersion,
+    Profile, Result, State, Store, StoreError, StoredCounter,
 };
 
 mod registry;
@@ -118,8 +118,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<u64> {
+    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded> {
+        // IMMEDIATE: the write lock first, so no other load can slip in between the look
+        // at the version in force and the insert.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let in_force: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT p.version, p.sha256, p.text FROM state s \
+             JOIN policy_versions p ON p.version = s.policy_version WHERE s.singleton = 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((version, in_force_sha, in_force_text)) = in_force
+            && in_force_sha == sha256
+            && in_force_text == text
+        {
+            tx.commit().await?;
+            return Ok(PolicyAdded {
+                version: to_u64(version)?,
+                changed: false,
+            });
+        }
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
              VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions), ?, ?, ?) \
@@ -135,7 +153,10 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        to_u64(version)
+        Ok(PolicyAdded {
+            version: to_u64(version)?,
+            changed: true,
+        })
     }
 
     async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>> {
