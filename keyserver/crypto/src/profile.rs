@@ -237,9 +237,11 @@ impl KssShare {
     ///
     /// This is where the server skips blsttc's per-share ciphertext re-verification
     /// (`decrypt_share_no_verify`, called in `VerifiedCiphertext::decryption_share`): it is
-    /// sound only because a [`VerifiedCiphertext`] can be constructed solely by verification
-    /// (or by the cache of digests of ciphertexts that passed it). Never produce a share for an
-    /// unverified ciphertext: that is a decryption oracle for chosen ciphertexts.
+    /// sound only because a [`VerifiedCiphertext`] can be constructed solely by verification:
+    /// the pairing check of one ciphertext, a batched check that every ciphertext of the batch
+    /// passed (see `ciphertext::pairing`), or the cache of digests of ciphertexts that passed
+    /// one of those. Never produce a share for an unverified ciphertext: that is a decryption
+    /// oracle for chosen ciphertexts.
     pub fn decryption_share(&self, ct: &VerifiedCiphertext) -> DecryptionShareBytes {
         ct.decryption_share(&self.0)
     }
