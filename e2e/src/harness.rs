@@ -125,6 +125,19 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> Result<String> {
     Ok(name)
 }
 
+/// The start of a test that works in a namespace of its own: `None` when the e2e
+/// environment is absent (the skip is reported, see [`enabled`]); otherwise tracing is on
+/// and there are a client and a fresh namespace `<prefix>-<suffix>`.
+pub async fn start_in_namespace(test: &str, prefix: &str) -> Result<Option<(Client, String)>> {
+    if !enabled(test)? {
+        return Ok(None);
+    }
+    init_tracing();
+    let client = client().await?;
+    let ns = create_namespace(&client, prefix).await?;
+    Ok(Some((client, ns)))
+}
+
 /// Deletes a namespace (without waiting for it to go).
 pub async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());

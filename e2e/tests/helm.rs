@@ -267,15 +267,13 @@ fn check_deployment(deployment: &Value, bundle_deployment: &Value) -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_templates_are_accepted_by_the_api_server() {
-    if !harness::enabled("helm_templates_are_accepted_by_the_api_server").expect("e2e environment")
-    {
+    let Some((client, ns)) =
+        harness::start_in_namespace("helm_templates_are_accepted_by_the_api_server", "helm-tpl")
+            .await
+            .expect("e2e start")
+    else {
         return;
-    }
-    harness::init_tracing();
-    let client = harness::client().await.expect("kubernetes client");
-    let ns = harness::create_namespace(&client, "helm-tpl")
-        .await
-        .expect("namespace");
+    };
     let outcome = templates(&ns).await;
     harness::delete_namespace(&client, &ns)
         .await
@@ -492,15 +490,13 @@ async fn templates(ns: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_and_uninstall_with_cluster_values() {
-    if !harness::enabled("helm_install_and_uninstall_with_cluster_values").expect("e2e environment")
-    {
+    let Some((client, ns)) =
+        harness::start_in_namespace("helm_install_and_uninstall_with_cluster_values", "helm")
+            .await
+            .expect("e2e start")
+    else {
         return;
-    }
-    harness::init_tracing();
-    let client = harness::client().await.expect("kubernetes client");
-    let ns = harness::create_namespace(&client, "helm")
-        .await
-        .expect("namespace");
+    };
     let helm = Helm::new().expect("helm home");
     // A release name of its own: its ClusterRole is <release>-kss-operator.
     let release = format!("kss-e2e-{}", ns.rsplit('-').next().unwrap_or("x"));

@@ -536,13 +536,14 @@ macro_rules! scene_test {
 /// The API server's own schema rejects invalid resources, naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_resources_are_rejected_by_the_api_server() {
-    if !enabled("invalid_resources_are_rejected_by_the_api_server") {
+    let Some((client, ns)) = harness::start_in_namespace(
+        "invalid_resources_are_rejected_by_the_api_server",
+        "invalid",
+    )
+    .await
+    .expect("e2e start") else {
         return;
-    }
-    let client = harness::client().await.expect("client");
-    let ns = harness::create_namespace(&client, "invalid")
-        .await
-        .expect("namespace");
+    };
     let cases = [
         (
             "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: a}\nspec:\n  mode: Standalone\n  replicas: 3\n  backup: {ignoreSecurityChecks: true}\n",

@@ -30,17 +30,15 @@ const START: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podrunner_runs_a_statefulset_as_kss_processes() {
-    if !harness::enabled("podrunner_runs_a_statefulset_as_kss_processes").expect("e2e environment")
-    {
+    let Some((client, ns)) =
+        harness::start_in_namespace("podrunner_runs_a_statefulset_as_kss_processes", "podrunner")
+            .await
+            .expect("e2e start")
+    else {
         return;
-    }
-    harness::init_tracing();
-    let client = harness::client().await.expect("kubernetes client");
+    };
     let kss = harness::kss_bin().expect("kss binary");
     let state = harness::state_dir("pr").expect("state dir");
-    let ns = harness::create_namespace(&client, "podrunner")
-        .await
-        .expect("namespace");
     let runner = PodRunner::start(
         client.clone(),
         &ns,
@@ -469,17 +467,15 @@ async fn wait_file(path: &Path, content: Option<&str>) -> Result<()> {
 /// it was given into its emptyDir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podrunner_configures_processes_like_the_kubelet() {
-    if !harness::enabled("podrunner_configures_processes_like_the_kubelet")
-        .expect("e2e environment")
-    {
+    let Some((client, ns)) = harness::start_in_namespace(
+        "podrunner_configures_processes_like_the_kubelet",
+        "podrunner-cfg",
+    )
+    .await
+    .expect("e2e start") else {
         return;
-    }
-    harness::init_tracing();
-    let client = harness::client().await.expect("kubernetes client");
+    };
     let state = harness::state_dir("cfg").expect("state dir");
-    let ns = harness::create_namespace(&client, "podrunner-cfg")
-        .await
-        .expect("namespace");
     let runner = PodRunner::start(client.clone(), &ns, "app=probe", "/bin/sh".into(), state);
     let outcome = configuration_scenario(&client, &ns, &runner).await;
     if let Err(e) = &outcome {
