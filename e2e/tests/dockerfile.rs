@@ -749,15 +749,7 @@ fn images_run_as_nonroot_with_the_binary_they_copy() {
             user.args
         );
 
-        let entrypoint = file
-            .effective(stage, "ENTRYPOINT")
-            .unwrap_or_else(|| panic!("stage {stage}: no ENTRYPOINT"));
-        assert!(
-            entrypoint.args.starts_with('['),
-            "Dockerfile line {}: ENTRYPOINT in exec form (the image has no shell)",
-            entrypoint.line
-        );
-        let entry = words(&entrypoint.args);
+        let (entrypoint, entry) = exec_form(&file, stage, "ENTRYPOINT");
         let program = entry.first().cloned().unwrap_or_default();
         assert_eq!(
             Path::new(&program).file_name().and_then(|n| n.to_str()),
@@ -801,6 +793,21 @@ fn images_run_as_nonroot_with_the_binary_they_copy() {
     }
 }
 
+/// The stage's `keyword` instruction (inherited from its base stages if need be), which
+/// must be in exec form (the image has no shell), and its strings.
+fn exec_form(file: &Dockerfile, stage: &str, keyword: &str) -> (Instruction, Vec<String>) {
+    let instruction = file
+        .effective(stage, keyword)
+        .unwrap_or_else(|| panic!("stage {stage}: no {keyword}"));
+    assert!(
+        instruction.args.starts_with('['),
+        "Dockerfile line {}: {keyword} in exec form (the image has no shell)",
+        instruction.line
+    );
+    let words = words(&instruction.args);
+    (instruction, words)
+}
+
 /// `target/debug/<bin>`, located like `harness::kss_bin()`.
 fn debug_bin(bin: &str) -> PathBuf {
     let kss = harness::kss_bin().unwrap_or_else(|e| {
@@ -820,15 +827,7 @@ fn debug_bin(bin: &str) -> PathBuf {
 fn default_commands_are_real_subcommands() {
     let file = Dockerfile::load();
     for (stage, bin) in IMAGES {
-        let cmd = file
-            .effective(stage, "CMD")
-            .unwrap_or_else(|| panic!("stage {stage}: no CMD"));
-        assert!(
-            cmd.args.starts_with('['),
-            "Dockerfile line {}: CMD in exec form",
-            cmd.line
-        );
-        let args = words(&cmd.args);
+        let (cmd, args) = exec_form(&file, stage, "CMD");
         assert!(!args.is_empty(), "Dockerfile line {}: empty CMD", cmd.line);
         let path = debug_bin(bin);
         let out = Command::new(&path)

@@ -261,6 +261,23 @@ impl Scene {
 
     /// Waits until the cluster satisfies `pred`; on timeout reports its status and the
     /// operator's last log lines.
+    /// Waits until cluster `name` has `IdentityReady=False` with `reason`, and checks that
+    /// the condition's message names `named` and the phase is Failed.
+    async fn wait_identity_refused(&self, name: &str, reason: &str, named: &str) -> Result<()> {
+        let cluster = self
+            .wait_cluster(name, &format!("IdentityReady=False {reason}"), |c| {
+                condition(c, "IdentityReady").is_some_and(|x| x.1 == reason)
+            })
+            .await?;
+        let (_, _, message) = condition(&cluster, "IdentityReady").context("condition")?;
+        ensure!(
+            message.contains(named),
+            "{name}: the IdentityReady message does not name {named}: {message}"
+        );
+        ensure!(status(&cluster).phase == Some(Phase::Failed));
+        Ok(())
+    }
+
     async fn wait_cluster(
         &self,
         name: &str,
@@ -984,17 +1001,9 @@ async fn mismatch(scene: &mut Scene) -> Result<()> {
         ns,
         &cluster_yaml("second", 1, "db", "    ignoreSecurityChecks: true\n"),
     )?;
-    let second = scene
-        .wait_cluster("second", "IdentityReady=False IdentityMismatch", |c| {
-            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMismatch")
-        })
+    scene
+        .wait_identity_refused("second", "IdentityMismatch", &first_id)
         .await?;
-    let (_, _, message) = condition(&second, "IdentityReady").context("condition")?;
-    ensure!(
-        message.contains(&first_id),
-        "message does not name the database's keyserver: {message}"
-    );
-    ensure!(status(&second).phase == Some(Phase::Failed));
     let stored = sql_on(
         &uri,
         &format!("SELECT keyserver_id FROM {}.identity", database_name(&uri)),
@@ -1021,17 +1030,9 @@ async fn mismatch(scene: &mut Scene) -> Result<()> {
             &format!("    threshold: 3\n    holders:\n{holders}"),
         ),
     )?;
-    let bad = scene
-        .wait_cluster("bad-keys", "IdentityReady=False IdentityFailed", |c| {
-            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityFailed")
-        })
+    scene
+        .wait_identity_refused("bad-keys", "IdentityFailed", "admin0")
         .await?;
-    let (_, _, message) = condition(&bad, "IdentityReady").context("condition")?;
-    ensure!(
-        message.contains("admin0"),
-        "message does not name the holder: {message}"
-    );
-    ensure!(status(&bad).phase == Some(Phase::Failed));
     ensure!(
         scene
             .secrets()
