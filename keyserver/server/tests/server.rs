@@ -117,6 +117,52 @@ async fn file_key_is_recovered_only_through_an_approved_request() {
     assert!(!audit.contains(&hex::encode(&ciphertext)));
 }
 
+/// Valid and tampered ciphertexts sent at once, so that they are verified in shared
+/// batches: every tampered one is denied as invalid and gets no share, every valid one
+/// recovers its own file key with the share it gets.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_valid_and_tampered_ciphertexts_are_told_apart() {
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy("decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n");
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32u8 {
+        let file_key = [i; 32];
+        let mut ciphertext = encrypt_file_key(&profile, &file_key);
+        let tampered = i % 4 == 1;
+        if tampered {
+            let last = ciphertext.len() - 1;
+            ciphertext[last] ^= 1;
+        }
+        let (client, profile) = (client.clone(), profile.clone());
+        tasks.spawn(async move {
+            if tampered {
+                let spec = RequestSpec::decrypt(ciphertext, &paths("batch/f"));
+                let outcome = client.request(&profile, &spec).await.unwrap();
+                assert_eq!(
+                    outcome.reason_name().as_deref(),
+                    Some("invalid_ciphertext"),
+                    "ciphertext {i}"
+                );
+                assert!(outcome.decryption_share.is_empty());
+            } else {
+                let outcome = client
+                    .decrypt(&profile, &ciphertext, &paths("batch/f"))
+                    .await
+                    .unwrap();
+                assert_eq!(outcome.file_key().unwrap(), &file_key[..], "ciphertext {i}");
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn persistent_quota_is_exact_and_survives_a_restart() {
     let data = DataDir::new();
