@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the e2e test suite (the kss-e2e crate's tests) against a real control plane:
-# builds or locates the tools (cached), builds the kss (and kss-operator) binaries and
-# the tests, brings the control plane up with the CRDs of crds/ installed before
-# kube-controller-manager starts, runs `cargo test -p kss-e2e --no-fail-fast --
-# --test-threads=1`, and always brings the control plane down again.
+# builds or locates the tools (cached), builds the workspace's binaries and tests as
+# `cargo test --workspace --all-targets` does, brings the control plane up with the CRDs
+# of crds/ installed before kube-controller-manager starts, runs each kss-e2e test
+# binary with --test-threads=1, and always brings the control plane down again.
 #
 #   e2e/run.sh                               # the whole suite
-#   e2e/run.sh --test podrunner              # arguments before `--` go to cargo test,
-#   e2e/run.sh podrunner -- --nocapture      # arguments after it to the test binary
+#   e2e/run.sh --test operator               # only e2e/tests/operator.rs (repeatable)
+#   e2e/run.sh --test operator -- --nocapture standalone   # after `--`: test binary args
 #
 # Environment:
 #   KSS_E2E_STATE   control-plane state dir (default /tmp/kss-e2e-run; wiped by `up`);
@@ -27,17 +27,20 @@ CP="$E2E_DIR/control-plane.sh"
 
 log() { printf '[e2e-run] %s\n' "$*" >&2; }
 
-cargo_args=()
+# Before `--`: `--test NAME` (repeatable) runs only that file of e2e/tests/ (`--lib`: the
+# library's unit tests); after it: arguments for each test binary.
+only=()
 test_args=()
-seen_dashes=0
-for arg in "$@"; do
-  if ((seen_dashes)); then
-    test_args+=("$arg")
-  elif [[ $arg == -- ]]; then
-    seen_dashes=1
-  else
-    cargo_args+=("$arg")
-  fi
+while (($#)); do
+  case $1 in
+    --) shift; test_args=("$@"); break ;;
+    --test)
+      [[ $# -ge 2 ]] || { log "--test needs a name (a file of e2e/tests/)"; exit 2; }
+      only+=("$2"); shift 2 ;;
+    --test=*) only+=("${1#--test=}"); shift ;;
+    --lib) only+=(kss_e2e); shift ;;
+    *) log "unknown argument $1 (before --: --test NAME or --lib; after --: test binary arguments)"; exit 2 ;;
+  esac
 done
 
 t0=$SECONDS
@@ -108,15 +111,25 @@ chmod +x "$WORK/pre-cm-hook.sh"
 export KSS_E2E_PRE_CM_HOOK="$WORK/pre-cm-hook.sh"
 
 # Compile first, so that the control plane does not idle through a build (and a
-# compile error costs no `up`): the kss binary the pod runner starts, the operator's
-# binary when the workspace has it, and the tests.
-log "building the binaries and the e2e tests"
-bins=(-p kss-server --bin kss)
-if [[ -f "$ROOT/operator/Cargo.toml" ]]; then
-  bins+=(-p kss-operator --bin kss-operator)
+# compile error costs no `up`). The build is exactly `make test`'s first one
+# (`cargo test --workspace --all-targets`): the same features, so nothing is compiled
+# twice. Building `-p kss-e2e` alone would resolve other features and rebuild much of
+# the dependency tree, doubling the target dir. It leaves target/debug/kss (the binary
+# the pod runner starts) and target/debug/kss-operator; the e2e test binaries are read
+# off cargo's JSON messages.
+log "building the workspace's binaries and tests (as \`cargo test --workspace --all-targets\`)"
+tests_json="$WORK/test-binaries.json"
+(cd "$ROOT" && "$CARGO" test --workspace --all-targets --no-run --locked \
+  --message-format=json-render-diagnostics) >"$tests_json"
+# name<TAB>path of every kss-e2e test binary: the library's unit tests ("kss_e2e") and
+# one per file of e2e/tests/.
+mapfile -t e2e_bins < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
+    and .profile.test and (.package_id | test("#kss-e2e@")))
+  | "\(.target.name)\t\(.executable)"' "$tests_json" | sort)
+if ((${#e2e_bins[@]} == 0)); then
+  log "no kss-e2e test binaries in cargo's output"
+  exit 1
 fi
-(cd "$ROOT" && "$CARGO" build "${bins[@]}")
-(cd "$ROOT" && "$CARGO" test -p kss-e2e --no-run "${cargo_args[@]}")
 
 bash "$CP" up
 CP_UP=1
@@ -124,7 +137,28 @@ eval "$(bash "$CP" env)"
 export KUBECONFIG KSS_E2E=1
 mkdir -p "$KSS_E2E_STATE/podrunner"
 
-# --no-fail-fast: a failing test binary does not hide the results of the others.
-log "cargo test -p kss-e2e --no-fail-fast ${cargo_args[*]} -- --test-threads=1 ${test_args[*]}"
-cd "$ROOT"
-"$CARGO" test -p kss-e2e --no-fail-fast "${cargo_args[@]}" -- --test-threads=1 "${test_args[@]}"
+# Each binary runs from e2e/ (as cargo test would), one test at a time; a failing binary
+# does not hide the results of the others (as --no-fail-fast).
+cd "$E2E_DIR"
+failed=()
+ran=0
+for entry in "${e2e_bins[@]}"; do
+  name=${entry%%$'\t'*}
+  path=${entry#*$'\t'}
+  if ((${#only[@]})) && [[ " ${only[*]} " != *" $name "* ]]; then
+    continue
+  fi
+  ran=$((ran + 1))
+  log "running $name: $path --test-threads=1 ${test_args[*]}"
+  if ! "$path" --test-threads=1 "${test_args[@]}"; then
+    failed+=("$name")
+  fi
+done
+if ((ran == 0)); then
+  log "no test binary named ${only[*]}"
+  exit 1
+fi
+if ((${#failed[@]})); then
+  log "failed: ${failed[*]}"
+  exit 1
+fi
