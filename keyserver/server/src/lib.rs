@@ -16,6 +16,7 @@ pub mod membership;
 pub mod metrics;
 pub mod pod;
 pub mod policy_cmd;
+pub mod reloading_tls;
 pub mod rollout;
 pub mod serve;
 pub mod service;

@@ -3,16 +3,13 @@
 //! identity (see [`bootstrap`](crate::bootstrap)).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use rustls::server::WebPkiClientVerifier;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::reloading_tls::{ReloadingTls, TlsFiles};
 
 #[derive(Debug, Clone, Args)]
 pub struct PodArgs {
@@ -51,10 +48,11 @@ pub struct PodArgs {
     pub bootstrap_identity: Option<PathBuf>,
 }
 
-/// The admin listener's address and TLS configuration.
+/// The admin listener's address and TLS: mutual TLS, a client certificate chaining to
+/// `--admin-client-ca` required (a client without one fails the handshake).
 pub struct AdminListener {
     pub addr: SocketAddr,
-    pub tls: ServerTlsConfig,
+    pub tls: Arc<ReloadingTls>,
 }
 
 impl PodArgs {
@@ -88,43 +86,14 @@ impl PodArgs {
                 missing.join(", ")
             );
         };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: Some(ca.clone()),
+        };
         Ok(Some(AdminListener {
             addr,
-            tls: mutual_tls(cert, key, ca)?,
+            tls: ReloadingTls::load("admin", files)?,
         }))
     }
-}
-
-/// A server TLS configuration that requires a client certificate chaining to `client_ca`
-/// (rustls' `WebPkiClientVerifier`; a client without one fails the handshake).
-pub fn mutual_tls(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerTlsConfig> {
-    let read = |path: &Path, what: &str| {
-        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
-    };
-    let cert_pem = read(cert, "admin TLS certificate")?;
-    let key_pem = read(key, "admin TLS key")?;
-    let ca_pem = read(client_ca, "admin client CA")?;
-    // What tonic builds from the CA, built here first so that a bad file is named.
-    let mut roots = RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&ca_pem) {
-        let der = der.with_context(|| format!("{}: not a PEM certificate", client_ca.display()))?;
-        roots.add(der).with_context(|| {
-            format!(
-                "{}: a certificate that cannot be a trust anchor",
-                client_ca.display()
-            )
-        })?;
-    }
-    if roots.is_empty() {
-        bail!(
-            "{}: no certificate in the admin client CA file",
-            client_ca.display()
-        );
-    }
-    WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .with_context(|| format!("{}: the admin client CA", client_ca.display()))?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(ca_pem)))
 }

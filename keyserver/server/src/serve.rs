@@ -34,6 +34,7 @@ use crate::identity::KeyserverIdentity;
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::pod::{AdminListener, PodArgs};
+use crate::reloading_tls::ReloadingTls;
 use crate::service::admin::{AdminGate, AdminMode, AdminService, Mode};
 use crate::service::keyserver::KeyServerService;
 use crate::service::profiles::ProfileCache;
@@ -122,7 +123,9 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     drop(data_dir.read_master_key()?);
     let mut tls_args = args.tls.clone();
     tls_args.self_signed_tls |= args.dev && tls_args.tls_cert.is_none();
-    let (tls_config, generated_ca) = tls::server_config(&tls_args, &data_dir)?;
+    let (tls_files, generated_ca) = tls::server_files(&tls_args, &data_dir)?;
+    let workstation_tls = ReloadingTls::load("workstation", tls_files)?;
+    let tls_reload_every = Duration::from_secs(args.tls.tls_reload_secs);
 
     let shutdown = Arc::new(Shutdown::default());
     tokio::spawn({
@@ -206,11 +209,11 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     );
     let admin_tls_task = match admin_tls {
         Some(AdminListener { addr, tls }) => {
-            let incoming = TcpIncoming::bind(addr)
+            let tcp = TcpIncoming::bind(addr)
                 .with_context(|| format!("binding {addr} (--admin-listen)"))?;
+            let incoming = tls.incoming(tcp);
+            Arc::clone(&tls).watch(tls_reload_every, shutdown.stopped());
             let server = Server::builder()
-                .tls_config(tls)
-                .context("the admin listener's TLS configuration")?
                 .add_service(health_service.clone())
                 .add_service(reflection_v1()?)
                 .add_service(AdminServer::new(AdminGate {
@@ -259,9 +262,12 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     };
 
     // Bound before "serving" is announced, so that a client told so can connect.
-    let incoming = TcpIncoming::bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?
-        .with_nodelay(Some(true));
+    let incoming = workstation_tls.incoming(
+        TcpIncoming::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?
+            .with_nodelay(Some(true)),
+    );
+    Arc::clone(&workstation_tls).watch(tls_reload_every, shutdown.stopped());
     let instance_id = info.name.clone();
     let initial = switches::load(store.as_ref()).await?;
     let policy_version = initial.policy.version;
@@ -342,8 +348,6 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     }
 
     let served = Server::builder()
-        .tls_config(tls_config)
-        .context("TLS configuration")?
         .add_service(health_service)
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)

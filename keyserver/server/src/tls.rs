@@ -10,9 +10,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::data_dir::{DataDir, write_new, write_private};
+use crate::reloading_tls::TlsFiles;
 
 #[derive(Debug, Clone, Args)]
 pub struct TlsArgs {
@@ -30,13 +30,16 @@ pub struct TlsArgs {
     /// localhost, 127.0.0.1 and ::1).
     #[arg(long = "tls-san", value_name = "NAME")]
     pub tls_sans: Vec<String>,
+    /// How often (seconds) the TLS files (--tls-cert/--tls-key, and the admin listener's)
+    /// are checked for changes: a renewed certificate is used for new connections without
+    /// a restart; a changed file that is not valid is logged and the certificate in use
+    /// stays.
+    #[arg(long, env = "KSS_TLS_RELOAD_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_reload_secs: u64,
 }
 
-/// The server's TLS configuration, and where the CA is when it was generated here.
-pub fn server_config(
-    args: &TlsArgs,
-    data_dir: &DataDir,
-) -> Result<(ServerTlsConfig, Option<PathBuf>)> {
+/// The workstation listener's TLS files, and where the CA is when it was generated here.
+pub fn server_files(args: &TlsArgs, data_dir: &DataDir) -> Result<(TlsFiles, Option<PathBuf>)> {
     let (cert, key, ca) = match (&args.tls_cert, &args.tls_key, args.self_signed_tls) {
         (Some(cert), Some(key), false) => (cert.clone(), key.clone(), None),
         (None, None, true) => {
@@ -47,10 +50,12 @@ pub fn server_config(
             "TLS is required: give --tls-cert and --tls-key, or --self-signed-tls for a quick start"
         ),
     };
-    let cert_pem = fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem = fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-    let identity = Identity::from_pem(cert_pem, key_pem);
-    Ok((ServerTlsConfig::new().identity(identity), ca))
+    let files = TlsFiles {
+        cert,
+        key,
+        client_ca: None,
+    };
+    Ok((files, ca))
 }
 
 pub struct SelfSignedFiles {

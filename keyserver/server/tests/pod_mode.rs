@@ -88,6 +88,8 @@ struct AdminPki {
     ca: String,
     client: (String, String),
     rogue: (String, String),
+    /// The CA that issued `rogue`.
+    other_ca: String,
 }
 
 impl AdminPki {
@@ -103,6 +105,7 @@ impl AdminPki {
             ca: ca.pem(),
             client: ca.issue("kss-operator", ExtendedKeyUsagePurpose::ClientAuth),
             rogue: other.issue("kss-operator", ExtendedKeyUsagePurpose::ClientAuth),
+            other_ca: other.pem(),
             dir,
         }
     }
@@ -133,6 +136,18 @@ impl AdminPki {
             .connect()
             .await
             .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Whether a new connection presenting `client` (or no certificate) gets an answer to
+    /// `Status`.
+    async fn admits(&self, port: u16, client: Option<&(String, String)>) -> bool {
+        match self.channel(port, client).await {
+            Err(_) => false,
+            Ok(channel) => AdminClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .is_ok(),
+        }
     }
 
     async fn admin(&self, port: u16) -> AdminClient<Channel> {
@@ -436,18 +451,7 @@ async fn health_and_admin_api_over_mutual_tls() {
     // Without a client certificate, or with one of another CA: refused in the handshake
     // (with TLS 1.3 the client learns it at its first call).
     for (what, client) in [("no certificate", None), ("another CA", Some(&pki.rogue))] {
-        let refused = match pki.channel(server.admin_port, client).await {
-            Err(e) => e,
-            Ok(channel) => {
-                let e = AdminClient::new(channel)
-                    .status(StatusRequest {})
-                    .await
-                    .unwrap_err();
-                assert_ne!(e.code(), Code::Ok);
-                format!("{e:?}")
-            }
-        };
-        assert!(!refused.is_empty(), "{what}");
+        assert!(!pki.admits(server.admin_port, client).await, "{what}");
     }
     let log = server.log_text();
     assert!(!log.contains("BEGIN"), "no key material in the log");
@@ -463,6 +467,53 @@ async fn health_and_admin_api_over_mutual_tls() {
     let (clean, took) = server.terminate();
     assert!(clean);
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The admin listener's client CA replaced on disk (as a Secret update does): new
+/// connections are checked against the new CA without a restart, a connection made before
+/// keeps working, and a file that is not a CA leaves the CA in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_admin_client_ca_applies_without_a_restart() {
+    let data = DataDir::new();
+    let id = data.create();
+    let pki = AdminPki::new();
+    let server = PodServer::start(&data, &pki, &["--tls-reload-secs", "1"]).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut before = pki.admin(server.admin_port).await;
+    assert!(!pki.admits(server.admin_port, Some(&pki.rogue)).await);
+
+    // Not a certificate: refused, named in the log, the CA in use stays.
+    let ca_file = pki.dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    common::wait_until(
+        "the bad CA file is refused",
+        Duration::from_secs(20),
+        || {
+            server
+                .log_text()
+                .contains("client-ca.pem: no certificate in the client CA file")
+        },
+    );
+    assert!(pki.admits(server.admin_port, Some(&pki.client)).await);
+
+    std::fs::write(&ca_file, &pki.other_ca).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pki.admits(server.admin_port, Some(&pki.rogue)).await {
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA was not taken up:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!pki.admits(server.admin_port, Some(&pki.client)).await);
+    assert_eq!(status(&mut before).await.unwrap().keyserver_id, id);
+    let log = server.log_text();
+    assert!(
+        log.contains("TLS files changed: new connections use the new certificate"),
+        "{log}"
+    );
+    assert!(!log.contains("BEGIN"), "no key material in the log");
 }
 
 fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -880,7 +931,8 @@ fn admin_listen_needs_its_tls_files() {
     assert!(!out.status.success());
     let err = common::text(&out.stderr);
     assert!(
-        err.contains("no certificate in the admin client CA file"),
+        err.contains("the admin listener's TLS files")
+            && err.contains("admin.key: no certificate in the client CA file"),
         "{err}"
     );
     let out = data.kss(&["serve", "--dev", "--bootstrap-identity", "/nonexistent"]);

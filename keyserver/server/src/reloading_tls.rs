@@ -1,0 +1,455 @@
+//! TLS listeners whose certificate files are read again when they change: a certificate
+//! rotated on disk (cert-manager renewing a Secret that Kubernetes updates in the pod's
+//! volume, or an administrator replacing the files) is served to new connections without a
+//! restart; connections already open keep the certificate they were made with.
+//!
+//! The files are checked every `--tls-reload-interval`. New contents are taken only whole
+//! and valid: a certificate chain, the private key that matches it and, for mutual TLS,
+//! the client CA. Anything else (a half-written file, a key from another certificate) is
+//! logged, naming the file, and the certificate in use stays.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::Stream;
+use tonic::transport::server::TcpIncoming;
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+/// How long a client has to complete its TLS handshake before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The files one listener's TLS is made of.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The leaf certificate's private key (PEM).
+    pub key: PathBuf,
+    /// For mutual TLS: the CA (PEM) that clients' certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A listener's TLS configuration, replaced when its files change.
+pub struct ReloadingTls {
+    listener: &'static str,
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    /// Digests of the contents in use, and of the last contents refused (so that a bad
+    /// file is reported once, not at every check).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    in_use: [u8; 32],
+    refused: Option<[u8; 32]>,
+}
+
+/// What one check of the files found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Reloaded,
+    /// The files changed but do not make a valid configuration; the old one stays.
+    Refused,
+}
+
+impl ReloadingTls {
+    /// Reads and checks the files now, so that a misconfiguration stops the server at once.
+    /// `listener` names the listener in logs and errors ("workstation", "admin").
+    pub fn load(listener: &'static str, files: TlsFiles) -> Result<Arc<Self>> {
+        let contents = read_files(&files)
+            .and_then(|contents| Ok((build_config(&files, &contents)?, contents)))
+            .with_context(|| format!("the {listener} listener's TLS files"));
+        let (config, contents) = contents?;
+        Ok(Arc::new(Self {
+            listener,
+            seen: Mutex::new(Seen {
+                in_use: contents.digest(),
+                refused: None,
+            }),
+            files,
+            current: RwLock::new(Arc::new(config)),
+        }))
+    }
+
+    /// The configuration new connections are accepted with.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(config) => Arc::clone(&config),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reads the files and, when they changed and make a valid configuration, uses them
+    /// for new connections.
+    pub fn reload_if_changed(&self) -> Reload {
+        let listener = self.listener;
+        let mut seen = match self.seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // A file that cannot be read is reported at every check (it may be mid-update, or
+        // gone); contents that were read but refused are reported once.
+        let contents = match read_files(&self.files) {
+            Ok(contents) => contents,
+            Err(e) => {
+                warn!(
+                    listener,
+                    error = format!("{e:#}"),
+                    "TLS files cannot be read: the certificate in use stays"
+                );
+                return Reload::Refused;
+            }
+        };
+        let digest = contents.digest();
+        if digest == seen.in_use || Some(digest) == seen.refused {
+            return Reload::Unchanged;
+        }
+        match build_config(&self.files, &contents) {
+            Ok(config) => {
+                match self.current.write() {
+                    Ok(mut current) => *current = Arc::new(config),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
+                }
+                seen.in_use = digest;
+                seen.refused = None;
+                info!(
+                    listener,
+                    cert = %self.files.cert.display(),
+                    "TLS files changed: new connections use the new certificate"
+                );
+                Reload::Reloaded
+            }
+            Err(e) => {
+                seen.refused = Some(digest);
+                warn!(
+                    listener,
+                    error = format!("{e:#}"),
+                    "TLS files changed but cannot be used: the certificate in use stays"
+                );
+                Reload::Refused
+            }
+        }
+    }
+
+    /// Checks the files every `every` until `stop` completes.
+    pub fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = ticks.tick() => {}
+                }
+                let tls = Arc::clone(&self);
+                // File reads are blocking; a check is rare and small.
+                if let Err(e) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
+                    warn!(listener = self.listener, error = %e, "TLS reload check failed");
+                }
+            }
+        })
+    }
+
+    /// Accepts TLS connections on `tcp` with the configuration in use at each handshake.
+    pub fn incoming(self: &Arc<Self>, tcp: TcpIncoming) -> TlsIncoming {
+        TlsIncoming {
+            tcp: Some(tcp),
+            tls: Arc::clone(self),
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+/// The files' contents. The key's bytes are wiped when dropped.
+struct Contents {
+    cert: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Contents {
+    fn digest(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for part in [
+            Some(self.cert.as_slice()),
+            Some(self.key.as_slice()),
+            self.client_ca.as_deref(),
+        ] {
+            let part = part.unwrap_or_default();
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.finalize().into()
+    }
+}
+
+fn read_files(files: &TlsFiles) -> Result<Contents> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    Ok(Contents {
+        cert: read(&files.cert, "TLS certificate")?,
+        key: Zeroizing::new(read(&files.key, "TLS key")?),
+        client_ca: match &files.client_ca {
+            Some(path) => Some(read(path, "client CA")?),
+            None => None,
+        },
+    })
+}
+
+/// A rustls server configuration for gRPC (ALPN h2) from the files' contents; every error
+/// names the file at fault and never quotes a key.
+fn build_config(files: &TlsFiles, contents: &Contents) -> Result<ServerConfig> {
+    let cert_path = files.cert.display();
+    let chain = CertificateDer::pem_slice_iter(&contents.cert)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{cert_path}: not a PEM certificate chain"))?;
+    if chain.is_empty() {
+        bail!("{cert_path}: no certificate in the file");
+    }
+    let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match (&files.client_ca, &contents.client_ca) {
+        (Some(ca_path), Some(ca_pem)) => {
+            let ca_path = ca_path.display();
+            let mut roots = RootCertStore::empty();
+            for der in CertificateDer::pem_slice_iter(ca_pem) {
+                let der = der.with_context(|| format!("{ca_path}: not a PEM certificate"))?;
+                roots.add(der).with_context(|| {
+                    format!("{ca_path}: a certificate that cannot be a trust anchor")
+                })?;
+            }
+            if roots.is_empty() {
+                bail!("{ca_path}: no certificate in the client CA file");
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .build()
+                    .with_context(|| format!("{ca_path}: the client CA"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).with_context(|| {
+        format!(
+            "{cert_path} with {}: the key does not fit the certificate, or is not usable",
+            files.key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// TLS connections accepted on a TCP listener. Handshakes run concurrently, each within
+/// [`HANDSHAKE_TIMEOUT`], so a slow or silent client holds up no one; a failed handshake
+/// is logged at debug level and dropped. Dropping the stream aborts handshakes under way.
+pub struct TlsIncoming {
+    tcp: Option<TcpIncoming>,
+    tls: Arc<ReloadingTls>,
+    handshakes: JoinSet<io::Result<TlsStream<TcpStream>>>,
+}
+
+impl Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<TcpStream>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // Take every connection that is waiting and start its handshake.
+        while let Some(tcp) = this.tcp.as_mut() {
+            match Pin::new(tcp).poll_next(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    let acceptor = TlsAcceptor::from(this.tls.config());
+                    this.handshakes.spawn(async move {
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                            })?
+                    });
+                }
+                // tonic's server logs accept errors and goes on.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.tcp = None,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Ok(stream)))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some(Ok(Err(e)))) => {
+                    debug!(listener = this.tls.listener, error = %e, "TLS handshake failed");
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    debug!(listener = this.tls.listener, error = %e, "TLS handshake task ended");
+                }
+                Poll::Ready(None) if this.tcp.is_none() => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::tls::self_signed;
+
+    /// Server files in `dir/<name>`, of a CA of their own.
+    fn issue(dir: &Path, name: &str) -> TlsFiles {
+        let files = self_signed(&dir.join(name), &[]).unwrap();
+        TlsFiles {
+            cert: files.cert,
+            key: files.key,
+            client_ca: Some(files.ca),
+        }
+    }
+
+    fn copy(from: &TlsFiles, to: &TlsFiles) {
+        std::fs::copy(&from.cert, &to.cert).unwrap();
+        std::fs::copy(&from.key, &to.key).unwrap();
+    }
+
+    #[test]
+    fn changed_files_replace_the_configuration_and_unchanged_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = issue(dir.path(), "live");
+        let next = issue(dir.path(), "next");
+        let tls = ReloadingTls::load("test", live.clone()).unwrap();
+        let first = tls.config();
+        assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+        assert_eq!(first.alpn_protocols, vec![b"h2".to_vec()]);
+
+        copy(&next, &live);
+        assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
+        let second = tls.config();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
+        assert!(Arc::ptr_eq(&second, &tls.config()));
+    }
+
+    #[test]
+    fn invalid_files_are_refused_once_and_the_configuration_in_use_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = issue(dir.path(), "live");
+        let next = issue(dir.path(), "next");
+        let tls = ReloadingTls::load("test", live.clone()).unwrap();
+        let first = tls.config();
+
+        // Another certificate with the old key.
+        std::fs::copy(&next.cert, &live.cert).unwrap();
+        assert_eq!(tls.reload_if_changed(), Reload::Refused);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+        // The same refused contents are not taken up (nor reported) again.
+        assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+
+        // A missing file: refused at every check, as it may come back.
+        std::fs::remove_file(&live.key).unwrap();
+        assert_eq!(tls.reload_if_changed(), Reload::Refused);
+        assert_eq!(tls.reload_if_changed(), Reload::Refused);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+
+        // The key arrives: the pair is whole and valid.
+        std::fs::copy(&next.key, &live.key).unwrap();
+        assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
+        assert!(!Arc::ptr_eq(&first, &tls.config()));
+    }
+
+    #[test]
+    fn load_errors_name_the_listener_and_the_file_and_never_quote_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue(dir.path(), "a");
+        let b = issue(dir.path(), "b");
+        let error = |files: &TlsFiles| {
+            format!(
+                "{:#}",
+                ReloadingTls::load("admin", files.clone())
+                    .err()
+                    .expect("refused")
+            )
+        };
+        let key_pem = std::fs::read_to_string(&a.key).unwrap();
+        let key_body = key_pem.lines().nth(1).unwrap();
+
+        let mismatched = TlsFiles {
+            key: b.key.clone(),
+            ..a.clone()
+        };
+        let e = error(&mismatched);
+        assert!(e.starts_with("the admin listener's TLS files: "), "{e}");
+        assert!(e.contains("the key does not fit the certificate"), "{e}");
+
+        let key_as_cert = TlsFiles {
+            cert: a.key.clone(),
+            ..a.clone()
+        };
+        let e = error(&key_as_cert);
+        assert!(
+            e.contains(&format!("{}: no certificate", a.key.display())),
+            "{e}"
+        );
+        assert!(!e.contains(key_body), "{e}");
+
+        let cert_as_key = TlsFiles {
+            key: a.cert.clone(),
+            ..a.clone()
+        };
+        let e = error(&cert_as_key);
+        assert!(
+            e.contains(&format!("{}: no PEM private key", a.cert.display())),
+            "{e}"
+        );
+
+        let key_as_ca = TlsFiles {
+            client_ca: Some(a.key.clone()),
+            ..a.clone()
+        };
+        let e = error(&key_as_ca);
+        assert!(e.contains("no certificate in the client CA file"), "{e}");
+        assert!(!e.contains(key_body), "{e}");
+
+        let missing = TlsFiles {
+            cert: dir.path().join("absent.pem"),
+            ..a.clone()
+        };
+        let e = error(&missing);
+        assert!(
+            e.contains("reading the TLS certificate") && e.contains("absent.pem"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! The workstation listener's certificate renewed on disk while the server runs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{DataDir, Server};
+use kss_client::KssClient;
+
+/// Whether a new connection trusting only `ca_pem` gets an answer.
+async fn answers(server: &Server, ca_pem: &[u8]) -> bool {
+    match KssClient::connect(&server.endpoint(), ca_pem, Some("localhost")).await {
+        Err(_) => false,
+        Ok(client) => client.info().await.is_ok(),
+    }
+}
+
+/// A certificate of a new CA written over the server's files (as cert-manager renewing a
+/// Secret does): first a certificate without its key, which is refused and leaves the old
+/// certificate in use, then the key too, which new connections are then served with. A
+/// connection made before the renewal keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let data = DataDir::new();
+    let id = data.create();
+    let server = Server::start_with(&data, &["--tls-reload-secs", "1"]);
+    let old_ca = data.ca_pem();
+    let before = server.client(&data).await;
+    assert_eq!(before.info().await.unwrap().keyserver_id, id);
+
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = kss_server::tls::self_signed(renewed_dir.path(), &[]).unwrap();
+    let new_ca = std::fs::read(&renewed.ca).unwrap();
+    assert!(!answers(&server, &new_ca).await, "not yet trusted");
+
+    // The new certificate with the old key: refused, the old certificate stays.
+    let tls_dir = data.path().join("tls");
+    std::fs::copy(&renewed.cert, tls_dir.join("server.pem")).unwrap();
+    common::wait_until(
+        "the mismatched files are refused",
+        Duration::from_secs(20),
+        || {
+            server
+                .log_text()
+                .contains("the key does not fit the certificate")
+        },
+    );
+    assert!(answers(&server, &old_ca).await);
+    assert!(!answers(&server, &new_ca).await);
+
+    // Now the key too: new connections get the new certificate.
+    std::fs::copy(&renewed.key, tls_dir.join("server.key")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !answers(&server, &new_ca).await {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not taken up:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !answers(&server, &old_ca).await,
+        "the old CA no longer verifies"
+    );
+    assert_eq!(before.info().await.unwrap().keyserver_id, id);
+
+    let log = server.log_text();
+    assert!(
+        log.contains("TLS files changed: new connections use the new certificate"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
+}
