@@ -1216,3 +1216,97 @@ async fn leader(scene: &mut Scene) -> Result<()> {
     second.kill();
     Ok(())
 }
+
+// The workstation certificate is the user's own (`spec.tls.secretName`, as cert-manager
+// keeps one) and is renewed under a new CA: the running keyserver serves it to new
+// connections without a restart; workstations that trust only the old CA are refused.
+scene_test!(
+    a_renewed_tls_secret_is_served_without_a_restart,
+    "tlsrenew",
+    tls_renewal
+);
+
+/// A `kubernetes.io/tls` Secret of a new CA and a certificate for `server_name`, and the
+/// CA's certificate.
+fn tls_secret_yaml(name: &str, server_name: &str, ca_name: &str) -> Result<(String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![server_name.to_string()])?.signed_by(&key, &ca)?;
+    let block = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        block(&cert.pem()),
+        block(&key.serialize_pem()),
+        block(&ca.pem())
+    );
+    Ok((yaml, ca.pem()))
+}
+
+async fn tls_renewal(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let server_name = format!("renew.{ns}.svc");
+    let (first, _) = tls_secret_yaml("renew-tls", &server_name, "first CA")?;
+    apply_ok(ns, &first)?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata:\n  name: renew\nspec:\n  mode: Standalone\n  policyRef: {name: p}\n  tls: {secretName: renew-tls}\n  backup:\n    ignoreSecurityChecks: true\n",
+    )?;
+    let cluster = scene.wait_ready("renew").await?;
+    let id = status(&cluster).keyserver_id.context("keyserver ID")?;
+    let ips = pod_ips(scene, "renew").await?;
+    let ip = &ips.first().context("pod IP")?.1;
+    let process = scene.runner.wait_started("renew-0", WAIT).await?;
+    // Onboards with the CA of the Secret (ca.crt): the first CA.
+    let old = Workstation::onboard(scene, "renew", &id, ip).await?;
+    old.decrypts(ip, false)?;
+
+    let (renewed, new_ca) = tls_secret_yaml("renew-tls", &server_name, "second CA")?;
+    apply_ok(ns, &renewed)?;
+    let new = Workstation {
+        ca: scene.file("renew-new-ca.crt", &new_ca)?,
+        profile: old.profile.clone(),
+        server_name: old.server_name.clone(),
+        ciphertext: old.ciphertext.clone(),
+        key: old.key.clone(),
+    };
+    harness::poll(
+        "a workstation trusting the new CA decrypts",
+        WAIT,
+        || async { Ok::<bool, kss_e2e::Error>(new.decrypts(ip, false).is_ok()) },
+    )
+    .await?;
+    let refused = old.decrypt(ip, "public/report.pdf", false)?;
+    ensure!(
+        !refused.status.success(),
+        "a workstation trusting only the old CA still connects"
+    );
+    let now = scene.runner.wait_started("renew-0", WAIT).await?;
+    ensure!(
+        (now.seq, now.pid) == (process.seq, process.pid),
+        "the keyserver was restarted (process {} → {})",
+        process.pid,
+        now.pid
+    );
+    let log = std::fs::read_to_string(&now.log)?;
+    ensure!(
+        log.contains("TLS files changed: new connections use the new certificate"),
+        "no reload in the keyserver's log"
+    );
+    ensure!(
+        !log.contains("PRIVATE KEY"),
+        "key material in the keyserver's log"
+    );
+    ensure!(status(&scene.cluster("renew").await?).phase == Some(Phase::Ready));
+    Ok(())
+}
