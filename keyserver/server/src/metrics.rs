@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by type and decision, latency, quota denials, database
-//! errors, decision batches; served at `/metrics`.
+//! errors, decision batches, TLS certificate expiry and reloads; served at `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,17 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReloadLabels {
+    listener: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +62,8 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_seconds: Histogram,
     verify_batch_size: Histogram,
+    tls_not_after: Family<ListenerLabels, Gauge>,
+    tls_reloads: Family<TlsReloadLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +118,18 @@ impl Metrics {
             "Ciphertexts verified per batched pairing check",
             verify_batch_size.clone(),
         );
+        let tls_not_after = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_not_after_timestamp_seconds",
+            "When the certificate a TLS listener serves expires (Unix time), by listener",
+            tls_not_after.clone(),
+        );
+        let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Changes of a TLS listener's files, by listener and result (reloaded, refused)",
+            tls_reloads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -113,6 +139,8 @@ impl Metrics {
             batch_size,
             batch_seconds,
             verify_batch_size,
+            tls_not_after,
+            tls_reloads,
         }
     }
 
@@ -166,6 +194,20 @@ impl Metrics {
 
     pub fn verify_batch_done(&self, size: usize) {
         self.verify_batch_size.observe(size as f64);
+    }
+
+    /// The certificate `listener` serves expires at `not_after` (Unix seconds).
+    pub fn tls_certificate(&self, listener: &'static str, not_after: i64) {
+        self.tls_not_after
+            .get_or_create(&ListenerLabels { listener })
+            .set(not_after);
+    }
+
+    /// `listener`'s files changed: `result` is "reloaded" or "refused".
+    pub fn tls_reload(&self, listener: &'static str, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&TlsReloadLabels { listener, result })
+            .inc();
     }
 
     /// The text exposition format.

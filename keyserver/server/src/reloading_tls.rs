@@ -31,6 +31,8 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
+use crate::metrics::Metrics;
+
 /// How long a client has to complete its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,13 +51,20 @@ pub struct TlsFiles {
 pub struct ReloadingTls {
     listener: &'static str,
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Loaded>,
     /// Digests of the contents in use, and of the last contents refused (so that a bad
     /// file is reported once, not at every check).
     seen: Mutex<Seen>,
 }
 
-#[derive(Default)]
+/// A configuration in use, and when its certificate expires.
+#[derive(Clone)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// The leaf certificate's notAfter, in Unix seconds.
+    not_after: i64,
+}
+
 struct Seen {
     in_use: [u8; 32],
     refused: Option<[u8; 32]>,
@@ -77,7 +86,13 @@ impl ReloadingTls {
         let contents = read_files(&files)
             .and_then(|contents| Ok((build_config(&files, &contents)?, contents)))
             .with_context(|| format!("the {listener} listener's TLS files"));
-        let (config, contents) = contents?;
+        let (loaded, contents) = contents?;
+        info!(
+            listener,
+            cert = %files.cert.display(),
+            expires = %expiry(loaded.not_after),
+            "TLS certificate loaded"
+        );
         Ok(Arc::new(Self {
             listener,
             seen: Mutex::new(Seen {
@@ -85,16 +100,25 @@ impl ReloadingTls {
                 refused: None,
             }),
             files,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(loaded),
         }))
+    }
+
+    fn loaded(&self) -> Loaded {
+        match self.current.read() {
+            Ok(loaded) => loaded.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The configuration new connections are accepted with.
     pub fn config(&self) -> Arc<ServerConfig> {
-        match self.current.read() {
-            Ok(config) => Arc::clone(&config),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.loaded().config
+    }
+
+    /// When the certificate in use expires (its notAfter, Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.loaded().not_after
     }
 
     /// Reads the files and, when they changed and make a valid configuration, uses them
@@ -123,16 +147,18 @@ impl ReloadingTls {
             return Reload::Unchanged;
         }
         match build_config(&self.files, &contents) {
-            Ok(config) => {
+            Ok(loaded) => {
+                let expires = expiry(loaded.not_after);
                 match self.current.write() {
-                    Ok(mut current) => *current = Arc::new(config),
-                    Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
+                    Ok(mut current) => *current = loaded,
+                    Err(poisoned) => *poisoned.into_inner() = loaded,
                 }
                 seen.in_use = digest;
                 seen.refused = None;
                 info!(
                     listener,
                     cert = %self.files.cert.display(),
+                    %expires,
                     "TLS files changed: new connections use the new certificate"
                 );
                 Reload::Reloaded
@@ -149,12 +175,15 @@ impl ReloadingTls {
         }
     }
 
-    /// Checks the files every `every` until `stop` completes.
+    /// Checks the files every `every` until `stop` completes; the certificate's expiry
+    /// and the reloads are in `metrics`.
     pub fn watch(
         self: Arc<Self>,
         every: Duration,
+        metrics: Arc<Metrics>,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        metrics.tls_certificate(self.listener, self.not_after());
         tokio::spawn(async move {
             tokio::pin!(stop);
             let mut ticks = tokio::time::interval(every);
@@ -167,8 +196,16 @@ impl ReloadingTls {
                 }
                 let tls = Arc::clone(&self);
                 // File reads are blocking; a check is rare and small.
-                if let Err(e) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
-                    warn!(listener = self.listener, error = %e, "TLS reload check failed");
+                match tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
+                    Ok(Reload::Unchanged) => {}
+                    Ok(Reload::Reloaded) => {
+                        metrics.tls_reload(self.listener, "reloaded");
+                        metrics.tls_certificate(self.listener, self.not_after());
+                    }
+                    Ok(Reload::Refused) => metrics.tls_reload(self.listener, "refused"),
+                    Err(e) => {
+                        warn!(listener = self.listener, error = %e, "TLS reload check failed");
+                    }
                 }
             }
         })
@@ -221,16 +258,31 @@ fn read_files(files: &TlsFiles) -> Result<Contents> {
     })
 }
 
+/// A notAfter for logs: the time, or the number if it is out of range.
+fn expiry(not_after: i64) -> String {
+    jiff::Timestamp::from_second(not_after)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| not_after.to_string())
+}
+
+/// The leaf certificate's notAfter (Unix seconds).
+fn leaf_not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// A rustls server configuration for gRPC (ALPN h2) from the files' contents; every error
 /// names the file at fault and never quotes a key.
-fn build_config(files: &TlsFiles, contents: &Contents) -> Result<ServerConfig> {
+fn build_config(files: &TlsFiles, contents: &Contents) -> Result<Loaded> {
     let cert_path = files.cert.display();
     let chain = CertificateDer::pem_slice_iter(&contents.cert)
         .collect::<std::result::Result<Vec<_>, _>>()
         .with_context(|| format!("{cert_path}: not a PEM certificate chain"))?;
-    if chain.is_empty() {
+    let Some(leaf) = chain.first() else {
         bail!("{cert_path}: no certificate in the file");
-    }
+    };
+    let not_after = leaf_not_after(leaf)
+        .with_context(|| format!("{cert_path}: the first certificate is not valid X.509"))?;
     let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|_| {
         anyhow::anyhow!(
             "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file",
@@ -269,7 +321,10 @@ fn build_config(files: &TlsFiles, contents: &Contents) -> Result<ServerConfig> {
         )
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok(Loaded {
+        config: Arc::new(config),
+        not_after,
+    })
 }
 
 /// TLS connections accepted on a TCP listener. Handshakes run concurrently, each within
@@ -387,6 +442,25 @@ mod tests {
         std::fs::copy(&next.key, &live.key).unwrap();
         assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
         assert!(!Arc::ptr_eq(&first, &tls.config()));
+    }
+
+    #[test]
+    fn the_expiry_of_the_certificate_in_use_is_known() {
+        use rcgen::{CertificateParams, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let live = issue(dir.path(), "live");
+        let tls = ReloadingTls::load("test", live.clone()).unwrap();
+        // `self_signed` certificates end on 2036-01-01.
+        assert_eq!(tls.not_after(), 2_082_758_400);
+
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 6);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(&live.cert, cert.pem()).unwrap();
+        std::fs::write(&live.key, key.serialize_pem()).unwrap();
+        assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
+        assert_eq!(tls.not_after(), 1_935_792_000); // 2031-05-06T00:00:00Z
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             let tcp = TcpIncoming::bind(addr)
                 .with_context(|| format!("binding {addr} (--admin-listen)"))?;
             let incoming = tls.incoming(tcp);
-            Arc::clone(&tls).watch(tls_reload_every, shutdown.stopped());
+            Arc::clone(&tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
             let server = Server::builder()
                 .add_service(health_service.clone())
                 .add_service(reflection_v1()?)
@@ -267,7 +267,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             .with_context(|| format!("binding {}", args.listen))?
             .with_nodelay(Some(true)),
     );
-    Arc::clone(&workstation_tls).watch(tls_reload_every, shutdown.stopped());
+    Arc::clone(&workstation_tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
     let instance_id = info.name.clone();
     let initial = switches::load(store.as_ref()).await?;
     let policy_version = initial.policy.version;

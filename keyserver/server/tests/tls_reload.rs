@@ -73,4 +73,18 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "{log}"
     );
     assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
+
+    // One refused change and one reload counted; the expiry of the certificate in use
+    // (`self_signed`'s: 2036-01-01).
+    let metrics = server.metrics();
+    for line in [
+        "kss_tls_reloads_total{listener=\"workstation\",result=\"refused\"} 1",
+        "kss_tls_reloads_total{listener=\"workstation\",result=\"reloaded\"} 1",
+        "kss_tls_certificate_not_after_timestamp_seconds{listener=\"workstation\"} 2082758400",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
 }
