@@ -852,6 +852,29 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     );
     let ips = pod_ips(scene, "kss-prod").await?;
     ensure!(ips.len() == 3, "pods {ips:?}");
+    // The example's scheduling, as the API server stored it in the pod template.
+    let sts: StatefulSet = Api::namespaced(scene.client.clone(), ns)
+        .get("kss-prod")
+        .await?;
+    let pod = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("pod template")?;
+    let keys: Vec<String> = pod
+        .topology_spread_constraints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.topology_key)
+        .collect();
+    ensure!(
+        keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"],
+        "topology spread {keys:?}"
+    );
+    let tolerations = pod.tolerations.unwrap_or_default();
+    ensure!(
+        tolerations.len() == 1 && tolerations[0].value.as_deref() == Some("key-services"),
+        "tolerations {tolerations:?}"
+    );
     let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1).await?;
     for (_, ip) in &ips {
         ws.decrypts(ip, false)?;

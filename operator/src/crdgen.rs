@@ -109,7 +109,12 @@ pub const REFERENCE_START: &str =
 pub const REFERENCE_END: &str = "<!-- crd-reference:end -->";
 
 /// Fields whose sub-fields are Kubernetes' own types, documented upstream.
-const UPSTREAM_TYPES: &[&str] = &["resources"];
+const UPSTREAM_TYPES: &[&str] = &[
+    "resources",
+    "tolerations",
+    "affinity",
+    "topologySpreadConstraints",
+];
 
 fn type_of(schema: &serde_json::Value) -> String {
     let mut kind = match schema.get("type").and_then(|t| t.as_str()) {

@@ -1,6 +1,8 @@
 //! `KeyShardCluster`: one keyserver (one keyserver ID) run as a StatefulSet of instances.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -122,6 +124,12 @@ pub struct KeyShardClusterSpec {
     /// The Service workstations connect to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
+
+    /// Where the keyserver pods run. Default (mode Cluster): instances spread over nodes
+    /// where possible (a `topologySpreadConstraint` on `kubernetes.io/hostname` with
+    /// `ScheduleAnyway`), so that losing one node does not stop the keyserver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<SchedulingSpec>,
 
     /// The keyserver's time zone (IANA name): calendar hours and days of quotas and the
     /// policy's times. Default `UTC`.
@@ -294,6 +302,31 @@ pub struct PolicyRef {
     /// Name of the KssPolicy.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// Scheduling of the keyserver pods; each field is copied into the pod spec as given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Labels a node must have to run a keyserver pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the keyserver pods tolerate (Kubernetes `Toleration`s, as in a pod spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity of the keyserver pods (a Kubernetes `Affinity`, as in
+    /// a pod spec). Given, it replaces the default spreading over nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the keyserver pods spread over topology domains such as nodes and zones
+    /// (Kubernetes `TopologySpreadConstraint`s, as in a pod spec). Given, it replaces the
+    /// default spreading over nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the keyserver pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 /// The workstation Service.

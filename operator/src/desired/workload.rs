@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -222,8 +223,34 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
 /// The StatefulSet: `replicas` instances; standalone keeps its SQLite database on a
 /// claim per pod (retained when the StatefulSet is deleted or scaled down: a keyserver's
 /// data is never deleted automatically), cluster instances keep only scratch files.
+/// The pods' topology spread: as given in `spec.scheduling`; else, in mode Cluster and
+/// without an affinity of the user's, spread over nodes where possible (`ScheduleAnyway`:
+/// a cluster with fewer nodes than instances still runs them all).
+fn spread(cluster: &KeyShardCluster, names: &Names) -> Option<Vec<TopologySpreadConstraint>> {
+    let scheduling = cluster.spec.scheduling.as_ref();
+    if let Some(given) = scheduling.map(|s| &s.topology_spread_constraints)
+        && !given.is_empty()
+    {
+        return Some(given.clone());
+    }
+    if !cluster.is_cluster() || scheduling.is_some_and(|s| s.affinity.is_some()) {
+        return None;
+    }
+    Some(vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".to_string(),
+        when_unsatisfiable: "ScheduleAnyway".to_string(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(names)),
+            ..LabelSelector::default()
+        }),
+        ..TopologySpreadConstraint::default()
+    }])
+}
+
 pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> StatefulSet {
     let spec = &cluster.spec;
+    let scheduling = spec.scheduling.as_ref();
     let mut volumes = vec![
         secret_volume("master-key", names.master_key_secret(), false),
         secret_volume("bootstrap", names.bootstrap_secret(), true),
@@ -285,6 +312,19 @@ pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container(cluster, names, default_image)],
+                    node_selector: scheduling
+                        .as_ref()
+                        .map(|s| s.node_selector.clone())
+                        .filter(|n| !n.is_empty()),
+                    tolerations: scheduling
+                        .as_ref()
+                        .map(|s| s.tolerations.clone())
+                        .filter(|t| !t.is_empty()),
+                    affinity: scheduling.as_ref().and_then(|s| s.affinity.clone()),
+                    topology_spread_constraints: spread(cluster, names),
+                    priority_class_name: scheduling
+                        .as_ref()
+                        .and_then(|s| s.priority_class_name.clone()),
                     volumes: Some(volumes),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -353,6 +393,65 @@ mod tests {
             sts.metadata.owner_references.expect("owner")[0].controller,
             Some(true)
         );
+    }
+
+    fn pod_of(yaml: &str) -> PodSpec {
+        let sts = statefulset(&cluster(yaml), &names(), DEFAULT_IMAGE);
+        sts.spec.expect("spec").template.spec.expect("pod")
+    }
+
+    const CLUSTER: &str = "mode: Cluster\nreplicas: 3\ndatabase: {secretRef: {name: db}}\nbackup: {ignoreSecurityChecks: true}\n";
+
+    #[test]
+    fn cluster_instances_spread_over_nodes_by_default() {
+        let pod = pod_of(CLUSTER);
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        assert_eq!(spread[0].max_skew, 1);
+        assert_eq!(
+            spread[0]
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(selector_labels(&names()))
+        );
+        assert!(pod.affinity.is_none() && pod.node_selector.is_none());
+        // One standalone instance has nothing to spread.
+        let standalone = pod_of("mode: Standalone\nbackup: {ignoreSecurityChecks: true}\n");
+        assert!(standalone.topology_spread_constraints.is_none());
+    }
+
+    #[test]
+    fn scheduling_is_copied_into_the_pods_and_replaces_the_default_spread() {
+        let pod = pod_of(&format!(
+            "{CLUSTER}scheduling:\n  nodeSelector: {{pool: keys}}\n  tolerations: [{{key: dedicated, operator: Equal, value: kss, effect: NoSchedule}}]\n  priorityClassName: critical\n  topologySpreadConstraints: [{{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}}]\n"
+        ));
+        assert_eq!(
+            pod.node_selector,
+            Some(BTreeMap::from([("pool".to_string(), "keys".to_string())]))
+        );
+        let tolerations = pod.tolerations.expect("tolerations");
+        assert_eq!(tolerations[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoSchedule"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("critical"));
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(spread[0].when_unsatisfiable, "DoNotSchedule");
+
+        // An affinity of the user's replaces the default spread too.
+        let pod = pod_of(&format!(
+            "{CLUSTER}scheduling:\n  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        - topologyKey: kubernetes.io/hostname\n          labelSelector: {{matchLabels: {{app: x}}}}\n"
+        ));
+        assert!(pod.topology_spread_constraints.is_none());
+        let anti = pod
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+            .expect("anti-affinity");
+        assert_eq!(anti[0].topology_key, "kubernetes.io/hostname");
     }
 
     #[test]
