@@ -3,7 +3,7 @@
 //! volume, or an administrator replacing the files) is served to new connections without a
 //! restart; connections already open keep the certificate they were made with.
 //!
-//! The files are checked every `--tls-reload-interval`. New contents are taken only whole
+//! The files are checked every `--tls-reload-secs`. New contents are taken only whole
 //! and valid: a certificate chain, the private key that matches it and, for mutual TLS,
 //! the client CA. Anything else (a half-written file, a key from another certificate) is
 //! logged, naming the file, and the certificate in use stays.
