@@ -590,6 +590,14 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
             "apiVersion: kss.dev/v1alpha1\nkind: KssPolicy\nmetadata: {name: g}\nspec: {}\n",
             "spec.policy: Required value",
         ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: i}\nspec:\n  mode: Standalone\n  backup: {ignoreSecurityChecks: true}\n  scheduling:\n    tolerations: {key: dedicated}\n",
+            "spec.scheduling.tolerations",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: j}\nspec:\n  mode: Standalone\n  backup: {ignoreSecurityChecks: true}\n  scheduling:\n    topologySpreadConstraints: [{topologyKey: kubernetes.io/hostname}]\n",
+            "spec.scheduling.topologySpreadConstraints[0].maxSkew: Required value",
+        ),
     ];
     let mut failures = Vec::new();
     for (yaml, expected) in cases {
