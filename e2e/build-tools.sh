@@ -2,7 +2,9 @@
 # Build the pinned Kubernetes e2e tool binaries (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, etcd, etcdctl, kwok, helm)
 # into a cache outside the repository and print the bin dir on the last line
-# of stdout. Binaries already present in the cache are not rebuilt.
+# of stdout. Binaries already present in the cache are not rebuilt. Beside the bin
+# dir, monitoring-crds/ holds the Prometheus Operator CRDs the Helm chart's
+# monitoring objects need.
 #
 #   e2e/build-tools.sh            # build what is missing, print bin dir
 #   BIN=$(e2e/build-tools.sh | tail -n 1)
@@ -119,6 +121,26 @@ for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   HELM_LDFLAGS+=" -X $p.k8sVersionMajor=$helm_kmajor -X $p.k8sVersionMinor=$helm_kminor"
 done
 build helm helm helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
+
+# The Prometheus Operator's CRDs that the Helm chart's monitoring objects need
+# (ServiceMonitor, PodMonitor, PrometheusRule), taken from its module on the Go module
+# proxy (checked against the checksum database like every module here), so that the e2e
+# tests can have the API server validate those objects. Kept in <key>/monitoring-crds.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+MONITORING_DIR="$CACHE_ROOT/$KEY/monitoring-crds"
+if [[ "$(cat "$MONITORING_DIR/version" 2>/dev/null)" != "$PROMETHEUS_OPERATOR_VERSION" ]]; then
+  log "fetch the Prometheus Operator CRDs ($PROMETHEUS_OPERATOR_VERSION) ..."
+  module_dir=$(cd "$(mktemp -d)" && go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+    jq -r '.Dir // empty')
+  [[ -n "$module_dir" ]] || { log "FAILED to download the Prometheus Operator module"; exit 1; }
+  rm -rf "$MONITORING_DIR" && mkdir -p "$MONITORING_DIR"
+  for kind in servicemonitors podmonitors prometheusrules; do
+    cp "$module_dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_DIR/"
+  done
+  chmod 644 "$MONITORING_DIR"/*.yaml
+  echo "$PROMETHEUS_OPERATOR_VERSION" >"$MONITORING_DIR/version"
+fi
 
 rm -rf "$GOCACHE"
 log "all tools ready in $((SECONDS - total_start)) s"

@@ -91,7 +91,8 @@ cat >"$WORK/pre-cm-hook.sh" <<EOF
 #!/usr/bin/env bash
 set -euo pipefail
 shopt -s nullglob
-files=("$ROOT"/crds/*.yaml)
+# Ours, and the Prometheus Operator's that the chart's monitoring objects need.
+files=("$ROOT"/crds/*.yaml "$(dirname "$KSS_E2E_BIN")"/monitoring-crds/*.yaml)
 if ((\${#files[@]} == 0)); then
   echo "[e2e-run] no CRDs in $ROOT/crds" >&2
   exit 0

@@ -470,20 +470,74 @@ async fn templates(ns: &str) -> Result<()> {
         );
     }
 
-    // The ServiceMonitor only on request (its CRD is not installed here: not applied).
+    // The monitoring objects only on request; then accepted by the API server under the
+    // Prometheus Operator's own CRDs (run.sh installs them from its Go module).
     let plain = helm.template(release, ns, &[])?;
-    let monitored = helm.template(
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+        ensure!(
+            !plain.contains(&format!("kind: {kind}")),
+            "a {kind} by default"
+        );
+    }
+    let monitored = server_dry_run(&helm.template(
         release,
         ns,
-        &["--set", "metrics.serviceMonitor.enabled=true"],
-    )?;
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.certificateExpiryDays=21",
+        ],
+    )?)?;
+    let service_monitor = find(&monitored, "ServiceMonitor", None)?;
+    ensure!(service_monitor["spec"]["endpoints"][0]["port"] == "metrics");
+    let pod_monitor = find(&monitored, "PodMonitor", None)?;
     ensure!(
-        !plain.contains("kind: ServiceMonitor"),
-        "a ServiceMonitor by default"
+        pod_monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "kss"
+            && pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+            && pod_monitor["spec"]["namespaceSelector"]["any"] == true,
+        "PodMonitor {pod_monitor}"
     );
+    let rule = find(&monitored, "PrometheusRule", None)?;
+    let rules = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .context("PrometheusRule rules")?;
+    let expiry = rules
+        .iter()
+        .find(|r| r["alert"] == "KssTlsCertificateExpiresSoon")
+        .context("the certificate expiry alert")?;
     ensure!(
-        monitored.contains("apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor"),
-        "no ServiceMonitor with metrics.serviceMonitor.enabled"
+        expiry["expr"].as_str().is_some_and(|e| e
+            .contains("kss_tls_certificate_not_after_timestamp_seconds")
+            && e.contains("21 * 86400")),
+        "expiry alert {expiry}"
+    );
+    // The alerts' templates reach Prometheus as templates, not rendered by Helm.
+    ensure!(
+        expiry["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("{{ $labels.listener }}")),
+        "expiry alert annotations {expiry}"
+    );
+    // With watchNamespace, the PodMonitor looks in that namespace only.
+    let scoped = server_dry_run(&helm.template(
+        release,
+        ns,
+        &[
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            &format!("watchNamespace={ns}"),
+        ],
+    )?)?;
+    let pod_monitor = find(&scoped, "PodMonitor", None)?;
+    ensure!(
+        pod_monitor["spec"]["namespaceSelector"]["matchNames"][0] == *ns,
+        "PodMonitor {pod_monitor}"
     );
     Ok(())
 }
