@@ -126,14 +126,20 @@ build helm helm helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
 # (ServiceMonitor, PodMonitor, PrometheusRule), taken from its module on the Go module
 # proxy (checked against the checksum database like every module here), so that the e2e
 # tests can have the API server validate those objects. Kept in <key>/monitoring-crds.
+# The module's hash is pinned too (what `go mod download -json` reports as .Sum).
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+PROMETHEUS_OPERATOR_SUM=h1:M5xLCLEoaW2IJfnuCwFzzpL+jSVQu3KGT84Pye+fW8s=
 MONITORING_DIR="$CACHE_ROOT/$KEY/monitoring-crds"
 if [[ "$(cat "$MONITORING_DIR/version" 2>/dev/null)" != "$PROMETHEUS_OPERATOR_VERSION" ]]; then
   log "fetch the Prometheus Operator CRDs ($PROMETHEUS_OPERATOR_VERSION) ..."
-  module_dir=$(cd "$(mktemp -d)" && go mod download -json \
-    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
-    jq -r '.Dir // empty')
-  [[ -n "$module_dir" ]] || { log "FAILED to download the Prometheus Operator module"; exit 1; }
+  download=$(cd "$(mktemp -d)" && go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+  module_dir=$(jq -r '.Dir // empty' <<<"$download")
+  module_sum=$(jq -r '.Sum // empty' <<<"$download")
+  if [[ -z "$module_dir" || "$module_sum" != "$PROMETHEUS_OPERATOR_SUM" ]]; then
+    log "FAILED to download the Prometheus Operator module (sum ${module_sum:-none}, want $PROMETHEUS_OPERATOR_SUM)"
+    exit 1
+  fi
   rm -rf "$MONITORING_DIR" && mkdir -p "$MONITORING_DIR"
   for kind in servicemonitors podmonitors prometheusrules; do
     cp "$module_dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_DIR/"
