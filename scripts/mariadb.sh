@@ -382,7 +382,11 @@ cmd_up() {
         return 0
     fi
 
-    PORT="${KSS_MARIADB_PORT:-33306}"
+    # Below Linux's ephemeral port range (32768-60999): while the server is stopped (the
+    # outage tests), a client's reconnect to a port in that range can be given the same
+    # port as its own source and connect to itself, and the port is then taken when the
+    # server starts again ("Address already in use").
+    PORT="${KSS_MARIADB_PORT:-23306}"
     PASSWORD="${KSS_MARIADB_PASSWORD:-kss-test-password}"
     case "$PORT" in
         '' | *[!0-9]*) die "KSS_MARIADB_PORT must be a number, got '$PORT'" ;;
