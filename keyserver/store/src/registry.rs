@@ -106,8 +106,9 @@ pub trait Registry: Send + Sync {
     /// Marks a clean stop (the instance shows offline at once).
     async fn mark_stopped(&self, name: &str, incarnation: &str) -> Result<()>;
     async fn instances(&self) -> Result<InstanceList>;
-    /// Deletes instances offline (stopped, or heartbeat stale) for more than
-    /// `offline_for_ms`, under `fence`.
+    /// Deletes instances offline for at least `offline_for_ms`, under `fence`. A stopped
+    /// instance is offline from `stopped_at_ms`; a silent one from the first moment
+    /// [`InstanceStatus::online`] says so (`OFFLINE_AFTER_MS` after its last heartbeat).
     async fn forget_instances(&self, fence: &Lease, offline_for_ms: i64) -> Result<u64>;
 
     /// Claims a lease for `ttl_ms`: granted if free, expired or already this holder's.

@@ -122,11 +122,11 @@ impl Registry for MysqlStore {
         let mut tx = self.pool.begin().await?;
         check_fence(&mut tx, fence).await?;
         let done = sqlx::query(concat!(
-            "DELETE FROM instances WHERE COALESCE(stopped_at_ms, heartbeat_ms + ?) < ",
+            "DELETE FROM instances WHERE COALESCE(stopped_at_ms, heartbeat_ms + ?) <= ",
             db_now_ms!(),
             " - ?"
         ))
-        .bind(OFFLINE_AFTER_MS)
+        .bind(OFFLINE_AFTER_MS + 1)
         .bind(offline_for_ms)
         .execute(&mut *tx)
         .await?;

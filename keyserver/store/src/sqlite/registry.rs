@@ -98,9 +98,9 @@ impl Registry for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
-            "DELETE FROM instances WHERE COALESCE(stopped_at_ms, heartbeat_ms + ?) < ?",
+            "DELETE FROM instances WHERE COALESCE(stopped_at_ms, heartbeat_ms + ?) <= ?",
         )
-        .bind(OFFLINE_AFTER_MS)
+        .bind(OFFLINE_AFTER_MS + 1)
         .bind(now_ms() - offline_for_ms)
         .execute(&mut *tx)
         .await?;
