@@ -1203,7 +1203,6 @@ scene_test!(two_operator_replicas_elect_one_leader, "leader", leader);
 async fn leader(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let lease_name = format!("kss-op-{ns}");
-    let mut second = Operator::start(scene.dir.path(), ns, &lease_name, "op-b")?;
     let leases: Api<Lease> = Api::namespaced(scene.client.clone(), "kss-system");
     let holder = || async {
         leases
@@ -1213,14 +1212,19 @@ async fn leader(scene: &mut Scene) -> Result<()> {
             .flatten()
             .and_then(|l| l.spec?.holder_identity)
     };
-    harness::poll("a leader", WAIT, || async {
-        Ok::<bool, kss_e2e::Error>(holder().await.is_some())
+    // op-a (the scene's operator) leads before op-b starts, so which one wins the
+    // free Lease is not a race between two process starts.
+    harness::poll("op-a to lead", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(holder().await.as_deref() == Some("op-a"))
     })
     .await?;
+    let mut second = Operator::start(scene.dir.path(), ns, &lease_name, "op-b")?;
+    // op-b running beside it does not take the Lease from a live leader.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let first_holder = holder().await.context("holder")?;
     ensure!(
         first_holder == "op-a",
-        "expected op-a (started first) to lead, got {first_holder}"
+        "op-b took the Lease from a live op-a: held by {first_holder}"
     );
     apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
     apply_ok(

@@ -46,6 +46,7 @@ pub fn instance_json(i: &pb::InstanceStatus, now_ms: i64) -> serde_json::Value {
         "online": i.online,
         "applied_policy_version": i.applied_policy_version,
         "applied_at_ms": i.applied_at_ms,
+        "heartbeat_at_ms": i.heartbeat_ms,
         "heartbeat_age_ms": now_ms - i.heartbeat_ms,
         "endpoint": i.endpoint,
         "hostname": i.hostname,

@@ -640,14 +640,16 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
     }
 
     let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (i, name) in names.iter().enumerate() {
-        assert!(
-            load.live.approved(i) > 0,
-            "instance {name} approved nothing before the outage:\n{}",
-            cluster.logs()
-        );
-    }
+    let every_instance_approved = eventually(Duration::from_secs(30), async || {
+        (0..names.len()).all(|i| load.live.approved(i) > 0)
+    })
+    .await;
+    assert!(
+        every_instance_approved,
+        "an instance approved nothing before the outage:\n{}",
+        cluster.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The outage. From here on, the database is started again whatever happens.
     let restart_guard = RestartDbOnDrop;
@@ -896,35 +898,43 @@ async fn killed_instance_under_load_leaves_the_others_approving() {
     assert_eq!(list["online"], 3, "{list}");
 
     let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (i, name) in names.iter().enumerate() {
-        assert!(
-            load.live.approved(i) > 0,
-            "instance {name} approved nothing"
-        );
-    }
+    let every_instance_approved = eventually(Duration::from_secs(30), async || {
+        (0..names.len()).all(|i| load.live.approved(i) > 0)
+    })
+    .await;
+    assert!(every_instance_approved, "an instance approved nothing");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let kill_called = Instant::now();
     cluster.kill9(KILLED);
     let killed = Instant::now();
+    let killed_at_ms = common::unix_ms();
     println!(
         "killed instance {} at {:.2} s",
         names[KILLED],
         load.at(killed)
     );
 
-    // Shown offline within 10 s (heartbeats stop), through a survivor's data dir.
+    // Shown offline within 10 s (heartbeats stop), through a survivor's data dir. The
+    // poll itself may lag on a loaded machine; the bound is checked on the registry's
+    // own answer below.
     let survivor_dir = cluster.dirs[0].path();
     let mut last_list = Value::Null;
-    let offline = eventually(Duration::from_secs(10), async || {
+    let offline = eventually(Duration::from_secs(30), async || {
         last_list = instance_list(survivor_dir.clone()).await;
         !instance_online(&last_list, &names[KILLED])
     })
     .await;
-    let offline_after = killed.elapsed();
+    let seen_after = killed.elapsed();
+    let shown_after = last_list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == names[KILLED])
+        .map(|i| common::shown_offline_after(i, killed_at_ms));
     println!(
-        "instance {} shown offline after {:.1} s",
+        "instance {} shown offline {shown_after:?} after the kill (seen by the poll after {:.1} s)",
         names[KILLED],
-        offline_after.as_secs_f64()
+        seen_after.as_secs_f64()
     );
     let remaining = Duration::from_secs(3).saturating_sub(killed.elapsed());
     tokio::time::sleep(remaining).await;
@@ -938,6 +948,11 @@ async fn killed_instance_under_load_leaves_the_others_approving() {
         offline,
         "instance {} still online: {last_list}",
         names[KILLED]
+    );
+    let shown_after = shown_after.unwrap();
+    assert!(
+        shown_after <= Duration::from_secs(10),
+        "shown offline only {shown_after:?} after the kill: {last_list}"
     );
     assert_eq!(last_list["online"], 2, "{last_list}");
     for (i, name) in names.iter().enumerate() {

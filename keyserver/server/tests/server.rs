@@ -453,7 +453,15 @@ async fn kill_dash_nine_under_load_loses_no_returned_approval() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed mid-load, once a fair number of approvals has been returned.
+    let returned = approved_ids.clone();
+    tokio::task::spawn_blocking(move || {
+        common::wait_until("50 approvals returned", Duration::from_secs(60), || {
+            returned.lock().unwrap().len() > 50
+        })
+    })
+    .await
+    .unwrap();
     server.kill9();
     for t in tasks {
         t.await.unwrap();

@@ -262,18 +262,18 @@ async fn second_server_waits_and_takes_over_after_a_clean_stop() {
 async fn a_killed_server_is_replaced_after_its_lease_expires() {
     let data = DataDir::new();
     let id = data.create();
-    let lease = ["--standalone-lease-secs", "2"];
+    let lease = ["--standalone-lease-secs", "4"];
     let a = Server::start_with(&data, &lease);
     let a_pid = a.child.id();
     let mut b = Waiting::spawn(&data, &lease);
     b.wait_waiting();
     // Longer than the lease: A renews it, so B keeps waiting.
-    b.watch(Duration::from_secs(4));
+    b.watch(Duration::from_secs(6));
     assert_eq!(a.client(&data).await.info().await.unwrap().keyserver_id, id);
 
     // kill -9: no release; B takes over once the lease expired.
     a.kill9();
-    b.wait_serving(Duration::from_secs(15));
+    b.wait_serving(Duration::from_secs(30));
     let client_b = b.client(&data).await;
     assert_eq!(client_b.info().await.unwrap().keyserver_id, id);
     // B also took over the admin socket A left behind.

@@ -17,6 +17,14 @@ async fn answers(server: &Server, ca_pem: &[u8]) -> bool {
     }
 }
 
+/// Replaces `to` with a copy of `from` in one step (a rename, as a Secret volume's
+/// update is), so a reload never reads a half-written file.
+fn replace_file(from: &std::path::Path, to: &std::path::Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
 /// A certificate of a new CA written over the server's files (as cert-manager renewing a
 /// Secret does): first a certificate without its key, which is refused and leaves the old
 /// certificate in use, then the key too, which new connections are then served with. A
@@ -37,7 +45,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 
     // The new certificate with the old key: refused, the old certificate stays.
     let tls_dir = data.path().join("tls");
-    std::fs::copy(&renewed.cert, tls_dir.join("server.pem")).unwrap();
+    replace_file(&renewed.cert, &tls_dir.join("server.pem"));
     common::wait_until(
         "the mismatched files are refused",
         Duration::from_secs(20),
@@ -51,7 +59,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     assert!(!answers(&server, &new_ca).await);
 
     // Now the key too: new connections get the new certificate.
-    std::fs::copy(&renewed.key, tls_dir.join("server.key")).unwrap();
+    replace_file(&renewed.key, &tls_dir.join("server.key"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !answers(&server, &new_ca).await {
         assert!(
@@ -67,15 +75,23 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     );
     assert_eq!(before.info().await.unwrap().keyserver_id, id);
 
-    let log = server.log_text();
+    // Logged and counted just after the swap: waited for, not raced.
+    common::wait_until("the reload logged", Duration::from_secs(20), || {
+        server
+            .log_text()
+            .contains("TLS files changed: new connections use the new certificate")
+    });
     assert!(
-        log.contains("TLS files changed: new connections use the new certificate"),
-        "{log}"
+        !server.log_text().contains("PRIVATE KEY"),
+        "no key material in the log"
     );
-    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
 
     // One refused change and one reload counted; the expiry of the certificate in use
     // (`self_signed`'s: 2036-01-01).
+    let reloaded = "kss_tls_reloads_total{listener=\"workstation\",result=\"reloaded\"} 1";
+    common::wait_until("the reload counted", Duration::from_secs(20), || {
+        server.metrics().lines().any(|l| l == reloaded)
+    });
     let metrics = server.metrics();
     for line in [
         "kss_tls_reloads_total{listener=\"workstation\",result=\"refused\"} 1",

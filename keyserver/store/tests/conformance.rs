@@ -814,7 +814,8 @@ async fn granted(s: &Arc<dyn Store>, holder: &str, ttl_ms: i64) -> Lease {
 }
 
 async fn leases_grant_refuse_and_take_over(s: Arc<dyn Store>) {
-    let a = granted(&s, "a", 400).await;
+    // Long leases while the test needs them held, so a slow commit cannot expire one.
+    let a = granted(&s, "a", 60_000).await;
     assert_eq!(a.token, 1);
     // Held: refused, with the holder named.
     match s.claim_lease("standalone", "b", 400).await.unwrap() {
@@ -823,12 +824,16 @@ async fn leases_grant_refuse_and_take_over(s: Arc<dyn Store>) {
             expires_in_ms,
         } => {
             assert_eq!(holder, "a");
-            assert!(expires_in_ms > 0 && expires_in_ms <= 400, "{expires_in_ms}");
+            assert!(
+                expires_in_ms > 0 && expires_in_ms <= 60_000,
+                "{expires_in_ms}"
+            );
         }
         other => panic!("{other:?}"),
     }
-    // Renewed while held; claimed again by its holder without a new token.
-    assert!(s.renew_lease(&a, 400).await.unwrap());
+    // Renewed while held; claimed again by its holder without a new token, this time
+    // for 400 ms.
+    assert!(s.renew_lease(&a, 60_000).await.unwrap());
     assert_eq!(granted(&s, "a", 400).await.token, 1);
 
     // Expired: another takes it with the next token, and the old holder cannot renew.
@@ -842,7 +847,7 @@ async fn leases_grant_refuse_and_take_over(s: Arc<dyn Store>) {
     // Releasing a lease no longer held changes nothing.
     s.release_lease(&a).await.unwrap();
     assert!(matches!(
-        s.claim_lease("standalone", "d", 400).await.unwrap(),
+        s.claim_lease("standalone", "d", 10_000).await.unwrap(),
         LeaseClaim::HeldBy { .. }
     ));
 }

@@ -237,7 +237,7 @@ mod tests {
             }
             assert!(verifier.queue.is_empty());
             // The threads uncount themselves just after their last reply.
-            for _ in 0..100 {
+            for _ in 0..1_000 {
                 if verifier.queue.threads.load(Ordering::SeqCst) == 0 {
                     break;
                 }

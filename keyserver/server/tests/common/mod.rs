@@ -80,12 +80,33 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A loopback port for a server process to bind later. It is below Linux's ephemeral
+/// range (32768–60999), so no client connection takes it between this pick and the
+/// server's bind, and it is never handed out twice in one test process (tests run in
+/// parallel threads). The test MariaDB's port is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const FIRST: u16 = 20_000;
+    const COUNT: u64 = 12_000;
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    for _ in 0..1_000 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_usize(handed_out.len());
+        let port = FIRST + u16::try_from(random.finish() % COUNT).unwrap();
+        if port == 23306 || handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port in {FIRST}..{}",
+        u64::from(FIRST) + COUNT
+    );
 }
 
 /// A `kss serve` process just started: stdout piped, stderr to `log`.
@@ -96,8 +117,22 @@ pub struct Spawned {
     pub log: PathBuf,
 }
 
+/// A fixed-offset time zone in which it is now between 11:30 and 12:30, so a test's
+/// `per_day`/`per_hour` windows never roll over while it runs (a CI run may span
+/// midnight UTC). A flag in `extra` still wins: clap takes the flag over the environment.
+pub fn near_noon_time_zone() -> String {
+    let minutes = (unix_ms() / 60_000).rem_euclid(24 * 60);
+    let hour = (minutes + 30) / 60 % 24;
+    match 12 - hour {
+        0 => "UTC".to_string(),
+        // Etc/GMT's sign is inverted (POSIX): Etc/GMT-3 is three hours ahead of UTC.
+        ahead if ahead > 0 => format!("Etc/GMT-{ahead}"),
+        behind => format!("Etc/GMT+{}", -behind),
+    }
+}
+
 /// Starts `kss serve` on the data directory with self-signed TLS, on free loopback ports,
-/// polling every 100 ms; does not wait for it to serve.
+/// polling every 100 ms, in [`near_noon_time_zone`]; does not wait for it to serve.
 pub fn spawn_serve(data: &DataDir, extra: &[&str]) -> Spawned {
     let port = free_port();
     let metrics_port = free_port();
@@ -109,6 +144,7 @@ pub fn spawn_serve(data: &DataDir, extra: &[&str]) -> Spawned {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
+        .env("KSS_TIME_ZONE", near_noon_time_zone())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -223,6 +259,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Milliseconds since the Unix epoch (the clock the store stamps heartbeats with).
+pub fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// How long after `killed_at_ms` the registry shows an instance offline (one object of
+/// `kss instance list --json`): from its last heartbeat plus `OFFLINE_AFTER_MS`, whenever
+/// anyone asks. This is the registry's answer, not the delay of whoever polls it.
+pub fn shown_offline_after(instance: &serde_json::Value, killed_at_ms: i64) -> Duration {
+    let last_heartbeat = instance["heartbeat_at_ms"].as_i64().unwrap();
+    let offline_from = last_heartbeat + kss_store::OFFLINE_AFTER_MS + 1;
+    Duration::from_millis(u64::try_from(offline_from - killed_at_ms).unwrap_or(0))
 }
 
 /// Waits until `check` holds, or panics after `timeout` with `what`.
