@@ -62,6 +62,7 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_seconds: Histogram,
     verify_batch_size: Histogram,
+    verify_queue_full: Counter,
     tls_not_after: Family<ListenerLabels, Gauge>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
 }
@@ -118,6 +119,12 @@ impl Metrics {
             "Ciphertexts verified per batched pairing check",
             verify_batch_size.clone(),
         );
+        let verify_queue_full = Counter::default();
+        registry.register(
+            "verify_queue_full",
+            "Decrypt requests denied as unavailable because the ciphertext verification queue was full",
+            verify_queue_full.clone(),
+        );
         let tls_not_after = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "tls_certificate_not_after_timestamp_seconds",
@@ -139,6 +146,7 @@ impl Metrics {
             batch_size,
             batch_seconds,
             verify_batch_size,
+            verify_queue_full,
             tls_not_after,
             tls_reloads,
         }
@@ -194,6 +202,10 @@ impl Metrics {
 
     pub fn verify_batch_done(&self, size: usize) {
         self.verify_batch_size.observe(size as f64);
+    }
+
+    pub fn verify_queue_full(&self) {
+        self.verify_queue_full.inc();
     }
 
     /// The certificate `listener` serves expires at `not_after` (Unix seconds).

@@ -18,7 +18,7 @@ use tracing::{Span, field, info, instrument, warn};
 
 use super::profiles::{KnownProfile, ProfileCache};
 use super::shares::ShareCache;
-use super::verifier::Verifier;
+use super::verifier::{NotVerified, Verifier};
 use crate::decider::{AuditDraft, Decider, Job, Outcome, Reason, Verdict};
 use crate::identity::{KeyserverIdentity, now_ms};
 use crate::metrics::Metrics;
@@ -286,14 +286,21 @@ impl KeyServerService {
         // A share is released only for a verified ciphertext: verify before deciding, so
         // that an invalid one consumes no quota.
         let verified = if is_decrypt {
-            let verified = self
-                .verifier
-                .verify(body.ciphertext)
-                .await
-                .ok_or_else(|| Status::unavailable("shutting down"))?;
-            match verified {
-                Ok(v) => Some(v),
-                Err(_) => {
+            match self.verifier.verify(body.ciphertext).await {
+                Ok(Ok(v)) => Some(v),
+                Err(NotVerified::ShuttingDown) => return Err(Status::unavailable("shutting down")),
+                Err(NotVerified::QueueFull) => {
+                    // Not decided: the same signed request may be sent again.
+                    audit.nonce = None;
+                    let outcome = self
+                        .record(Job::Deny {
+                            reason: Reason::Unavailable,
+                            audit,
+                        })
+                        .await;
+                    return Ok((request_type, denied(outcome)));
+                }
+                Ok(Err(_)) => {
                     audit.nonce = None;
                     let outcome = self
                         .record(Job::Deny {
