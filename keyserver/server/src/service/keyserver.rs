@@ -286,28 +286,19 @@ impl KeyServerService {
         // A share is released only for a verified ciphertext: verify before deciding, so
         // that an invalid one consumes no quota.
         let verified = if is_decrypt {
-            match self.verifier.verify(body.ciphertext).await {
-                Ok(Ok(v)) => Some(v),
+            let checked = match self.verifier.verify(body.ciphertext).await {
+                Ok(Ok(verified)) => Ok(verified),
+                Ok(Err(_)) => Err(Reason::InvalidCiphertext),
+                // Refused at once rather than queued without limit.
+                Err(NotVerified::QueueFull) => Err(Reason::Unavailable),
                 Err(NotVerified::ShuttingDown) => return Err(Status::unavailable("shutting down")),
-                Err(NotVerified::QueueFull) => {
-                    // Not decided: the same signed request may be sent again.
+            };
+            match checked {
+                Ok(verified) => Some(verified),
+                Err(reason) => {
+                    // Not decided on: the nonce is not used up.
                     audit.nonce = None;
-                    let outcome = self
-                        .record(Job::Deny {
-                            reason: Reason::Unavailable,
-                            audit,
-                        })
-                        .await;
-                    return Ok((request_type, denied(outcome)));
-                }
-                Ok(Err(_)) => {
-                    audit.nonce = None;
-                    let outcome = self
-                        .record(Job::Deny {
-                            reason: Reason::InvalidCiphertext,
-                            audit,
-                        })
-                        .await;
+                    let outcome = self.record(Job::Deny { reason, audit }).await;
                     return Ok((request_type, denied(outcome)));
                 }
             }
