@@ -50,6 +50,9 @@ pub enum CryptoError {
     /// A profile token did not verify against its claims.
     #[error("profile token does not verify")]
     BadToken,
+    /// A database row's MAC does not verify: the row was not written by this keyserver.
+    #[error("row MAC does not verify (the row was changed outside the keyserver)")]
+    BadRowMac,
     /// A threshold ciphertext failed its validity check.
     #[error("ciphertext is invalid")]
     CiphertextInvalid,

@@ -1,7 +1,10 @@
 //! 16-byte identifiers: profiles, keyservers and devices.
 //!
-//! All three print (`Display` and `Debug`) as 32 lowercase hex characters, parse from 32 hex
-//! characters (`FromStr`, either case) and serialize with serde as that hex string.
+//! All three have one canonical text form: 32 lower-case hex characters. They print
+//! (`Display`, `Debug`) and serialize with serde in it, and parse (`FromStr`, serde) only
+//! from it: upper case, surrounding spaces, other lengths and non-hex are refused, so that
+//! one identifier never has two spellings (counters, locks, nonces and audit rows are keyed
+//! by the text).
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,9 +92,15 @@ macro_rules! id_type {
             fn from_str(s: &str) -> Result<Self, CryptoError> {
                 if s.len() != 32 {
                     return Err(CryptoError::Malformed(format!(
-                        "{} must be 32 hex characters, got {} characters",
+                        "{} must be 32 lower-case hex characters, got {} characters",
                         $what,
                         s.len()
+                    )));
+                }
+                if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(CryptoError::Malformed(format!(
+                        "{} must be 32 lower-case hex characters (0-9, a-f)",
+                        $what
                     )));
                 }
                 let mut bytes = [0u8; 16];
@@ -158,14 +167,34 @@ mod tests {
         assert_eq!(text, text.to_lowercase());
         assert_eq!(format!("{id:?}"), text);
         assert_eq!(text.parse::<ProfileId>().unwrap(), id);
-        assert_eq!(text.to_uppercase().parse::<ProfileId>().unwrap(), id);
+        assert!(matches!(
+            text.to_uppercase().parse::<ProfileId>(),
+            Err(CryptoError::Malformed(_))
+        ));
+        let mixed: String = text
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if mixed != text {
+            assert!(mixed.parse::<ProfileId>().is_err());
+        }
+        assert!(format!(" {}", &text[1..]).parse::<ProfileId>().is_err());
+        assert!(format!("{text} ").parse::<ProfileId>().is_err());
+        assert!(format!("+{}", &text[1..]).parse::<DeviceId>().is_err());
         assert!(matches!(
             "abc".parse::<ProfileId>(),
             Err(CryptoError::Malformed(_))
         ));
         assert!(matches!(
             "zz".repeat(16).parse::<KeyserverId>(),
-            Err(CryptoError::InvalidHex { .. })
+            Err(CryptoError::Malformed(_))
         ));
         assert!(matches!(
             ProfileId::from_slice(&[0; 15]),

@@ -9,6 +9,7 @@
 //! * [`identity`] — the keyserver's ID and sealed root secret, as stored and as the
 //!   operator's bootstrap document.
 //! * [`backup`] — the root secret under an M-of-N threshold of administrator keys.
+//! * [`words`] — a profile's verification words, derived from its public key set.
 //!
 //! Secrets are zeroized on drop, are not `Clone`, and print as `<redacted>`. Errors are one
 //! [`CryptoError`] enum and never contain secret bytes.
@@ -23,6 +24,7 @@ pub mod root;
 mod scalar;
 pub mod seal;
 pub mod signing;
+pub mod words;
 
 pub use blsttc;
 pub use zeroize::Zeroizing;
@@ -38,8 +40,8 @@ pub use identity::SealedIdentity;
 pub use ids::{DeviceId, KeyserverId, PROFILE_ID_LEN, ProfileId};
 pub use profile::{
     KssPublicShare, KssShare, PossessionProof, ProfilePublicKeys, WorkstationPublicShare,
-    WorkstationShare, onboard, verify_possession,
+    WorkstationShare, onboard, verify_keyserver_share, verify_possession,
 };
-pub use root::{ProfileClaims, RootSecret, TokenKey};
+pub use root::{ProfileClaims, ROW_MAC_LEN, RootSecret, RowKey, TokenKey};
 pub use seal::{MasterKey, open, seal};
 pub use signing::{DeviceKey, DevicePublicKey, SignDomain};

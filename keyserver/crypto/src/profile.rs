@@ -53,6 +53,7 @@ pub const POSSESSION_PROOF_LEN: usize = SIG_SIZE;
 /// Length of encoded [`ProfilePublicKeys`]: the two commitment coefficients `C0 || C1`.
 pub const PROFILE_PUBLIC_KEYS_LEN: usize = 2 * PK_SIZE;
 const POP_TAG: &[u8] = b"kss onboard pop v1";
+const KSS_POP_TAG: &[u8] = b"kss keyserver share pop v1";
 
 /// Decodes a compressed, subgroup-checked, non-identity G1 point.
 fn g1_from_slice(bytes: &[u8], what: &'static str) -> Result<G1Affine, CryptoError> {
@@ -172,7 +173,8 @@ macro_rules! public_share_impl {
 public_share_impl!(WorkstationPublicShare, "workstation public share");
 public_share_impl!(KssPublicShare, "kss public share");
 
-/// A BLS signature proving knowledge of a workstation share (compressed G2, 96 bytes).
+/// A BLS signature proving knowledge of a share: the workstation's, or the keyserver's
+/// (compressed G2, 96 bytes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PossessionProof(Signature);
 
@@ -219,6 +221,48 @@ pub fn verify_possession(
     }
 }
 
+/// The transcript the keyserver signs with its share at onboarding (all fields fixed length):
+/// `"kss keyserver share pop v1" || keyserver id || profile id || device public key ||
+/// workstation public share || keyserver public share`.
+fn kss_pop_message(
+    keyserver: &KeyserverId,
+    profile: &ProfileId,
+    device_pk: &DevicePublicKey,
+    ws_share: &WorkstationPublicShare,
+    kss_share: &KssPublicShare,
+) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(KSS_POP_TAG.len() + 16 + 16 + 32 + 2 * PK_SIZE);
+    msg.extend_from_slice(KSS_POP_TAG);
+    msg.extend_from_slice(keyserver.as_bytes());
+    msg.extend_from_slice(profile.as_bytes());
+    msg.extend_from_slice(device_pk.as_bytes());
+    msg.extend_from_slice(&ws_share.0);
+    msg.extend_from_slice(&kss_share.0);
+    msg
+}
+
+/// Checks the keyserver's proof that it holds the secret behind `kss_share`, made over the
+/// onboarding transcript (see [`KssShare::onboarding_proof`]). A workstation refuses a
+/// profile whose keyserver share does not come with it: without the proof, a dishonest
+/// keyserver could answer with a rogue share (e.g. `P_k = 2·P_w − X` for an `X` it knows) and
+/// own the profile's whole key.
+pub fn verify_keyserver_share(
+    keyserver: &KeyserverId,
+    profile: &ProfileId,
+    device_pk: &DevicePublicKey,
+    ws_share: &WorkstationPublicShare,
+    kss_share: &KssPublicShare,
+    proof: &PossessionProof,
+) -> Result<(), CryptoError> {
+    let msg = kss_pop_message(keyserver, profile, device_pk, ws_share, kss_share);
+    let public = PublicKey::from(kss_share.point());
+    if public.verify(&proof.0, msg) {
+        Ok(())
+    } else {
+        Err(CryptoError::BadProof)
+    }
+}
+
 /// The keyserver's secret share `s_k` of one profile (zeroized on drop, not `Clone`, `Debug`
 /// redacted). Derived, never stored: see [`RootSecret::profile_share`].
 pub struct KssShare(SecretKeyShare);
@@ -231,6 +275,19 @@ impl KssShare {
     /// `P_k = g1·s_k`.
     pub fn public(&self) -> KssPublicShare {
         KssPublicShare(self.0.public_key_share().to_bytes())
+    }
+
+    /// Proof of possession of this share over the onboarding transcript: a BLS signature with
+    /// `s_k`, checked by the workstation with [`verify_keyserver_share`].
+    pub fn onboarding_proof(
+        &self,
+        keyserver: &KeyserverId,
+        profile: &ProfileId,
+        device_pk: &DevicePublicKey,
+        ws_share: &WorkstationPublicShare,
+    ) -> PossessionProof {
+        let msg = kss_pop_message(keyserver, profile, device_pk, ws_share, &self.public());
+        PossessionProof(self.0.sign(msg).0)
     }
 
     /// The keyserver's decryption share of a verified ciphertext.

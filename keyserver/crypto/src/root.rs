@@ -32,6 +32,9 @@ pub const TOKEN_LEN: usize = 32;
 const PROFILE_SHARE_INFO: &[u8] = b"kss profile share v1";
 const TOKEN_KEY_INFO: &[u8] = b"kss profile token v1";
 const CLAIMS_TAG: &[u8] = b"kss profile claims v1";
+const ROW_KEY_INFO: &[u8] = b"kss row mac v1";
+/// Length of a row MAC.
+pub const ROW_MAC_LEN: usize = 32;
 
 /// The keyserver's root secret: 32 bytes (zeroized on drop, not `Clone`, `Debug` redacted).
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -105,6 +108,61 @@ impl RootSecret {
         // 64 bytes is far below HKDF-SHA256's limit: this cannot fail.
         let _ = self.hkdf().expand(&info, &mut key.0);
         key
+    }
+}
+
+impl RootSecret {
+    /// The key that authenticates rows this keyserver writes to its database (profiles,
+    /// policy versions), so that whoever can write the database cannot swap a device key or
+    /// install a policy.
+    ///
+    /// HKDF-SHA256(ikm = root, no salt, info = "kss row mac v1" || keyserver) → 64 bytes.
+    pub fn row_key(&self, keyserver: &KeyserverId) -> RowKey {
+        let mut info = Vec::with_capacity(ROW_KEY_INFO.len() + 16);
+        info.extend_from_slice(ROW_KEY_INFO);
+        info.extend_from_slice(keyserver.as_bytes());
+        let mut key = RowKey([0u8; 64]);
+        // 64 bytes is far below HKDF-SHA256's limit: this cannot fail.
+        let _ = self.hkdf().expand(&info, &mut key.0);
+        key
+    }
+}
+
+/// HMAC-SHA256 key for database rows (zeroized on drop, `Debug` redacted).
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct RowKey([u8; 64]);
+
+impl RowKey {
+    fn hmac(&self, table: &str, fields: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new((&self.0).into());
+        for field in std::iter::once(table.as_bytes()).chain(fields.iter().copied()) {
+            // u64 lengths: no field can make two encodings collide.
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
+        }
+        mac
+    }
+
+    /// HMAC-SHA256 over the row's table name and fields, each as
+    /// `u64 big-endian length || bytes` (an unambiguous encoding).
+    pub fn mac(&self, table: &str, fields: &[&[u8]]) -> [u8; ROW_MAC_LEN] {
+        self.hmac(table, fields).finalize().into_bytes().into()
+    }
+
+    /// Checks a row's MAC in constant time.
+    pub fn verify(&self, table: &str, fields: &[&[u8]], mac: &[u8]) -> Result<(), CryptoError> {
+        if mac.len() != ROW_MAC_LEN {
+            return Err(CryptoError::BadRowMac);
+        }
+        self.hmac(table, fields)
+            .verify_slice(mac)
+            .map_err(|_| CryptoError::BadRowMac)
+    }
+}
+
+impl fmt::Debug for RowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RowKey(<redacted>)")
     }
 }
 

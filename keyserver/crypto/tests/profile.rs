@@ -296,3 +296,142 @@ fn encodings_are_validated() {
     assert!(PossessionProof::from_bytes(&[0x12; 96]).is_err());
     assert!(PossessionProof::from_bytes(&[0x12; 95]).is_err());
 }
+
+#[test]
+fn the_keyserver_proves_its_share_over_the_onboarding_transcript() {
+    use kss_crypto::verify_keyserver_share;
+    let root = RootSecret::generate();
+    let keyserver = KeyserverId::random();
+    let profile = ProfileId::random();
+    let device = DeviceKey::generate().public();
+    let ws = WorkstationShare::generate();
+    let kss = root.profile_share(&keyserver, &profile);
+    let proof = kss.onboarding_proof(&keyserver, &profile, &device, &ws.public());
+    let kss_public = kss.public();
+    verify_keyserver_share(
+        &keyserver,
+        &profile,
+        &device,
+        &ws.public(),
+        &kss_public,
+        &proof,
+    )
+    .unwrap();
+
+    // A rogue share chosen to own the whole key: P_k = 2·P_w − X for an X the attacker knows
+    // (then C0 = 2·P_w − P_k = X). Whatever proof comes with it does not verify, because
+    // it needs the secret behind P_k.
+    let attacker = WorkstationShare::generate();
+    let x = G1Projective::from_compressed(&attacker.public().to_bytes()).unwrap();
+    let pw = G1Projective::from_compressed(&ws.public().to_bytes()).unwrap();
+    let rogue = (pw + pw - x).to_affine().to_compressed();
+    let rogue = KssPublicShare::from_bytes(&rogue).unwrap();
+    // Had the client accepted it, the master key would have been the attacker's X.
+    assert_eq!(
+        ProfilePublicKeys::from_shares(&ws.public(), &rogue)
+            .public_key()
+            .to_bytes(),
+        attacker.public().to_bytes()
+    );
+    for forged in [
+        proof.clone(),
+        attacker.proof_of_possession(&keyserver, &device),
+    ] {
+        assert_eq!(
+            verify_keyserver_share(&keyserver, &profile, &device, &ws.public(), &rogue, &forged),
+            Err(CryptoError::BadProof)
+        );
+    }
+
+    // The proof is bound to every part of the transcript.
+    let other_ws = WorkstationShare::generate().public();
+    let other_device = DeviceKey::generate().public();
+    let checks = [
+        verify_keyserver_share(
+            &KeyserverId::random(),
+            &profile,
+            &device,
+            &ws.public(),
+            &kss_public,
+            &proof,
+        ),
+        verify_keyserver_share(
+            &keyserver,
+            &ProfileId::random(),
+            &device,
+            &ws.public(),
+            &kss_public,
+            &proof,
+        ),
+        verify_keyserver_share(
+            &keyserver,
+            &profile,
+            &other_device,
+            &ws.public(),
+            &kss_public,
+            &proof,
+        ),
+        verify_keyserver_share(
+            &keyserver,
+            &profile,
+            &device,
+            &other_ws,
+            &kss_public,
+            &proof,
+        ),
+    ];
+    for check in checks {
+        assert_eq!(check, Err(CryptoError::BadProof));
+    }
+    // The workstation's own proof is not a keyserver proof (different domain tag).
+    let ws_proof = ws.proof_of_possession(&keyserver, &device);
+    assert!(verify_possession(&keyserver, &device, &ws.public(), &ws_proof).is_ok());
+    assert_eq!(
+        verify_keyserver_share(
+            &keyserver,
+            &profile,
+            &device,
+            &ws.public(),
+            &kss_public,
+            &ws_proof
+        ),
+        Err(CryptoError::BadProof)
+    );
+}
+
+#[test]
+fn row_macs_bind_table_fields_and_keyserver() {
+    let root = RootSecret::generate();
+    let ks = KeyserverId::random();
+    let key = root.row_key(&ks);
+    let mac = key.mac("profiles", &[b"a", b"bc"]);
+    key.verify("profiles", &[b"a", b"bc"], &mac).unwrap();
+    // Field boundaries are part of the encoding.
+    assert_eq!(
+        key.verify("profiles", &[b"ab", b"c"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        key.verify("policy_versions", &[b"a", b"bc"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        root.row_key(&KeyserverId::random())
+            .verify("profiles", &[b"a", b"bc"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        RootSecret::generate()
+            .row_key(&ks)
+            .verify("profiles", &[b"a", b"bc"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        key.verify("profiles", &[b"a", b"bc"], &mac[..31]),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        key.verify("profiles", &[b"a", b"bc"], b""),
+        Err(CryptoError::BadRowMac)
+    );
+}
