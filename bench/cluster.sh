@@ -30,7 +30,11 @@ root_sql() {
   mariadb --no-defaults --protocol=socket --socket="$KSS_TEST_MYSQL_SOCKET" -u root -e "$1"
 }
 root_sql "CREATE DATABASE $db_name"
-db="${KSS_TEST_MYSQL_URL%/*}/$db_name"
+# The same server and query as the test URL (it asks for plaintext: ssl-mode=DISABLED;
+# kss verifies TLS unless an address says otherwise), another database.
+db_base="${KSS_TEST_MYSQL_URL%%\?*}"
+db_query="${KSS_TEST_MYSQL_URL#"$db_base"}"
+db="${db_base%/*}/$db_name${db_query:-?ssl-mode=DISABLED}"
 
 work=$(mktemp -d)
 pids=()

@@ -310,6 +310,23 @@ CNF
         die "generated server certificate does not verify"
     chmod 600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
     chmod 644 "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem"
+    make_wrong_ca
+}
+
+# A second CA, with the same name as the real one, that signed nothing: clients that
+# trust only it must refuse the server (tests of certificate verification).
+make_wrong_ca() {
+    local openssl
+    openssl="$(find_bin openssl)"
+    "$openssl" genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
+        -out "$TLS_DIR/wrong-ca.key"
+    "$openssl" req -new -x509 -config "$TLS_DIR/openssl.cnf" -extensions v3_ca \
+        -key "$TLS_DIR/wrong-ca.key" -sha256 -days 3650 -out "$TLS_DIR/wrong-ca.pem"
+    if "$openssl" verify -CAfile "$TLS_DIR/wrong-ca.pem" "$TLS_DIR/server.pem" >/dev/null 2>&1; then
+        die "the wrong CA verifies the server certificate"
+    fi
+    chmod 600 "$TLS_DIR/wrong-ca.key"
+    chmod 644 "$TLS_DIR/wrong-ca.pem"
 }
 
 # Creates databases and users. Runs as root over the socket.
@@ -357,15 +374,19 @@ cmd_env() {
     load_config
     local pw url tls_url other_url
     pw="$(urlencode "$PASSWORD")"
-    url="mysql://kss:$pw@127.0.0.1:$PORT/kss"
-    other_url="mysql://kss:$pw@127.0.0.1:$PORT/kss_other"
-    # sqlx's MySqlConnectOptions reads ssl-mode (DISABLED, PREFERRED,
-    # REQUIRED, VERIFY_CA, VERIFY_IDENTITY) and ssl-ca from the query.
-    tls_url="mysql://kss_tls:$pw@127.0.0.1:$PORT/kss?ssl-mode=VERIFY_CA&ssl-ca=$(urlencode "$TLS_DIR/ca.pem")"
+    # kss verifies the server's certificate unless the address says ssl-mode=DISABLED
+    # (or another mode): the plain URLs ask for plaintext, the TLS URL names only the CA
+    # and so gets kss's default, VERIFY_IDENTITY (the certificate names 127.0.0.1).
+    url="mysql://kss:$pw@127.0.0.1:$PORT/kss?ssl-mode=DISABLED"
+    other_url="mysql://kss:$pw@127.0.0.1:$PORT/kss_other?ssl-mode=DISABLED"
+    tls_url="mysql://kss_tls:$pw@127.0.0.1:$PORT/kss?ssl-ca=$(urlencode "$TLS_DIR/ca.pem")"
     echo "export KSS_TEST_MYSQL_URL=$(shell_quote "$url")"
     echo "export KSS_TEST_MYSQL_OTHER_URL=$(shell_quote "$other_url")"
     echo "export KSS_TEST_MYSQL_TLS_URL=$(shell_quote "$tls_url")"
     echo "export KSS_TEST_MYSQL_CA=$(shell_quote "$TLS_DIR/ca.pem")"
+    if [ -r "$TLS_DIR/wrong-ca.pem" ]; then
+        echo "export KSS_TEST_MYSQL_WRONG_CA=$(shell_quote "$TLS_DIR/wrong-ca.pem")"
+    fi
     echo "export KSS_TEST_MYSQL_SOCKET=$(shell_quote "$SOCKET")"
 }
 
@@ -389,6 +410,10 @@ cmd_up() {
         fi
     fi
     if [ -f "$MARKER" ] && [ -f "$READY" ]; then
+        if [ ! -r "$TLS_DIR/wrong-ca.pem" ]; then
+            log "adding the wrong CA (made by newer versions of this script) to $TLS_DIR"
+            make_wrong_ca
+        fi
         if server_pid >/dev/null; then
             log "already running (state dir $STATE_DIR)"
         else

@@ -485,8 +485,11 @@ fn scratch_database(tag: &str) -> Result<String> {
     let rest = url.strip_prefix("mysql://").context("mysql:// URL")?;
     let (userpass, hostdb) = rest.split_once('@').context("user@host")?;
     let (user, pass) = userpass.split_once(':').context("user:pass")?;
-    let (hostport, _) = hostdb.split_once('/').context("host/db")?;
+    let (hostport, db) = hostdb.split_once('/').context("host/db")?;
     let (host, port) = hostport.split_once(':').context("host:port")?;
+    // The test server's URL asks for plaintext (kss verifies TLS unless told otherwise);
+    // the scratch database's address keeps that query.
+    let query = db.split_once('?').map_or("ssl-mode=DISABLED", |(_, q)| q);
     let name = format!(
         "kss_e2e_{tag}_{}",
         std::time::SystemTime::now()
@@ -494,7 +497,7 @@ fn scratch_database(tag: &str) -> Result<String> {
             .as_millis()
     );
     mariadb(host, port, user, pass, &format!("CREATE DATABASE {name}"))?;
-    Ok(format!("mysql://{user}:{pass}@{hostport}/{name}"))
+    Ok(format!("mysql://{user}:{pass}@{hostport}/{name}?{query}"))
 }
 
 fn mariadb(host: &str, port: &str, user: &str, pass: &str, sql: &str) -> Result<String> {
@@ -518,7 +521,8 @@ fn sql_on(uri: &str, sql: &str) -> Result<String> {
 }
 
 fn database_name(uri: &str) -> &str {
-    uri.rsplit('/').next().unwrap_or_default()
+    let path = uri.rsplit('/').next().unwrap_or_default();
+    path.split_once('?').map_or(path, |(name, _)| name)
 }
 
 fn example(name: &str) -> Result<String> {

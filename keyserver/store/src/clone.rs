@@ -1,6 +1,7 @@
 //! `kss clone-db`: copies a standalone keyserver's SQLite database into an empty MySQL
 //! database, so that it becomes a cluster with the same identity, profiles, policy
-//! versions, persistent quota counters and audit log (audit ids kept).
+//! versions (with their MACs), persistent quota counters, revocations, enrollment tokens
+//! (their hashes and uses left) and audit log (audit ids kept).
 //!
 //! The source is read in one read transaction (a consistent snapshot); the target is
 //! written in one transaction, so a failed clone leaves the target empty. The caller
@@ -8,7 +9,10 @@
 
 use sqlx::{MySql, QueryBuilder, Row};
 
-use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64};
+use crate::rows::{
+    audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
+    revocation_from_row, to_i64,
+};
 use crate::{AuditEntry, MysqlStore, Result, SqliteStore, StoreError, mysql};
 
 /// Audit rows per page read and per INSERT.
@@ -21,6 +25,8 @@ pub struct CloneCounts {
     pub profiles: u64,
     pub policy_versions: u64,
     pub quota_counters: u64,
+    pub revocations: u64,
+    pub enrollments: u64,
     pub audit_records: u64,
 }
 
@@ -46,6 +52,8 @@ pub async fn clone_sqlite_into_mysql(
         ("profiles", "SELECT COUNT(*) FROM profiles"),
         ("policy_versions", "SELECT COUNT(*) FROM policy_versions"),
         ("quota_counters", "SELECT COUNT(*) FROM quota_counters"),
+        ("revocations", "SELECT COUNT(*) FROM revocations"),
+        ("enrollments", "SELECT COUNT(*) FROM enrollments"),
         ("audit", "SELECT COUNT(*) FROM audit"),
     ] {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *dst).await?;
@@ -82,29 +90,35 @@ pub async fn clone_sqlite_into_mysql(
         .fetch_all(&mut *src)
         .await?
     {
+        let p = policy_from_row(&row)?;
         sqlx::query(
-            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms, mac) \
+             VALUES (?, ?, ?, ?, ?)",
         )
-        .bind(row.try_get::<i64, _>("version")?)
-        .bind(row.try_get::<String, _>("text")?)
-        .bind(row.try_get::<String, _>("sha256")?)
-        .bind(row.try_get::<i64, _>("loaded_at_ms")?)
+        .bind(to_i64(p.version)?)
+        .bind(&p.text)
+        .bind(&p.sha256)
+        .bind(p.loaded_at_ms)
+        .bind(&p.mac)
         .execute(&mut *dst)
         .await?;
         counts.policy_versions += 1;
     }
 
-    let state =
-        sqlx::query("SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1")
-            .fetch_one(&mut *src)
-            .await?;
+    let state = sqlx::query(
+        "SELECT enabled, policy_version, quota_epoch, revocation_epoch FROM state \
+         WHERE singleton = 1",
+    )
+    .fetch_one(&mut *src)
+    .await?;
     sqlx::query(
-        "UPDATE state SET enabled = ?, policy_version = ?, quota_epoch = ? WHERE singleton = 1",
+        "UPDATE state SET enabled = ?, policy_version = ?, quota_epoch = ?, \
+         revocation_epoch = ? WHERE singleton = 1",
     )
     .bind(state.try_get::<i64, _>("enabled")?)
     .bind(state.try_get::<i64, _>("policy_version")?)
     .bind(state.try_get::<i64, _>("quota_epoch")?)
+    .bind(state.try_get::<i64, _>("revocation_epoch")?)
     .execute(&mut *dst)
     .await?;
 
@@ -130,6 +144,34 @@ pub async fn clone_sqlite_into_mysql(
         .collect::<Result<Vec<_>>>()?;
     mysql::upsert_counters(&mut dst, &counters).await?;
     counts.quota_counters = counters.len() as u64;
+
+    for row in
+        sqlx::query("SELECT * FROM revocations ORDER BY profile_id, whole_profile, device_id")
+            .fetch_all(&mut *src)
+            .await?
+    {
+        let r = revocation_from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO revocations (profile_id, whole_profile, device_id, revoked_at_ms, \
+             reason) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&r.profile_id)
+        .bind(i64::from(r.device_id.is_none()))
+        .bind(r.device_id.as_deref().unwrap_or(""))
+        .bind(r.revoked_at_ms)
+        .bind(&r.reason)
+        .execute(&mut *dst)
+        .await?;
+        counts.revocations += 1;
+    }
+
+    for row in sqlx::query("SELECT * FROM enrollments ORDER BY id")
+        .fetch_all(&mut *src)
+        .await?
+    {
+        mysql::insert_enrollment(&mut dst, &enrollment_from_row(&row)?).await?;
+        counts.enrollments += 1;
+    }
 
     let mut after = 0i64;
     loop {

@@ -34,8 +34,32 @@ impl StoreError {
     }
 }
 
+/// What rustls says (in its `Display`) when it rejects the server's certificate: unknown
+/// issuer, bad signature, expired, not valid for the host name, ...
+const RUSTLS_CERT_REJECTED: &str = "invalid peer certificate";
+
+/// The rejection, if `e` is the TLS handshake refusing the database server's certificate.
+fn untrusted_certificate(e: &sqlx::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if let Some(at) = text.find(RUSTLS_CERT_REJECTED) {
+            return Some(text[at..].to_string());
+        }
+        source = err.source();
+    }
+    None
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if let Some(why) = untrusted_certificate(&e) {
+            return StoreError::Unavailable(format!(
+                "TLS: the database server's certificate is not trusted ({why}); name the CA \
+                 that signed it (ssl-ca in the database address, or a CA file), or check \
+                 that the address's host is a name in the certificate"
+            ));
+        }
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::AlreadyExists(db.message().to_string())

@@ -1,5 +1,9 @@
 //! Where the keyserver keeps its state: identity, switches, profiles, policy versions,
-//! persistent throttle counters and the audit log.
+//! persistent throttle counters, revocations, enrollment tokens and the audit log.
+//!
+//! The database is not trusted for integrity: profile and policy version rows carry a MAC
+//! that the keyserver computes and checks ([`Profile::mac`], [`PolicyVersion::mac`]); the
+//! store only keeps it. Enrollment tokens are stored as their SHA-256 only.
 //!
 //! [`Store`] is the interface the server uses; [`SqliteStore`] is the embedded default
 //! (standalone mode). [`MysqlStore`] is the cluster backend (MySQL 8 / MariaDB, shared by
@@ -18,14 +22,14 @@ mod types;
 
 pub use clone::{CloneCounts, clone_sqlite_into_mysql};
 pub use error::StoreError;
-pub use mysql::{MysqlStore, parse_db_uri};
+pub use mysql::{MysqlStore, parse_db_uri, parse_db_uri_with_ca};
 pub use registry::{
     InstanceInfo, InstanceList, InstanceStatus, Lease, LeaseClaim, OFFLINE_AFTER_MS, Registry,
 };
 pub use sqlite::{Durability, SqliteStore};
 pub use types::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, PolicyAdded, PolicyVersion, Profile,
-    State, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, Decision, Enrollment, EnrollmentUse, Identity,
+    PolicyAdded, PolicyVersion, Profile, Revocation, State, StoredCounter,
 };
 
 use async_trait::async_trait;
@@ -44,14 +48,53 @@ pub trait Store: Registry + Send + Sync + 'static {
     async fn set_enabled(&self, enabled: bool) -> Result<()>;
 
     /// Stores a new policy version and makes it the one in force, unless `text` (with
-    /// `sha256`) is the version in force already: then nothing changes. Decided in one
-    /// transaction, so concurrent loads of the same text store it once.
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded>;
+    /// `sha256`) is the version in force already: then nothing changes (and `mac` is not
+    /// called). Decided in one transaction, so concurrent loads of the same text store it
+    /// once. `mac` gets the version number assigned in that transaction and returns the
+    /// MAC stored with the version row.
+    async fn add_policy(
+        &self,
+        text: &str,
+        sha256: &str,
+        at_ms: i64,
+        mac: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
+    ) -> Result<PolicyAdded>;
     /// One version, or the one in force (`None`).
     async fn policy(&self, version: Option<u64>) -> Result<Option<PolicyVersion>>;
+    /// Every version stored without a MAC (before MACs were introduced), oldest first.
+    async fn policies_without_mac(&self) -> Result<Vec<PolicyVersion>>;
+    /// Gives a version stored without a MAC its MAC (one-time adoption of old rows).
+    /// Changes only a version whose stored MAC is empty; `false` if none did (no such
+    /// version, it has a MAC already, or `mac` is empty).
+    async fn set_policy_mac(&self, version: u64, mac: &[u8]) -> Result<bool>;
 
     async fn profile(&self, profile_id: &str) -> Result<Option<Profile>>;
     async fn profile_count(&self) -> Result<u64>;
+    /// Profiles by id, ascending: at most `limit` of those whose id sorts (byte for byte)
+    /// strictly after `after` (paging: pass the last id of the previous page).
+    async fn list_profiles(&self, after: Option<&str>, limit: u32) -> Result<Vec<Profile>>;
+    /// Up to `limit` profiles stored without a MAC, by id ascending.
+    async fn profiles_without_mac(&self, limit: u32) -> Result<Vec<Profile>>;
+    /// Gives a profile stored without a MAC its MAC (one-time adoption of old rows).
+    /// Changes only a row whose stored MAC is empty; `false` if none did (no such
+    /// profile, it has a MAC already, or `mac` is empty).
+    async fn set_profile_mac(&self, profile_id: &str, mac: &[u8]) -> Result<bool>;
+
+    /// Revokes a profile (`device_id: None`) or one device of it, and bumps
+    /// [`State::revocation_epoch`], in one transaction. Idempotent: `false`, and nothing
+    /// changed (the first revocation's time and reason kept, the epoch not bumped), if
+    /// the same (profile, device) is revoked already. A whole-profile revocation and a
+    /// device revocation are distinct.
+    async fn revoke(&self, revocation: &Revocation) -> Result<bool>;
+    /// The revocations of one profile or of every profile: by profile id, the
+    /// whole-profile revocation first, then devices by id.
+    async fn revocations(&self, profile_id: Option<&str>) -> Result<Vec<Revocation>>;
+
+    /// Stores a new enrollment token (its hash). `AlreadyExists` if its id or its hash is
+    /// taken.
+    async fn create_enrollment(&self, enrollment: &Enrollment) -> Result<()>;
+    /// Every enrollment, newest first (by creation time, then id).
+    async fn enrollments(&self) -> Result<Vec<Enrollment>>;
 
     /// Persistent counters of one profile or of every profile.
     async fn counters(&self, profile_id: Option<&str>) -> Result<Vec<StoredCounter>>;
@@ -85,5 +128,11 @@ pub trait DecisionTx: Send {
     async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()>;
     /// Appends audit records; returns their ids in order.
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>>;
+    /// Takes one use of the enrollment whose token hashes to `token_sha256`: `Expired` if
+    /// `expires_at_ms <= now_ms`, `UsedUp` if no use is left, else one use fewer and
+    /// `Used` with the uses left after it. The row stays locked by this transaction
+    /// until it ends (concurrent users of the same token wait, then see its result), and
+    /// the use is given back if the transaction is not committed.
+    async fn use_enrollment(&mut self, token_sha256: &[u8], now_ms: i64) -> Result<EnrollmentUse>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }

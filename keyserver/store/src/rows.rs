@@ -8,7 +8,10 @@ use kss_policy::{Counter, QuotaWindow};
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
 use crate::registry::{InstanceInfo, InstanceStatus, LeaseRow};
-use crate::{AuditEntry, AuditRecord, Decision, Profile, Result, StoreError, StoredCounter};
+use crate::{
+    AuditEntry, AuditRecord, Decision, Enrollment, PolicyVersion, Profile, Result, Revocation,
+    State, StoreError, StoredCounter,
+};
 
 /// A column type a backend decodes (for any row lifetime).
 pub(crate) trait Decodes<DB: Database>: for<'r> Decode<'r, DB> + Type<DB> {}
@@ -20,6 +23,88 @@ pub(crate) fn to_u64(v: i64) -> Result<u64> {
 
 pub(crate) fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
+}
+
+pub(crate) fn to_u32(v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("count {v} out of range")))
+}
+
+pub(crate) fn state_from_row<R>(row: &R) -> Result<State>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decodes<R::Database>,
+{
+    Ok(State {
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        policy_version: to_u64(row.try_get("policy_version")?)?,
+        quota_epoch: to_u64(row.try_get("quota_epoch")?)?,
+        revocation_epoch: to_u64(row.try_get("revocation_epoch")?)?,
+    })
+}
+
+pub(crate) fn policy_from_row<R>(row: &R) -> Result<PolicyVersion>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+{
+    Ok(PolicyVersion {
+        version: to_u64(row.try_get("version")?)?,
+        text: row.try_get("text")?,
+        sha256: row.try_get("sha256")?,
+        loaded_at_ms: row.try_get("loaded_at_ms")?,
+        mac: row.try_get("mac")?,
+    })
+}
+
+/// `whole_profile` (1: the whole profile, `device_id` is '') says which kind of
+/// revocation a row is.
+pub(crate) fn revocation_from_row<R>(row: &R) -> Result<Revocation>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+{
+    let whole: i64 = row.try_get("whole_profile")?;
+    let device_id: String = row.try_get("device_id")?;
+    let device_id = match (whole, device_id) {
+        (1, d) if d.is_empty() => None,
+        (0, d) => Some(d),
+        (w, d) => {
+            return Err(StoreError::Corrupt(format!(
+                "revocation whole_profile={w} with device '{d}'"
+            )));
+        }
+    };
+    Ok(Revocation {
+        profile_id: row.try_get("profile_id")?,
+        device_id,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+        reason: row.try_get("reason")?,
+    })
+}
+
+pub(crate) fn enrollment_from_row<R>(row: &R) -> Result<Enrollment>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+{
+    Ok(Enrollment {
+        id: row.try_get("id")?,
+        token_sha256: row.try_get("token_sha256")?,
+        uses_total: to_u32(row.try_get("uses_total")?)?,
+        uses_left: to_u32(row.try_get("uses_left")?)?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        note: row.try_get("note")?,
+    })
 }
 
 pub(crate) fn counter_from_row<R>(row: &R) -> Result<StoredCounter>
@@ -65,6 +150,7 @@ where
         name: row.try_get("name")?,
         words: words.split_whitespace().map(str::to_string).collect(),
         created_at_ms: row.try_get("created_at_ms")?,
+        mac: row.try_get("mac")?,
     })
 }
 

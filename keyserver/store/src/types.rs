@@ -27,6 +27,9 @@ pub struct State {
     /// 0: no policy loaded.
     pub policy_version: u64,
     pub quota_epoch: u64,
+    /// Bumped by every [`crate::Store::revoke`] that revoked something: instances poll
+    /// the state and drop cached profiles when it moves.
+    pub revocation_epoch: u64,
 }
 
 /// An onboarded profile: public material only (the keyserver's share is derived from the
@@ -40,6 +43,11 @@ pub struct Profile {
     pub name: String,
     pub words: Vec<String>,
     pub created_at_ms: i64,
+    /// The keyserver's HMAC over the row (32 bytes), so that a row written or changed by
+    /// anyone but the keyserver is detected. Empty for rows written before the MAC was
+    /// introduced (until adopted, see [`crate::Store::set_profile_mac`]). The store keeps
+    /// it as given and never computes or checks it.
+    pub mac: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +56,9 @@ pub struct PolicyVersion {
     pub text: String,
     pub sha256: String,
     pub loaded_at_ms: i64,
+    /// The keyserver's HMAC over the version (32 bytes); empty for versions stored
+    /// before the MAC was introduced. Kept as given, like [`Profile::mac`].
+    pub mac: Vec<u8>,
 }
 
 /// What [`crate::Store::add_policy`] did.
@@ -57,6 +68,46 @@ pub struct PolicyAdded {
     pub version: u64,
     /// `false`: the text was already the version in force, and nothing was stored.
     pub changed: bool,
+}
+
+/// A revoked profile, or one revoked device of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub profile_id: String,
+    /// `None`: the whole profile. A whole-profile revocation and a device revocation of
+    /// the same profile are distinct rows.
+    pub device_id: Option<String>,
+    pub revoked_at_ms: i64,
+    pub reason: String,
+}
+
+/// An enrollment token, as stored: only its SHA-256 is kept, never the token, so this
+/// row (and its `Debug`) reveals nothing that lets anyone enroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// 32 lower-case hex characters: the token's public handle (listing, revoking).
+    pub id: String,
+    /// SHA-256 of the token (32 bytes).
+    pub token_sha256: Vec<u8>,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    /// The token is refused from this time on (`expires_at_ms <= now`).
+    pub expires_at_ms: i64,
+    pub created_at_ms: i64,
+    pub note: String,
+}
+
+/// What [`crate::DecisionTx::use_enrollment`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollmentUse {
+    /// One use taken; this many are left.
+    Used { uses_left: u32 },
+    /// No enrollment has this token.
+    Unknown,
+    /// The token has expired (nothing taken).
+    Expired,
+    /// Every use was taken already.
+    UsedUp,
 }
 
 /// A persistent throttle counter of one (rule id, profile).

@@ -18,9 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kss_policy::{Counter, QuotaWindow};
 use kss_store::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, Identity, InstanceInfo, Lease, LeaseClaim,
-    MysqlStore, OFFLINE_AFTER_MS, PolicyAdded, Profile, SqliteStore, State, Store, StoreError,
-    StoredCounter, clone_sqlite_into_mysql, parse_db_uri,
+    AuditEntry, AuditFilter, AuditRecord, Decision, Enrollment, EnrollmentUse, Identity,
+    InstanceInfo, Lease, LeaseClaim, MysqlStore, OFFLINE_AFTER_MS, PolicyAdded, Profile,
+    Revocation, SqliteStore, State, Store, StoreError, StoredCounter, clone_sqlite_into_mysql,
+    parse_db_uri, parse_db_uri_with_ca,
 };
 use sqlx::{Connection, Executor, Row};
 
@@ -138,24 +139,64 @@ conformance!(
     dropped_tx_leaves_nothing,
     concurrent_decisions_known_profile,
     concurrent_decisions_unknown_profile,
+    policy_mac_gets_the_assigned_version,
+    policy_macs_adopted_once,
+    profile_macs_stored_and_adopted_once,
+    list_profiles_pages_in_byte_order,
+    revocations_are_idempotent_and_bump_the_epoch,
+    revocations_concurrent,
+    enrollments_created_once_and_listed_newest_first,
+    use_enrollment_counts_down_and_refuses,
+    use_enrollment_rolled_back_with_its_transaction,
+    use_enrollment_second_transaction_waits_for_the_first,
+    use_enrollment_second_transaction_takes_a_use_given_back,
+    use_enrollment_one_use_two_at_once,
+    use_enrollment_many_concurrent,
     instances_register_heartbeat_and_stop,
     a_stopped_instance_is_forgotten_at_once,
     leases_grant_refuse_and_take_over,
     fenced_writes_fail_after_a_takeover,
 );
 
-/// The TLS URL really gives an encrypted, verified connection.
-#[tokio::test]
-async fn mysql_tls_connection_is_encrypted() {
-    let Ok(url) = std::env::var("KSS_TEST_MYSQL_TLS_URL") else {
-        assert!(
-            std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
-            "KSS_TEST_MYSQL_TLS_URL not set but KSS_REQUIRE_MYSQL is"
-        );
-        println!("SKIPPED mysql conformance: KSS_TEST_MYSQL_TLS_URL not set");
-        return;
-    };
-    let mut conn = sqlx::mysql::MySqlConnection::connect_with(&parse_db_uri(&url).unwrap())
+// ------------------------------------------------------------------ TLS
+
+/// The values of `names`, or `None` after printing why the test is skipped (a failure
+/// instead when KSS_REQUIRE_MYSQL is set: CI runs these against scripts/mariadb.sh).
+fn tls_env(test: &str, names: &[&str]) -> Option<Vec<String>> {
+    let mut values = Vec::new();
+    for name in names {
+        match std::env::var(name) {
+            Ok(v) => values.push(v),
+            Err(_) => {
+                assert!(
+                    std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
+                    "{test}: {name} not set but KSS_REQUIRE_MYSQL is \
+                     (eval \"$(bash scripts/mariadb.sh up)\")"
+                );
+                println!(
+                    "skipped: {test}: {name} not set (eval \"$(bash scripts/mariadb.sh up)\")"
+                );
+                return None;
+            }
+        }
+    }
+    Some(values)
+}
+
+/// An address without its query: no ssl-mode, no ssl-ca.
+fn bare(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
+
+/// The raw password of a `mysql://user:password@...` URL (to check it is not leaked).
+fn url_password(url: &str) -> String {
+    let rest = url.strip_prefix("mysql://").unwrap();
+    let (userinfo, _) = rest.rsplit_once('@').unwrap();
+    userinfo.split_once(':').unwrap().1.to_string()
+}
+
+async fn session_cipher(options: &sqlx::mysql::MySqlConnectOptions) -> String {
+    let mut conn = sqlx::mysql::MySqlConnection::connect_with(options)
         .await
         .unwrap();
     let row = conn
@@ -163,8 +204,282 @@ async fn mysql_tls_connection_is_encrypted() {
         .await
         .unwrap();
     let cipher: String = row.try_get(1).unwrap();
+    conn.close().await.unwrap();
+    cipher
+}
+
+/// The TLS URL (it names the CA, no ssl-mode) really gives an encrypted, verified
+/// connection.
+#[tokio::test]
+async fn mysql_tls_connection_is_encrypted() {
+    let Some(v) = tls_env(
+        "mysql_tls_connection_is_encrypted",
+        &["KSS_TEST_MYSQL_TLS_URL"],
+    ) else {
+        return;
+    };
+    let options = parse_db_uri(&v[0]).unwrap();
+    assert!(matches!(
+        options.get_ssl_mode(),
+        sqlx::mysql::MySqlSslMode::VerifyIdentity
+    ));
+    let cipher = session_cipher(&options).await;
     println!("TLS cipher: {cipher}");
     assert!(!cipher.is_empty());
+}
+
+/// No ssl-mode and the right CA from a CA file (`kss serve --db-ca-file`): the server's
+/// certificate and name are verified and the session is encrypted, through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_tls_default_mode_with_the_ca_file_is_verified_and_encrypted() {
+    let test = "mysql_tls_default_mode_with_the_ca_file_is_verified_and_encrypted";
+    let Some(v) = tls_env(
+        test,
+        &[
+            "KSS_TEST_MYSQL_TLS_URL",
+            "KSS_TEST_MYSQL_CA",
+            "KSS_TEST_MYSQL_WRONG_CA",
+        ],
+    ) else {
+        return;
+    };
+    let (url, ca, wrong_ca) = (
+        &v[0],
+        std::path::Path::new(&v[1]),
+        std::path::Path::new(&v[2]),
+    );
+    let options = parse_db_uri_with_ca(bare(url), Some(ca)).unwrap();
+    assert!(matches!(
+        options.get_ssl_mode(),
+        sqlx::mysql::MySqlSslMode::VerifyIdentity
+    ));
+    let cipher = session_cipher(&options).await;
+    println!("TLS cipher (CA file): {cipher}");
+    assert!(!cipher.is_empty());
+    // By name too: the certificate names localhost as well as 127.0.0.1.
+    assert!(
+        !session_cipher(&options.clone().host("localhost"))
+            .await
+            .is_empty()
+    );
+    // The address's own ssl-ca wins over the CA file.
+    let own = parse_db_uri_with_ca(url, Some(wrong_ca)).unwrap();
+    assert!(!session_cipher(&own).await.is_empty());
+
+    // The store itself, on a scratch database of its own.
+    let name = unique_db_name();
+    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&options)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .await
+        .unwrap();
+    let connected = MysqlStore::connect(options.clone().database(&name)).await;
+    let checked = match &connected {
+        Ok(store) => store.state().await.map(|_| ()),
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+    };
+    if let Ok(store) = &connected {
+        store.close().await;
+    }
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .await
+        .unwrap();
+    checked.unwrap();
+}
+
+/// No ssl-mode and no CA, or a CA that did not sign the server's certificate: refused,
+/// saying the certificate is not trusted (and never with the password).
+#[tokio::test]
+async fn mysql_tls_default_mode_refuses_an_untrusted_server() {
+    let test = "mysql_tls_default_mode_refuses_an_untrusted_server";
+    let Some(v) = tls_env(test, &["KSS_TEST_MYSQL_TLS_URL", "KSS_TEST_MYSQL_WRONG_CA"]) else {
+        return;
+    };
+    let (url, wrong_ca) = (&v[0], std::path::Path::new(&v[1]));
+    let password = url_password(url);
+    for (what, options) in [
+        ("no CA", parse_db_uri(bare(url)).unwrap()),
+        (
+            "a wrong CA file",
+            parse_db_uri_with_ca(bare(url), Some(wrong_ca)).unwrap(),
+        ),
+        (
+            "a wrong ssl-ca",
+            parse_db_uri(&format!(
+                "{}?ssl-ca={}",
+                bare(url),
+                wrong_ca.display().to_string().replace('/', "%2F")
+            ))
+            .unwrap(),
+        ),
+    ] {
+        let e = MysqlStore::connect(options).await.unwrap_err();
+        let msg = e.to_string();
+        println!("{what}: {msg}");
+        assert!(matches!(e, StoreError::Unavailable(_)), "{what}: {e:?}");
+        assert!(msg.contains("certificate is not trusted"), "{what}: {msg}");
+        assert!(!msg.contains(&password), "{what}: {msg} leaks the password");
+    }
+}
+
+/// `ssl-mode=DISABLED`: plaintext, as asked (the user that must use TLS is refused).
+#[tokio::test]
+async fn mysql_ssl_mode_disabled_connects_in_plaintext() {
+    let test = "mysql_ssl_mode_disabled_connects_in_plaintext";
+    let Some(v) = tls_env(test, &["KSS_TEST_MYSQL_URL", "KSS_TEST_MYSQL_TLS_URL"]) else {
+        return;
+    };
+    let options = parse_db_uri(&format!("{}?ssl-mode=DISABLED", bare(&v[0]))).unwrap();
+    assert!(matches!(
+        options.get_ssl_mode(),
+        sqlx::mysql::MySqlSslMode::Disabled
+    ));
+    assert_eq!(session_cipher(&options).await, "");
+    let tls_user = parse_db_uri(&format!("{}?ssl-mode=DISABLED", bare(&v[1]))).unwrap();
+    let e = sqlx::mysql::MySqlConnection::connect_with(&tls_user)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Access denied"), "{e}");
+}
+
+// ------------------------------------------------------------- migration of old data
+
+/// A database as kss wrote it before `0003_integrity`: migrations 0001 and 0002 only.
+async fn legacy_migrator(backend: &str) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    for name in ["0001_init.sql", "0002_registry.sql"] {
+        std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    (dir, migrator)
+}
+
+/// Rows in the 0002 schema (SQL both backends read alike).
+const LEGACY_ROWS: &[&str] = &[
+    "INSERT INTO identity (singleton, keyserver_id, sealed_root, created_at_ms) \
+     VALUES (1, 'abababababababababababababababab', X'0707', 5)",
+    "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, name, \
+     words, created_at_ms) VALUES ('legacy', 'dev-legacy', X'0102', X'0909', 'old', \
+     'alpha bravo', 7)",
+    "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
+     VALUES (1, 'decrypt: []', 'h1', 8)",
+    "UPDATE state SET policy_version = 1, quota_epoch = 3 WHERE singleton = 1",
+];
+
+/// After the migration: the old rows, with empty MACs, ready to adopt.
+async fn check_migrated_legacy_rows(s: Arc<dyn Store>) {
+    assert_eq!(
+        s.state().await.unwrap(),
+        State {
+            enabled: true,
+            policy_version: 1,
+            quota_epoch: 3,
+            revocation_epoch: 0,
+        }
+    );
+    let old = Profile {
+        profile_id: "legacy".into(),
+        device_id: "dev-legacy".into(),
+        device_public_key: vec![1, 2],
+        workstation_share: vec![9, 9],
+        name: "old".into(),
+        words: vec!["alpha".into(), "bravo".into()],
+        created_at_ms: 7,
+        mac: Vec::new(),
+    };
+    assert_eq!(s.profile("legacy").await.unwrap(), Some(old.clone()));
+    assert_eq!(s.profiles_without_mac(10).await.unwrap(), [old]);
+    let policy = s.policy(None).await.unwrap().unwrap();
+    assert!(policy.mac.is_empty());
+    assert_eq!(s.policies_without_mac().await.unwrap(), [policy]);
+    assert!(
+        s.set_profile_mac("legacy", &profile_mac("legacy"))
+            .await
+            .unwrap()
+    );
+    assert!(s.set_policy_mac(1, &mac_of(1)).await.unwrap());
+    assert!(s.profiles_without_mac(10).await.unwrap().is_empty());
+    assert!(s.policies_without_mac().await.unwrap().is_empty());
+    assert!(s.revocations(None).await.unwrap().is_empty());
+    assert!(s.enrollments().await.unwrap().is_empty());
+    assert!(s.revoke(&revocation("legacy", None, 9)).await.unwrap());
+    assert_eq!(s.state().await.unwrap().revocation_epoch, 1);
+    // The next version continues the numbering.
+    let added = s.add_policy("search: []", "h2", 10, &mac_of).await.unwrap();
+    assert_eq!(
+        added,
+        PolicyAdded {
+            version: 2,
+            changed: true
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_database_of_the_previous_version_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kss.db");
+    let (_migrations, legacy) = legacy_migrator("sqlite").await;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    legacy.run(&pool).await.unwrap();
+    for sql in LEGACY_ROWS {
+        pool.execute(*sql).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    check_migrated_legacy_rows(Arc::new(store.clone())).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_database_of_the_previous_version_migrates() {
+    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
+        assert!(
+            std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
+            "KSS_TEST_MYSQL_URL not set but KSS_REQUIRE_MYSQL is"
+        );
+        println!("SKIPPED mysql test: KSS_TEST_MYSQL_URL not set");
+        return;
+    };
+    let base = parse_db_uri(&url).unwrap();
+    let name = unique_db_name();
+    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&base)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .await
+        .unwrap();
+    let options = base.clone().database(&name);
+    let (_migrations, legacy) = legacy_migrator("mysql").await;
+    let mut conn = sqlx::mysql::MySqlConnection::connect_with(&options)
+        .await
+        .unwrap();
+    legacy.run(&mut conn).await.unwrap();
+    for sql in LEGACY_ROWS {
+        conn.execute(*sql).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let store = MysqlStore::connect(options).await.unwrap();
+    let result = tokio::spawn(check_migrated_legacy_rows(Arc::new(store.clone()))).await;
+    store.close().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .await
+        .unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 // ------------------------------------------------------------------ helpers
@@ -178,7 +493,29 @@ fn profile(id: &str, name: &str) -> Profile {
         name: name.to_string(),
         words: vec!["alpha".into(), "bravo".into(), "charlie".into()],
         created_at_ms: 1_700_000_000_000,
+        mac: profile_mac(id),
     }
+}
+
+/// A stand-in for the keyserver's HMAC of a profile row (32 bytes).
+fn profile_mac(id: &str) -> Vec<u8> {
+    let mut mac = vec![0xa5; 32];
+    for (m, b) in mac.iter_mut().zip(id.bytes()) {
+        *m ^= b;
+    }
+    mac
+}
+
+/// A stand-in for the keyserver's HMAC of a policy version row: names the version.
+fn mac_of(version: u64) -> Vec<u8> {
+    let mut mac = vec![0x5a; 32];
+    mac[..8].copy_from_slice(&version.to_be_bytes());
+    mac
+}
+
+/// `add_policy` storing no MAC, as versions written before MACs were.
+fn no_mac(_version: u64) -> Vec<u8> {
+    Vec::new()
 }
 
 fn window() -> QuotaWindow {
@@ -275,7 +612,8 @@ async fn state_defaults_and_enabled(s: Arc<dyn Store>) {
         State {
             enabled: true,
             policy_version: 0,
-            quota_epoch: 0
+            quota_epoch: 0,
+            revocation_epoch: 0,
         }
     );
     s.set_enabled(false).await.unwrap();
@@ -290,27 +628,37 @@ async fn policy_versions(s: Arc<dyn Store>) {
     assert_eq!(s.policy(None).await.unwrap(), None);
     let added = |version, changed| PolicyAdded { version, changed };
     assert_eq!(
-        s.add_policy("text one", "sha1", 100).await.unwrap(),
+        s.add_policy("text one", "sha1", 100, &mac_of)
+            .await
+            .unwrap(),
         added(1, true)
     );
     assert_eq!(s.state().await.unwrap().policy_version, 1);
     assert_eq!(
-        s.add_policy("text two ✓", "sha2", 200).await.unwrap(),
+        s.add_policy("text two ✓", "sha2", 200, &mac_of)
+            .await
+            .unwrap(),
         added(2, true)
     );
     assert_eq!(s.state().await.unwrap().policy_version, 2);
     // The version in force again: nothing is stored.
     assert_eq!(
-        s.add_policy("text two ✓", "sha2", 300).await.unwrap(),
+        s.add_policy("text two ✓", "sha2", 300, &mac_of)
+            .await
+            .unwrap(),
         added(2, false)
     );
     // An older version's text is a change: it is stored again, as a new version.
     assert_eq!(
-        s.add_policy("text one", "sha1", 400).await.unwrap(),
+        s.add_policy("text one", "sha1", 400, &mac_of)
+            .await
+            .unwrap(),
         added(3, true)
     );
     assert_eq!(
-        s.add_policy("text two ✓", "sha2", 500).await.unwrap(),
+        s.add_policy("text two ✓", "sha2", 500, &mac_of)
+            .await
+            .unwrap(),
         added(4, true)
     );
     assert_eq!(s.state().await.unwrap().policy_version, 4);
@@ -319,6 +667,11 @@ async fn policy_versions(s: Arc<dyn Store>) {
     assert_eq!(latest.text, "text two ✓");
     assert_eq!(latest.sha256, "sha2");
     assert_eq!(latest.loaded_at_ms, 500);
+    // Each version's MAC was computed for the number it was given.
+    assert_eq!(latest.mac, mac_of(4));
+    for v in 1..=4 {
+        assert_eq!(s.policy(Some(v)).await.unwrap().unwrap().mac, mac_of(v));
+    }
     let first = s.policy(Some(1)).await.unwrap().unwrap();
     assert_eq!((first.version, first.text.as_str()), (1, "text one"));
     assert_eq!(s.policy(Some(5)).await.unwrap(), None);
@@ -328,7 +681,7 @@ async fn policy_versions_concurrent(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.add_policy(&format!("p{i}"), "x", i).await })
+            tokio::spawn(async move { s.add_policy(&format!("p{i}"), "x", i, &mac_of).await })
         })
         .collect();
     let mut versions = Vec::new();
@@ -347,7 +700,7 @@ async fn policy_versions_concurrent(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.add_policy("same text", "same", 100 + i).await })
+            tokio::spawn(async move { s.add_policy("same text", "same", 100 + i, &mac_of).await })
         })
         .collect();
     let mut changed = 0;
@@ -721,6 +1074,510 @@ async fn concurrent_decisions_unknown_profile(s: Arc<dyn Store>) {
     concurrent_decisions(s, "ghost", "unknown profile").await;
 }
 
+// ------------------------------------------------------------- integrity: MACs
+
+async fn policy_mac_gets_the_assigned_version(s: Arc<dyn Store>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = {
+        let seen = seen.clone();
+        move |v: u64| {
+            seen.lock().unwrap().push(v);
+            mac_of(v)
+        }
+    };
+    assert!(s.add_policy("a", "ha", 1, &record).await.unwrap().changed);
+    assert!(s.add_policy("b", "hb", 2, &record).await.unwrap().changed);
+    // Already in force: nothing stored, no MAC asked for.
+    let again = s.add_policy("b", "hb", 3, &record).await.unwrap();
+    assert_eq!(
+        again,
+        PolicyAdded {
+            version: 2,
+            changed: false
+        }
+    );
+    assert_eq!(*seen.lock().unwrap(), [1, 2]);
+    assert_eq!(s.policy(Some(1)).await.unwrap().unwrap().mac, mac_of(1));
+    assert_eq!(s.policy(None).await.unwrap().unwrap().mac, mac_of(2));
+
+    // Concurrent loads: each MAC is computed for the number its row got.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.add_policy(&format!("c{i}"), "x", i, &mac_of).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for v in 1..=8 {
+        let p = s.policy(Some(v)).await.unwrap().unwrap();
+        assert_eq!(p.mac, mac_of(v), "version {v}");
+    }
+}
+
+async fn policy_macs_adopted_once(s: Arc<dyn Store>) {
+    assert!(s.policies_without_mac().await.unwrap().is_empty());
+    s.add_policy("old one", "h1", 1, &no_mac).await.unwrap();
+    s.add_policy("new", "h2", 2, &mac_of).await.unwrap();
+    s.add_policy("old two", "h3", 3, &no_mac).await.unwrap();
+    let bare = s.policies_without_mac().await.unwrap();
+    assert_eq!(
+        bare.iter()
+            .map(|p| (p.version, p.text.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "old one"), (3, "old two")]
+    );
+    assert!(bare.iter().all(|p| p.mac.is_empty()));
+
+    assert!(s.set_policy_mac(1, &mac_of(1)).await.unwrap());
+    // Once only: a MAC already there is never replaced.
+    assert!(!s.set_policy_mac(1, &[0xee; 32]).await.unwrap());
+    assert!(!s.set_policy_mac(2, &[0xee; 32]).await.unwrap());
+    // No such version; an empty MAC changes nothing.
+    assert!(!s.set_policy_mac(99, &mac_of(99)).await.unwrap());
+    assert!(!s.set_policy_mac(3, &[]).await.unwrap());
+    assert_eq!(s.policy(Some(1)).await.unwrap().unwrap().mac, mac_of(1));
+    assert_eq!(s.policy(Some(2)).await.unwrap().unwrap().mac, mac_of(2));
+    assert_eq!(
+        s.policies_without_mac()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        [3]
+    );
+    assert!(s.set_policy_mac(3, &mac_of(3)).await.unwrap());
+    assert!(s.policies_without_mac().await.unwrap().is_empty());
+    // The rest of the row is untouched.
+    let p3 = s.policy(Some(3)).await.unwrap().unwrap();
+    assert_eq!(
+        (p3.text.as_str(), p3.sha256.as_str(), p3.loaded_at_ms),
+        ("old two", "h3", 3)
+    );
+}
+
+async fn profile_macs_stored_and_adopted_once(s: Arc<dyn Store>) {
+    let with_mac = profile("p-mac", "has one");
+    let mut legacy = profile("p-old", "legacy");
+    legacy.mac = Vec::new();
+    let mut legacy2 = profile("p-old2", "legacy too");
+    legacy2.mac = Vec::new();
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    for p in [&legacy2, &with_mac, &legacy] {
+        assert!(tx.insert_profile(p).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(s.profile("p-mac").await.unwrap(), Some(with_mac.clone()));
+    assert_eq!(s.profile("p-old").await.unwrap(), Some(legacy.clone()));
+
+    let bare = s.profiles_without_mac(10).await.unwrap();
+    assert_eq!(bare, [legacy.clone(), legacy2.clone()]);
+    assert_eq!(s.profiles_without_mac(1).await.unwrap(), [legacy.clone()]);
+
+    assert!(
+        s.set_profile_mac("p-old", &profile_mac("p-old"))
+            .await
+            .unwrap()
+    );
+    assert!(!s.set_profile_mac("p-old", &[0xee; 32]).await.unwrap());
+    assert!(!s.set_profile_mac("p-mac", &[0xee; 32]).await.unwrap());
+    assert!(!s.set_profile_mac("nobody", &[0xee; 32]).await.unwrap());
+    assert!(!s.set_profile_mac("p-old2", &[]).await.unwrap());
+    let mut adopted = legacy.clone();
+    adopted.mac = profile_mac("p-old");
+    assert_eq!(s.profile("p-old").await.unwrap(), Some(adopted));
+    assert_eq!(s.profile("p-mac").await.unwrap(), Some(with_mac));
+    assert_eq!(s.profiles_without_mac(10).await.unwrap(), [legacy2]);
+    assert!(
+        s.set_profile_mac("p-old2", &profile_mac("p-old2"))
+            .await
+            .unwrap()
+    );
+    assert!(s.profiles_without_mac(10).await.unwrap().is_empty());
+}
+
+async fn list_profiles_pages_in_byte_order(s: Arc<dyn Store>) {
+    assert!(s.list_profiles(None, 10).await.unwrap().is_empty());
+    // Inserted out of order; upper case sorts before lower case byte for byte.
+    let mut ids: Vec<String> = (0..23).map(|i| format!("p{:02}", (i * 7) % 23)).collect();
+    ids.extend(["B".to_string(), "a".to_string(), "Z9".to_string()]);
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    for id in &ids {
+        assert!(tx.insert_profile(&profile(id, "n")).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(&expected[..3], ["B", "Z9", "a"]);
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_profiles(after.as_deref(), 10).await.unwrap();
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else { break };
+        after = Some(last.profile_id.clone());
+        seen.extend(page.iter().map(|p| p.profile_id.clone()));
+        // Whole rows, MAC included.
+        assert!(page.iter().all(|p| *p == profile(&p.profile_id, "n")));
+    }
+    assert_eq!(seen, expected);
+    // Strictly after: an id itself, or one between two ids.
+    let page = s.list_profiles(Some("p05"), 3).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|p| p.profile_id.as_str())
+            .collect::<Vec<_>>(),
+        ["p06", "p07", "p08"]
+    );
+    let page = s.list_profiles(Some("p055"), 2).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|p| p.profile_id.as_str())
+            .collect::<Vec<_>>(),
+        ["p06", "p07"]
+    );
+    assert!(s.list_profiles(Some("zzz"), 10).await.unwrap().is_empty());
+    assert!(s.list_profiles(None, 0).await.unwrap().is_empty());
+}
+
+// ------------------------------------------------------------- revocations
+
+fn revocation(profile_id: &str, device_id: Option<&str>, at_ms: i64) -> Revocation {
+    Revocation {
+        profile_id: profile_id.into(),
+        device_id: device_id.map(str::to_string),
+        revoked_at_ms: at_ms,
+        reason: format!("lost laptop ({at_ms})"),
+    }
+}
+
+async fn revocations_are_idempotent_and_bump_the_epoch(s: Arc<dyn Store>) {
+    assert!(s.revocations(None).await.unwrap().is_empty());
+    let epoch = || async { s.state().await.unwrap().revocation_epoch };
+    assert_eq!(epoch().await, 0);
+
+    let device = revocation("p1", Some("d1"), 10);
+    assert!(s.revoke(&device).await.unwrap());
+    assert_eq!(epoch().await, 1);
+    // Again, even with another time and reason: nothing changes.
+    assert!(!s.revoke(&revocation("p1", Some("d1"), 11)).await.unwrap());
+    assert_eq!(epoch().await, 1);
+    assert_eq!(
+        s.revocations(Some("p1")).await.unwrap(),
+        std::slice::from_ref(&device)
+    );
+
+    // The whole profile is a revocation of its own, as is another device.
+    let whole = revocation("p1", None, 20);
+    assert!(s.revoke(&whole).await.unwrap());
+    assert!(!s.revoke(&revocation("p1", None, 21)).await.unwrap());
+    let other_device = revocation("p1", Some("d0"), 30);
+    assert!(s.revoke(&other_device).await.unwrap());
+    let other_profile = revocation("p0", Some("d1"), 40);
+    assert!(s.revoke(&other_profile).await.unwrap());
+    assert_eq!(epoch().await, 4);
+    // Other switches are left alone.
+    let state = s.state().await.unwrap();
+    assert_eq!((state.enabled, state.quota_epoch), (true, 0));
+
+    assert_eq!(
+        s.revocations(Some("p1")).await.unwrap(),
+        [whole.clone(), other_device.clone(), device.clone()]
+    );
+    assert_eq!(
+        s.revocations(None).await.unwrap(),
+        [other_profile, whole, other_device, device]
+    );
+    assert!(s.revocations(Some("P1")).await.unwrap().is_empty());
+}
+
+async fn revocations_concurrent(s: Arc<dyn Store>) {
+    // The same revocation 8 times at once: stored once, the epoch bumped once.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.revoke(&revocation("p", Some("d"), i)).await })
+        })
+        .collect();
+    let mut revoked = 0;
+    for t in tasks {
+        revoked += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(revoked, 1);
+    assert_eq!(s.state().await.unwrap().revocation_epoch, 1);
+    assert_eq!(s.revocations(None).await.unwrap().len(), 1);
+
+    // 8 different ones at once: every one counts.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let device = format!("d{i}");
+                s.revoke(&revocation("q", Some(&device), i)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap());
+    }
+    assert_eq!(s.state().await.unwrap().revocation_epoch, 9);
+    assert_eq!(s.revocations(Some("q")).await.unwrap().len(), 8);
+}
+
+// ------------------------------------------------------------- enrollments
+
+/// A token hash for tests: 32 bytes naming `n`.
+fn token_hash(n: u8) -> Vec<u8> {
+    let mut h = vec![0x11; 32];
+    h[0] = n;
+    h
+}
+
+fn enrollment(n: u8, uses: u32, expires_at_ms: i64, created_at_ms: i64) -> Enrollment {
+    Enrollment {
+        id: format!("{n:02x}").repeat(16),
+        token_sha256: token_hash(n),
+        uses_total: uses,
+        uses_left: uses,
+        expires_at_ms,
+        created_at_ms,
+        note: format!("batch job {n} ✓"),
+    }
+}
+
+/// Far in the future: the tokens below expire only where a test says so.
+const LATER: i64 = 4_000_000_000_000;
+const NOW: i64 = 1_800_000_000_000;
+
+async fn use_once(s: &Arc<dyn Store>, n: u8, now_ms: i64) -> EnrollmentUse {
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    let used = tx.use_enrollment(&token_hash(n), now_ms).await.unwrap();
+    tx.commit().await.unwrap();
+    used
+}
+
+async fn enrollments_created_once_and_listed_newest_first(s: Arc<dyn Store>) {
+    assert!(s.enrollments().await.unwrap().is_empty());
+    let first = enrollment(1, 3, LATER, 100);
+    let second = enrollment(2, 1, LATER, 300);
+    let third = enrollment(3, 5, LATER, 200);
+    for e in [&first, &second, &third] {
+        s.create_enrollment(e).await.unwrap();
+    }
+    // The same id, or the same token hash under another id: refused.
+    let mut same_id = enrollment(4, 1, LATER, 400);
+    same_id.id = first.id.clone();
+    let mut same_hash = enrollment(5, 1, LATER, 500);
+    same_hash.token_sha256 = token_hash(2);
+    for dup in [&first, &same_id, &same_hash] {
+        let e = s.create_enrollment(dup).await.unwrap_err();
+        assert!(matches!(e, StoreError::AlreadyExists(_)), "{e:?}");
+    }
+    assert_eq!(
+        s.enrollments().await.unwrap(),
+        [second.clone(), third.clone(), first.clone()]
+    );
+    // Same creation time: by id, highest first.
+    let tie = enrollment(9, 1, LATER, 300);
+    s.create_enrollment(&tie).await.unwrap();
+    assert_eq!(s.enrollments().await.unwrap(), [tie, second, third, first]);
+}
+
+async fn use_enrollment_counts_down_and_refuses(s: Arc<dyn Store>) {
+    s.create_enrollment(&enrollment(1, 2, LATER, 1))
+        .await
+        .unwrap();
+    s.create_enrollment(&enrollment(2, 5, NOW, 1))
+        .await
+        .unwrap();
+    s.create_enrollment(&enrollment(3, 0, LATER, 1))
+        .await
+        .unwrap();
+
+    assert_eq!(use_once(&s, 9, NOW).await, EnrollmentUse::Unknown);
+    assert_eq!(
+        use_once(&s, 1, NOW).await,
+        EnrollmentUse::Used { uses_left: 1 }
+    );
+    assert_eq!(
+        use_once(&s, 1, NOW).await,
+        EnrollmentUse::Used { uses_left: 0 }
+    );
+    assert_eq!(use_once(&s, 1, NOW).await, EnrollmentUse::UsedUp);
+    assert_eq!(use_once(&s, 3, NOW).await, EnrollmentUse::UsedUp);
+    // Expired at expires_at_ms itself; a millisecond before, still good.
+    assert_eq!(use_once(&s, 2, NOW).await, EnrollmentUse::Expired);
+    assert_eq!(use_once(&s, 2, NOW + 1).await, EnrollmentUse::Expired);
+    assert_eq!(
+        use_once(&s, 2, NOW - 1).await,
+        EnrollmentUse::Used { uses_left: 4 }
+    );
+    // Expired wins over used up.
+    assert_eq!(use_once(&s, 1, LATER).await, EnrollmentUse::Expired);
+
+    let left: Vec<(u32, u32)> = s
+        .enrollments()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.uses_total, e.uses_left))
+        .collect();
+    // Newest first: all created at 1, so by id descending (3, 2, 1).
+    assert_eq!(left, [(0, 0), (5, 4), (2, 0)]);
+}
+
+async fn use_enrollment_rolled_back_with_its_transaction(s: Arc<dyn Store>) {
+    s.create_enrollment(&enrollment(1, 1, LATER, 1))
+        .await
+        .unwrap();
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    assert_eq!(
+        tx.use_enrollment(&token_hash(1), NOW).await.unwrap(),
+        EnrollmentUse::Used { uses_left: 0 }
+    );
+    // Within the transaction the use is taken.
+    assert_eq!(
+        tx.use_enrollment(&token_hash(1), NOW).await.unwrap(),
+        EnrollmentUse::UsedUp
+    );
+    drop(tx);
+    assert_eq!(s.enrollments().await.unwrap()[0].uses_left, 1);
+    assert_eq!(
+        use_once(&s, 1, NOW).await,
+        EnrollmentUse::Used { uses_left: 0 }
+    );
+    assert_eq!(s.enrollments().await.unwrap()[0].uses_left, 0);
+}
+
+/// A second transaction using the token while the first holds its use is spawned and
+/// must not finish before the first one ends.
+async fn second_use_while_first_open(s: &Arc<dyn Store>, commit_first: bool) -> EnrollmentUse {
+    s.create_enrollment(&enrollment(1, 1, LATER, 1))
+        .await
+        .unwrap();
+    let mut first = s.begin_decisions(None).await.unwrap();
+    assert_eq!(
+        first.use_enrollment(&token_hash(1), NOW).await.unwrap(),
+        EnrollmentUse::Used { uses_left: 0 }
+    );
+    let second = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            // SQLite: waits at BEGIN IMMEDIATE; MySQL: at SELECT ... FOR UPDATE.
+            let mut tx = s.begin_decisions(None).await?;
+            let used = tx.use_enrollment(&token_hash(1), NOW).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(used)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !second.is_finished(),
+        "the second transaction did not wait for the first"
+    );
+    if commit_first {
+        first.commit().await.unwrap();
+    } else {
+        drop(first);
+    }
+    second.await.unwrap().unwrap()
+}
+
+async fn use_enrollment_second_transaction_waits_for_the_first(s: Arc<dyn Store>) {
+    assert_eq!(
+        second_use_while_first_open(&s, true).await,
+        EnrollmentUse::UsedUp
+    );
+    assert_eq!(s.enrollments().await.unwrap()[0].uses_left, 0);
+}
+
+async fn use_enrollment_second_transaction_takes_a_use_given_back(s: Arc<dyn Store>) {
+    assert_eq!(
+        second_use_while_first_open(&s, false).await,
+        EnrollmentUse::Used { uses_left: 0 }
+    );
+    assert_eq!(s.enrollments().await.unwrap()[0].uses_left, 0);
+}
+
+/// One transaction's attempt at a use; retried on deadlock / busy.
+async fn try_use(s: &Arc<dyn Store>, n: u8, hold_ms: u64) -> EnrollmentUse {
+    loop {
+        let attempt = async {
+            let mut tx = s.begin_decisions(None).await?;
+            let used = tx.use_enrollment(&token_hash(n), NOW).await?;
+            // Keep the transaction open a while, so that others pile up behind it.
+            tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
+            tx.commit().await?;
+            Ok::<_, StoreError>(used)
+        };
+        match attempt.await {
+            Ok(used) => return used,
+            Err(e) if retryable(&e) => continue,
+            Err(e) => panic!("use_enrollment: {e}"),
+        }
+    }
+}
+
+async fn use_enrollment_one_use_two_at_once(s: Arc<dyn Store>) {
+    for round in 0..5u8 {
+        s.create_enrollment(&enrollment(round, 1, LATER, 1))
+            .await
+            .unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let s = s.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    try_use(&s, round, 50).await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            results,
+            [EnrollmentUse::Used { uses_left: 0 }, EnrollmentUse::UsedUp],
+            "round {round}"
+        );
+    }
+}
+
+async fn use_enrollment_many_concurrent(s: Arc<dyn Store>) {
+    const USES: u32 = 5;
+    const TASKS: usize = 12;
+    s.create_enrollment(&enrollment(7, USES, LATER, 1))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { try_use(&s, 7, 5).await })
+        })
+        .collect();
+    let mut left = Vec::new();
+    let mut used_up = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            EnrollmentUse::Used { uses_left } => left.push(uses_left),
+            EnrollmentUse::UsedUp => used_up += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    left.sort_unstable();
+    // Each use saw the one before it: every count from 4 down to 0, once.
+    assert_eq!(left, (0..USES).collect::<Vec<_>>());
+    assert_eq!(used_up, TASKS - USES as usize);
+    assert_eq!(s.enrollments().await.unwrap()[0].uses_left, 0);
+}
+
 // ------------------------------------------------------------- registry, leases
 
 fn instance(name: &str, incarnation: &str) -> InstanceInfo {
@@ -897,13 +1754,42 @@ async fn clone_sqlite_into_mysql_copies_everything() {
     })
     .await
     .unwrap();
-    src.add_policy("decrypt: []\n", "h1", 10).await.unwrap();
-    src.add_policy("search: []\n", "h2", 11).await.unwrap();
+    // One version stored before MACs (empty), two with.
+    src.add_policy("decrypt: []\n", "h1", 10, &no_mac)
+        .await
+        .unwrap();
+    src.add_policy("search: []\n", "h2", 11, &mac_of)
+        .await
+        .unwrap();
+    src.add_policy("rename: []\n", "h3", 12, &mac_of)
+        .await
+        .unwrap();
     src.set_enabled(false).await.unwrap();
     src.clear_counters(None).await.unwrap();
+    for r in [
+        revocation("p1", Some("d1"), 20),
+        revocation("p1", None, 21),
+        revocation("p3", Some("d3"), 22),
+    ] {
+        assert!(src.revoke(&r).await.unwrap());
+    }
+    src.create_enrollment(&enrollment(1, 3, LATER, 30))
+        .await
+        .unwrap();
+    src.create_enrollment(&enrollment(2, 1, NOW, 31))
+        .await
+        .unwrap();
+    let mut legacy = profile("p3", "three, before MACs");
+    legacy.mac = Vec::new();
     let mut tx = src.begin_decisions(None).await.unwrap();
     tx.insert_profile(&profile("p1", "one")).await.unwrap();
     tx.insert_profile(&profile("p2", "two")).await.unwrap();
+    tx.insert_profile(&legacy).await.unwrap();
+    // A use taken: the clone keeps the uses left.
+    assert_eq!(
+        tx.use_enrollment(&token_hash(1), NOW).await.unwrap(),
+        EnrollmentUse::Used { uses_left: 2 }
+    );
     tx.save_counters(&[counter("p1", "r", 3), counter("p2", "r", 1)])
         .await
         .unwrap();
@@ -934,20 +1820,57 @@ async fn clone_sqlite_into_mysql_copies_everything() {
                     counts.profiles,
                     counts.policy_versions,
                     counts.quota_counters,
+                    counts.revocations,
+                    counts.enrollments,
                     counts.audit_records
                 ),
-                (2, 2, 2, 1000)
+                (3, 3, 2, 3, 2, 1000)
             );
             let dst: Arc<dyn Store> = Arc::new(target.clone());
             let src: Arc<dyn Store> = Arc::new(source.clone());
             assert_eq!(dst.identity().await.unwrap(), src.identity().await.unwrap());
-            assert_eq!(dst.state().await.unwrap(), src.state().await.unwrap());
-            for v in [Some(1), Some(2), None] {
+            let state = dst.state().await.unwrap();
+            assert_eq!(state, src.state().await.unwrap());
+            assert_eq!((state.revocation_epoch, state.quota_epoch), (3, 1));
+            for v in [Some(1), Some(2), Some(3), None] {
                 assert_eq!(dst.policy(v).await.unwrap(), src.policy(v).await.unwrap());
             }
-            for p in ["p1", "p2"] {
-                assert_eq!(dst.profile(p).await.unwrap(), src.profile(p).await.unwrap());
-            }
+            assert_eq!(dst.policy(Some(3)).await.unwrap().unwrap().mac, mac_of(3));
+            assert_eq!(
+                dst.policies_without_mac().await.unwrap(),
+                src.policies_without_mac().await.unwrap()
+            );
+            assert_eq!(dst.policies_without_mac().await.unwrap().len(), 1);
+            assert_eq!(
+                dst.list_profiles(None, 100).await.unwrap(),
+                src.list_profiles(None, 100).await.unwrap()
+            );
+            assert_eq!(
+                dst.profile("p1").await.unwrap().unwrap().mac,
+                profile_mac("p1")
+            );
+            assert_eq!(
+                dst.profiles_without_mac(10).await.unwrap(),
+                [legacy.clone()]
+            );
+            assert_eq!(
+                dst.revocations(None).await.unwrap(),
+                src.revocations(None).await.unwrap()
+            );
+            assert_eq!(dst.revocations(None).await.unwrap().len(), 3);
+            let enrollments = dst.enrollments().await.unwrap();
+            assert_eq!(enrollments, src.enrollments().await.unwrap());
+            assert_eq!(
+                enrollments.iter().map(|e| e.uses_left).collect::<Vec<_>>(),
+                [1, 2]
+            );
+            // The copied token works on the target, from the uses left.
+            let mut tx = dst.begin_decisions(None).await.unwrap();
+            assert_eq!(
+                tx.use_enrollment(&token_hash(1), NOW).await.unwrap(),
+                EnrollmentUse::Used { uses_left: 1 }
+            );
+            drop(tx);
             assert_eq!(
                 dst.counters(None).await.unwrap(),
                 src.counters(None).await.unwrap()

@@ -17,7 +17,15 @@
 //!   on their inserts; InnoDB then rolls one back (error 1213), which surfaces as
 //!   [`StoreError::Unavailable`], the error to retry.
 //! * `add_policy` locks the `state` row before computing `MAX(version) + 1`.
-//! * `clear_counters` deletes and bumps `quota_epoch` in one transaction.
+//! * `clear_counters` deletes and bumps `quota_epoch` in one transaction; `revoke` inserts
+//!   and bumps `revocation_epoch` in one transaction (a concurrent duplicate waits on the
+//!   first one's key lock, then finds it).
+//! * `use_enrollment` reads the token's row with `SELECT ... FOR UPDATE`: a second
+//!   transaction using the same token waits until the first one ends, then reads the
+//!   uses it left (a locking read sees the latest committed row, not its snapshot). A
+//!   decision transaction that also locks profile or counter rows may then deadlock with
+//!   one that takes the same locks in another order; InnoDB rolls one back
+//!   ([`StoreError::Unavailable`], to retry), and its use of the token with it.
 //!
 //! # Audit ids
 //!
@@ -35,16 +43,20 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
-use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
+use crate::rows::{
+    audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
+    revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
+};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyAdded, PolicyVersion,
-    Profile, Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Enrollment, EnrollmentUse, Identity, Lease,
+    PolicyAdded, PolicyVersion, Profile, Result, Revocation, State, Store, StoreError,
+    StoredCounter,
 };
 
 mod registry;
 mod uri;
 
-pub use uri::parse_db_uri;
+pub use uri::{parse_db_uri, parse_db_uri_with_ca};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -181,15 +193,12 @@ impl Store for MysqlStore {
 
     async fn state(&self) -> Result<State> {
         let row = sqlx::query(
-            "SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1",
+            "SELECT enabled, policy_version, quota_epoch, revocation_epoch FROM state \
+             WHERE singleton = 1",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(State {
-            enabled: row.try_get::<i64, _>("enabled")? != 0,
-            policy_version: to_u64(row.try_get("policy_version")?)?,
-            quota_epoch: to_u64(row.try_get("quota_epoch")?)?,
-        })
+        state_from_row(&row)
     }
 
     async fn set_enabled(&self, enabled: bool) -> Result<()> {
@@ -200,7 +209,13 @@ impl Store for MysqlStore {
         Ok(())
     }
 
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded> {
+    async fn add_policy(
+        &self,
+        text: &str,
+        sha256: &str,
+        at_ms: i64,
+        mac: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
+    ) -> Result<PolicyAdded> {
         let mut tx = self.pool.begin().await?;
         // The state row is the lock: concurrent add_policy calls (from any process) run
         // one after the other.
@@ -226,14 +241,16 @@ impl Store for MysqlStore {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let row_mac = mac(to_u64(version)?);
         sqlx::query(
-            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms, mac) \
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(version)
         .bind(text)
         .bind(sha256)
         .bind(at_ms)
+        .bind(row_mac)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE state SET policy_version = ? WHERE singleton = 1")
@@ -262,20 +279,38 @@ impl Store for MysqlStore {
             }
         };
         let row = sqlx::query(
-            "SELECT version, text, sha256, loaded_at_ms FROM policy_versions WHERE version = ?",
+            "SELECT version, text, sha256, loaded_at_ms, mac FROM policy_versions \
+             WHERE version = ?",
         )
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(PolicyVersion {
-                version: to_u64(r.try_get("version")?)?,
-                text: r.try_get("text")?,
-                sha256: r.try_get("sha256")?,
-                loaded_at_ms: r.try_get("loaded_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(policy_from_row).transpose()
+    }
+
+    async fn policies_without_mac(&self) -> Result<Vec<PolicyVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, text, sha256, loaded_at_ms, mac FROM policy_versions \
+             WHERE LENGTH(mac) = 0 ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn set_policy_mac(&self, version: u64, mac: &[u8]) -> Result<bool> {
+        if mac.is_empty() {
+            return Ok(false);
+        }
+        // With CLIENT_FOUND_ROWS (sqlx sets it) the count is of matched rows; a matched
+        // row had an empty MAC and gets a non-empty one, so it changed.
+        let done =
+            sqlx::query("UPDATE policy_versions SET mac = ? WHERE version = ? AND LENGTH(mac) = 0")
+                .bind(mac)
+                .bind(to_i64(version)?)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn profile(&self, profile_id: &str) -> Result<Option<Profile>> {
@@ -291,6 +326,114 @@ impl Store for MysqlStore {
             .fetch_one(&self.pool)
             .await?;
         to_u64(n)
+    }
+
+    async fn list_profiles(&self, after: Option<&str>, limit: u32) -> Result<Vec<Profile>> {
+        // profile_id is utf8mb4_bin: compared and sorted byte for byte, as in SQLite.
+        let rows = match after {
+            Some(a) => {
+                sqlx::query(
+                    "SELECT * FROM profiles WHERE profile_id > ? ORDER BY profile_id LIMIT ?",
+                )
+                .bind(a)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM profiles ORDER BY profile_id LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn profiles_without_mac(&self, limit: u32) -> Result<Vec<Profile>> {
+        let rows =
+            sqlx::query("SELECT * FROM profiles WHERE LENGTH(mac) = 0 ORDER BY profile_id LIMIT ?")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn set_profile_mac(&self, profile_id: &str, mac: &[u8]) -> Result<bool> {
+        if mac.is_empty() {
+            return Ok(false);
+        }
+        // Matched rows (CLIENT_FOUND_ROWS) are changed rows here: see set_policy_mac.
+        let done =
+            sqlx::query("UPDATE profiles SET mac = ? WHERE profile_id = ? AND LENGTH(mac) = 0")
+                .bind(mac)
+                .bind(profile_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke(&self, r: &Revocation) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // A plain INSERT, a duplicate key read as "revoked already" (see insert_profile).
+        let done = sqlx::query(
+            "INSERT INTO revocations (profile_id, whole_profile, device_id, revoked_at_ms, \
+             reason) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&r.profile_id)
+        .bind(i64::from(r.device_id.is_none()))
+        .bind(r.device_id.as_deref().unwrap_or(""))
+        .bind(r.revoked_at_ms)
+        .bind(&r.reason)
+        .execute(&mut *tx)
+        .await;
+        match done {
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query("UPDATE state SET revocation_epoch = revocation_epoch + 1 WHERE singleton = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revocations(&self, profile_id: Option<&str>) -> Result<Vec<Revocation>> {
+        let rows = match profile_id {
+            Some(p) => {
+                sqlx::query(
+                    "SELECT * FROM revocations WHERE profile_id = ? \
+                     ORDER BY whole_profile DESC, device_id",
+                )
+                .bind(p)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT * FROM revocations \
+                     ORDER BY profile_id, whole_profile DESC, device_id",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn create_enrollment(&self, e: &Enrollment) -> Result<()> {
+        insert_enrollment(&mut *self.pool.acquire().await?, e).await
+    }
+
+    async fn enrollments(&self) -> Result<Vec<Enrollment>> {
+        let rows = sqlx::query("SELECT * FROM enrollments ORDER BY created_at_ms DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(enrollment_from_row).collect()
     }
 
     async fn counters(&self, profile_id: Option<&str>) -> Result<Vec<StoredCounter>> {
@@ -448,6 +591,42 @@ impl DecisionTx for MysqlDecisionTx {
         insert_profile(&mut self.tx, p).await
     }
 
+    async fn use_enrollment(&mut self, token_sha256: &[u8], now_ms: i64) -> Result<EnrollmentUse> {
+        // Locks the row until this transaction ends (see the module documentation).
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, uses_left, expires_at_ms FROM enrollments WHERE token_sha256 = ? \
+             FOR UPDATE",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((id, uses_left, expires_at_ms)) = row else {
+            return Ok(EnrollmentUse::Unknown);
+        };
+        if expires_at_ms <= now_ms {
+            return Ok(EnrollmentUse::Expired);
+        }
+        let uses_left = to_u32(uses_left)?;
+        if uses_left == 0 {
+            return Ok(EnrollmentUse::UsedUp);
+        }
+        let done = sqlx::query(
+            "UPDATE enrollments SET uses_left = uses_left - 1 WHERE id = ? AND uses_left = ?",
+        )
+        .bind(&id)
+        .bind(i64::from(uses_left))
+        .execute(&mut *self.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "enrollment {id} changed while locked"
+            )));
+        }
+        Ok(EnrollmentUse::Used {
+            uses_left: uses_left - 1,
+        })
+    }
+
     async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()> {
         upsert_counters(&mut self.tx, counters).await
     }
@@ -522,7 +701,7 @@ pub(crate) async fn insert_profile(conn: &mut MySqlConnection, p: &Profile) -> R
     // CLIENT_FOUND_ROWS, ON DUPLICATE KEY UPDATE could not tell the two cases apart.)
     let done = sqlx::query(
         "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
-         name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+         name, words, created_at_ms, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&p.profile_id)
     .bind(&p.device_id)
@@ -531,12 +710,39 @@ pub(crate) async fn insert_profile(conn: &mut MySqlConnection, p: &Profile) -> R
     .bind(&p.name)
     .bind(p.words.join(" "))
     .bind(p.created_at_ms)
+    .bind(&p.mac)
     .execute(&mut *conn)
     .await;
     match done {
         Ok(d) => Ok(d.rows_affected() == 1),
         Err(e) if is_duplicate(&e) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts an enrollment; `AlreadyExists` if its id or token hash is taken. Shared by
+/// `create_enrollment` and `clone-db`.
+pub(crate) async fn insert_enrollment(conn: &mut MySqlConnection, e: &Enrollment) -> Result<()> {
+    let done = sqlx::query(
+        "INSERT INTO enrollments (id, token_sha256, uses_total, uses_left, expires_at_ms, \
+         created_at_ms, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&e.id)
+    .bind(&e.token_sha256)
+    .bind(i64::from(e.uses_total))
+    .bind(i64::from(e.uses_left))
+    .bind(e.expires_at_ms)
+    .bind(e.created_at_ms)
+    .bind(&e.note)
+    .execute(&mut *conn)
+    .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(err) if is_duplicate(&err) => Err(StoreError::AlreadyExists(format!(
+            "enrollment {} (or its token)",
+            e.id
+        ))),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -1,5 +1,12 @@
 //! Database addresses: the URL form and the product's `mysql:key=value,...` form.
+//!
+//! TLS is verified by default: an address that names no `ssl-mode` connects with
+//! `VERIFY_IDENTITY` (TLS required, the server's certificate checked against the CA and
+//! its name against the host). Other modes are used only when the address asks for them:
+//! `ssl-mode=DISABLED` for plaintext, `PREFERRED` / `REQUIRED` (TLS without verification)
+//! or `VERIFY_CA` (no name check).
 
+use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
@@ -14,26 +21,103 @@ use crate::{Result, StoreError};
 ///   Values are literal; a `,` or `\` inside a value is written `\,` or `\\`. `host`,
 ///   `user` and `database` are required, `port` defaults to 3306.
 ///
-/// Errors say what is wrong, never with the password.
+/// Without an `ssl-mode`, the connection is `VERIFY_IDENTITY` (see the module
+/// documentation); without an `ssl-ca`, the server's certificate must chain to one of the
+/// built-in public roots (Mozilla's). Errors say what is wrong, never with the password.
 pub fn parse_db_uri(uri: &str) -> Result<MySqlConnectOptions, StoreError> {
+    parse_db_uri_with_ca(uri, None)
+}
+
+/// [`parse_db_uri`], with `ca_file` (PEM) as the CA that the database server's
+/// certificate is checked against when the address names no `ssl-ca` of its own (the
+/// address's wins). `kss serve --db-ca-file` passes it.
+pub fn parse_db_uri_with_ca(
+    uri: &str,
+    ca_file: Option<&Path>,
+) -> Result<MySqlConnectOptions, StoreError> {
     let uri = uri.trim();
-    if let Some(rest) = uri.strip_prefix("mysql://") {
+    let parsed = if let Some(rest) = uri.strip_prefix("mysql://") {
         let password = url_password(rest);
-        return MySqlConnectOptions::from_str(uri).map_err(|e| {
+        let options = MySqlConnectOptions::from_str(uri).map_err(|e| {
             let mut msg = e.to_string();
             if let Some(p) = password.filter(|p| !p.is_empty()) {
                 msg = msg.replace(p, "<password>");
             }
             StoreError::Unavailable(format!("invalid database URL: {msg}"))
-        });
+        })?;
+        let keys = url_query_keys(uri);
+        let named = |names: [&str; 2]| keys.iter().any(|k| names.contains(&k.as_str()));
+        Parsed {
+            options,
+            // The names sqlx reads (sqlx-mysql src/options/parse.rs).
+            has_ssl_mode: named(["ssl-mode", "sslmode"]),
+            has_ssl_ca: named(["ssl-ca", "sslca"]),
+        }
+    } else if let Some(rest) = uri.strip_prefix("mysql:") {
+        parse_key_values(rest)?
+    } else {
+        return Err(config_error(
+            "database address must start with mysql:// or mysql: (e.g. mysql:host=H,port=P,\
+             user=U,password=W,database=D)",
+        ));
+    };
+    let mut options = parsed.options;
+    if !parsed.has_ssl_mode {
+        options = options.ssl_mode(MySqlSslMode::VerifyIdentity);
     }
-    if let Some(rest) = uri.strip_prefix("mysql:") {
-        return parse_key_values(rest);
+    if let Some(ca) = ca_file.filter(|_| !parsed.has_ssl_ca) {
+        options = options.ssl_ca(ca);
     }
-    Err(config_error(
-        "database address must start with mysql:// or mysql: (e.g. mysql:host=H,port=P,user=U,\
-         password=W,database=D)",
-    ))
+    Ok(options)
+}
+
+/// Options, and whether the address named the TLS settings that have defaults here.
+struct Parsed {
+    options: MySqlConnectOptions,
+    has_ssl_mode: bool,
+    has_ssl_ca: bool,
+}
+
+/// The (percent-decoded) keys of a URL's query, as the `url` crate splits it: the query
+/// starts at the first `?` (a `?` cannot appear unencoded before it, even in the
+/// password) and ends at `#`.
+fn url_query_keys(uri: &str) -> Vec<String> {
+    let Some((_, query)) = uri.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| form_decode(pair.split_once('=').map_or(pair, |(k, _)| k)))
+        .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space, `%XX` a byte).
+fn form_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn config_error(msg: impl Into<String>) -> StoreError {
@@ -84,7 +168,7 @@ fn split_pairs(s: &str) -> Result<Vec<(String, String)>> {
     Ok(pairs)
 }
 
-fn parse_key_values(s: &str) -> Result<MySqlConnectOptions> {
+fn parse_key_values(s: &str) -> Result<Parsed> {
     let mut host = None;
     let mut port = None;
     let mut user = None;
@@ -136,6 +220,8 @@ fn parse_key_values(s: &str) -> Result<MySqlConnectOptions> {
     if let Some(p) = password {
         options = options.password(&p);
     }
+    let has_ssl_mode = ssl_mode.is_some();
+    let has_ssl_ca = ssl_ca.is_some();
     if let Some(m) = ssl_mode {
         let mode = MySqlSslMode::from_str(m.trim()).map_err(|_| {
             config_error(format!(
@@ -148,7 +234,11 @@ fn parse_key_values(s: &str) -> Result<MySqlConnectOptions> {
     if let Some(ca) = ssl_ca {
         options = options.ssl_ca(ca);
     }
-    Ok(options)
+    Ok(Parsed {
+        options,
+        has_ssl_mode,
+        has_ssl_ca,
+    })
 }
 
 #[cfg(test)]
@@ -182,6 +272,97 @@ mod tests {
         assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity));
         let o = parse_db_uri("mysql:host=h,user=u,database=d").unwrap();
         assert_eq!(o.get_port(), 3306);
+    }
+
+    fn ssl_ca_of(o: &MySqlConnectOptions) -> String {
+        // No getter: the options' Debug names it (tests only: Debug shows the password).
+        let debug = format!("{o:?}");
+        let at = debug.find("ssl_ca: ").unwrap();
+        debug[at..]
+            .split(", ssl_client")
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn tls_is_verified_unless_the_address_asks_otherwise() {
+        for uri in [
+            "mysql://u:p@h/d",
+            "mysql://u:p@h/d?charset=utf8mb4",
+            "mysql://u:p@h/d?ssl-ca=/ca.pem",
+            "mysql:host=h,user=u,database=d",
+            "mysql:host=h,user=u,database=d,ssl-ca=/ca.pem",
+        ] {
+            let o = parse_db_uri(uri).unwrap();
+            assert!(
+                matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity),
+                "{uri}: {:?}",
+                o.get_ssl_mode()
+            );
+        }
+        for (uri, mode) in [
+            ("mysql://u:p@h/d?ssl-mode=DISABLED", MySqlSslMode::Disabled),
+            ("mysql://u:p@h/d?sslmode=disabled", MySqlSslMode::Disabled),
+            (
+                "mysql://u:p@h/d?a=b&ssl%2Dmode=DISABLED",
+                MySqlSslMode::Disabled,
+            ),
+            (
+                "mysql://u:p@h/d?ssl-mode=PREFERRED",
+                MySqlSslMode::Preferred,
+            ),
+            ("mysql://u:p@h/d?ssl-mode=REQUIRED", MySqlSslMode::Required),
+            ("mysql://u:p@h/d?ssl-mode=VERIFY_CA", MySqlSslMode::VerifyCa),
+            (
+                "mysql:host=h,user=u,database=d,ssl-mode=DISABLED",
+                MySqlSslMode::Disabled,
+            ),
+            (
+                "mysql:host=h,user=u,database=d,ssl-mode=preferred",
+                MySqlSslMode::Preferred,
+            ),
+            (
+                "mysql:host=h,user=u,database=d,ssl-mode=REQUIRED",
+                MySqlSslMode::Required,
+            ),
+        ] {
+            let o = parse_db_uri(uri).unwrap();
+            assert_eq!(
+                format!("{:?}", o.get_ssl_mode()),
+                format!("{mode:?}"),
+                "{uri}"
+            );
+        }
+        // A '?' or "ssl-mode" inside the (encoded) password is not a query.
+        let o = parse_db_uri("mysql://u:ssl-mode%3DDISABLED%3F@h/d").unwrap();
+        assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity));
+    }
+
+    #[test]
+    fn a_ca_file_applies_when_the_address_names_none() {
+        let ca = Path::new("/etc/kss/db-ca.pem");
+        for uri in ["mysql://u:p@h/d", "mysql:host=h,user=u,database=d"] {
+            let o = parse_db_uri_with_ca(uri, Some(ca)).unwrap();
+            assert!(ssl_ca_of(&o).contains("/etc/kss/db-ca.pem"), "{uri}");
+            assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity));
+            assert!(ssl_ca_of(&parse_db_uri(uri).unwrap()).contains("None"));
+        }
+        for uri in [
+            "mysql://u:p@h/d?ssl-ca=/own/ca.pem",
+            "mysql://u:p@h/d?sslca=%2Fown%2Fca.pem",
+            "mysql:host=h,user=u,database=d,ssl-ca=/own/ca.pem",
+        ] {
+            let o = parse_db_uri_with_ca(uri, Some(ca)).unwrap();
+            let got = ssl_ca_of(&o);
+            assert!(
+                got.contains("/own/ca.pem") && !got.contains("db-ca"),
+                "{uri}: {got}"
+            );
+        }
+        // An explicit mode is kept with a CA file too.
+        let o = parse_db_uri_with_ca("mysql://u:p@h/d?ssl-mode=VERIFY_CA", Some(ca)).unwrap();
+        assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyCa));
     }
 
     #[test]
@@ -223,6 +404,11 @@ mod tests {
             (format!("postgres://u:{secret}@h/d"), "mysql://"),
         ] {
             let e = parse_db_uri(&uri).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e:?} should contain {expect:?}");
+            assert!(!e.contains(secret), "{e:?} leaks the password");
+            let e = parse_db_uri_with_ca(&uri, Some(Path::new("/ca.pem")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(expect), "{e:?} should contain {expect:?}");
             assert!(!e.contains(secret), "{e:?} leaks the password");
         }

@@ -9,10 +9,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::rows::{audit_from_row, counter_from_row, profile_from_row, to_i64, to_u64};
+use crate::rows::{
+    audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
+    revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
+};
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Identity, Lease, PolicyAdded, PolicyVersion,
-    Profile, Result, State, Store, StoreError, StoredCounter,
+    AuditEntry, AuditFilter, AuditRecord, DecisionTx, Enrollment, EnrollmentUse, Identity, Lease,
+    PolicyAdded, PolicyVersion, Profile, Result, Revocation, State, Store, StoreError,
+    StoredCounter,
 };
 
 mod registry;
@@ -99,15 +103,12 @@ impl Store for SqliteStore {
 
     async fn state(&self) -> Result<State> {
         let row = sqlx::query(
-            "SELECT enabled, policy_version, quota_epoch FROM state WHERE singleton = 1",
+            "SELECT enabled, policy_version, quota_epoch, revocation_epoch FROM state \
+             WHERE singleton = 1",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(State {
-            enabled: row.try_get::<i64, _>("enabled")? != 0,
-            policy_version: to_u64(row.try_get("policy_version")?)?,
-            quota_epoch: to_u64(row.try_get("quota_epoch")?)?,
-        })
+        state_from_row(&row)
     }
 
     async fn set_enabled(&self, enabled: bool) -> Result<()> {
@@ -118,7 +119,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn add_policy(&self, text: &str, sha256: &str, at_ms: i64) -> Result<PolicyAdded> {
+    async fn add_policy(
+        &self,
+        text: &str,
+        sha256: &str,
+        at_ms: i64,
+        mac: &(dyn Fn(u64) -> Vec<u8> + Send + Sync),
+    ) -> Result<PolicyAdded> {
         // IMMEDIATE: the write lock first, so no other load can slip in between the look
         // at the version in force and the insert.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -138,15 +145,22 @@ impl Store for SqliteStore {
                 changed: false,
             });
         }
-        let version: i64 = sqlx::query_scalar(
-            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms) \
-             VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions), ?, ?, ?) \
-             RETURNING version",
+        // The write lock is held: nobody else can take this number meanwhile.
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions")
+                .fetch_one(&mut *tx)
+                .await?;
+        let row_mac = mac(to_u64(version)?);
+        sqlx::query(
+            "INSERT INTO policy_versions (version, text, sha256, loaded_at_ms, mac) \
+             VALUES (?, ?, ?, ?, ?)",
         )
+        .bind(version)
         .bind(text)
         .bind(sha256)
         .bind(at_ms)
-        .fetch_one(&mut *tx)
+        .bind(row_mac)
+        .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE state SET policy_version = ? WHERE singleton = 1")
             .bind(version)
@@ -174,20 +188,36 @@ impl Store for SqliteStore {
             }
         };
         let row = sqlx::query(
-            "SELECT version, text, sha256, loaded_at_ms FROM policy_versions WHERE version = ?",
+            "SELECT version, text, sha256, loaded_at_ms, mac FROM policy_versions \
+             WHERE version = ?",
         )
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(PolicyVersion {
-                version: to_u64(r.try_get("version")?)?,
-                text: r.try_get("text")?,
-                sha256: r.try_get("sha256")?,
-                loaded_at_ms: r.try_get("loaded_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(policy_from_row).transpose()
+    }
+
+    async fn policies_without_mac(&self) -> Result<Vec<PolicyVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, text, sha256, loaded_at_ms, mac FROM policy_versions \
+             WHERE length(mac) = 0 ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn set_policy_mac(&self, version: u64, mac: &[u8]) -> Result<bool> {
+        if mac.is_empty() {
+            return Ok(false);
+        }
+        let done =
+            sqlx::query("UPDATE policy_versions SET mac = ? WHERE version = ? AND length(mac) = 0")
+                .bind(mac)
+                .bind(to_i64(version)?)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn profile(&self, profile_id: &str) -> Result<Option<Profile>> {
@@ -203,6 +233,128 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         to_u64(n)
+    }
+
+    async fn list_profiles(&self, after: Option<&str>, limit: u32) -> Result<Vec<Profile>> {
+        // TEXT compares with the BINARY collation: byte for byte, as in MySQL's _bin.
+        let rows = match after {
+            Some(a) => {
+                sqlx::query(
+                    "SELECT * FROM profiles WHERE profile_id > ? ORDER BY profile_id LIMIT ?",
+                )
+                .bind(a)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM profiles ORDER BY profile_id LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn profiles_without_mac(&self, limit: u32) -> Result<Vec<Profile>> {
+        let rows =
+            sqlx::query("SELECT * FROM profiles WHERE length(mac) = 0 ORDER BY profile_id LIMIT ?")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn set_profile_mac(&self, profile_id: &str, mac: &[u8]) -> Result<bool> {
+        if mac.is_empty() {
+            return Ok(false);
+        }
+        let done =
+            sqlx::query("UPDATE profiles SET mac = ? WHERE profile_id = ? AND length(mac) = 0")
+                .bind(mac)
+                .bind(profile_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke(&self, r: &Revocation) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "INSERT INTO revocations (profile_id, whole_profile, device_id, revoked_at_ms, \
+             reason) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (profile_id, whole_profile, device_id) DO NOTHING",
+        )
+        .bind(&r.profile_id)
+        .bind(i64::from(r.device_id.is_none()))
+        .bind(r.device_id.as_deref().unwrap_or(""))
+        .bind(r.revoked_at_ms)
+        .bind(&r.reason)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("UPDATE state SET revocation_epoch = revocation_epoch + 1 WHERE singleton = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revocations(&self, profile_id: Option<&str>) -> Result<Vec<Revocation>> {
+        let rows = match profile_id {
+            Some(p) => {
+                sqlx::query(
+                    "SELECT * FROM revocations WHERE profile_id = ? \
+                     ORDER BY whole_profile DESC, device_id",
+                )
+                .bind(p)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT * FROM revocations \
+                     ORDER BY profile_id, whole_profile DESC, device_id",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn create_enrollment(&self, e: &Enrollment) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO enrollments (id, token_sha256, uses_total, uses_left, expires_at_ms, \
+             created_at_ms, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.id)
+        .bind(&e.token_sha256)
+        .bind(i64::from(e.uses_total))
+        .bind(i64::from(e.uses_left))
+        .bind(e.expires_at_ms)
+        .bind(e.created_at_ms)
+        .bind(&e.note)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::AlreadyExists(format!("enrollment {} (or its token)", e.id)),
+            ),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn enrollments(&self) -> Result<Vec<Enrollment>> {
+        let rows = sqlx::query("SELECT * FROM enrollments ORDER BY created_at_ms DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(enrollment_from_row).collect()
     }
 
     async fn counters(&self, profile_id: Option<&str>) -> Result<Vec<StoredCounter>> {
@@ -341,7 +493,7 @@ impl DecisionTx for SqliteDecisionTx {
     async fn insert_profile(&mut self, p: &Profile) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO profiles (profile_id, device_id, device_public_key, workstation_share, \
-             name, words, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             name, words, created_at_ms, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (profile_id) DO NOTHING",
         )
         .bind(&p.profile_id)
@@ -351,9 +503,46 @@ impl DecisionTx for SqliteDecisionTx {
         .bind(&p.name)
         .bind(p.words.join(" "))
         .bind(p.created_at_ms)
+        .bind(&p.mac)
         .execute(&mut *self.tx)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn use_enrollment(&mut self, token_sha256: &[u8], now_ms: i64) -> Result<EnrollmentUse> {
+        // The transaction holds SQLite's write lock (BEGIN IMMEDIATE): no other can read
+        // this row's uses and take one meanwhile.
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, uses_left, expires_at_ms FROM enrollments WHERE token_sha256 = ?",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((id, uses_left, expires_at_ms)) = row else {
+            return Ok(EnrollmentUse::Unknown);
+        };
+        if expires_at_ms <= now_ms {
+            return Ok(EnrollmentUse::Expired);
+        }
+        let uses_left = to_u32(uses_left)?;
+        if uses_left == 0 {
+            return Ok(EnrollmentUse::UsedUp);
+        }
+        let done = sqlx::query(
+            "UPDATE enrollments SET uses_left = uses_left - 1 WHERE id = ? AND uses_left = ?",
+        )
+        .bind(&id)
+        .bind(i64::from(uses_left))
+        .execute(&mut *self.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "enrollment {id} changed while locked"
+            )));
+        }
+        Ok(EnrollmentUse::Used {
+            uses_left: uses_left - 1,
+        })
     }
 
     async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()> {
