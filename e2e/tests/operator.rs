@@ -381,7 +381,13 @@ impl Workstation {
         Ok(Command::new(harness::kss_bin()?))
     }
 
-    async fn onboard(scene: &Scene, cluster: &str, keyserver_id: &str, ip: &str) -> Result<Self> {
+    async fn onboard(
+        scene: &Scene,
+        cluster: &str,
+        keyserver_id: &str,
+        ip: &str,
+        enrollment_token: Option<&str>,
+    ) -> Result<Self> {
         let ca = scene.file(
             &format!("{cluster}-ca.crt"),
             &scene
@@ -390,9 +396,13 @@ impl Workstation {
         )?;
         let profile = scene.dir.path().join(format!("{cluster}-profile.json"));
         let server_name = format!("{cluster}.{}.svc", scene.ns);
-        ok(Self::kss()?.args([
-            "client",
-            "onboard",
+        let mut onboard = Self::kss()?;
+        if let Some(token) = enrollment_token {
+            onboard.args(["client", "onboard", "--enrollment-token", token]);
+        } else {
+            onboard.args(["client", "onboard"]);
+        }
+        ok(onboard.args([
             "--endpoint",
             &format!("https://{ip}:8443"),
             "--ca",
@@ -602,6 +612,14 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
             "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: j}\nspec:\n  mode: Standalone\n  backup: {ignoreSecurityChecks: true}\n  scheduling:\n    topologySpreadConstraints: [{topologyKey: kubernetes.io/hostname}]\n",
             "spec.scheduling.topologySpreadConstraints[0].maxSkew: Required value",
         ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: k}\nspec:\n  mode: Cluster\n  database:\n    secretRef: {name: db}\n    caSecretRef: {name: db, key: ../ca.crt}\n  backup: {ignoreSecurityChecks: true}\n",
+            "spec.database.caSecretRef.key: Invalid value: \"../ca.crt\"",
+        ),
+        (
+            "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: l}\nspec:\n  mode: Standalone\n  enrollment: {maxPerMinute: -1}\n  backup: {ignoreSecurityChecks: true}\n",
+            "spec.enrollment.maxPerMinute: Invalid value: -1",
+        ),
     ];
     let mut failures = Vec::new();
     for (yaml, expected) in cases {
@@ -731,7 +749,7 @@ async fn standalone(scene: &mut Scene) -> Result<()> {
     let ips = pod_ips(scene, "kss-demo").await?;
     let ip = &ips.first().context("pod IP")?.1;
     // The example policy approves /public paths (rule set 1).
-    let ws = Workstation::onboard(scene, "kss-demo", &id, ip).await?;
+    let ws = Workstation::onboard(scene, "kss-demo", &id, ip, None).await?;
     ws.decrypts(ip, false)?;
 
     // No secret material in status, Events or the operator's log.
@@ -842,9 +860,37 @@ fn all_at(c: &KeyShardCluster, n: usize, version: i64) -> bool {
 async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let uri = scratch_database("cluster")?;
-    let yaml = example("cluster.yaml")?
-        .replace("mysql://kss:change-me@mysql.databases.svc:3306/kss", &uri);
-    ensure!(yaml.contains(&uri), "example database address not found");
+    // The keyservers reach the scratch database over TLS, verified against the example's
+    // CA (VERIFY_IDENTITY): the TLS-only user, the same database; the plaintext address
+    // stays for the test's own SQL.
+    let tls_uri = uri
+        .replacen("mysql://kss:", "mysql://kss_tls:", 1)
+        .replace("?ssl-mode=DISABLED", "?ssl-mode=VERIFY_IDENTITY");
+    ensure!(
+        tls_uri.starts_with("mysql://kss_tls:") && tls_uri.ends_with("?ssl-mode=VERIFY_IDENTITY"),
+        "unexpected test database address"
+    );
+    let yaml = example("cluster.yaml")?.replace(
+        "mysql://kss:change-me@mysql.databases.svc:3306/kss?ssl-mode=VERIFY_IDENTITY",
+        &tls_uri,
+    );
+    ensure!(
+        yaml.contains(&tls_uri),
+        "example database address not found"
+    );
+    // The example's CA placeholder: the test MariaDB's CA, as a YAML block.
+    let ca_file = std::env::var("KSS_TEST_MYSQL_CA")
+        .context("KSS_TEST_MYSQL_CA not set: run scripts/mariadb.sh up")?;
+    let ca: String = std::fs::read_to_string(&ca_file)?
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let placeholder = "    -----BEGIN CERTIFICATE-----\n    (the CA certificate of your MySQL server, PEM)\n    -----END CERTIFICATE-----\n";
+    ensure!(
+        yaml.contains(placeholder),
+        "example CA placeholder not found"
+    );
+    let yaml = yaml.replace(placeholder, &ca);
     apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_V1))?;
     apply_ok(ns, &yaml)?;
     let c = scene
@@ -887,7 +933,89 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
         tolerations.len() == 1 && tolerations[0].value.as_deref() == Some("key-services"),
         "tolerations {tolerations:?}"
     );
-    let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1).await?;
+    // The example's enrollment and database CA: flags, and the CA's key of the Secret as
+    // a read-only volume (no subPath, so that a renewed CA reaches the pods).
+    let container = pod.containers.first().context("container")?;
+    let args = container.args.clone().unwrap_or_default();
+    for flag in [
+        "--db-ca-file=/etc/kss/db-ca/ca.crt",
+        "--require-enrollment-token",
+        "--max-onboard-per-minute=20",
+    ] {
+        ensure!(args.iter().any(|a| a == flag), "args {args:?} lack {flag}");
+    }
+    let ca_volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "db-ca")
+        .and_then(|v| v.secret)
+        .context("db-ca volume")?;
+    let items: Vec<(String, String)> = ca_volume
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.key, i.path))
+        .collect();
+    ensure!(
+        ca_volume.secret_name.as_deref() == Some("kss-prod-db")
+            && items == [("ca.crt".to_string(), "ca.crt".to_string())],
+        "db-ca volume {:?} items {items:?}",
+        ca_volume.secret_name
+    );
+    let ca_mount = container
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.name == "db-ca")
+        .context("db-ca mount")?;
+    ensure!(
+        ca_mount.mount_path == "/etc/kss/db-ca"
+            && ca_mount.read_only == Some(true)
+            && ca_mount.sub_path.is_none(),
+        "db-ca mount {ca_mount:?}"
+    );
+    // Onboarding needs a token (requireToken): one without is refused, one made with
+    // `kss enrollment create` on an instance's admin socket (as `kubectl exec` would) works
+    // once.
+    let refused = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1, None).await;
+    ensure!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("requires an enrollment token")),
+        "onboarding without a token: {:?}",
+        refused.err()
+    );
+    let process = scene.runner.wait_started("kss-prod-0", WAIT).await?;
+    let data_dir = process
+        .host_path("/var/lib/kss")
+        .context("data volume of kss-prod-0")?;
+    let token = ok(Workstation::kss()?.args([
+        "enrollment",
+        "create",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--uses",
+        "1",
+        "--ttl",
+        "10m",
+        "--note",
+        "e2e",
+    ]))?
+    .trim()
+    .to_string();
+    let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1, Some(&token)).await?;
+    let again = Workstation::onboard(scene, "kss-prod", &id, &ips[1].1, Some(&token)).await;
+    ensure!(
+        again
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("unknown, expired or used up")),
+        "a single-use token onboarded twice: {:?}",
+        again.err()
+    );
     for (_, ip) in &ips {
         ws.decrypts(ip, false)?;
     }
@@ -1123,7 +1251,7 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
     let c = scene.wait_ready("vault").await?;
     let id = status(&c).keyserver_id.context("ID")?;
     let ips = pod_ips(scene, "vault").await?;
-    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1).await?;
+    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1, None).await?;
     ws.decrypts(&ips[1].1, false)?;
 
     // Lose the database: drop it, create it empty, restart the instances.
@@ -1307,7 +1435,7 @@ async fn tls_renewal(scene: &mut Scene) -> Result<()> {
     let ip = &ips.first().context("pod IP")?.1;
     let process = scene.runner.wait_started("renew-0", WAIT).await?;
     // Onboards with the CA of the Secret (ca.crt): the first CA.
-    let old = Workstation::onboard(scene, "renew", &id, ip).await?;
+    let old = Workstation::onboard(scene, "renew", &id, ip, None).await?;
     old.decrypts(ip, false)?;
 
     let (renewed, new_ca) = tls_secret_yaml("renew-tls", &server_name, "second CA")?;

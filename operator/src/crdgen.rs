@@ -133,7 +133,12 @@ fn type_of(schema: &serde_json::Value) -> String {
             .collect();
         kind = format!("{kind}: {}", values.join(", "));
     }
-    let bound = |k: &str| schema.get(k).and_then(|v| v.as_i64());
+    // Bounds are written as floats (`15.0`); integral ones read as integers.
+    let bound = |k: &str| {
+        let v = schema.get(k)?;
+        v.as_i64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+    };
     match (bound("minimum"), bound("maximum")) {
         (Some(lo), Some(hi)) => kind.push_str(&format!(" ({lo}–{hi})")),
         (Some(lo), None) => kind.push_str(&format!(" (≥ {lo})")),
@@ -175,7 +180,7 @@ fn walk(prefix: &str, schema: &serde_json::Value, required: &[String], rows: &mu
             .replace("\n\n", " ")
             .replace('\n', " ")
             .replace('|', "\\|");
-        let mut kind = type_of(field);
+        let mut kind = type_of(field).replace('|', "\\|");
         if required.contains(name) {
             kind.push_str(", required");
         }

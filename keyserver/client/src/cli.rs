@@ -89,10 +89,15 @@ impl From<RequestKind> for RequestType {
 /// `kss client …`: act as a workstation against a keyserver.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
-    /// Show the keyserver's id, whether it is enabled and its policy version (JSON).
+    /// Show the keyserver's id, whether it is enabled and its policy version (JSON); with
+    /// --profile, that profile's ids and verification words (offline), to compare with
+    /// what the administrator sees (`kss profile show`).
     Info {
         #[command(flatten)]
         connect: ConnectArgs,
+        /// A profile file: show its ids and words instead (no connection).
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
     },
     /// Onboard a new profile and save it to a new file (mode 0600).
     Onboard {
@@ -107,9 +112,16 @@ pub enum ClientCommand {
         /// Display name of the profile (default: $USER@hostname).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
-        /// The profile's verification words, separated by spaces.
-        #[arg(long, value_name = "\"W1 W2 ..\"")]
-        words: Option<String>,
+        /// An enrollment token from the keyserver's administrator (`kss enrollment create`),
+        /// when the keyserver requires one. The words of the profile are derived by the
+        /// keyserver from its key set and checked here; none are chosen.
+        #[arg(
+            long,
+            env = "KSS_ENROLLMENT_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        enrollment_token: Option<String>,
     },
     /// Encrypt a fresh random 32-byte file key to a profile: prints the key (hex) and writes
     /// the ciphertext. Offline.
@@ -201,7 +213,26 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
 pub async fn execute(cmd: ClientCommand) -> anyhow::Result<CommandStatus> {
     install_crypto_provider();
     match cmd {
-        ClientCommand::Info { connect } => {
+        ClientCommand::Info {
+            profile: Some(path),
+            ..
+        } => {
+            let profile = Profile::load(&path)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "keyserver_id": profile.keyserver_id().to_string(),
+                    "profile_id": profile.profile_id().to_string(),
+                    "device_id": profile.device_id().to_string(),
+                    "name": profile.name(),
+                    "words": profile.words(),
+                })
+            );
+        }
+        ClientCommand::Info {
+            connect,
+            profile: None,
+        } => {
             let info = connect.connect().await?.info().await?;
             println!("{}", serde_json::to_string(&info)?);
         }
@@ -210,24 +241,22 @@ pub async fn execute(cmd: ClientCommand) -> anyhow::Result<CommandStatus> {
             keyserver_id,
             profile,
             name,
-            words,
+            enrollment_token,
         } => {
             let keyserver_id: KeyserverId = keyserver_id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--keyserver-id: {e}"))?;
             let name = name.unwrap_or_else(default_profile_name);
-            let words: Vec<String> = words
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
             // The file is created (empty, mode 0600) first: an onboarding is not lost to a
             // path that cannot be written.
             let mut file = create_profile_file(&profile)?;
             let onboarded = async {
                 let client = connect.connect().await?;
-                anyhow::Ok(client.onboard(&keyserver_id, &name, &words).await?)
+                anyhow::Ok(
+                    client
+                        .onboard(&keyserver_id, &name, enrollment_token.as_deref())
+                        .await?,
+                )
             }
             .await;
             let onboarded = match onboarded {

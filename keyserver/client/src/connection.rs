@@ -170,9 +170,9 @@ impl KssClient {
         &self,
         keyserver_id: &KeyserverId,
         name: &str,
-        words: &[String],
+        enrollment_token: Option<&str>,
     ) -> Result<Profile> {
-        let request = OnboardRequest::new(keyserver_id, name, words);
+        let request = OnboardRequest::new(keyserver_id, name, enrollment_token);
         let response = self.onboard_raw(request.signed_message()).await?;
         request.finish(response)
     }

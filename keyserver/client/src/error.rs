@@ -94,6 +94,18 @@ pub enum ClientError {
         "keyserver returned a public key set that does not combine the workstation's share with the keyserver's share"
     )]
     PublicKeySetMismatch,
+    /// The keyserver did not prove that it holds the secret behind the share it returned:
+    /// its share could be a rogue one that gives it the profile's whole key. Refused; no
+    /// profile is made.
+    #[error(
+        "keyserver did not prove possession of its key share (keyserver_share_proof missing or invalid): profile refused"
+    )]
+    KeyserverShareUnproven,
+    /// The keyserver's verification words are not the ones derived from the key set.
+    #[error(
+        "keyserver returned verification words that are not derived from the profile's key set"
+    )]
+    WordsMismatch,
     /// The keyserver's answer is missing a field or has one that does not decode.
     #[error("malformed response from the keyserver: {0}")]
     MalformedResponse(String),

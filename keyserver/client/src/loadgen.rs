@@ -523,7 +523,7 @@ async fn onboard_profiles(
         let name = format!("loadgen-{tag}-{index}");
         tasks.spawn(async move {
             let profile = client
-                .onboard(&keyserver_id, &name, &[])
+                .onboard(&keyserver_id, &name, None)
                 .await
                 .with_context(|| format!("onboarding profile {name}"))?;
             anyhow::Ok((index, profile))

@@ -3,7 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kss_crypto::profile::KSS_INDEX;
+use kss_crypto::profile::{KSS_INDEX, PossessionProof, verify_keyserver_share};
+use kss_crypto::words::profile_words;
 use kss_crypto::{
     DecryptionShareBytes, DeviceId, DeviceKey, KeyserverId, KssPublicShare, ProfileId,
     ProfilePublicKeys, SignDomain, VerifiedCiphertext, WorkstationShare, Zeroizing,
@@ -152,7 +153,6 @@ pub struct OnboardRequest {
     device_key: DeviceKey,
     workstation_share: WorkstationShare,
     name: String,
-    words: Vec<String>,
     body: OnboardBody,
 }
 
@@ -168,14 +168,15 @@ impl std::fmt::Debug for OnboardRequest {
 
 impl OnboardRequest {
     /// Generates a device key and a workstation share and builds the onboarding body for
-    /// `keyserver_id` (current time, fresh nonce).
-    pub fn new(keyserver_id: &KeyserverId, name: &str, words: &[String]) -> Self {
+    /// `keyserver_id` (current time, fresh nonce), with an enrollment token if the
+    /// keyserver requires one.
+    pub fn new(keyserver_id: &KeyserverId, name: &str, enrollment_token: Option<&str>) -> Self {
         Self::with_keys(
             keyserver_id,
             DeviceKey::generate(),
             WorkstationShare::generate(),
             name,
-            words,
+            enrollment_token,
         )
     }
 
@@ -185,7 +186,7 @@ impl OnboardRequest {
         device_key: DeviceKey,
         workstation_share: WorkstationShare,
         name: &str,
-        words: &[String],
+        enrollment_token: Option<&str>,
     ) -> Self {
         let device_pk = device_key.public();
         let body = OnboardBody {
@@ -197,16 +198,17 @@ impl OnboardRequest {
                 .to_bytes()
                 .to_vec(),
             profile_name: name.to_owned(),
-            profile_words: words.to_vec(),
+            // The keyserver derives the words; none are claimed.
+            profile_words: Vec::new(),
             timestamp_ms: now_ms(),
             nonce: fresh_nonce(),
+            enrollment_token: enrollment_token.unwrap_or_default().to_owned(),
         };
         OnboardRequest {
             keyserver_id: *keyserver_id,
             device_key,
             workstation_share,
             name: name.to_owned(),
-            words: words.to_vec(),
             body,
         }
     }
@@ -232,8 +234,11 @@ impl OnboardRequest {
     }
 
     /// Checks the keyserver's answer and makes the profile: the device id must be
-    /// `DeviceId::of(our device public key)`, and the public key set must be exactly the one
-    /// through our public share (index 0) and the keyserver's share (index 1).
+    /// `DeviceId::of(our device public key)`, the keyserver must prove possession of its
+    /// share over the onboarding transcript (so that it cannot pick a rogue share that gives
+    /// it the whole key), the public key set must be exactly the one through our public
+    /// share (index 0) and the keyserver's share (index 1), and the verification words must
+    /// be the ones derived from that key set.
     pub fn finish(self, response: OnboardResponse) -> Result<Profile> {
         let expected = DeviceId::of(&self.device_key.public());
         let got: DeviceId = response.device_id.parse().map_err(|e| {
@@ -255,10 +260,25 @@ impl OnboardRequest {
         let received = ProfilePublicKeys::from_bytes(&response.public_key_set).map_err(|e| {
             ClientError::MalformedResponse(format!("onboard response public_key_set: {e}"))
         })?;
+        let proof = PossessionProof::from_bytes(&response.keyserver_share_proof)
+            .map_err(|_| ClientError::KeyserverShareUnproven)?;
+        verify_keyserver_share(
+            &self.keyserver_id,
+            &profile_id,
+            &self.device_key.public(),
+            &self.workstation_share.public(),
+            &keyserver_share,
+            &proof,
+        )
+        .map_err(|_| ClientError::KeyserverShareUnproven)?;
         let expected_keys =
             ProfilePublicKeys::from_shares(&self.workstation_share.public(), &keyserver_share);
         if received.to_bytes() != expected_keys.to_bytes() || received.validate().is_err() {
             return Err(ClientError::PublicKeySetMismatch);
+        }
+        let words = profile_words(&self.keyserver_id, &profile_id, &received);
+        if response.profile_words != words {
+            return Err(ClientError::WordsMismatch);
         }
         Profile::new(ProfileParts {
             keyserver_id: self.keyserver_id,
@@ -269,7 +289,7 @@ impl OnboardRequest {
             keyserver_share,
             profile_token: response.profile_token,
             name: self.name,
-            words: self.words,
+            words,
         })
     }
 }

@@ -10,9 +10,10 @@ use kss_client::{
     ClientError, Profile, build_request, combine_file_key, encrypt_file_key, sign_request,
     verify_ciphertext,
 };
+use kss_crypto::words::profile_words;
 use kss_crypto::{
-    DeviceId, DevicePublicKey, KeyserverId, PossessionProof, ProfileClaims, ProfileId, RootSecret,
-    SignDomain, WorkstationPublicShare,
+    DeviceId, DevicePublicKey, KeyserverId, PossessionProof, ProfileClaims, ProfileId,
+    ProfilePublicKeys, RootSecret, SignDomain, WorkstationPublicShare,
 };
 use kss_proto::v1::{
     ApproveResponse, Decision, DenyReason, OnboardBody, OnboardResponse, RequestBody, RequestType,
@@ -50,18 +51,17 @@ fn simulate_onboard(
         public_key_set: keys.to_bytes().to_vec(),
         keyserver_share: kss.public().to_bytes().to_vec(),
         profile_token: token.to_vec(),
+        keyserver_share_proof: kss
+            .onboarding_proof(keyserver, &profile_id, &device_pk, &ws)
+            .to_bytes()
+            .to_vec(),
+        profile_words: profile_words(keyserver, &profile_id, &keys),
     };
     (response, profile_id)
 }
 
-fn words() -> Vec<String> {
-    ["humble", "busy", "much", "cactus"]
-        .map(String::from)
-        .to_vec()
-}
-
 fn new_profile(root: &RootSecret, keyserver: &KeyserverId) -> Profile {
-    let request = OnboardRequest::new(keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(keyserver, "alice@ws", None);
     let (response, _) = simulate_onboard(root, keyserver, &request);
     request.finish(response).unwrap()
 }
@@ -69,7 +69,7 @@ fn new_profile(root: &RootSecret, keyserver: &KeyserverId) -> Profile {
 #[test]
 fn onboard_body_is_signed_for_onboarding_and_carries_a_valid_proof() {
     let keyserver = KeyserverId::random();
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let message = request.signed_message();
     let body = OnboardBody::decode(message.body.as_slice()).unwrap();
     assert_eq!(body.device_public_key.len(), 32);
@@ -77,7 +77,9 @@ fn onboard_body_is_signed_for_onboarding_and_carries_a_valid_proof() {
     assert_eq!(body.possession_proof.len(), 96);
     assert_eq!(body.nonce.len(), 16);
     assert_eq!(body.profile_name, "alice@ws");
-    assert_eq!(body.profile_words, words());
+    // The keyserver derives the words: none are claimed.
+    assert!(body.profile_words.is_empty());
+    assert!(body.enrollment_token.is_empty());
     assert!((body.timestamp_ms - kss_client::protocol::now_ms()).abs() < 10_000);
     let pk = DevicePublicKey::from_bytes(&body.device_public_key).unwrap();
     pk.verify(SignDomain::Onboard, &message.body, &message.signature)
@@ -104,7 +106,7 @@ fn onboarding_answer_is_checked() {
     let keyserver = KeyserverId::random();
 
     // A good answer makes a profile that matches it.
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (response, profile_id) = simulate_onboard(&root, &keyserver, &request);
     let profile = request.finish(response.clone()).unwrap();
     assert_eq!(*profile.profile_id(), profile_id);
@@ -116,7 +118,7 @@ fn onboarding_answer_is_checked() {
     assert_eq!(profile.profile_token(), response.profile_token.as_slice());
 
     // Another device id is refused.
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
     response.device_id = DeviceId::random().to_hex();
     assert!(matches!(
@@ -126,32 +128,74 @@ fn onboarding_answer_is_checked() {
 
     // A key set that is not through our share and the keyserver's is refused: here the
     // keyserver's share and key set belong to another profile.
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
-    let other = OnboardRequest::new(&keyserver, "bob@ws", &words());
+    let other = OnboardRequest::new(&keyserver, "bob@ws", None);
     let (other_response, _) = simulate_onboard(&root, &keyserver, &other);
     response.public_key_set = other_response.public_key_set.clone();
     assert!(matches!(
         request.finish(response),
         Err(ClientError::PublicKeySetMismatch)
     ));
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
     response.keyserver_share = other_response.keyserver_share.clone();
+    // (Another share than the one proven: the proof no longer verifies.)
     assert!(matches!(
         request.finish(response),
-        Err(ClientError::PublicKeySetMismatch)
+        Err(ClientError::KeyserverShareUnproven)
+    ));
+
+    // A keyserver share without its proof, or with a proof over another transcript (here:
+    // another profile's), is refused: the keyserver must show it holds the share it names.
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
+    let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
+    response.keyserver_share_proof.clear();
+    assert!(matches!(
+        request.finish(response),
+        Err(ClientError::KeyserverShareUnproven)
+    ));
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
+    let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
+    response.keyserver_share_proof = other_response.keyserver_share_proof.clone();
+    assert!(matches!(
+        request.finish(response),
+        Err(ClientError::KeyserverShareUnproven)
+    ));
+    // A rogue share chosen by the keyserver, consistent with the key set it sends, but
+    // proven over nothing of ours (the other request's transcript) is refused too.
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
+    let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
+    let rogue = RootSecret::generate();
+    let rogue_share = rogue.profile_share(&keyserver, &response.profile_id.parse().unwrap());
+    let ws = request.workstation_share().public();
+    response.keyserver_share = rogue_share.public().to_bytes().to_vec();
+    response.public_key_set = ProfilePublicKeys::from_shares(&ws, &rogue_share.public())
+        .to_bytes()
+        .to_vec();
+    assert!(matches!(
+        request.finish(response),
+        Err(ClientError::KeyserverShareUnproven)
+    ));
+    // Words other than the ones derived from the key set are refused.
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
+    let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
+    response.profile_words[0] = "abandon".into();
+    response.profile_words[1] = "zoo".into();
+    assert!(matches!(
+        request.finish(response),
+        Err(ClientError::WordsMismatch)
     ));
 
     // Garbage fields are malformed responses.
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
     response.public_key_set = vec![1, 2, 3];
     assert!(matches!(
         request.finish(response),
         Err(ClientError::MalformedResponse(_))
     ));
-    let request = OnboardRequest::new(&keyserver, "alice@ws", &words());
+    let request = OnboardRequest::new(&keyserver, "alice@ws", None);
     let (mut response, _) = simulate_onboard(&root, &keyserver, &request);
     response.profile_id = "nothex".into();
     assert!(matches!(
@@ -181,7 +225,11 @@ fn profile_file_round_trip_mode_0600_and_redacted_debug() {
     assert_eq!(loaded.keyserver_share(), profile.keyserver_share());
     assert_eq!(loaded.profile_token(), profile.profile_token());
     assert_eq!(loaded.name(), "alice@ws");
-    assert_eq!(loaded.words(), words().as_slice());
+    assert_eq!(loaded.words(), profile.words());
+    assert_eq!(
+        loaded.words(),
+        profile_words(&keyserver, profile.profile_id(), profile.public_keys()).as_slice()
+    );
     assert_eq!(
         *loaded.device_key().to_bytes(),
         *profile.device_key().to_bytes()
@@ -325,7 +373,7 @@ fn sign_request_verifies_for_requests_only() {
         profile.workstation_share().public().to_bytes()
     );
     assert_eq!(registration.profile_name, "alice@ws");
-    assert_eq!(registration.profile_words, words());
+    assert_eq!(registration.profile_words, profile.words());
     root.token_key(&keyserver)
         .verify(
             &ProfileClaims {

@@ -26,11 +26,29 @@ pub const BOOTSTRAP_IDENTITY_FORMAT: &str = "kss-bootstrap-identity/v1";
 /// Length of a sealed root secret.
 pub const SEALED_ROOT_LEN: usize = ROOT_SECRET_LEN + SEAL_OVERHEAD;
 
-/// Binds a sealed root secret to its keyserver ID.
-fn seal_aad(id: &KeyserverId) -> Vec<u8> {
-    let mut aad = b"kss root secret v1\0".to_vec();
+/// Binds a sealed root secret to its keyserver ID, and to the era of the database it is
+/// stored in: `v2` since every profile and policy row carries a MAC; `v1` before (a database
+/// whose rows without a MAC may be adopted once, see [`Era`]).
+fn seal_aad(id: &KeyserverId, era: Era) -> Vec<u8> {
+    let tag: &[u8] = match era {
+        Era::RowsUnmacked => b"kss root secret v1\0",
+        Era::RowsMacked => b"kss root secret v2\0",
+    };
+    let mut aad = tag.to_vec();
     aad.extend_from_slice(id.as_bytes());
     aad
+}
+
+/// What a sealed root says about the database rows beside it. Only the holder of the master
+/// key can turn one into the other, so whoever can write the database cannot make a keyserver
+/// believe its rows predate MACs (and so adopt rows it never wrote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    /// Sealed before row MACs existed: rows without a MAC were written by this keyserver and
+    /// may be adopted, once.
+    RowsUnmacked,
+    /// Sealed since: every row must carry its MAC.
+    RowsMacked,
 }
 
 /// A keyserver ID and its root secret sealed with a master key. Holds no secret in the
@@ -44,19 +62,30 @@ pub struct SealedIdentity {
 }
 
 impl SealedIdentity {
-    /// Seals `root` for keyserver `id` with `master` (a fresh random nonce each time).
+    /// Seals `root` for keyserver `id` with `master` (a fresh random nonce each time), in
+    /// the current era ([`Era::RowsMacked`]).
     pub fn seal(id: &KeyserverId, root: &RootSecret, master: &MasterKey) -> Self {
         SealedIdentity {
             keyserver_id: *id,
-            sealed_root: seal::seal(master, &seal_aad(id), root.expose_bytes()),
+            sealed_root: seal::seal(master, &seal_aad(id, Era::RowsMacked), root.expose_bytes()),
         }
     }
 
     /// Opens the root secret with `master`. [`CryptoError::Sealed`] if the key is not the
     /// one it was sealed with, the ID is not the one it was sealed for, or it is damaged.
     pub fn open(&self, master: &MasterKey) -> Result<RootSecret, CryptoError> {
-        let bytes = seal::open(master, &seal_aad(&self.keyserver_id), &self.sealed_root)?;
-        RootSecret::from_bytes(&bytes)
+        self.open_with_era(master).map(|(root, _)| root)
+    }
+
+    /// As [`SealedIdentity::open`], and the era it was sealed in.
+    pub fn open_with_era(&self, master: &MasterKey) -> Result<(RootSecret, Era), CryptoError> {
+        for era in [Era::RowsMacked, Era::RowsUnmacked] {
+            let aad = seal_aad(&self.keyserver_id, era);
+            if let Ok(bytes) = seal::open(master, &aad, &self.sealed_root) {
+                return Ok((RootSecret::from_bytes(&bytes)?, era));
+            }
+        }
+        Err(CryptoError::Sealed)
     }
 
     /// The JSON document (one line).
@@ -180,20 +209,34 @@ mod tests {
     }
 
     #[test]
-    fn same_sealing_as_the_stored_identity() {
-        // The AAD the keyserver has always used: databases written before stay readable.
+    fn sealed_roots_of_both_eras_open_and_say_which() {
+        // New seals are of the MAC era (v2).
         let (sealed, master, root) = sealed();
-        let mut aad = b"kss root secret v1\0".to_vec();
-        aad.extend_from_slice(sealed.keyserver_id.as_bytes());
+        let aad = |tag: &[u8]| {
+            let mut aad = tag.to_vec();
+            aad.extend_from_slice(sealed.keyserver_id.as_bytes());
+            aad
+        };
         assert_eq!(
-            &**seal::open(&master, &aad, &sealed.sealed_root).unwrap(),
+            &**seal::open(&master, &aad(b"kss root secret v2\0"), &sealed.sealed_root).unwrap(),
             &root
         );
+        let (opened, era) = sealed.open_with_era(&master).unwrap();
+        assert_eq!((opened.expose_bytes(), era), (&root, Era::RowsMacked));
+        // Databases written before (v1) stay readable, and say so.
         let old = SealedIdentity {
             keyserver_id: sealed.keyserver_id,
-            sealed_root: seal::seal(&master, &aad, &root),
+            sealed_root: seal::seal(&master, &aad(b"kss root secret v1\0"), &root),
         };
+        let (opened, era) = old.open_with_era(&master).unwrap();
+        assert_eq!((opened.expose_bytes(), era), (&root, Era::RowsUnmacked));
         assert_eq!(old.open(&master).unwrap().expose_bytes(), &root);
+        // Any other tag is not a seal of ours.
+        let other = SealedIdentity {
+            keyserver_id: sealed.keyserver_id,
+            sealed_root: seal::seal(&master, &aad(b"kss root secret v3\0"), &root),
+        };
+        assert_eq!(other.open(&master).unwrap_err(), CryptoError::Sealed);
     }
 
     #[test]

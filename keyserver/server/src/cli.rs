@@ -67,6 +67,12 @@ pub enum Command {
     Quota(QuotaCommand),
     /// Recent decisions from the audit log, newest first.
     Audit(AuditArgs),
+    /// Onboarded profiles: list, show (with their verification words), revoke.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Enrollment tokens: what onboarding needs with `kss serve --require-enrollment-token`.
+    #[command(subcommand)]
+    Enrollment(EnrollmentCommand),
     /// Administrator keys (holders of the backup key).
     #[command(subcommand)]
     AdminKey(AdminKeyCommand),
@@ -84,6 +90,54 @@ pub enum Command {
 pub enum InstanceCommand {
     /// Every instance: online or offline (no heartbeat for 5 s, or stopped), the policy
     /// version it applied, its endpoint.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Every onboarded profile: id, device, state (active, revoked, TAMPERED), name.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One profile, with its verification words (derived from its key set).
+    Show {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a profile, or one device of it: its requests are denied (REVOKED) on every
+    /// instance within the poll interval, and its registration token never re-registers it.
+    Revoke {
+        profile: String,
+        #[arg(long)]
+        device: Option<String>,
+        /// Recorded with the revocation.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollmentCommand {
+    /// Create an enrollment token (printed once on standard output; only its SHA-256 is
+    /// stored).
+    Create {
+        /// How many onboardings it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: 3600, 30m, 12h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every enrollment token: uses left, expiry (never the token).
     List {
         #[arg(long)]
         json: bool,

@@ -31,14 +31,21 @@ pub struct DataDirArgs {
     /// Every instance of a cluster uses the same database and the same master key.
     /// `kss create --db-uri`, `kss initialize` and `kss clone-db` save it in
     /// `<data-dir>/db-uri` (mode 0600), so later commands need not repeat it.
+    /// TLS to it is verified: with no `ssl-mode` in the address the server's certificate
+    /// must verify (VERIFY_IDENTITY); plaintext only with `ssl-mode=DISABLED`.
     #[arg(long, env = "KSS_DB_URI", global = true, hide_env_values = true)]
     pub db_uri: Option<String>,
+    /// The CA certificate (PEM) that the shared database's server certificate must chain
+    /// to, unless the address names an `ssl-ca` itself.
+    #[arg(long, env = "KSS_DB_CA_FILE", global = true)]
+    pub db_ca_file: Option<PathBuf>,
 }
 
 impl DataDirArgs {
     pub fn data_dir(&self) -> DataDir {
         DataDir {
             db_uri: self.db_uri.clone(),
+            db_ca_file: self.db_ca_file.clone(),
             root: self.data_dir.clone(),
             master_key: self
                 .master_key_file
@@ -55,6 +62,8 @@ pub struct DataDir {
     pub master_key: PathBuf,
     /// The shared database, when not the SQLite file.
     pub db_uri: Option<String>,
+    /// The CA that verifies the shared database's certificate.
+    pub db_ca_file: Option<PathBuf>,
 }
 
 impl DataDir {

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use kss_crypto::ids::{DeviceId, ProfileId};
 use kss_policy::{
     Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow, Request,
     SessionParams, fits, uses_per_rule,
 };
-use kss_store::{AuditRecord, Lease, Profile, Store, StoreError, StoredCounter};
+use kss_store::{AuditRecord, EnrollmentUse, Lease, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info_span, warn};
 
@@ -39,10 +40,13 @@ pub enum Reason {
     Replayed,
     InvalidCiphertext,
     WrongKeyserver,
+    Revoked,
+    /// Onboarding without a usable enrollment token (unknown, expired or used up).
+    Enrollment,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Policy,
         Reason::Quota,
         Reason::Disabled,
@@ -53,6 +57,8 @@ impl Reason {
         Reason::Replayed,
         Reason::InvalidCiphertext,
         Reason::WrongKeyserver,
+        Reason::Revoked,
+        Reason::Enrollment,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Reason {
             Reason::Replayed => "replayed",
             Reason::InvalidCiphertext => "invalid_ciphertext",
             Reason::WrongKeyserver => "wrong_keyserver",
+            Reason::Revoked => "revoked",
+            Reason::Enrollment => "enrollment",
         }
     }
 
@@ -82,8 +90,9 @@ impl Reason {
 /// What the audit log records of a request besides the decision.
 #[derive(Debug, Clone, Default)]
 pub struct AuditDraft {
-    pub profile_id: Option<String>,
-    pub device_id: Option<String>,
+    /// Canonical, and only once the request named it in canonical form.
+    pub profile_id: Option<ProfileId>,
+    pub device_id: Option<DeviceId>,
     pub request_type: String,
     /// JSON array of `{"meta", "complete"}`.
     pub meta: String,
@@ -98,14 +107,19 @@ pub enum Job {
     /// Evaluate the policy; `register` first records a profile re-presented with a valid
     /// token (after the database was recovered).
     Evaluate {
+        /// The proven profile: the key of its counters and locks.
+        profile: ProfileId,
         request: Request,
         register: Option<Profile>,
         audit: AuditDraft,
     },
-    /// Onboarding: evaluate `create_profile` and record the profile if approved.
+    /// Onboarding: use up the enrollment token (if any), evaluate `create_profile` and
+    /// record the profile if approved.
     Onboard {
         request: Request,
         profile: Profile,
+        /// SHA-256 of the enrollment token given.
+        enrollment: Option<[u8; 32]>,
         audit: AuditDraft,
     },
     /// Denied before the policy (bad signature, stale, ...): only recorded.
@@ -155,23 +169,23 @@ const BATCH_ATTEMPTS: usize = 3;
 pub struct MemoryCounters {
     /// Bumped by every clear, so that a batch computed before it does not write back.
     epoch: u64,
-    by_profile: HashMap<String, HashMap<String, Counter>>,
+    by_profile: HashMap<ProfileId, HashMap<String, Counter>>,
 }
 
 impl MemoryCounters {
     /// Every counter: (profile, rule id, counter).
-    pub fn list(&self) -> Vec<(String, String, Counter)> {
+    pub fn list(&self) -> Vec<(ProfileId, String, Counter)> {
         let mut out: Vec<_> = self
             .by_profile
             .iter()
-            .flat_map(|(p, rules)| rules.iter().map(move |(r, c)| (p.clone(), r.clone(), *c)))
+            .flat_map(|(p, rules)| rules.iter().map(move |(r, c)| (*p, r.clone(), *c)))
             .collect();
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
     }
 
     /// Forgets the counters of one profile or all; returns how many were dropped.
-    pub fn clear(&mut self, profile_id: Option<&str>) -> u64 {
+    pub fn clear(&mut self, profile_id: Option<&ProfileId>) -> u64 {
         self.epoch += 1;
         let dropped = match profile_id {
             Some(p) => self.by_profile.remove(p).map_or(0, |m| m.len()),
@@ -304,11 +318,11 @@ impl DecisionTask {
         };
 
         // Counters of the batch's profiles: persistent ones from the database (as of this
-        // transaction), the others from memory.
-        let profiles: Vec<&str> = jobs
+        // transaction), the others from memory. Keyed by the proven, canonical profile id.
+        let profiles: Vec<ProfileId> = jobs
             .iter()
             .filter_map(|j| match j {
-                Job::Evaluate { audit, .. } => audit.profile_id.as_deref(),
+                Job::Evaluate { profile, .. } => Some(*profile),
                 _ => None,
             })
             .collect::<HashSet<_>>()
@@ -316,29 +330,31 @@ impl DecisionTask {
             .collect();
         let has_persistent = policy.policy.quota_limits().iter().any(|l| l.persistent);
         let db_counters = if has_persistent && !profiles.is_empty() {
-            tx.counters_for(&profiles).await?
+            let keys: Vec<String> = profiles.iter().map(ProfileId::to_string).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            tx.counters_for(&keys).await?
         } else {
             Vec::new()
         };
         let (memory_epoch, memory_counters) = {
             let memory = lock(&self.memory);
-            let snapshot: HashMap<(String, String), Counter> = profiles
+            let snapshot: HashMap<(String, ProfileId), Counter> = profiles
                 .iter()
-                .filter_map(|p| memory.by_profile.get(*p).map(|rules| (*p, rules)))
-                .flat_map(|(p, rules)| {
-                    rules
-                        .iter()
-                        .map(move |(r, c)| ((r.clone(), p.to_string()), *c))
-                })
+                .filter_map(|p| memory.by_profile.get(p).map(|rules| (*p, rules)))
+                .flat_map(|(p, rules)| rules.iter().map(move |(r, c)| ((r.clone(), p), *c)))
                 .collect();
             (memory.epoch, snapshot)
         };
+        let mut database = HashMap::with_capacity(db_counters.len());
+        for c in db_counters {
+            // A row under a non-canonical id (written by an older version) is not ours.
+            if let Ok(p) = c.profile_id.parse::<ProfileId>() {
+                database.insert((c.rule_id, p), c.counter);
+            }
+        }
         let quotas = BatchQuotas {
             inner: Mutex::new(BatchCounters {
-                database: db_counters
-                    .into_iter()
-                    .map(|c| ((c.rule_id, c.profile_id), c.counter))
-                    .collect(),
+                database,
                 memory: memory_counters,
                 changed: HashMap::new(),
             }),
@@ -369,14 +385,27 @@ impl DecisionTask {
                     )
                 }
                 Job::Onboard {
-                    request, profile, ..
+                    request,
+                    profile,
+                    enrollment,
+                    ..
                 } => {
-                    let verdict = verdict_of(policy.policy.evaluate(
-                        request,
-                        now,
-                        &self.time_zone,
-                        &quotas,
-                    ));
+                    let enrolled = match enrollment {
+                        None => true,
+                        Some(digest) => matches!(
+                            tx.use_enrollment(digest, now.as_millisecond()).await?,
+                            EnrollmentUse::Used { .. }
+                        ),
+                    };
+                    let verdict = if enrolled {
+                        verdict_of(
+                            policy
+                                .policy
+                                .evaluate(request, now, &self.time_zone, &quotas),
+                        )
+                    } else {
+                        Verdict::Denied(Reason::Enrollment)
+                    };
                     if matches!(verdict, Verdict::Approved { .. })
                         && !tx.insert_profile(profile).await?
                     {
@@ -408,7 +437,7 @@ impl DecisionTask {
             .filter(|(_, (_, persistent))| *persistent)
             .map(|((rule_id, profile_id), (counter, _))| StoredCounter {
                 rule_id: rule_id.clone(),
-                profile_id: profile_id.clone(),
+                profile_id: profile_id.to_string(),
                 counter: *counter,
             })
             .collect();
@@ -473,8 +502,8 @@ fn audit_record(
     AuditRecord {
         at_ms: now.as_millisecond(),
         instance_id: instance_id.to_string(),
-        profile_id: audit.profile_id,
-        device_id: audit.device_id,
+        profile_id: audit.profile_id.map(|p| p.to_string()),
+        device_id: audit.device_id.map(|d| d.to_string()),
         request_type: audit.request_type,
         meta: audit.meta,
         cryptographic_id: audit.cryptographic_id,
@@ -494,9 +523,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Counters for one batch: what the database and memory held at its start, and what the
 /// batch's approvals changed (key: rule id, profile id).
 struct BatchCounters {
-    database: HashMap<(String, String), Counter>,
-    memory: HashMap<(String, String), Counter>,
-    changed: HashMap<(String, String), (Counter, bool)>,
+    database: HashMap<(String, ProfileId), Counter>,
+    memory: HashMap<(String, ProfileId), Counter>,
+    changed: HashMap<(String, ProfileId), (Counter, bool)>,
 }
 
 struct BatchQuotas {
@@ -504,7 +533,7 @@ struct BatchQuotas {
 }
 
 impl BatchQuotas {
-    fn into_changes(self) -> HashMap<(String, String), (Counter, bool)> {
+    fn into_changes(self) -> HashMap<(String, ProfileId), (Counter, bool)> {
         self.inner
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
@@ -519,8 +548,8 @@ fn is_persistent(limits: &[QuotaLimit], rule_id: &str) -> bool {
 }
 
 impl BatchCounters {
-    fn current(&self, limits: &[QuotaLimit], rule_id: &str, profile: &str) -> Option<Counter> {
-        let key = (rule_id.to_string(), profile.to_string());
+    fn current(&self, limits: &[QuotaLimit], rule_id: &str, profile: ProfileId) -> Option<Counter> {
+        let key = (rule_id.to_string(), profile);
         if let Some((c, _)) = self.changed.get(&key) {
             return Some(*c);
         }
@@ -539,18 +568,19 @@ impl QuotaStore for BatchQuotas {
         limits: &[QuotaLimit],
         window: QuotaWindow,
     ) -> Result<bool, QuotaStoreError> {
-        let profile = hex::encode(profile_id);
+        let profile = ProfileId::from_slice(profile_id)
+            .map_err(|e| QuotaStoreError(format!("profile id: {e}")))?;
         let mut counters = lock(&self.inner);
         if !fits(limits, window, |rule| {
-            counters.current(limits, rule, &profile)
+            counters.current(limits, rule, profile)
         }) {
             return Ok(false);
         }
         for (rule_id, uses) in uses_per_rule(limits) {
-            let before = counters.current(limits, rule_id, &profile);
+            let before = counters.current(limits, rule_id, profile);
             let after = Counter::after_uses(before, window, uses);
             counters.changed.insert(
-                (rule_id.to_string(), profile.clone()),
+                (rule_id.to_string(), profile),
                 (after, is_persistent(limits, rule_id)),
             );
         }

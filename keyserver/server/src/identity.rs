@@ -6,7 +6,7 @@ use anyhow::{Context, Result, anyhow};
 use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::{KeyserverId, ProfileId};
 use kss_crypto::profile::KssShare;
-use kss_crypto::root::{RootSecret, TokenKey};
+use kss_crypto::root::{RootSecret, RowKey, TokenKey};
 use kss_crypto::seal::MasterKey;
 use kss_store::{Identity, Store};
 
@@ -15,6 +15,7 @@ pub struct KeyserverIdentity {
     pub id: KeyserverId,
     root: RootSecret,
     token_key: TokenKey,
+    row_key: RowKey,
 }
 
 impl std::fmt::Debug for KeyserverIdentity {
@@ -28,10 +29,12 @@ impl std::fmt::Debug for KeyserverIdentity {
 impl KeyserverIdentity {
     pub fn new(id: KeyserverId, root: RootSecret) -> Self {
         let token_key = root.token_key(&id);
+        let row_key = root.row_key(&id);
         KeyserverIdentity {
             id,
             root,
             token_key,
+            row_key,
         }
     }
 
@@ -46,6 +49,11 @@ impl KeyserverIdentity {
 
     pub fn token_key(&self) -> &TokenKey {
         &self.token_key
+    }
+
+    /// The key of the MACs on the rows this keyserver writes (profiles, policy versions).
+    pub fn row_key(&self) -> &RowKey {
+        &self.row_key
     }
 
     /// This keyserver's share of a profile (derived from the root secret).

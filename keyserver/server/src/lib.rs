@@ -1,8 +1,10 @@
 //! The kss keyserver: the daemon (`kss serve`) and the admin CLI.
 //!
-//! A request goes: [`service`] (decode, check the signature and the ciphertext) →
-//! [`decider`] (policy, quotas, audit, one transaction per batch) → [`service`] (the
-//! decryption share, encode). [`switches`] follows the database for the policy in force.
+//! A request goes: [`service`] (gRPC: converts only) → [`requests`] (decode, bounds,
+//! identity, signature, freshness, ciphertext; no transport types) → [`decider`] (policy,
+//! quotas, audit, one transaction per batch) → [`requests`] (the decryption share) →
+//! [`service`] (encode). [`switches`] follows the database for the policy in force;
+//! [`integrity`] checks the MACs of the rows read from it.
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
@@ -11,12 +13,14 @@ pub mod commands;
 pub mod data_dir;
 pub mod decider;
 pub mod identity;
+pub mod integrity;
 pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod pod;
 pub mod policy_cmd;
 pub mod reloading_tls;
+pub mod requests;
 pub mod rollout;
 pub mod serve;
 pub mod service;

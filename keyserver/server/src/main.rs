@@ -2,8 +2,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use kss_server::cli::{Cli, Command, InstanceCommand, PolicyCommand, QuotaCommand};
-use kss_server::commands::{self, admin_key, audit, cluster, create, quota, server_policy, state};
+use kss_server::cli::{
+    Cli, Command, EnrollmentCommand, InstanceCommand, PolicyCommand, ProfileCommand, QuotaCommand,
+};
+use kss_server::commands::{
+    self, admin_key, audit, cluster, create, profiles, quota, server_policy, state,
+};
 use kss_server::{logging, policy_cmd, serve};
 
 fn main() -> ExitCode {
@@ -35,8 +39,9 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .transpose();
             return block_on(async {
-                let store = commands::open_store(&cli.data.data_dir()).await?;
-                server_policy::load(store.as_ref(), &file, wait?).await
+                let data_dir = cli.data.data_dir();
+                let store = commands::open_store(&data_dir).await?;
+                server_policy::load(store.as_ref(), &data_dir, &file, wait?).await
             });
         }
         Command::Policy(command) => return policy_cmd::run(command),
@@ -53,6 +58,29 @@ fn run(cli: Cli) -> Result<()> {
             Command::Loadgen(args) => kss_client::loadgen::loadgen(args).await.map(drop),
             Command::Initialize => cluster::initialize(&data_dir).await,
             Command::CloneDb { new_uri } => cluster::clone_db(&data_dir, &new_uri).await,
+            Command::Profile(ProfileCommand::List { json }) => {
+                profiles::list(&data_dir, json).await
+            }
+            Command::Profile(ProfileCommand::Show { profile, json }) => {
+                profiles::show(&data_dir, &profile, json).await
+            }
+            Command::Profile(ProfileCommand::Revoke {
+                profile,
+                device,
+                reason,
+            }) => profiles::revoke(&data_dir, &profile, device.as_deref(), &reason).await,
+            Command::Enrollment(EnrollmentCommand::Create {
+                uses,
+                ttl,
+                note,
+                json,
+            }) => {
+                let ttl = profiles::parse_ttl(&ttl)?;
+                profiles::create_enrollment(&data_dir, uses, ttl, &note, json).await
+            }
+            Command::Enrollment(EnrollmentCommand::List { json }) => {
+                profiles::list_enrollments(&data_dir, json).await
+            }
             command => {
                 let store = commands::open_store(&data_dir).await?;
                 let store = store.as_ref();

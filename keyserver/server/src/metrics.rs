@@ -44,6 +44,16 @@ struct TlsReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -65,6 +75,9 @@ pub struct Metrics {
     verify_queue_full: Counter,
     tls_not_after: Family<ListenerLabels, Gauge>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    integrity_failures: Family<TableLabels, Counter>,
+    onboard_rate_limited: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,7 +150,28 @@ impl Metrics {
             "Changes of a TLS listener's files, by listener and result (reloaded, refused)",
             tls_reloads.clone(),
         );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests refused before they were authenticated (nothing of them is stored), by reason",
+            rejected.clone(),
+        );
+        let integrity_failures = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "integrity_failures",
+            "Database rows refused because their MAC does not verify (changed outside the keyserver), by table",
+            integrity_failures.clone(),
+        );
+        let onboard_rate_limited = Counter::default();
+        registry.register(
+            "onboard_rate_limited",
+            "Onboardings refused by the keyserver-wide onboarding rate limit",
+            onboard_rate_limited.clone(),
+        );
         Metrics {
+            rejected,
+            integrity_failures,
+            onboard_rate_limited,
             registry,
             requests,
             latency,
@@ -174,19 +208,38 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a request rejected as malformed (no decision).
-    pub fn rejected(&self, rpc: &'static str, took: Duration) {
+    /// Counts a request that got no decision (malformed, stale, over a limit), by why.
+    pub fn rejected(&self, rpc: &'static str, why: &'static str, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 rpc,
                 request_type: String::new(),
                 decision: "rejected",
-                reason: "malformed",
+                reason: why,
             })
+            .inc();
+        self.rejected
+            .get_or_create(&ReasonLabels { reason: why })
             .inc();
         self.latency
             .get_or_create(&RpcLabels { rpc })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request denied before it was authenticated (not stored).
+    pub fn unauthenticated(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a database row refused by its integrity check.
+    pub fn integrity_failure(&self, table: &'static str) {
+        self.integrity_failures
+            .get_or_create(&TableLabels { table })
+            .inc();
+    }
+
+    pub fn onboard_rate_limited(&self) {
+        self.onboard_rate_limited.inc();
     }
 
     pub fn db_error(&self, operation: &'static str) {

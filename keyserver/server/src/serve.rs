@@ -35,11 +35,13 @@ use crate::membership::Membership;
 use crate::metrics::{self, Metrics};
 use crate::pod::{AdminListener, PodArgs};
 use crate::reloading_tls::ReloadingTls;
+use crate::requests::Keyserver;
+use crate::requests::onboarding::OnboardingGate;
+use crate::requests::profiles::ProfileCache;
+use crate::requests::shares::ShareCache;
+use crate::requests::verifier::Verifier;
 use crate::service::admin::{AdminGate, AdminMode, AdminService, Mode};
 use crate::service::keyserver::KeyServerService;
-use crate::service::profiles::ProfileCache;
-use crate::service::shares::ShareCache;
-use crate::service::verifier::Verifier;
 use crate::shutdown::Shutdown;
 use crate::standalone;
 use crate::switches::{self, Switches};
@@ -93,6 +95,13 @@ pub struct ServeArgs {
     /// with a backup key held by one generated administrator key (NOT for production).
     #[arg(long)]
     pub dev: bool,
+    /// Onboarding requires an enrollment token (`kss enrollment create`). Without it, the
+    /// policy's create_profile section alone decides (approved when it is absent).
+    #[arg(long, env = "KSS_REQUIRE_ENROLLMENT_TOKEN")]
+    pub require_enrollment_token: bool,
+    /// Onboardings this instance admits per minute (also the burst); 0: none.
+    #[arg(long, env = "KSS_MAX_ONBOARD_PER_MINUTE", default_value_t = 60)]
+    pub max_onboard_per_minute: u32,
     #[command(flatten)]
     pub pod: PodArgs,
 }
@@ -269,7 +278,17 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     );
     Arc::clone(&workstation_tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
     let instance_id = info.name.clone();
-    let initial = switches::load(store.as_ref()).await?;
+    crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &data_dir.read_master_key()?)
+        .await?;
+    let initial = switches::load(
+        store.as_ref(),
+        &switches::PolicyCheck {
+            key: identity.row_key(),
+            checker: &crate::integrity::RowChecker::default(),
+            metrics: &metrics,
+        },
+    )
+    .await?;
     let policy_version = initial.policy.version;
     let (switches_tx, switches_rx) = watch::channel(Arc::new(initial));
     let watcher = tokio::spawn(switches::watch(
@@ -277,6 +296,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         switches_tx,
         Duration::from_millis(args.poll_interval_ms.max(50)),
         Arc::clone(&metrics),
+        Arc::clone(&identity),
     ));
     let membership = Membership {
         store: Arc::clone(&store),
@@ -299,18 +319,28 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     });
 
     let keyserver = Arc::new(KeyServerService {
-        identity: Arc::clone(&identity),
-        store: Arc::clone(&store),
-        decider,
-        switches: switches_rx.clone(),
-        profiles: ProfileCache::new(Arc::clone(&identity), Arc::clone(&store)),
-        verifier: Verifier::new(
-            VerificationCache::new(VERIFIED_CIPHERTEXTS),
-            Arc::clone(&metrics),
-        ),
-        shares: ShareCache::default(),
-        metrics: Arc::clone(&metrics),
-        max_clock_skew: Duration::from_secs(args.max_clock_skew),
+        core: Arc::new(Keyserver {
+            identity: Arc::clone(&identity),
+            store: Arc::clone(&store),
+            decider,
+            switches: switches_rx.clone(),
+            profiles: ProfileCache::new(
+                Arc::clone(&identity),
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+            ),
+            verifier: Verifier::new(
+                VerificationCache::new(VERIFIED_CIPHERTEXTS),
+                Arc::clone(&metrics),
+            ),
+            shares: ShareCache::default(),
+            metrics: Arc::clone(&metrics),
+            onboarding: OnboardingGate::new(
+                args.require_enrollment_token,
+                args.max_onboard_per_minute,
+            ),
+            max_clock_skew: Duration::from_secs(args.max_clock_skew),
+        }),
     });
     admin_mode.send_replace(AdminMode::Serving(Arc::new(AdminService {
         identity: Arc::clone(&identity),
@@ -321,6 +351,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         instance_id: instance_id.clone(),
         time_zone,
         mode,
+        metrics: Arc::clone(&metrics),
+        checker: crate::integrity::RowChecker::default(),
     })));
 
     set_ready(&health, switches_rx.borrow().database_ok).await;

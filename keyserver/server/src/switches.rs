@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use kss_crypto::RowKey;
 use kss_policy::Policy;
 use kss_store::Store;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::integrity::RowChecker;
 use crate::metrics::Metrics;
 
 /// A policy version, compiled.
@@ -27,20 +29,35 @@ pub struct Switches {
     pub policy: Arc<ActivePolicy>,
     /// Whether the last poll of the database succeeded.
     pub database_ok: bool,
+    /// Bumped by every revocation: cached profiles are dropped when it moves.
+    pub revocation_epoch: u64,
 }
 
-/// Reads the switches and compiles the policy in force.
-pub async fn load(store: &dyn Store) -> Result<Switches> {
+/// What the policy rows are checked with.
+pub struct PolicyCheck<'a> {
+    pub key: &'a RowKey,
+    pub checker: &'a RowChecker,
+    pub metrics: &'a Metrics,
+}
+
+/// Reads the switches and compiles the policy in force (refused if its row fails its
+/// integrity check).
+pub async fn load(store: &dyn Store, check: &PolicyCheck<'_>) -> Result<Switches> {
     let state = store.state().await.context("reading keyserver state")?;
-    let policy = load_policy(store, state.policy_version).await?;
+    let policy = load_policy(store, state.policy_version, check).await?;
     Ok(Switches {
         enabled: state.enabled,
         policy: Arc::new(policy),
         database_ok: true,
+        revocation_epoch: state.revocation_epoch,
     })
 }
 
-async fn load_policy(store: &dyn Store, version: u64) -> Result<ActivePolicy> {
+async fn load_policy(
+    store: &dyn Store,
+    version: u64,
+    check: &PolicyCheck<'_>,
+) -> Result<ActivePolicy> {
     if version == 0 {
         return Ok(ActivePolicy {
             version,
@@ -52,6 +69,12 @@ async fn load_policy(store: &dyn Store, version: u64) -> Result<ActivePolicy> {
         .await
         .context("reading the policy")?
         .ok_or_else(|| anyhow!("policy version {version} is missing from the database"))?;
+    if !check.checker.policy_ok(check.key, check.metrics, &stored) {
+        return Err(anyhow!(
+            "policy version {version} fails its integrity check: it was not stored by this \
+             keyserver (changed in the database directly)"
+        ));
+    }
     let policy = Policy::load(&stored.text)
         .map_err(|e| anyhow!("policy version {version} does not load: {e}"))?;
     Ok(ActivePolicy { version, policy })
@@ -63,7 +86,14 @@ pub async fn watch(
     tx: watch::Sender<Arc<Switches>>,
     interval: Duration,
     metrics: Arc<Metrics>,
+    key: Arc<crate::identity::KeyserverIdentity>,
 ) {
+    let checker = RowChecker::default();
+    let check = PolicyCheck {
+        key: key.row_key(),
+        checker: &checker,
+        metrics: &metrics,
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The version that last failed to load, so that it is reported once.
@@ -84,6 +114,7 @@ pub async fn watch(
                         enabled: current.enabled,
                         policy: Arc::clone(&current.policy),
                         database_ok: false,
+                        revocation_epoch: current.revocation_epoch,
                     }));
                 }
                 continue;
@@ -91,7 +122,7 @@ pub async fn watch(
         };
         let mut policy = Arc::clone(&current.policy);
         if state.policy_version != policy.version && broken_version != Some(state.policy_version) {
-            match load_policy(store.as_ref(), state.policy_version).await {
+            match load_policy(store.as_ref(), state.policy_version, &check).await {
                 Ok(p) => {
                     info!(
                         version = p.version,
@@ -121,11 +152,13 @@ pub async fn watch(
         if state.enabled != current.enabled
             || !Arc::ptr_eq(&policy, &current.policy)
             || !current.database_ok
+            || state.revocation_epoch != current.revocation_epoch
         {
             tx.send_replace(Arc::new(Switches {
                 enabled: state.enabled,
                 policy,
                 database_ok: true,
+                revocation_epoch: state.revocation_epoch,
             }));
         }
     }

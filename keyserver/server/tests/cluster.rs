@@ -32,7 +32,7 @@ fn key_value_form(url: &str) -> String {
         .replace('\\', "\\\\")
         .replace(',', "\\,");
     format!(
-        "mysql:host={},port={},user={},password={password},database={}",
+        "mysql:host={},port={},user={},password={password},database={},ssl-mode=DISABLED",
         o.get_host(),
         o.get_port(),
         o.get_username(),
@@ -83,7 +83,7 @@ fn instance<'a>(list: &'a Value, name: &str) -> &'a Value {
 
 async fn onboard(client: &KssClient, id: &str) -> Profile {
     client
-        .onboard(&id.parse::<KeyserverId>().unwrap(), "batch@host", &[])
+        .onboard(&id.parse::<KeyserverId>().unwrap(), "batch@host", None)
         .await
         .unwrap()
 }
@@ -175,6 +175,7 @@ async fn instances_join_register_and_apply_every_policy_version() {
         root: a.path(),
         master_key: a.path().join("master.key"),
         db_uri: None,
+        db_ca_file: None,
     };
     let mut admin = kss_server::commands::admin_client::connect(&data_dir)
         .await

@@ -301,7 +301,7 @@ impl Cluster {
 
     async fn onboard(&self, client: &KssClient) -> Profile {
         client
-            .onboard(&self.id.parse::<KeyserverId>().unwrap(), "batch@host", &[])
+            .onboard(&self.id.parse::<KeyserverId>().unwrap(), "batch@host", None)
             .await
             .unwrap()
     }

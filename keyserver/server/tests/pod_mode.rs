@@ -605,6 +605,7 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
         root: data.path(),
         master_key: data.path().join("master.key"),
         db_uri: None,
+        db_ca_file: None,
     })
     .await
     .unwrap();

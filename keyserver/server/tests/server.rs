@@ -21,19 +21,13 @@ decrypt:
       per_day: 5
       persistent: true
 search:
-  - - rule: profile-id-rule
-      profile_ids: [humble busy much cactus]
+  - - rule: per-profile-throttle-rule
+      per_hour: 100000
 ";
-
-fn words() -> Vec<String> {
-    ["humble", "busy", "much", "cactus"]
-        .map(String::from)
-        .to_vec()
-}
 
 async fn onboard(client: &KssClient, id: &str) -> Profile {
     let id: KeyserverId = id.parse().unwrap();
-    client.onboard(&id, "batch@host", &words()).await.unwrap()
+    client.onboard(&id, "batch@host", None).await.unwrap()
 }
 
 /// Signs `body` with the profile's device key, sends it, and returns the deny reason.
@@ -330,7 +324,7 @@ async fn forged_replayed_and_malformed_requests_are_rejected_and_the_server_keep
 
     // Wrong keyserver ID at onboarding: a clear error.
     let err = client
-        .onboard(&KeyserverId::random(), "x", &words())
+        .onboard(&KeyserverId::random(), "x", None)
         .await
         .unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::FailedPrecondition));

@@ -174,7 +174,7 @@ fn signal(pid: u32, sig: &str) {
 
 async fn onboard(client: &KssClient, id: &str) -> Profile {
     let id: KeyserverId = id.parse().unwrap();
-    client.onboard(&id, "batch@host", &[]).await.unwrap()
+    client.onboard(&id, "batch@host", None).await.unwrap()
 }
 
 fn decrypt_spec(ciphertext: &[u8]) -> RequestSpec {

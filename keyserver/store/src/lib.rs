@@ -43,6 +43,9 @@ pub trait Store: Registry + Send + Sync + 'static {
     async fn identity(&self) -> Result<Option<Identity>>;
     /// Records the identity; `AlreadyExists` if there is one (it is never overwritten).
     async fn create_identity(&self, identity: &Identity) -> Result<()>;
+    /// Replaces the sealed root of the keyserver `keyserver_id` if it is still `old` (the
+    /// same secret sealed anew, e.g. in a new era); false if it was not.
+    async fn reseal_identity(&self, keyserver_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
 
     async fn state(&self) -> Result<State>;
     async fn set_enabled(&self, enabled: bool) -> Result<()>;

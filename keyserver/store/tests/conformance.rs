@@ -603,7 +603,36 @@ async fn identity_is_created_once(s: Arc<dyn Store>) {
     };
     let e = s.create_identity(&other).await.unwrap_err();
     assert!(matches!(e, StoreError::AlreadyExists(_)), "{e:?}");
-    assert_eq!(s.identity().await.unwrap(), Some(id));
+    assert_eq!(s.identity().await.unwrap(), Some(id.clone()));
+
+    // Resealed only from the sealed root read, and only for the same keyserver.
+    let resealed = vec![9; 80];
+    assert!(
+        !s.reseal_identity(&id.keyserver_id, &[1], &resealed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.reseal_identity(&other.keyserver_id, &id.sealed_root, &resealed)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.identity().await.unwrap(), Some(id.clone()));
+    assert!(
+        s.reseal_identity(&id.keyserver_id, &id.sealed_root, &resealed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.reseal_identity(&id.keyserver_id, &id.sealed_root, &[3; 80])
+            .await
+            .unwrap()
+    );
+    let now = s.identity().await.unwrap().unwrap();
+    assert_eq!(
+        (now.keyserver_id, now.sealed_root, now.created_at_ms),
+        (id.keyserver_id, resealed, 42)
+    );
 }
 
 async fn state_defaults_and_enabled(s: Arc<dyn Store>) {

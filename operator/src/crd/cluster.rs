@@ -137,6 +137,12 @@ pub struct KeyShardClusterSpec {
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: Option<String>,
 
+    /// How workstations onboard: whether an enrollment token is required, and how many
+    /// onboardings each instance accepts per minute. Default: no token required, the
+    /// keyserver's own limit (60 per minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<EnrollmentSpec>,
+
     /// Stop reconciling this resource (during an incident or a manual operation). Status
     /// shows `Paused`; nothing the operator created is changed or deleted.
     #[serde(default)]
@@ -182,8 +188,66 @@ impl PullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// A Secret key holding the database address: `mysql://user:pass@host:port/db` or
-    /// `mysql:host=H,port=P,user=U,password=W,database=D`.
+    /// `mysql:host=H,port=P,user=U,password=W,database=D`. The keyserver verifies the
+    /// server's certificate and host name unless the address names another `ssl-mode`
+    /// (`?ssl-mode=DISABLED`: plain text).
     pub secret_ref: SecretKeyRef,
+    /// A Secret key holding the CA certificate (PEM) that verifies the MySQL server's
+    /// certificate (`kss serve --db-ca-file`). Mounted read-only into the keyserver pods,
+    /// so a renewed certificate reaches them without a restart. Default: the system's
+    /// trusted CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretKeyRef>,
+}
+
+/// A key of a Secret in the resource's namespace holding a CA certificate, mounted as a
+/// file of that name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data, a plain file name: letters, digits, `-`, `_` and `.`,
+    /// neither `.` nor `..` nor starting with `..`. Default `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^([-_a-zA-Z0-9]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$")
+    )]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
+}
+
+/// Whether `key` is a plain file name as `CaSecretKeyRef::key` requires (the CRD's
+/// pattern, for the operator's own check).
+pub fn is_plain_file_name(key: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !key.is_empty()
+        && key.len() <= 253
+        && key.chars().all(allowed)
+        && key != "."
+        && !key.starts_with("..")
+}
+
+/// Onboarding of workstations (`kss serve --require-enrollment-token`,
+/// `--max-onboard-per-minute`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentSpec {
+    /// Onboarding requires a valid enrollment token, created by an administrator with
+    /// `kss enrollment create --uses N --ttl D`. Default false: the policy's
+    /// `create_profile` rules alone decide (approved when the policy has none).
+    #[serde(default)]
+    pub require_token: bool,
+    /// Onboardings each instance accepts per minute (also the burst); 0 refuses every
+    /// onboarding. Default: the keyserver's (60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = 4294967295u32))]
+    pub max_per_minute: Option<u32>,
 }
 
 /// A key of a Secret in the resource's namespace.
@@ -483,5 +547,76 @@ impl KeyShardCluster {
     /// The mode, from the spec.
     pub fn is_cluster(&self) -> bool {
         self.spec.mode == Mode::Cluster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn spec_schema() -> serde_json::Value {
+        let crd = serde_json::to_value(KeyShardCluster::crd()).expect("crd json");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    #[test]
+    fn the_ca_key_must_be_a_plain_file_name() {
+        let key = &spec_schema()["properties"]["database"]["properties"]["caSecretRef"]["properties"]
+            ["key"];
+        assert_eq!(
+            key["pattern"],
+            r"^([-_a-zA-Z0-9]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$"
+        );
+        assert_eq!(key["maxLength"], 253);
+        assert_eq!(key["default"], "ca.crt");
+        // The operator's own check says the same as the pattern.
+        for ok in [
+            "ca.crt", "ca.pem", "tls-ca", ".ca", "a..b", "_x", "CA_1.pem",
+        ] {
+            assert!(is_plain_file_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "..data",
+            "../ca.crt",
+            "a/b",
+            "/etc/ca",
+            "ca crt",
+            "ca:pem",
+            "é",
+        ] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+        assert!(!is_plain_file_name(&"a".repeat(254)));
+    }
+
+    #[test]
+    fn enrollment_fields_are_kubernetes_integers_and_booleans() {
+        let enrollment = &spec_schema()["properties"]["enrollment"]["properties"];
+        assert_eq!(enrollment["requireToken"]["type"], "boolean");
+        assert_eq!(enrollment["requireToken"]["default"], false);
+        let max = &enrollment["maxPerMinute"];
+        assert_eq!(max["type"], "integer");
+        // Kubernetes knows int32 and int64, not uint32: the u32 range is bounds.
+        assert_eq!(max["format"], "int64");
+        assert_eq!(max["minimum"].as_f64(), Some(0.0));
+        assert_eq!(max["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+        let spec: KeyShardClusterSpec = serde_json::from_value(serde_json::json!({
+            "mode": "Cluster",
+            "database": {"secretRef": {"name": "db"}},
+            "backup": {},
+            "enrollment": {"maxPerMinute": 0},
+        }))
+        .expect("spec");
+        assert_eq!(
+            spec.enrollment,
+            Some(EnrollmentSpec {
+                require_token: false,
+                max_per_minute: Some(0)
+            })
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The StatefulSet of keyserver instances.
 //!
 //! Every instance gets its configuration from the pod spec alone: arguments, environment
-//! and mounted Secrets (master key, TLS, admin TLS, and the transient bootstrap identity).
+//! and mounted Secrets (master key, TLS, admin TLS, the transient bootstrap identity, and
+//! the database's CA certificate when one is named).
 //! Listeners bind the pod's IP (`$(POD_IP)`).
 
 use std::collections::BTreeMap;
@@ -11,16 +12,17 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::{Names, labels, owned_meta, ports, selector_labels};
 use crate::crd::KeyShardCluster;
+use crate::crd::cluster::CaSecretKeyRef;
 
 /// The keyserver image this operator release deploys by default (what the Dockerfile
 /// builds and tags).
@@ -36,6 +38,7 @@ mod paths {
     pub const BOOTSTRAP: &str = "/etc/kss/bootstrap";
     pub const TLS: &str = "/etc/kss/tls";
     pub const ADMIN_TLS: &str = "/etc/kss/admin-tls";
+    pub const DB_CA: &str = "/etc/kss/db-ca";
 }
 
 /// The readiness probe's service: SERVING only while the instance can decide requests.
@@ -74,6 +77,31 @@ fn secret_volume(name: &str, secret: String, optional: bool) -> Volume {
         }),
         ..Volume::default()
     }
+}
+
+/// The database's CA certificate: only its key of the Secret (which may also hold the
+/// database address), as a file of the same name. A whole volume, not a `subPath`, so
+/// that a renewed certificate reaches the running pods.
+fn db_ca_volume(ca: &CaSecretKeyRef) -> Volume {
+    let mut volume = secret_volume("db-ca", ca.name.clone(), false);
+    if let Some(secret) = volume.secret.as_mut() {
+        secret.items = Some(vec![KeyToPath {
+            key: ca.key.clone(),
+            path: ca.key.clone(),
+            mode: None,
+        }]);
+    }
+    volume
+}
+
+/// The database's CA, in mode Cluster only (a standalone keyserver has no MySQL).
+fn db_ca(cluster: &KeyShardCluster) -> Option<&CaSecretKeyRef> {
+    cluster
+        .spec
+        .database
+        .as_ref()
+        .filter(|_| cluster.is_cluster())
+        .and_then(|db| db.ca_secret_ref.as_ref())
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
@@ -123,7 +151,7 @@ fn default_resources() -> ResourceRequirements {
 
 fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> Container {
     let spec = &cluster.spec;
-    let args = [
+    let mut args = vec![
         "serve".to_string(),
         format!("--listen=$(POD_IP):{}", ports::GRPC),
         format!("--health-listen=$(POD_IP):{}", ports::HEALTH),
@@ -136,6 +164,27 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
         format!("--admin-client-ca={}/ca.crt", paths::ADMIN_TLS),
         "--log-format=json".to_string(),
     ];
+    if let Some(ca) = db_ca(cluster) {
+        args.push(format!("--db-ca-file={}/{}", paths::DB_CA, ca.key));
+    }
+    if let Some(enrollment) = &spec.enrollment {
+        if enrollment.require_token {
+            args.push("--require-enrollment-token".to_string());
+        }
+        if let Some(n) = enrollment.max_per_minute {
+            args.push(format!("--max-onboard-per-minute={n}"));
+        }
+    }
+    let mut volume_mounts = vec![
+        mount("data", paths::DATA),
+        mount("master-key", paths::MASTER_KEY),
+        mount("bootstrap", paths::BOOTSTRAP),
+        mount("tls", paths::TLS),
+        mount("admin-tls", paths::ADMIN_TLS),
+    ];
+    if db_ca(cluster).is_some() {
+        volume_mounts.push(mount("db-ca", paths::DB_CA));
+    }
     let mut env_vars = vec![
         field_env("POD_IP", "status.podIP"),
         field_env("KSS_INSTANCE_NAME", "metadata.name"),
@@ -184,7 +233,7 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
                 .unwrap_or_else(|| default_image.to_string()),
         ),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        args: Some(args.to_vec()),
+        args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![
             container_port("grpc", ports::GRPC),
@@ -192,13 +241,7 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
             container_port("health", ports::HEALTH),
             container_port("metrics", ports::METRICS),
         ]),
-        volume_mounts: Some(vec![
-            mount("data", paths::DATA),
-            mount("master-key", paths::MASTER_KEY),
-            mount("bootstrap", paths::BOOTSTRAP),
-            mount("tls", paths::TLS),
-            mount("admin-tls", paths::ADMIN_TLS),
-        ]),
+        volume_mounts: Some(volume_mounts),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         startup_probe: Some(grpc_probe("", 2, 30)),
         liveness_probe: Some(grpc_probe("", 10, 3)),
@@ -257,6 +300,7 @@ pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str
         secret_volume("tls", names.tls_secret(cluster), false),
         secret_volume("admin-tls", names.admin_tls_secret(), false),
     ];
+    volumes.extend(db_ca(cluster).map(db_ca_volume));
     let claims = if cluster.is_cluster() {
         volumes.push(Volume {
             name: "data".to_string(),
@@ -483,6 +527,112 @@ mod tests {
         assert_eq!(
             ready.grpc.expect("grpc").service.as_deref(),
             Some(READY_SERVICE)
+        );
+    }
+
+    fn args_of(pod: &PodSpec) -> Vec<String> {
+        pod.containers[0].args.clone().unwrap_or_default()
+    }
+
+    const DB_CA: &str = "mode: Cluster\nreplicas: 3\ndatabase:\n  secretRef: {name: db}\n  caSecretRef: {name: db, key: mysql-ca.pem}\nbackup: {ignoreSecurityChecks: true}\n";
+
+    #[test]
+    fn the_database_ca_is_one_read_only_key_of_its_secret() {
+        let pod = pod_of(DB_CA);
+        let args = args_of(&pod);
+        assert!(
+            args.contains(&"--db-ca-file=/etc/kss/db-ca/mysql-ca.pem".to_string()),
+            "{args:?}"
+        );
+        let volume = pod
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == "db-ca"))
+            .and_then(|v| v.secret.clone())
+            .expect("db-ca volume");
+        assert_eq!(volume.secret_name.as_deref(), Some("db"));
+        assert_eq!(volume.optional, None, "the pods need it");
+        // Only the CA's key: the Secret may also hold the database address.
+        let items = volume.items.expect("items");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("mysql-ca.pem", "mysql-ca.pem")
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == "db-ca")
+            .expect("db-ca mount");
+        assert_eq!(mount.mount_path, "/etc/kss/db-ca");
+        assert_eq!(mount.read_only, Some(true));
+        // A subPath mount would never see a renewed certificate.
+        assert_eq!(mount.sub_path, None);
+        assert_eq!(mount.sub_path_expr, None);
+    }
+
+    #[test]
+    fn without_a_database_ca_nothing_is_mounted_or_passed() {
+        for yaml in [
+            CLUSTER,
+            // A standalone keyserver has no MySQL: a database given anyway is ignored.
+            "mode: Standalone\ndatabase:\n  secretRef: {name: db}\n  caSecretRef: {name: db}\nbackup: {ignoreSecurityChecks: true}\n",
+        ] {
+            let pod = pod_of(yaml);
+            assert!(
+                !args_of(&pod).iter().any(|a| a.starts_with("--db-ca-file")),
+                "{yaml}"
+            );
+            assert!(
+                pod.volumes
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|v| v.name != "db-ca")
+            );
+            assert!(
+                pod.containers[0]
+                    .volume_mounts
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|m| m.name != "db-ca")
+            );
+        }
+    }
+
+    #[test]
+    fn enrollment_becomes_the_keyserver_flags() {
+        let onboarding = |args: &[String]| -> Vec<String> {
+            args.iter()
+                .filter(|a| {
+                    a.starts_with("--require-enrollment-token")
+                        || a.starts_with("--max-onboard-per-minute")
+                })
+                .cloned()
+                .collect()
+        };
+        // Absent: the keyserver's defaults.
+        assert!(onboarding(&args_of(&pod_of(CLUSTER))).is_empty());
+        assert!(onboarding(&args_of(&pod_of(&format!("{CLUSTER}enrollment: {{}}\n")))).is_empty());
+        assert_eq!(
+            onboarding(&args_of(&pod_of(&format!(
+                "{CLUSTER}enrollment: {{requireToken: true, maxPerMinute: 10}}\n"
+            )))),
+            ["--require-enrollment-token", "--max-onboard-per-minute=10"]
+        );
+        // 0: no onboarding at all; a token not required is no flag.
+        assert_eq!(
+            onboarding(&args_of(&pod_of(&format!(
+                "{CLUSTER}enrollment: {{requireToken: false, maxPerMinute: 0}}\n"
+            )))),
+            ["--max-onboard-per-minute=0"]
+        );
+        // Standalone keyservers onboard too.
+        assert_eq!(
+            onboarding(&args_of(&pod_of(
+                "mode: Standalone\nenrollment: {requireToken: true}\nbackup: {ignoreSecurityChecks: true}\n"
+            ))),
+            ["--require-enrollment-token"]
         );
     }
 }

@@ -22,7 +22,9 @@ use tracing::{info, instrument, warn};
 
 use super::{Context, digest, now_rfc3339};
 use crate::admin::{self, AdminTls, Instance, Probe};
-use crate::crd::cluster::{BackupStatus, InstanceStatus, Phase, PolicyRollout};
+use crate::crd::cluster::{
+    BackupStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout, is_plain_file_name,
+};
 use crate::crd::condition::reasons;
 use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
 use crate::desired::{self, FIELD_MANAGER, Names};
@@ -387,6 +389,41 @@ async fn recover(
     Ok(())
 }
 
+/// What keeps the pods from using `spec.database` (the message of `Degraded`
+/// `DatabaseSecretMissing`), from the Secrets it names: the address, and the CA
+/// certificate when one is named (`ca_secret` is that Secret, `None` if absent).
+fn database_problem(
+    db: &DatabaseSpec,
+    uri_secret: Option<&Secret>,
+    ca_secret: Option<&Secret>,
+) -> Option<String> {
+    let uri = &db.secret_ref;
+    if uri_secret.is_none_or(|s| secrets::text(s, &uri.key).is_err()) {
+        return Some(format!(
+            "Secret {} with key {:?} (the database address) not found",
+            uri.name, uri.key
+        ));
+    }
+    let ca = db.ca_secret_ref.as_ref()?;
+    if !is_plain_file_name(&ca.key) {
+        return Some(format!(
+            "spec.database.caSecretRef.key {:?} is not a plain file name",
+            ca.key
+        ));
+    }
+    match ca_secret.map(|s| secrets::text(s, &ca.key)) {
+        None | Some(Err(_)) => Some(format!(
+            "Secret {} with key {:?} (the database's CA certificate) not found",
+            ca.name, ca.key
+        )),
+        Some(Ok(pem)) if !pem.contains("-----BEGIN CERTIFICATE-----") => Some(format!(
+            "Secret {} key {:?} (the database's CA certificate) holds no PEM certificate",
+            ca.name, ca.key
+        )),
+        Some(Ok(_)) => None,
+    }
+}
+
 async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Action> {
     let names = Names::of(cluster).ok_or_else(|| Error::NoNamespace {
         what: format!("KeyShardCluster {}", cluster.name_any()),
@@ -430,17 +467,14 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         .as_ref()
         .filter(|_| cluster.is_cluster())
     {
-        let ok = secrets::get(&secrets_api, &db.secret_ref.name)
-            .await?
-            .is_some_and(|s| secrets::text(&s, &db.secret_ref.key).is_ok());
-        if !ok {
-            blocker = Some((
-                reasons::DATABASE_SECRET_MISSING.to_string(),
-                format!(
-                    "Secret {} with key {:?} (the database address) not found",
-                    db.secret_ref.name, db.secret_ref.key
-                ),
-            ));
+        let uri_secret = secrets::get(&secrets_api, &db.secret_ref.name).await?;
+        let ca_secret = match &db.ca_secret_ref {
+            Some(ca) if ca.name == db.secret_ref.name => uri_secret.clone(),
+            Some(ca) => secrets::get(&secrets_api, &ca.name).await?,
+            None => None,
+        };
+        if let Some(problem) = database_problem(db, uri_secret.as_ref(), ca_secret.as_ref()) {
+            blocker = Some((reasons::DATABASE_SECRET_MISSING.to_string(), problem));
         }
     }
     let material = match ensure_identity(cluster, &names, &secrets_api).await {
@@ -827,4 +861,84 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn database(yaml: &str) -> DatabaseSpec {
+        serde_saphyr::from_str(yaml).expect("database spec")
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn the_database_secrets_must_hold_the_address_and_the_ca() {
+        let uri = secret("db", &[("uri", "mysql://kss@db/kss")]);
+        let plain = database("secretRef: {name: db}\n");
+        assert_eq!(database_problem(&plain, Some(&uri), None), None);
+        let missing = database_problem(&plain, None, None).expect("no address");
+        assert!(missing.contains("Secret db with key \"uri\""), "{missing}");
+
+        let with_ca = database("secretRef: {name: db}\ncaSecretRef: {name: db-ca}\n");
+        assert_eq!(
+            with_ca.ca_secret_ref.as_ref().map(|c| c.key.as_str()),
+            Some("ca.crt"),
+            "the default key"
+        );
+        let ca = secret("db-ca", &[("ca.crt", PEM)]);
+        assert_eq!(database_problem(&with_ca, Some(&uri), Some(&ca)), None);
+        let absent = database_problem(&with_ca, Some(&uri), None).expect("no CA Secret");
+        assert!(
+            absent.contains("Secret db-ca with key \"ca.crt\" (the database's CA certificate)"),
+            "{absent}"
+        );
+        let other_key = secret("db-ca", &[("tls.crt", PEM)]);
+        assert!(database_problem(&with_ca, Some(&uri), Some(&other_key)).is_some());
+        let not_pem = secret("db-ca", &[("ca.crt", "hello")]);
+        let problem = database_problem(&with_ca, Some(&uri), Some(&not_pem)).expect("not PEM");
+        assert!(problem.contains("holds no PEM certificate"), "{problem}");
+        // The address is checked first: one message at a time.
+        let problem = database_problem(&with_ca, None, Some(&ca)).expect("no address");
+        assert!(problem.contains("(the database address)"), "{problem}");
+    }
+
+    #[test]
+    fn a_ca_key_that_is_not_a_plain_file_name_is_refused() {
+        let uri = secret("db", &[("uri", "mysql://kss@db/kss")]);
+        for key in ["../ca.crt", "..ca", "a/b", ".", ".."] {
+            let db = DatabaseSpec {
+                ca_secret_ref: Some(crate::crd::cluster::CaSecretKeyRef {
+                    name: "db".to_string(),
+                    key: key.to_string(),
+                }),
+                ..database("secretRef: {name: db}\n")
+            };
+            let problem = database_problem(&db, Some(&uri), Some(&uri)).expect(key);
+            assert!(
+                problem.contains("not a plain file name"),
+                "{key}: {problem}"
+            );
+        }
+    }
 }

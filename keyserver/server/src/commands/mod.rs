@@ -5,6 +5,7 @@ pub mod admin_key;
 pub mod audit;
 pub mod cluster;
 pub mod create;
+pub mod profiles;
 pub mod quota;
 pub mod server_policy;
 pub mod state;
@@ -12,7 +13,7 @@ pub mod state;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kss_store::{Durability, MysqlStore, SqliteStore, Store, parse_db_uri};
+use kss_store::{Durability, MysqlStore, SqliteStore, Store, parse_db_uri_with_ca};
 
 use crate::data_dir::DataDir;
 
@@ -21,7 +22,8 @@ use crate::data_dir::DataDir;
 pub async fn open_store_with(data_dir: &DataDir, durability: Durability) -> Result<Arc<dyn Store>> {
     data_dir.ensure()?;
     if let Some(uri) = data_dir.shared_db_uri()? {
-        let options = parse_db_uri(&uri).context("the shared database's address")?;
+        let options = parse_db_uri_with_ca(&uri, data_dir.db_ca_file.as_deref())
+            .context("the shared database's address")?;
         let store = MysqlStore::connect(options)
             .await
             .context("opening the shared database (--db-uri)")?;

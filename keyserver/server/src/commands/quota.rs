@@ -65,6 +65,15 @@ pub async fn list(store: &dyn Store, data_dir: &DataDir, all: bool, as_json: boo
 }
 
 pub async fn clear(store: &dyn Store, data_dir: &DataDir, profile: Option<&str>) -> Result<()> {
+    // Counters are keyed by the canonical id: another spelling would clear nothing.
+    let profile = profile
+        .map(|p| {
+            p.parse::<kss_crypto::ProfileId>()
+                .map(|id| id.to_string())
+                .map_err(|e| anyhow::anyhow!("--profile: {e}"))
+        })
+        .transpose()?;
+    let profile = profile.as_deref();
     let persistent = store.clear_counters(profile).await?;
     let in_memory = match admin_client::connect(data_dir).await {
         Some(mut admin) => {

@@ -5,11 +5,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use kss_crypto::RowKey;
 use kss_policy::{LoadError, Policy, Summary};
 use kss_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
-use crate::identity::now_ms;
+use crate::data_dir::DataDir;
+use crate::identity::{KeyserverIdentity, now_ms};
+use crate::integrity::policy_mac;
 use crate::rollout;
 
 /// How often `--wait` reads the registry.
@@ -38,13 +41,20 @@ pub enum PolicyLoadError {
 
 /// Validates a policy text whole, then stores it as a new version unless it is
 /// byte-identical to the version in force. What `kss policy load` and the admin API's
-/// `LoadPolicy` both do.
-pub async fn store_policy(store: &dyn Store, text: &str) -> Result<StoredPolicy, PolicyLoadError> {
+/// `LoadPolicy` both do. The version row carries a MAC under `key` (see
+/// [`crate::integrity`]): only a holder of the root secret can install a policy.
+pub async fn store_policy(
+    store: &dyn Store,
+    key: &RowKey,
+    text: &str,
+) -> Result<StoredPolicy, PolicyLoadError> {
     let policy = Policy::load(text).map_err(PolicyLoadError::Invalid)?;
     let summary = policy.summary();
     let warnings = policy.warnings().iter().map(ToString::to_string).collect();
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
-    let added = store.add_policy(text, &sha, now_ms()).await?;
+    let at_ms = now_ms();
+    let mac = |version: u64| policy_mac(key, version, text, &sha, at_ms);
+    let added = store.add_policy(text, &sha, at_ms, &mac).await?;
     Ok(StoredPolicy {
         version: added.version,
         changed: added.changed,
@@ -55,12 +65,26 @@ pub async fn store_policy(store: &dyn Store, text: &str) -> Result<StoredPolicy,
 
 /// Validates and stores a policy file as a new version; with `wait`, then waits until
 /// every online instance applied it (or the version already in force, if unchanged).
-pub async fn load(store: &dyn Store, file: &Path, wait: Option<Duration>) -> Result<()> {
+/// The policy version row is MACed with the identity's row key: the master key must be
+/// readable (`--master-key-file`).
+pub async fn load(
+    store: &dyn Store,
+    data_dir: &DataDir,
+    file: &Path,
+    wait: Option<Duration>,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let started = Instant::now();
+    let master = data_dir.read_master_key().with_context(|| {
+        format!(
+            "a policy version is signed with the keyserver's identity: reading the master key {}",
+            data_dir.master_key.display()
+        )
+    })?;
+    let identity = KeyserverIdentity::load(store, &master).await?;
     // Validated whole before anything is stored: an invalid policy changes nothing.
-    let stored = match store_policy(store, &text).await {
+    let stored = match store_policy(store, identity.row_key(), &text).await {
         Ok(stored) => stored,
         Err(PolicyLoadError::Invalid(e)) => {
             bail!("{}: {e}; the policy in force is unchanged", file.display())

@@ -18,8 +18,15 @@ use tracing::{info, instrument, warn};
 
 use crate::commands::server_policy::{PolicyLoadError, store_policy};
 use crate::decider::MemoryCounters;
-use crate::identity::KeyserverIdentity;
+use crate::identity::{KeyserverIdentity, now_ms};
+use crate::integrity::RowChecker;
+use crate::metrics::Metrics;
+use crate::requests::onboarding::{new_token, token_digest};
 use crate::switches::Switches;
+use kss_crypto::ids::{DeviceId, ProfileId};
+use kss_crypto::words::profile_words;
+use kss_crypto::{ProfilePublicKeys, WorkstationPublicShare};
+use kss_store::{Enrollment, Profile, Revocation, StoreError};
 
 /// `StatusResponse.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,15 +55,66 @@ pub struct AdminService {
     pub instance_id: String,
     pub time_zone: TimeZone,
     pub mode: Mode,
+    pub metrics: Arc<Metrics>,
+    pub checker: RowChecker,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("database: {e}"))
 }
 
+/// A canonical id field, or INVALID_ARGUMENT naming it.
+fn id_field<T>(field: &str, text: &str) -> Result<T, Status>
+where
+    T: std::str::FromStr<Err = kss_crypto::CryptoError>,
+{
+    text.parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// Largest page of `ListProfiles`.
+const MAX_PROFILE_PAGE: u32 = 1000;
+/// Longest enrollment token validity.
+const MAX_ENROLLMENT_TTL_SECONDS: u64 = 366 * 24 * 3600;
+
 impl AdminService {
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, MemoryCounters> {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A profile as the admin API shows it: derived words, revocations, integrity.
+    fn profile_info(&self, row: &Profile, revocations: &[Revocation]) -> pb::ProfileInfo {
+        let intact = self
+            .checker
+            .profile_ok(self.identity.row_key(), &self.metrics, row);
+        let words = match (
+            row.profile_id.parse::<ProfileId>(),
+            WorkstationPublicShare::from_bytes(&row.workstation_share),
+        ) {
+            (Ok(id), Ok(ws)) if intact => {
+                let keys =
+                    ProfilePublicKeys::from_shares(&ws, &self.identity.profile_share(&id).public());
+                profile_words(&self.identity.id, &id, &keys)
+            }
+            _ => Vec::new(),
+        };
+        pb::ProfileInfo {
+            profile_id: row.profile_id.clone(),
+            device_id: row.device_id.clone(),
+            name: row.name.clone(),
+            words,
+            created_at_ms: row.created_at_ms,
+            revocations: revocations
+                .iter()
+                .filter(|r| r.profile_id == row.profile_id)
+                .map(|r| pb::Revocation {
+                    device_id: r.device_id.clone().unwrap_or_default(),
+                    revoked_at_ms: r.revoked_at_ms,
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+            intact,
+        }
     }
 }
 
@@ -99,7 +157,7 @@ impl Admin for AdminService {
                 self.lock_memory()
                     .list()
                     .into_iter()
-                    .map(|(p, r, c)| (p, r, c, false)),
+                    .map(|(p, r, c)| (p.to_string(), r, c, false)),
             )
             .map(|(profile_id, rule_id, counter, persistent)| {
                 let (hour_used, day_used) = counter
@@ -125,10 +183,13 @@ impl Admin for AdminService {
         request: Request<pb::ClearQuotasRequest>,
     ) -> Result<Response<pb::ClearQuotasResponse>, Status> {
         let profile = request.into_inner().profile_id;
-        let profile = Some(profile.as_str()).filter(|p| !p.is_empty());
-        let cleared = self.lock_memory().clear(profile);
+        let profile: Option<ProfileId> = match profile.as_str() {
+            "" => None,
+            text => Some(id_field("profile_id", text)?),
+        };
+        let cleared = self.lock_memory().clear(profile.as_ref());
         info!(
-            profile = profile.unwrap_or("*"),
+            profile = profile.map_or_else(|| "*".to_string(), |p| p.to_string()),
             cleared, "in-memory quota counters cleared"
         );
         Ok(Response::new(pb::ClearQuotasResponse { cleared }))
@@ -151,7 +212,7 @@ impl Admin for AdminService {
         request: Request<pb::LoadPolicyRequest>,
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         let source = request.into_inner().source;
-        let stored = store_policy(self.store.as_ref(), &source)
+        let stored = store_policy(self.store.as_ref(), self.identity.row_key(), &source)
             .await
             .map_err(|e| match e {
                 PolicyLoadError::Invalid(e) => {
@@ -169,6 +230,155 @@ impl Admin for AdminService {
             version: stored.version,
             changed: stored.changed,
             rules: u32::try_from(stored.summary.rules).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.ListProfiles"))]
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let request = request.into_inner();
+        let after: Option<ProfileId> = match request.after.as_str() {
+            "" => None,
+            text => Some(id_field("after", text)?),
+        };
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(MAX_PROFILE_PAGE),
+        };
+        let after = after.map(|p| p.to_string());
+        let rows = self
+            .store
+            .list_profiles(after.as_deref(), limit)
+            .await
+            .map_err(unavailable)?;
+        let revocations = self.store.revocations(None).await.map_err(unavailable)?;
+        Ok(Response::new(pb::ListProfilesResponse {
+            profiles: rows
+                .iter()
+                .map(|row| self.profile_info(row, &revocations))
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.GetProfile"))]
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::ProfileInfo>, Status> {
+        let id: ProfileId = id_field("profile_id", &request.into_inner().profile_id)?;
+        let key = id.to_string();
+        let row = self
+            .store
+            .profile(&key)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Status::not_found(format!("profile {id} is not onboarded here")))?;
+        let revocations = self
+            .store
+            .revocations(Some(&key))
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(self.profile_info(&row, &revocations)))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.RevokeProfile"))]
+    async fn revoke_profile(
+        &self,
+        request: Request<pb::RevokeProfileRequest>,
+    ) -> Result<Response<pb::RevokeProfileResponse>, Status> {
+        let request = request.into_inner();
+        let id: ProfileId = id_field("profile_id", &request.profile_id)?;
+        let device: Option<DeviceId> = match request.device_id.as_str() {
+            "" => None,
+            text => Some(id_field("device_id", text)?),
+        };
+        if request.reason.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "reason: more than the limit of 1024 bytes",
+            ));
+        }
+        // A profile this keyserver never onboarded can still be revoked (its token must
+        // never register it, e.g. after a recovery into a new database).
+        let changed = self
+            .store
+            .revoke(&Revocation {
+                profile_id: id.to_string(),
+                device_id: device.map(|d| d.to_string()),
+                revoked_at_ms: now_ms(),
+                reason: request.reason,
+            })
+            .await
+            .map_err(unavailable)?;
+        info!(profile = %id, device = ?device, changed, "profile revoked");
+        Ok(Response::new(pb::RevokeProfileResponse { changed }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.CreateEnrollment"))]
+    async fn create_enrollment(
+        &self,
+        request: Request<pb::CreateEnrollmentRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentResponse>, Status> {
+        let request = request.into_inner();
+        if request.uses == 0 {
+            return Err(Status::invalid_argument("uses: must be at least 1"));
+        }
+        if request.ttl_seconds == 0 || request.ttl_seconds > MAX_ENROLLMENT_TTL_SECONDS {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: must be between 1 and {MAX_ENROLLMENT_TTL_SECONDS}"
+            )));
+        }
+        if request.note.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "note: more than the limit of 1024 bytes",
+            ));
+        }
+        let (id, token) = new_token();
+        let now = now_ms();
+        let ttl_ms = i64::try_from(request.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires_at_ms = now.saturating_add(ttl_ms);
+        self.store
+            .create_enrollment(&Enrollment {
+                id: id.clone(),
+                token_sha256: token_digest(&token).to_vec(),
+                uses_total: request.uses,
+                uses_left: request.uses,
+                expires_at_ms,
+                created_at_ms: now,
+                note: request.note,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(_) => Status::aborted("token collision: try again"),
+                e => unavailable(e),
+            })?;
+        info!(enrollment = %id, uses = request.uses, expires_at_ms, "enrollment token created");
+        Ok(Response::new(pb::CreateEnrollmentResponse {
+            id,
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Admin.ListEnrollments"))]
+    async fn list_enrollments(
+        &self,
+        _request: Request<pb::ListEnrollmentsRequest>,
+    ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+        let rows = self.store.enrollments().await.map_err(unavailable)?;
+        Ok(Response::new(pb::ListEnrollmentsResponse {
+            enrollments: rows
+                .into_iter()
+                .map(|e| pb::Enrollment {
+                    id: e.id,
+                    uses_total: e.uses_total,
+                    uses_left: e.uses_left,
+                    expires_at_ms: e.expires_at_ms,
+                    created_at_ms: e.created_at_ms,
+                    note: e.note,
+                })
+                .collect(),
         }))
     }
 }
@@ -237,5 +447,40 @@ impl Admin for AdminGate {
         request: Request<pb::LoadPolicyRequest>,
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         self.service()?.load_policy(request).await
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        self.service()?.list_profiles(request).await
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::ProfileInfo>, Status> {
+        self.service()?.get_profile(request).await
+    }
+
+    async fn revoke_profile(
+        &self,
+        request: Request<pb::RevokeProfileRequest>,
+    ) -> Result<Response<pb::RevokeProfileResponse>, Status> {
+        self.service()?.revoke_profile(request).await
+    }
+
+    async fn create_enrollment(
+        &self,
+        request: Request<pb::CreateEnrollmentRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentResponse>, Status> {
+        self.service()?.create_enrollment(request).await
+    }
+
+    async fn list_enrollments(
+        &self,
+        request: Request<pb::ListEnrollmentsRequest>,
+    ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+        self.service()?.list_enrollments(request).await
     }
 }

@@ -1,7 +1,5 @@
-//! The gRPC services: decode, check, decide, encode. Errors become `Status` here only.
+//! The gRPC services: convert messages, call the core ([`crate::requests`], the admin
+//! service), and turn errors into `Status` (only here).
 
 pub mod admin;
 pub mod keyserver;
-pub mod profiles;
-pub mod shares;
-pub mod verifier;

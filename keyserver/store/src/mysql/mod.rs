@@ -191,6 +191,19 @@ impl Store for MysqlStore {
         }
     }
 
+    async fn reseal_identity(&self, keyserver_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE identity SET sealed_root = ? \
+             WHERE singleton = 1 AND keyserver_id = ? AND sealed_root = ?",
+        )
+        .bind(new)
+        .bind(keyserver_id)
+        .bind(old)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn state(&self) -> Result<State> {
         let row = sqlx::query(
             "SELECT enabled, policy_version, quota_epoch, revocation_epoch FROM state \

@@ -1,0 +1,149 @@
+//! Onboarded profiles in memory: the registered device key, the verification words and this
+//! keyserver's share, derived once from the root secret. Only rows that pass their integrity
+//! check are used; revocations are read with the row, and the cache starts over whenever
+//! the database's revocation epoch moves (polled with the switches), so a revocation
+//! reaches every instance within the poll interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kss_crypto::ids::{DeviceId, ProfileId};
+use kss_crypto::profile::{KssShare, ProfilePublicKeys, WorkstationPublicShare};
+use kss_crypto::signing::DevicePublicKey;
+use kss_crypto::words::profile_words;
+use kss_store::{Profile, Revocation, Store, StoreError};
+
+use crate::identity::KeyserverIdentity;
+use crate::integrity::RowChecker;
+use crate::metrics::Metrics;
+
+/// A profile ready to check requests.
+pub struct KnownProfile {
+    pub id: ProfileId,
+    pub device_id: DeviceId,
+    pub device_key: DevicePublicKey,
+    /// Derived from the key set (never the stored or a client's words).
+    pub words: Vec<String>,
+    pub share: KssShare,
+    /// Whether the profile, or its device, is revoked.
+    pub revoked: bool,
+}
+
+/// What the cache knows of a profile id.
+pub enum Lookup {
+    Known(Arc<KnownProfile>),
+    /// Not onboarded here (or its row fails its integrity check).
+    Unknown,
+}
+
+/// Profiles by id, filled from the store on first use.
+pub struct ProfileCache {
+    identity: Arc<KeyserverIdentity>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    checker: RowChecker,
+    known: Mutex<HashMap<ProfileId, Arc<KnownProfile>>>,
+    /// The revocation epoch the cached entries were read under.
+    epoch: AtomicU64,
+}
+
+/// Past this many entries the cache starts over (profiles are re-read on demand).
+const MAX_CACHED: usize = 200_000;
+
+impl ProfileCache {
+    pub fn new(
+        identity: Arc<KeyserverIdentity>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ProfileCache {
+            identity,
+            store,
+            metrics,
+            checker: RowChecker::default(),
+            known: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProfileId, Arc<KnownProfile>>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every cached profile if the revocation epoch moved since they were read.
+    pub fn follow_epoch(&self, epoch: u64) {
+        if self.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            self.lock().clear();
+        }
+    }
+
+    /// The profile, from memory or the store.
+    pub async fn get(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
+        if let Some(p) = self.lock().get(id) {
+            return Ok(Lookup::Known(Arc::clone(p)));
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let key = id.to_string();
+        let Some(row) = self.store.profile(&key).await? else {
+            return Ok(Lookup::Unknown);
+        };
+        if !self
+            .checker
+            .profile_ok(self.identity.row_key(), &self.metrics, &row)
+        {
+            return Ok(Lookup::Unknown);
+        }
+        let revocations = self.store.revocations(Some(&key)).await?;
+        let known = Arc::new(self.from_row(&row, &revocations)?);
+        let mut cache = self.lock();
+        // A revocation polled in the meantime: do not cache what was read before it.
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(*id, Arc::clone(&known));
+        }
+        Ok(Lookup::Known(known))
+    }
+
+    /// Whether a profile (or this device of it) is revoked, read from the store.
+    pub async fn is_revoked(&self, id: &ProfileId, device: &DeviceId) -> Result<bool, StoreError> {
+        let revocations = self.store.revocations(Some(&id.to_string())).await?;
+        Ok(revoked_by(&revocations, device))
+    }
+
+    /// Builds the in-memory form of a stored profile.
+    pub fn from_row(
+        &self,
+        row: &Profile,
+        revocations: &[Revocation],
+    ) -> Result<KnownProfile, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("profile {}: {what}: {e}", row.profile_id))
+        };
+        let id: ProfileId = row.profile_id.parse().map_err(|e| corrupt("id", &e))?;
+        let device_key = DevicePublicKey::from_bytes(&row.device_public_key)
+            .map_err(|e| corrupt("device key", &e))?;
+        let ws = WorkstationPublicShare::from_bytes(&row.workstation_share)
+            .map_err(|e| corrupt("workstation share", &e))?;
+        let share = self.identity.profile_share(&id);
+        let keys = ProfilePublicKeys::from_shares(&ws, &share.public());
+        let device_id = DeviceId::of(&device_key);
+        Ok(KnownProfile {
+            id,
+            device_id,
+            device_key,
+            words: profile_words(&self.identity.id, &id, &keys),
+            share,
+            revoked: revoked_by(revocations, &device_id),
+        })
+    }
+}
+
+fn revoked_by(revocations: &[Revocation], device: &DeviceId) -> bool {
+    let device = device.to_string();
+    revocations
+        .iter()
+        .any(|r| r.device_id.as_deref().is_none_or(|d| d == device))
+}
