@@ -123,6 +123,13 @@ impl RowChecker {
     }
 }
 
+/// Whether a policy version row verifies (no reporting).
+pub fn policy_verifies(key: &RowKey, row: &PolicyVersion) -> bool {
+    let fields = policy_fields(row.version, &row.text, &row.sha256, row.loaded_at_ms);
+    key.verify(POLICY_VERSIONS, &refs(&fields), &row.mac)
+        .is_ok()
+}
+
 /// Adopts rows written before MACs existed (see the module docs): only when the stored
 /// identity was sealed before them ([`Era::RowsUnmacked`]), then seals it anew in the MAC
 /// era so that it never happens again. Whoever can write the database cannot get a row

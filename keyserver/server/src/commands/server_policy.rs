@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data_dir::DataDir;
 use crate::identity::{KeyserverIdentity, now_ms};
-use crate::integrity::policy_mac;
+use crate::integrity::{policy_mac, policy_verifies};
 use crate::rollout;
 
 /// How often `--wait` reads the registry.
@@ -55,6 +55,16 @@ pub async fn store_policy(
     let at_ms = now_ms();
     let mac = |version: u64| policy_mac(key, version, text, &sha, at_ms);
     let added = store.add_policy(text, &sha, at_ms, &mac).await?;
+    if !added.changed {
+        // The same text is in force, but its row may have been edited (its MAC cleared or
+        // forged): loading this text again vouches for it, so it gets a valid MAC.
+        if let Some(row) = store.policy(Some(added.version)).await?
+            && !policy_verifies(key, &row)
+        {
+            let mac = policy_mac(key, row.version, &row.text, &row.sha256, row.loaded_at_ms);
+            store.set_policy_mac(row.version, &mac).await?;
+        }
+    }
     Ok(StoredPolicy {
         version: added.version,
         changed: added.changed,
