@@ -93,8 +93,16 @@ pub enum ClientCommand {
     /// --profile, that profile's ids and verification words (offline), to compare with
     /// what the administrator sees (`kss profile show`).
     Info {
-        #[command(flatten)]
-        connect: ConnectArgs,
+        /// The keyserver's address.
+        #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:7443")]
+        endpoint: String,
+        /// PEM file of the CA that issued the keyserver's certificate (required unless
+        /// --profile).
+        #[arg(long, value_name = "FILE", required_unless_present = "profile")]
+        ca: Option<PathBuf>,
+        /// The name the keyserver's certificate must be valid for.
+        #[arg(long, value_name = "NAME", default_value = "localhost")]
+        server_name: String,
         /// A profile file: show its ids and words instead (no connection).
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
@@ -230,12 +238,24 @@ pub async fn execute(cmd: ClientCommand) -> anyhow::Result<CommandStatus> {
             );
         }
         ClientCommand::Info {
-            connect,
+            endpoint,
+            ca: Some(ca),
+            server_name,
             profile: None,
         } => {
+            let connect = ConnectArgs {
+                endpoint,
+                ca,
+                server_name,
+            };
             let info = connect.connect().await?.info().await?;
             println!("{}", serde_json::to_string(&info)?);
         }
+        ClientCommand::Info {
+            ca: None,
+            profile: None,
+            ..
+        } => anyhow::bail!("--ca is required to reach the keyserver (or give --profile)"),
         ClientCommand::Onboard {
             connect,
             keyserver_id,

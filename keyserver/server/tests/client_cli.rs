@@ -47,6 +47,21 @@ fn client_commands_onboard_encrypt_and_decrypt() {
         0o600
     );
 
+    // The words a person compares: the workstation's view (offline) is the keyserver's.
+    let onboarded: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let shown = Command::new(kss_bin())
+        .args(["client", "info", "--profile", profile.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown: serde_json::Value = serde_json::from_str(&text(&shown.stdout)).unwrap();
+    let profile_id = onboarded["profile_id"].as_str().unwrap();
+    let on_server: serde_json::Value =
+        serde_json::from_str(&data.kss_ok(&["profile", "show", profile_id, "--json"])).unwrap();
+    assert_eq!(shown["profile_id"], profile_id);
+    assert_eq!(shown["words"].as_array().unwrap().len(), 12);
+    assert_eq!(shown["words"], on_server["words"]);
+
     // Offline: no connection flags.
     let out = Command::new(kss_bin())
         .args([
