@@ -1007,15 +1007,29 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     .trim()
     .to_string();
     let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1, Some(&token)).await?;
-    let again = Workstation::onboard(scene, "kss-prod", &id, &ips[1].1, Some(&token)).await;
+    let second_profile = scene.dir.path().join("kss-prod-second-profile.json");
+    let again = run(Workstation::kss()?.args([
+        "client",
+        "onboard",
+        "--enrollment-token",
+        &token,
+        "--endpoint",
+        &format!("https://{}:8443", ips[1].1),
+        "--ca",
+        &ws.ca.display().to_string(),
+        "--server-name",
+        &ws.server_name,
+        "--keyserver-id",
+        &id,
+        "--profile",
+        &second_profile.display().to_string(),
+    ]))?;
+    let stderr = String::from_utf8_lossy(&again.stderr);
     ensure!(
-        again
-            .as_ref()
-            .err()
-            .is_some_and(|e| e.to_string().contains("unknown, expired or used up")),
-        "a single-use token onboarded twice: {:?}",
-        again.err()
+        !again.status.success() && stderr.contains("unknown, expired or used up"),
+        "a single-use token onboarded twice: {stderr}"
     );
+    ensure!(!second_profile.exists(), "a refused onboarding left a profile file");
     for (_, ip) in &ips {
         ws.decrypts(ip, false)?;
     }
