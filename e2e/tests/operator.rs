@@ -1029,7 +1029,10 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
         !again.status.success() && stderr.contains("unknown, expired or used up"),
         "a single-use token onboarded twice: {stderr}"
     );
-    ensure!(!second_profile.exists(), "a refused onboarding left a profile file");
+    ensure!(
+        !second_profile.exists(),
+        "a refused onboarding left a profile file"
+    );
     for (_, ip) in &ips {
         ws.decrypts(ip, false)?;
     }

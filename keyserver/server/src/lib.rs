@@ -7,6 +7,7 @@
 //! [`integrity`] checks the MACs of the rows read from it.
 #![forbid(unsafe_code)]
 
+pub mod admin_socket;
 pub mod bootstrap;
 pub mod cli;
 pub mod commands;

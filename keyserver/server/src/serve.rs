@@ -19,10 +19,8 @@ use kss_proto::v1::admin_server::AdminServer;
 use kss_proto::v1::key_server_server::KeyServerServer;
 use kss_store::{Durability, InstanceInfo, Store};
 use rand::RngCore;
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, instrument, warn};
@@ -175,8 +173,8 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         ))
     });
 
-    let (admin_listener, admin_socket_inode) =
-        bind_admin_socket(&data_dir, lease.is_some()).await?;
+    let admin_socket = crate::admin_socket::bind(&data_dir, lease.is_some()).await?;
+    let admin_socket_inode = admin_socket.inode;
     let metrics = Arc::new(Metrics::new());
     let metrics_task = tokio::spawn(metrics::serve(
         args.metrics_listen,
@@ -212,7 +210,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
                 mode: admin_mode_rx.clone(),
             }))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(admin_listener),
+                crate::admin_socket::connections(admin_socket.listener),
                 shutdown.stopped(),
             ),
     );
@@ -544,37 +542,6 @@ fn instance_info(args: &ServeArgs) -> InstanceInfo {
         kss_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at_ms: crate::identity::now_ms(),
     }
-}
-
-/// Binds `<data-dir>/admin.sock` (mode 0600). A server holding the standalone lease takes
-/// the path over (a previous holder is gone or fenced off); otherwise it refuses if a
-/// server already answers on it.
-/// Returns the listener and the socket file's inode (to remove only our own at exit).
-async fn bind_admin_socket(data_dir: &DataDir, holds_lease: bool) -> Result<(UnixListener, u64)> {
-    let path = data_dir.admin_socket();
-    if path.exists() {
-        if !holds_lease && tokio::net::UnixStream::connect(&path).await.is_ok() {
-            bail!(
-                "another kss server is running on {} (its admin socket answers)",
-                data_dir.root.display()
-            );
-        }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    restrict(&path)?;
-    let inode = std::fs::metadata(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .ino();
-    Ok((listener, inode))
-}
-
-fn restrict(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))
 }
 
 /// Readiness (service `kss.v1.KeyServer`): SERVING while this instance decides requests.

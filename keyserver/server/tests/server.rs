@@ -785,3 +785,54 @@ async fn a_saved_backup_key_restores_the_same_keyserver() {
     ]);
     assert_eq!(restored.trim(), id);
 }
+
+/// The admin socket is 0600 from the start (no staging directory is left behind) and
+/// serves only its own user (and root): another user is refused even when the file has
+/// been opened up to everyone.
+#[test]
+fn the_admin_socket_serves_only_its_own_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = DataDir::new();
+    data.create();
+    let server = Server::start(&data);
+    let socket = data.path().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".a"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    data.kss_ok(&["profile", "list"]);
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED the other-user half: needs root to run a client as another user");
+        return;
+    }
+    for dir in [data.dir.path().to_path_buf(), data.path()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::kss_bin())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["profile", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "served: {}", text(&out.stdout));
+    wait_until("the refusal logged", Duration::from_secs(10), || {
+        server
+            .log_text()
+            .contains("a connection from another user refused")
+    });
+    assert!(
+        server.log_text().contains("uid=65534"),
+        "{}",
+        server.log_text()
+    );
+    // Its own user still is.
+    data.kss_ok(&["profile", "list"]);
+}
