@@ -1305,3 +1305,108 @@ async fn a_forged_onboarding_answer_is_refused_and_leaves_no_profile() {
         assert!(!profile.exists(), "{lie:?}: a profile file was left");
     }
 }
+
+// ------------------------------------------------------------------ field bounds
+
+/// Every variable field has a bound: one over it is `INVALID_ARGUMENT` naming the field
+/// and the limit, before the signature is checked and with nothing stored; at the bound
+/// the request is decided. (On MariaDB, an oversized `cryptographic_id` used to fail its
+/// whole decision batch.)
+async fn oversized_fields_are_refused_by_name(t: &Target) {
+    t.data.load_policy("search:\n  - []\n");
+    let server = Server::start(&t.data);
+    let raw = Raw::connect(&server, &t.data).await;
+    let ws = raw.onboard(&t.id, None).await;
+    let audit_before = t.audit_rows().await;
+    let meta = |n: usize, len: usize| -> Vec<pb::MetaInfo> {
+        (0..n)
+            .map(|_| pb::MetaInfo {
+                meta: "m".repeat(len),
+                complete: true,
+            })
+            .collect()
+    };
+    type Edit = Box<dyn Fn(&mut pb::RequestBody)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "auth_meta",
+            "at most 256",
+            Box::new(move |b| b.auth_meta = meta(257, 1)),
+        ),
+        (
+            "auth_meta.meta",
+            "at most 4096",
+            Box::new(move |b| b.auth_meta = meta(1, 4097)),
+        ),
+        (
+            "cryptographic_id",
+            "at most 64",
+            Box::new(|b| b.cryptographic_id = vec![7; 65]),
+        ),
+        (
+            "ciphertext",
+            "at most 4096",
+            Box::new(|b| b.ciphertext = vec![7; 4097]),
+        ),
+        (
+            "registration.profile_name",
+            "at most 256",
+            Box::new(|b| {
+                b.registration = Some(pb::ProfileRegistration {
+                    profile_name: "n".repeat(257),
+                    ..Default::default()
+                })
+            }),
+        ),
+    ];
+    for (field, limit, edit) in &cases {
+        let mut body = search_body(&t.id, &ws.profile_id, &ws.device_id);
+        edit(&mut body);
+        let status = raw.approve(&ws.key, &body).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")) && status.message().contains(limit),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        t.audit_rows().await,
+        audit_before,
+        "refused requests audited"
+    );
+
+    // At the bounds: decided (and audited).
+    let mut body = search_body(&t.id, &ws.profile_id, &ws.device_id);
+    body.auth_meta = meta(256, 100);
+    body.cryptographic_id = vec![7; 64];
+    assert_eq!(decided(raw.approve(&ws.key, &body).await.unwrap()), None);
+    let mut body = search_body(&t.id, &ws.profile_id, &ws.device_id);
+    body.auth_meta = meta(1, 4096);
+    assert_eq!(decided(raw.approve(&ws.key, &body).await.unwrap()), None);
+    assert_eq!(t.audit_rows().await, audit_before + 2);
+
+    // Onboarding: a name over 256 bytes, more than 24 claimed words.
+    let key = DeviceKey::generate();
+    let share = WorkstationShare::generate();
+    let ks: KeyserverId = t.id.parse().unwrap();
+    let mut body = onboard_body(&t.id, &key, &share, &ks, &[], None);
+    body.profile_name = "n".repeat(257);
+    let status = raw.onboard_body(&key, &body).await.unwrap_err();
+    assert!(status.message().starts_with("profile_name:"), "{status:?}");
+    let words = vec!["abandon".to_string(); 25];
+    let status = raw
+        .onboard_claiming(&t.id, &words, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("profile_words:"), "{status:?}");
+    assert_eq!(t.profile_rows().await, 1);
+}
+
+on_both_backends!(
+    oversized_fields_are_refused_by_name,
+    oversized_fields_are_refused_by_name_sqlite,
+    oversized_fields_are_refused_by_name_mariadb
+);

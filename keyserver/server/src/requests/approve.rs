@@ -69,6 +69,7 @@ fn parse(body: &[u8]) -> Result<Parsed, RequestError> {
     let profile = fields::canonical_id("profile_id", &body.profile_id)?;
     let device = fields::canonical_id("device_id", &body.device_id)?;
     fields::nonce(&body.nonce)?;
+    fields::request_bounds(&body)?;
     if request_type == RequestType::Decrypt && body.ciphertext.is_empty() {
         return Err(RequestError::invalid(
             "ciphertext",

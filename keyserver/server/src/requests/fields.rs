@@ -47,6 +47,103 @@ pub fn nonce(bytes: &[u8]) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// At most this many `auth_meta` entries in a request.
+pub const MAX_AUTH_META: usize = 256;
+/// At most this many bytes in one `auth_meta` entry (a path).
+pub const MAX_META_BYTES: usize = 4096;
+/// At most this many bytes of `cryptographic_id` (a digest: 32 bytes).
+pub const MAX_CRYPTOGRAPHIC_ID_BYTES: usize = 64;
+/// At most this many bytes of `ciphertext`.
+pub const MAX_CIPHERTEXT_BYTES: usize = kss_crypto::ciphertext::MAX_CIPHERTEXT_LEN;
+/// At most this many bytes in a profile's name.
+pub const MAX_PROFILE_NAME_BYTES: usize = 256;
+/// At most this many verification words in a registration (they are ignored).
+pub const MAX_CLAIMED_WORDS: usize = 24;
+
+fn over(field: &'static str, what: &str, got: usize, limit: usize) -> RequestError {
+    RequestError::invalid(field, format!("{got} {what}, at most {limit}"))
+}
+
+/// The bounds of an approval request's variable fields, checked before any work is done.
+pub fn request_bounds(body: &pb::RequestBody) -> Result<(), RequestError> {
+    if body.auth_meta.len() > MAX_AUTH_META {
+        return Err(over(
+            "auth_meta",
+            "entries",
+            body.auth_meta.len(),
+            MAX_AUTH_META,
+        ));
+    }
+    if let Some(m) = body
+        .auth_meta
+        .iter()
+        .find(|m| m.meta.len() > MAX_META_BYTES)
+    {
+        return Err(over(
+            "auth_meta.meta",
+            "bytes",
+            m.meta.len(),
+            MAX_META_BYTES,
+        ));
+    }
+    if body.cryptographic_id.len() > MAX_CRYPTOGRAPHIC_ID_BYTES {
+        return Err(over(
+            "cryptographic_id",
+            "bytes",
+            body.cryptographic_id.len(),
+            MAX_CRYPTOGRAPHIC_ID_BYTES,
+        ));
+    }
+    if body.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(over(
+            "ciphertext",
+            "bytes",
+            body.ciphertext.len(),
+            MAX_CIPHERTEXT_BYTES,
+        ));
+    }
+    if let Some(reg) = &body.registration {
+        if reg.profile_name.len() > MAX_PROFILE_NAME_BYTES {
+            return Err(over(
+                "registration.profile_name",
+                "bytes",
+                reg.profile_name.len(),
+                MAX_PROFILE_NAME_BYTES,
+            ));
+        }
+        if reg.profile_words.len() > MAX_CLAIMED_WORDS {
+            return Err(over(
+                "registration.profile_words",
+                "words",
+                reg.profile_words.len(),
+                MAX_CLAIMED_WORDS,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bounds of an onboarding's variable fields.
+pub fn onboard_bounds(body: &pb::OnboardBody) -> Result<(), RequestError> {
+    if body.profile_name.len() > MAX_PROFILE_NAME_BYTES {
+        return Err(over(
+            "profile_name",
+            "bytes",
+            body.profile_name.len(),
+            MAX_PROFILE_NAME_BYTES,
+        ));
+    }
+    if body.profile_words.len() > MAX_CLAIMED_WORDS {
+        return Err(over(
+            "profile_words",
+            "words",
+            body.profile_words.len(),
+            MAX_CLAIMED_WORDS,
+        ));
+    }
+    Ok(())
+}
+
 /// The request type of an approval.
 pub fn request_type(t: i32) -> Result<RequestType, RequestError> {
     let t = pb::RequestType::try_from(t)

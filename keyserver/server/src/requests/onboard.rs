@@ -20,9 +20,6 @@ use crate::decider::{AuditDraft, Job, Reason, Verdict};
 use crate::identity::now_ms;
 use crate::integrity::profile_mac;
 
-/// Longest profile name accepted, in bytes.
-pub const MAX_PROFILE_NAME_BYTES: usize = 256;
-
 /// A new profile, as the workstation is told of it.
 #[derive(Debug)]
 pub struct Onboarded {
@@ -42,15 +39,7 @@ impl Keyserver {
             .map_err(|e| RequestError::invalid("body", format!("not an OnboardBody: {e}")))?;
         let keyserver: KeyserverId = fields::canonical_id("keyserver_id", &decoded.keyserver_id)?;
         fields::nonce(&decoded.nonce)?;
-        if decoded.profile_name.len() > MAX_PROFILE_NAME_BYTES {
-            return Err(RequestError::invalid(
-                "profile_name",
-                format!(
-                    "{} bytes is more than the limit of {MAX_PROFILE_NAME_BYTES}",
-                    decoded.profile_name.len()
-                ),
-            ));
-        }
+        fields::onboard_bounds(&decoded)?;
         let device_key = DevicePublicKey::from_bytes(&decoded.device_public_key)
             .map_err(|e| RequestError::invalid("device_public_key", e.to_string()))?;
         let ws = WorkstationPublicShare::from_bytes(&decoded.workstation_share)
