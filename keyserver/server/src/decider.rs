@@ -249,26 +249,66 @@ impl DecisionTask {
             let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
             let started = Instant::now();
             let span = info_span!("decide_batch", size = jobs.len());
-            let outcomes = match self.decide_with_retries(&jobs).instrument(span).await {
-                Ok(outcomes) => outcomes,
-                Err(StoreError::Fenced(why)) => {
-                    self.metrics.db_error("decide");
-                    error!(%why, requests = jobs.len(), "this server lost the standalone lease: batch denied, stopping");
-                    self.shutdown.fail(format!("fenced off: {why}"));
-                    vec![Outcome::UNAVAILABLE; jobs.len()]
-                }
-                Err(e) => {
-                    self.metrics.db_error("decide");
-                    warn!(error = %e, requests = jobs.len(), "database failed: batch denied as unavailable");
-                    vec![Outcome::UNAVAILABLE; jobs.len()]
-                }
-            };
+            let outcomes = self.decide_isolating(&jobs).instrument(span).await;
             self.metrics.batch_done(jobs.len(), started.elapsed());
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // The requester may have gone (client cancelled): the decision stands.
                 let _ = reply.send(outcome);
             }
         }
+    }
+
+    /// Decides a batch so that one request's failure is its own: when the batch's
+    /// transaction is refused for something one of its rows did (a nonce another instance
+    /// committed in the meantime, a profile inserted twice), the batch is split in halves,
+    /// each decided on its own, in arrival order, down to the one request that fails. That
+    /// request alone is answered: a duplicate nonce as replayed (decided again, it sees
+    /// the other instance's record), anything else as unavailable. A database that is down
+    /// or a lost lease still denies the whole batch.
+    async fn decide_isolating(&self, jobs: &[Job]) -> Vec<Outcome> {
+        match self.decide_with_retries(jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(StoreError::Fenced(why)) => {
+                self.metrics.db_error("decide");
+                error!(%why, requests = jobs.len(), "this server lost the standalone lease: batch denied, stopping");
+                self.shutdown.fail(format!("fenced off: {why}"));
+                vec![Outcome::UNAVAILABLE; jobs.len()]
+            }
+            Err(StoreError::Unavailable(e)) => {
+                self.metrics.db_error("decide");
+                warn!(error = %e, requests = jobs.len(), "database failed: batch denied as unavailable");
+                vec![Outcome::UNAVAILABLE; jobs.len()]
+            }
+            Err(e) if jobs.len() > 1 => {
+                self.metrics.db_error("decide_split");
+                debug!(error = %e, requests = jobs.len(), "a row of the batch was refused: deciding its halves apart");
+                let (first, second) = jobs.split_at(jobs.len() / 2);
+                let mut outcomes = Box::pin(self.decide_isolating(first)).await;
+                outcomes.extend(Box::pin(self.decide_isolating(second)).await);
+                outcomes
+            }
+            Err(e) => vec![self.decide_alone_after(&jobs[0], e).await],
+        }
+    }
+
+    /// The answer to one request whose own transaction was refused with `error`.
+    async fn decide_alone_after(&self, job: &Job, error: StoreError) -> Outcome {
+        // A nonce that another instance committed while this one decided: decided again,
+        // the request finds it and is denied as replayed, with its own record.
+        if matches!(error, StoreError::AlreadyExists(_)) && job.audit().nonce.is_some() {
+            match self.decide_with_retries(std::slice::from_ref(job)).await {
+                Ok(mut outcomes) if outcomes.len() == 1 => return outcomes.remove(0),
+                Ok(_) => {}
+                Err(again) => {
+                    warn!(error = %again, "a request was refused twice by the database: denied as unavailable");
+                    self.metrics.db_error("decide");
+                    return Outcome::UNAVAILABLE;
+                }
+            }
+        }
+        self.metrics.db_error("decide");
+        warn!(error = %error, "the database refused one request's record: that request denied as unavailable");
+        Outcome::UNAVAILABLE
     }
 
     /// A batch whose transaction failed changed nothing (in-memory counters move only

@@ -54,6 +54,11 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -78,6 +83,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     integrity_failures: Family<TableLabels, Counter>,
     onboard_rate_limited: Counter,
+    transport_limited: Family<LimitLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +162,12 @@ impl Metrics {
             "Requests refused before they were authenticated (nothing of them is stored), by reason",
             rejected.clone(),
         );
+        let transport_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "transport_limited",
+            "Times a transport limit held connections back (handshakes: concurrent TLS handshakes)",
+            transport_limited.clone(),
+        );
         let integrity_failures = Family::<TableLabels, Counter>::default();
         registry.register(
             "integrity_failures",
@@ -172,6 +184,7 @@ impl Metrics {
             rejected,
             integrity_failures,
             onboard_rate_limited,
+            transport_limited,
             registry,
             requests,
             latency,
@@ -235,6 +248,13 @@ impl Metrics {
     pub fn integrity_failure(&self, table: &'static str) {
         self.integrity_failures
             .get_or_create(&TableLabels { table })
+            .inc();
+    }
+
+    /// Counts a transport limit reached (`limit`: which one).
+    pub fn transport_limited(&self, limit: &'static str) {
+        self.transport_limited
+            .get_or_create(&LimitLabels { limit })
             .inc();
     }
 

@@ -217,6 +217,9 @@ impl ReloadingTls {
             tcp: Some(tcp),
             tls: Arc::clone(self),
             handshakes: JoinSet::new(),
+            max_handshakes: usize::MAX,
+            at_limit: false,
+            metrics: None,
         }
     }
 }
@@ -330,10 +333,27 @@ fn build_config(files: &TlsFiles, contents: &Contents) -> Result<Loaded> {
 /// TLS connections accepted on a TCP listener. Handshakes run concurrently, each within
 /// [`HANDSHAKE_TIMEOUT`], so a slow or silent client holds up no one; a failed handshake
 /// is logged at debug level and dropped. Dropping the stream aborts handshakes under way.
+/// At most `max_handshakes` run at once: past that, no connection is accepted until one
+/// ends (they wait in the kernel's backlog), which bounds the CPU a handshake flood takes
+/// from the requests of connections already open.
 pub struct TlsIncoming {
     tcp: Option<TcpIncoming>,
     tls: Arc<ReloadingTls>,
     handshakes: JoinSet<io::Result<TlsStream<TcpStream>>>,
+    max_handshakes: usize,
+    /// Whether the limit held accepting back (counted once per time it is reached).
+    at_limit: bool,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl TlsIncoming {
+    /// Runs at most `max` handshakes at once (at least one), counting in `metrics` each
+    /// time the limit holds new connections back.
+    pub fn limit_handshakes(mut self, max: usize, metrics: Arc<Metrics>) -> Self {
+        self.max_handshakes = max.max(1);
+        self.metrics = Some(metrics);
+        self
+    }
 }
 
 impl Stream for TlsIncoming {
@@ -341,26 +361,41 @@ impl Stream for TlsIncoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // Take every connection that is waiting and start its handshake.
-        while let Some(tcp) = this.tcp.as_mut() {
-            match Pin::new(tcp).poll_next(cx) {
-                Poll::Ready(Some(Ok(stream))) => {
-                    let acceptor = TlsAcceptor::from(this.tls.config());
-                    this.handshakes.spawn(async move {
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                            .map_err(|_| {
-                                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                            })?
-                    });
-                }
-                // tonic's server logs accept errors and goes on.
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => this.tcp = None,
-                Poll::Pending => break,
-            }
-        }
         loop {
+            // Take every connection that is waiting and start its handshake, up to the
+            // limit (at it, the listener is not polled: connections wait in the backlog).
+            while let Some(tcp) = this.tcp.as_mut() {
+                if this.handshakes.len() >= this.max_handshakes {
+                    if !this.at_limit {
+                        this.at_limit = true;
+                        if let Some(m) = &this.metrics {
+                            m.transport_limited("handshakes");
+                        }
+                    }
+                    break;
+                }
+                this.at_limit = false;
+                match Pin::new(tcp).poll_next(cx) {
+                    Poll::Ready(Some(Ok(stream))) => {
+                        let acceptor = TlsAcceptor::from(this.tls.config());
+                        this.handshakes.spawn(async move {
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                                .map_err(|_| {
+                                    io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        "TLS handshake timed out",
+                                    )
+                                })?
+                        });
+                    }
+                    // tonic's server logs accept errors and goes on.
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => this.tcp = None,
+                    Poll::Pending => break,
+                }
+            }
+            // A handshake that ends frees its slot: then accept again (above).
             match this.handshakes.poll_join_next(cx) {
                 Poll::Ready(Some(Ok(Ok(stream)))) => return Poll::Ready(Some(Ok(stream))),
                 Poll::Ready(Some(Ok(Err(e)))) => {

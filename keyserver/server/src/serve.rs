@@ -47,6 +47,11 @@ use crate::tls::{self, TlsArgs};
 
 /// Largest gRPC message accepted (a decrypt request is well under 2 KiB).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message the health and reflection services accept (their requests name a
+/// service or a symbol).
+const SMALL_MESSAGE_BYTES: usize = 4 * 1024;
+/// Largest HTTP/2 header list accepted (gRPC requests send a few short headers).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Verified ciphertext digests remembered.
 const VERIFIED_CIPHERTEXTS: usize = 100_000;
 
@@ -101,7 +106,52 @@ pub struct ServeArgs {
     #[arg(long, env = "KSS_MAX_ONBOARD_PER_MINUTE", default_value_t = 60)]
     pub max_onboard_per_minute: u32,
     #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
     pub pod: PodArgs,
+}
+
+/// Bounds on what a client can hold of the workstation listener.
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// TLS handshakes run at once at most; past it, new connections wait in the backlog
+    /// (`kss_transport_limited_total{limit="handshakes"}`).
+    #[arg(long, env = "KSS_MAX_HANDSHAKES", default_value_t = 32)]
+    pub max_handshakes: usize,
+    /// HTTP/2 streams (requests in flight) one connection may have open at once.
+    #[arg(long, env = "KSS_MAX_STREAMS_PER_CONNECTION", default_value_t = 64)]
+    pub max_streams_per_connection: u32,
+    /// Seconds a request may take before it is answered DEADLINE_EXCEEDED.
+    #[arg(long, env = "KSS_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer
+    /// within 20 s is dropped (also TCP keepalive). 0: no pings.
+    #[arg(long, env = "KSS_KEEPALIVE_SECS", default_value_t = 60)]
+    pub keepalive_secs: u64,
+    /// Seconds a connection may live; it is then closed gracefully (30 s for its requests
+    /// in flight) and the client reconnects. Bounds what an idle client holds. 0: no limit.
+    #[arg(long, env = "KSS_MAX_CONNECTION_AGE_SECS", default_value_t = 3600)]
+    pub max_connection_age_secs: u64,
+}
+
+/// The workstation listener's HTTP/2 server with the transport bounds.
+fn bounded_server(t: &TransportArgs) -> Server {
+    let keepalive = (t.keepalive_secs > 0).then(|| Duration::from_secs(t.keepalive_secs));
+    let mut server = Server::builder()
+        .max_concurrent_streams(t.max_streams_per_connection.max(1))
+        .timeout(Duration::from_secs(t.request_timeout_secs.max(1)))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(keepalive)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024));
+    if t.max_connection_age_secs > 0 {
+        server = server
+            .max_connection_age(Duration::from_secs(t.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(30));
+    }
+    server
 }
 
 pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
@@ -184,6 +234,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     // Health: "" is live from now on; kss.v1.KeyServer is ready only while this instance
     // decides requests.
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(SMALL_MESSAGE_BYTES);
     set_ready(&health, false).await;
     // The health listener outlives the others: probes see NOT_SERVING, not a refused
     // connection, until the process exits.
@@ -269,11 +320,13 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     };
 
     // Bound before "serving" is announced, so that a client told so can connect.
-    let incoming = workstation_tls.incoming(
-        TcpIncoming::bind(args.listen)
-            .with_context(|| format!("binding {}", args.listen))?
-            .with_nodelay(Some(true)),
-    );
+    let incoming = workstation_tls
+        .incoming(
+            TcpIncoming::bind(args.listen)
+                .with_context(|| format!("binding {}", args.listen))?
+                .with_nodelay(Some(true)),
+        )
+        .limit_handshakes(args.transport.max_handshakes, Arc::clone(&metrics));
     Arc::clone(&workstation_tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
     let instance_id = info.name.clone();
     crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &data_dir.read_master_key()?)
@@ -338,6 +391,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
                 args.max_onboard_per_minute,
             ),
             max_clock_skew: Duration::from_secs(args.max_clock_skew),
+            reject_log: Default::default(),
         }),
     });
     admin_mode.send_replace(AdminMode::Serving(Arc::new(AdminService {
@@ -377,7 +431,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         println!("clients trust the CA in {}", ca.display());
     }
 
-    let served = Server::builder()
+    let served = bounded_server(&args.transport)
         .add_service(health_service)
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)
@@ -508,6 +562,7 @@ fn reflection_v1() -> Result<
         .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map(|s| s.max_decoding_message_size(SMALL_MESSAGE_BYTES))
         .context("building the reflection service")
 }
 
@@ -520,6 +575,7 @@ fn reflection_v1alpha() -> Result<
         .register_encoded_file_descriptor_set(kss_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
+        .map(|s| s.max_decoding_message_size(SMALL_MESSAGE_BYTES))
         .context("building the reflection service")
 }
 

@@ -107,7 +107,11 @@ impl Keyserver {
         let (profile, register) = match self.prove(&parsed, body, signature).await {
             Proven::Yes { profile, register } => (profile, register),
             Proven::No(reason) => {
-                self.metrics.unauthenticated(reason.as_str());
+                self.refused(
+                    "Approve",
+                    reason.as_str(),
+                    "denied before its signature verified",
+                );
                 return Ok(Approval::denied(request_type, reason, None));
             }
         };
@@ -226,7 +230,11 @@ impl Keyserver {
                     .reregister(&parsed.profile, parsed.body.registration.as_ref())
                     .await
                 {
-                    Ok(Some((p, row))) => (p, Some(Box::new(row))),
+                    Ok(Some((p, row))) => {
+                        // Recorded with this request's decision: read from the store next.
+                        self.profiles.forget_unknown(&parsed.profile);
+                        (p, Some(Box::new(row)))
+                    }
                     Ok(None) => return Proven::No(Reason::UnknownProfile),
                     Err(reason) => return Proven::No(reason),
                 }

@@ -13,6 +13,7 @@ pub mod fields;
 mod onboard;
 pub mod onboarding;
 pub mod profiles;
+pub mod reject_log;
 pub mod shares;
 pub mod verifier;
 
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::switches::Switches;
 use onboarding::OnboardingGate;
 use profiles::ProfileCache;
+use reject_log::RejectLog;
 use shares::ShareCache;
 use verifier::Verifier;
 
@@ -95,12 +97,20 @@ pub struct Keyserver {
     pub onboarding: OnboardingGate,
     /// How far a request's timestamp may be from this server's clock.
     pub max_clock_skew: Duration,
+    /// A sample of the requests refused before authentication.
+    pub reject_log: RejectLog,
 }
 
 impl Keyserver {
     fn within_skew(&self, timestamp_ms: i64) -> bool {
         let skew = i64::try_from(self.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
         now_ms().abs_diff(timestamp_ms) <= skew.unsigned_abs()
+    }
+
+    /// Counts a request refused before authentication and logs it as a sample.
+    pub fn refused(&self, rpc: &'static str, reason: &'static str, detail: &str) {
+        self.metrics.unauthenticated(reason);
+        self.reject_log.note(rpc, reason, detail);
     }
 
     /// The policy in force's version and whether the keyserver is enabled.

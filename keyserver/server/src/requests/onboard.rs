@@ -151,6 +151,7 @@ impl Keyserver {
             device_public_key: device_key,
             workstation_share: ws,
         };
+        self.profiles.forget_unknown(&profile_id);
         info!(profile = %profile_id, "profile onboarded");
         Ok(Onboarded {
             profile_id,

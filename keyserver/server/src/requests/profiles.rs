@@ -2,11 +2,14 @@
 //! keyserver's share, derived once from the root secret. Only rows that pass their integrity
 //! check are used; revocations are read with the row, and the cache starts over whenever
 //! the database's revocation epoch moves (polled with the switches), so a revocation
-//! reaches every instance within the poll interval.
+//! reaches every instance within the poll interval. An id the store does not hold is
+//! remembered as unknown for [`UNKNOWN_FOR`], so that requests naming made-up profiles do
+//! not cost a database read each.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kss_crypto::ids::{DeviceId, ProfileId};
 use kss_crypto::profile::{KssShare, ProfilePublicKeys, WorkstationPublicShare};
@@ -44,12 +47,21 @@ pub struct ProfileCache {
     metrics: Arc<Metrics>,
     checker: RowChecker,
     known: Mutex<HashMap<ProfileId, Arc<KnownProfile>>>,
+    /// Ids the store did not hold, and when it was asked.
+    unknown: Mutex<HashMap<ProfileId, Instant>>,
     /// The revocation epoch the cached entries were read under.
     epoch: AtomicU64,
 }
 
 /// Past this many entries the cache starts over (profiles are re-read on demand).
 const MAX_CACHED: usize = 200_000;
+
+/// How long an id the store does not hold is answered as unknown without asking again.
+/// Short: a profile onboarded at another instance is known here at most this long after.
+pub const UNKNOWN_FOR: Duration = Duration::from_secs(1);
+
+/// Past this many remembered unknown ids the list starts over.
+const MAX_UNKNOWN: usize = 100_000;
 
 impl ProfileCache {
     pub fn new(
@@ -63,12 +75,40 @@ impl ProfileCache {
             metrics,
             checker: RowChecker::default(),
             known: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProfileId, Arc<KnownProfile>>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<ProfileId, Instant>> {
+        self.unknown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` was asked of the store within [`UNKNOWN_FOR`] and not found.
+    fn recently_unknown(&self, id: &ProfileId) -> bool {
+        self.unknown()
+            .get(id)
+            .is_some_and(|asked| asked.elapsed() < UNKNOWN_FOR)
+    }
+
+    fn remember_unknown(&self, id: &ProfileId) {
+        let mut unknown = self.unknown();
+        if unknown.len() >= MAX_UNKNOWN {
+            unknown.retain(|_, asked| asked.elapsed() < UNKNOWN_FOR);
+            if unknown.len() >= MAX_UNKNOWN {
+                unknown.clear();
+            }
+        }
+        unknown.insert(*id, Instant::now());
+    }
+
+    /// Forgets that `id` was unknown (it was just onboarded here).
+    pub fn forget_unknown(&self, id: &ProfileId) {
+        self.unknown().remove(id);
     }
 
     /// Drops every cached profile if the revocation epoch moved since they were read.
@@ -83,9 +123,13 @@ impl ProfileCache {
         if let Some(p) = self.lock().get(id) {
             return Ok(Lookup::Known(Arc::clone(p)));
         }
+        if self.recently_unknown(id) {
+            return Ok(Lookup::Unknown);
+        }
         let epoch = self.epoch.load(Ordering::Acquire);
         let key = id.to_string();
         let Some(row) = self.store.profile(&key).await? else {
+            self.remember_unknown(id);
             return Ok(Lookup::Unknown);
         };
         if !self

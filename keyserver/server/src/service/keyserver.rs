@@ -48,6 +48,14 @@ fn status_of(e: RequestError) -> Status {
     }
 }
 
+/// Logs a sample of the requests refused before they were decided (the decided ones are
+/// in the audit log; "shutting down" is not the client's doing).
+fn sample_refusal(core: &Keyserver, rpc: &'static str, e: &RequestError) {
+    if !matches!(e, RequestError::Denied(_) | RequestError::Unavailable(_)) {
+        core.reject_log.note(rpc, e.label(), &e.to_string());
+    }
+}
+
 fn approve_response(a: Approval) -> pb::ApproveResponse {
     let (decision, reason) = match a.verdict {
         Verdict::Approved { .. } => (pb::Decision::Approved, pb::DenyReason::Unspecified),
@@ -119,7 +127,10 @@ impl KeyServer for KeyServerService {
                 Verdict::Denied(Reason::Policy),
                 started.elapsed(),
             ),
-            Err(e) => metrics.rejected("Onboard", e.label(), started.elapsed()),
+            Err(e) => {
+                metrics.rejected("Onboard", e.label(), started.elapsed());
+                sample_refusal(&self.core, "Onboard", e);
+            }
         }
         result
             .map(onboard_response)
@@ -148,6 +159,7 @@ impl KeyServer for KeyServerService {
                 self.core
                     .metrics
                     .rejected("Approve", e.label(), started.elapsed());
+                sample_refusal(&self.core, "Approve", &e);
                 Err(status_of(e))
             }
         }

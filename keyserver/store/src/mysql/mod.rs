@@ -62,6 +62,46 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql"
 
 /// MySQL's limit on placeholders in one statement is 65535; stay far below it.
 const MAX_BINDS_PER_STATEMENT: usize = 6000;
+/// Bytes of audit records one `INSERT` carries at most (a record over it goes alone): well
+/// under `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL 8 by default), which a
+/// batch of requests with large metadata would otherwise exceed, failing the batch.
+const MAX_AUDIT_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// An audit record's variable bytes, roughly as sent.
+fn audit_bytes(r: &AuditRecord) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    64 + r.instance_id.len()
+        + text(&r.profile_id)
+        + text(&r.device_id)
+        + r.request_type.len()
+        + r.meta.len()
+        + r.cryptographic_id.len()
+        + text(&r.reason)
+        + r.nonce.as_ref().map_or(0, Vec::len)
+}
+
+/// `records` in order, in chunks of at most `max_rows` rows and `max_bytes` bytes (a record
+/// larger than `max_bytes` is a chunk of its own).
+fn chunks_by_bytes(
+    records: &[AuditRecord],
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<&[AuditRecord]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let size = audit_bytes(r);
+        if i > start && (i - start >= max_rows || bytes + size > max_bytes) {
+            chunks.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
+}
 
 /// Connections per process.
 const POOL_SIZE: u32 = 8;
@@ -664,7 +704,11 @@ impl DecisionTx for MysqlDecisionTx {
                 s
             }
         };
-        for chunk in records.chunks(MAX_BINDS_PER_STATEMENT / 12) {
+        for chunk in chunks_by_bytes(
+            records,
+            MAX_BINDS_PER_STATEMENT / 12,
+            MAX_AUDIT_STATEMENT_BYTES,
+        ) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                 "INSERT INTO audit (at_ms, instance_id, profile_id, device_id, request_type, \
                  meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
@@ -797,4 +841,45 @@ pub(crate) async fn upsert_counters(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Decision;
+
+    fn record(meta_bytes: usize) -> AuditRecord {
+        AuditRecord {
+            at_ms: 0,
+            instance_id: "i".into(),
+            profile_id: None,
+            device_id: None,
+            request_type: "search".into(),
+            meta: "m".repeat(meta_bytes),
+            cryptographic_id: String::new(),
+            decision: Decision::Denied,
+            rule_set: None,
+            reason: None,
+            policy_version: None,
+            nonce: None,
+        }
+    }
+
+    #[test]
+    fn audit_chunks_are_bounded_by_rows_and_bytes_and_keep_order() {
+        let records: Vec<AuditRecord> = [10, 10, 900, 10, 2000, 10, 10, 10]
+            .iter()
+            .map(|&n| record(n))
+            .collect();
+        let chunks = chunks_by_bytes(&records, 3, 1000);
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        // (Each record also counts 71 bytes of fixed fields.) The two small ones fit; the
+        // 900 would pass 1000 with them, and with the next; 2000 goes alone; then 3 rows.
+        assert_eq!(lens, vec![2, 1, 1, 1, 3]);
+        let flat: Vec<&AuditRecord> = chunks.iter().flat_map(|c| c.iter()).collect();
+        assert!(flat.iter().zip(&records).all(|(a, b)| std::ptr::eq(*a, b)));
+        assert!(chunks_by_bytes(&[], 3, 1000).is_empty());
+        assert_eq!(chunks_by_bytes(&records, 100, usize::MAX).len(), 1);
+    }
 }
