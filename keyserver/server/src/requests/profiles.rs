@@ -191,3 +191,66 @@ fn revoked_by(revocations: &[Revocation], device: &DeviceId) -> bool {
         .iter()
         .any(|r| r.device_id.as_deref().is_none_or(|d| d == device))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kss_crypto::profile::WorkstationShare;
+    use kss_crypto::signing::DeviceKey;
+    use kss_store::SqliteStore;
+
+    /// An unknown id is answered from memory for [`UNKNOWN_FOR`]: a profile stored in the
+    /// meantime (as by another instance) is found only once that has passed, or at once
+    /// after `forget_unknown` (onboarded here).
+    #[tokio::test]
+    async fn unknown_ids_are_remembered_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("kss.db")).await.unwrap());
+        let identity = Arc::new(KeyserverIdentity::generate());
+        let cache = ProfileCache::new(
+            Arc::clone(&identity),
+            Arc::clone(&store),
+            Arc::new(Metrics::new()),
+        );
+        let store_profile = |id: ProfileId| {
+            let store = Arc::clone(&store);
+            let identity = Arc::clone(&identity);
+            async move {
+                let device = DeviceKey::generate().public();
+                let mut row = Profile {
+                    profile_id: id.to_string(),
+                    device_id: DeviceId::of(&device).to_string(),
+                    device_public_key: device.to_bytes().to_vec(),
+                    workstation_share: WorkstationShare::generate().public().to_bytes().to_vec(),
+                    name: "test".into(),
+                    words: Vec::new(),
+                    created_at_ms: 0,
+                    mac: Vec::new(),
+                };
+                row.mac = crate::integrity::profile_mac(identity.row_key(), &row);
+                let mut tx = store.begin_decisions(None).await.unwrap();
+                assert!(tx.insert_profile(&row).await.unwrap());
+                tx.commit().await.unwrap();
+            }
+        };
+        let known = |l: Lookup| matches!(l, Lookup::Known(_));
+
+        let late = ProfileId::random();
+        assert!(!known(cache.get(&late).await.unwrap()));
+        store_profile(late).await;
+        assert!(
+            !known(cache.get(&late).await.unwrap()),
+            "read the store again"
+        );
+        tokio::time::sleep(UNKNOWN_FOR + Duration::from_millis(50)).await;
+        assert!(known(cache.get(&late).await.unwrap()));
+
+        let onboarded = ProfileId::random();
+        assert!(!known(cache.get(&onboarded).await.unwrap()));
+        store_profile(onboarded).await;
+        cache.forget_unknown(&onboarded);
+        assert!(known(cache.get(&onboarded).await.unwrap()));
+    }
+}
