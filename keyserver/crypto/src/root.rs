@@ -33,6 +33,7 @@ const PROFILE_SHARE_INFO: &[u8] = b"kss profile share v1";
 const TOKEN_KEY_INFO: &[u8] = b"kss profile token v1";
 const CLAIMS_TAG: &[u8] = b"kss profile claims v1";
 const ROW_KEY_INFO: &[u8] = b"kss row mac v1";
+const AUDIT_KEY_INFO: &[u8] = b"kss audit chain v1";
 /// Length of a row MAC.
 pub const ROW_MAC_LEN: usize = 32;
 
@@ -118,8 +119,22 @@ impl RootSecret {
     ///
     /// HKDF-SHA256(ikm = root, no salt, info = "kss row mac v1" || keyserver) → 64 bytes.
     pub fn row_key(&self, keyserver: &KeyserverId) -> RowKey {
-        let mut info = Vec::with_capacity(ROW_KEY_INFO.len() + 16);
-        info.extend_from_slice(ROW_KEY_INFO);
+        self.mac_key(ROW_KEY_INFO, keyserver)
+    }
+
+    /// The key of the audit log's chain (each row's chained MAC, its checkpoints and its
+    /// head), so that whoever can write the database cannot edit, drop, insert or reorder
+    /// audit rows unnoticed. The same HMAC construction as [`RootSecret::row_key`], under a
+    /// key of its own (domain-separated by the HKDF info).
+    ///
+    /// HKDF-SHA256(ikm = root, no salt, info = "kss audit chain v1" || keyserver) → 64 bytes.
+    pub fn audit_key(&self, keyserver: &KeyserverId) -> RowKey {
+        self.mac_key(AUDIT_KEY_INFO, keyserver)
+    }
+
+    fn mac_key(&self, purpose: &[u8], keyserver: &KeyserverId) -> RowKey {
+        let mut info = Vec::with_capacity(purpose.len() + 16);
+        info.extend_from_slice(purpose);
         info.extend_from_slice(keyserver.as_bytes());
         let mut key = RowKey([0u8; 64]);
         // 64 bytes is far below HKDF-SHA256's limit: this cannot fail.

@@ -435,3 +435,22 @@ fn row_macs_bind_table_fields_and_keyserver() {
         Err(CryptoError::BadRowMac)
     );
 }
+
+#[test]
+fn the_audit_key_is_not_the_row_key() {
+    let root = RootSecret::generate();
+    let ks = KeyserverId::random();
+    let mac = root.audit_key(&ks).mac("audit", &[b"row"]);
+    root.audit_key(&ks)
+        .verify("audit", &[b"row"], &mac)
+        .unwrap();
+    assert_eq!(
+        root.row_key(&ks).verify("audit", &[b"row"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+    assert_eq!(
+        root.audit_key(&KeyserverId::random())
+            .verify("audit", &[b"row"], &mac),
+        Err(CryptoError::BadRowMac)
+    );
+}

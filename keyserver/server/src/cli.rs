@@ -65,7 +65,8 @@ pub enum Command {
     /// Throttle counters.
     #[command(subcommand)]
     Quota(QuotaCommand),
-    /// Recent decisions from the audit log, newest first.
+    /// The audit log: recent decisions and administrative actions (newest first);
+    /// `verify` checks its chain, `prune` drops old rows.
     Audit(AuditArgs),
     /// Onboarded profiles: list, show (with their verification words), revoke.
     #[command(subcommand)]

@@ -99,6 +99,8 @@ pub struct AuditDraft {
     pub cryptographic_id: String,
     /// Set only once the request's signature verified.
     pub nonce: Option<Vec<u8>>,
+    /// SHA-256 of the ciphertext verified (decrypts).
+    pub ciphertext_sha256: Option<[u8; 32]>,
 }
 
 /// One request for a decision.
@@ -552,6 +554,8 @@ fn audit_record(
         reason,
         policy_version: (policy_version > 0).then_some(policy_version),
         nonce: audit.nonce,
+        ciphertext_sha256: audit.ciphertext_sha256.map(|d| d.to_vec()),
+        actor: None,
     }
 }
 

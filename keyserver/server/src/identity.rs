@@ -1,6 +1,7 @@
 //! The keyserver's identity: its ID and root secret, sealed at rest with the master key.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use kss_crypto::identity::SealedIdentity;
@@ -16,6 +17,7 @@ pub struct KeyserverIdentity {
     root: RootSecret,
     token_key: TokenKey,
     row_key: RowKey,
+    audit_key: Arc<RowKey>,
 }
 
 impl std::fmt::Debug for KeyserverIdentity {
@@ -30,11 +32,13 @@ impl KeyserverIdentity {
     pub fn new(id: KeyserverId, root: RootSecret) -> Self {
         let token_key = root.token_key(&id);
         let row_key = root.row_key(&id);
+        let audit_key = Arc::new(root.audit_key(&id));
         KeyserverIdentity {
             id,
             root,
             token_key,
             row_key,
+            audit_key,
         }
     }
 
@@ -54,6 +58,30 @@ impl KeyserverIdentity {
     /// The key of the MACs on the rows this keyserver writes (profiles, policy versions).
     pub fn row_key(&self) -> &RowKey {
         &self.row_key
+    }
+
+    /// The audit chain's key, for the store (see [`crate::audit_log::ChainKey`]).
+    pub fn chain_key(&self) -> Arc<dyn kss_store::AuditKey> {
+        Arc::new(crate::audit_log::ChainKey(Arc::clone(&self.audit_key)))
+    }
+
+    /// Loads the identity of `store` with the data directory's master key and gives the
+    /// store the audit chain's key: what a CLI command that records an administrative
+    /// action needs.
+    pub async fn load_for_audit(
+        store: &dyn Store,
+        data_dir: &crate::data_dir::DataDir,
+    ) -> Result<Self> {
+        let master = data_dir.read_master_key().with_context(|| {
+            format!(
+                "an administrative action is recorded in the audit log, whose chain is keyed \
+                 by the keyserver's identity: reading the master key {}",
+                data_dir.master_key.display()
+            )
+        })?;
+        let identity = Self::load(store, &master).await?;
+        store.set_audit_key(identity.chain_key());
+        Ok(identity)
     }
 
     /// This keyserver's share of a profile (derived from the root secret).

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_socket;
+pub mod audit_log;
 pub mod bootstrap;
 pub mod cli;
 pub mod commands;

@@ -92,8 +92,8 @@ fn run(cli: Cli) -> Result<()> {
                     Command::RecoveryIngestKey(args) => {
                         create::recovery_ingest_key(args, store, &data_dir).await
                     }
-                    Command::Enable => state::set_enabled(store, true).await,
-                    Command::Disable => state::set_enabled(store, false).await,
+                    Command::Enable => state::set_enabled(store, &data_dir, true).await,
+                    Command::Disable => state::set_enabled(store, &data_dir, false).await,
                     Command::Status { json } => state::status(store, &data_dir, json).await,
                     Command::Quota(QuotaCommand::List { all, json }) => {
                         quota::list(store, &data_dir, all, json).await
@@ -101,7 +101,7 @@ fn run(cli: Cli) -> Result<()> {
                     Command::Quota(QuotaCommand::Clear { profile }) => {
                         quota::clear(store, &data_dir, profile.as_deref()).await
                     }
-                    Command::Audit(args) => audit::list(store, &args).await,
+                    Command::Audit(args) => audit::run(store, &data_dir, &args).await,
                     Command::Instance(InstanceCommand::List { json }) => {
                         cluster::list(store, json).await
                     }

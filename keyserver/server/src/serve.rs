@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// Onboardings this instance admits per minute (also the burst); 0: none.
     #[arg(long, env = "KSS_MAX_ONBOARD_PER_MINUTE", default_value_t = 60)]
     pub max_onboard_per_minute: u32,
+    /// Prune audit rows older than this (90d, 12h, ...) every hour; rows younger than
+    /// twice --max-clock-skew are always kept. Default: keep every row.
+    #[arg(long, env = "KSS_AUDIT_RETENTION", value_parser = crate::audit_log::parse_age)]
+    pub audit_retention: Option<Duration>,
     #[command(flatten)]
     pub transport: TransportArgs,
     #[command(flatten)]
@@ -153,6 +157,9 @@ fn bounded_server(t: &TransportArgs) -> Server {
     }
     server
 }
+
+/// How often `--audit-retention` prunes.
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let data_dir = dir.data_dir();
@@ -331,6 +338,22 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let instance_id = info.name.clone();
     crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &data_dir.read_master_key()?)
         .await?;
+    // The audit chain's key; a database from before the chain gets its genesis now.
+    store.set_audit_key(identity.chain_key());
+    store
+        .append_audit(&[])
+        .await
+        .context("starting the audit chain")?;
+    if let Some(retention) = args.audit_retention {
+        tokio::spawn(crate::audit_log::prune_periodically(
+            Arc::clone(&store),
+            instance_id.clone(),
+            retention,
+            Duration::from_secs(args.max_clock_skew),
+            AUDIT_PRUNE_EVERY,
+            shutdown.stopped(),
+        ));
+    }
     let initial = switches::load(
         store.as_ref(),
         &switches::PolicyCheck {

@@ -18,6 +18,10 @@ pub enum StoreError {
     /// A write under a lease this process no longer holds; nothing was changed.
     #[error("fenced off: {0}")]
     Fenced(String),
+    /// The audit chain cannot be extended or pruned (its head does not verify, or no audit
+    /// key was given): nothing was written.
+    #[error("audit chain: {0}")]
+    AuditChain(String),
 }
 
 impl StoreError {
@@ -30,6 +34,7 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Migration(_) => "migration",
             StoreError::Fenced(_) => "fenced",
+            StoreError::AuditChain(_) => "audit_chain",
         }
     }
 }

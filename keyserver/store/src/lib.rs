@@ -12,6 +12,7 @@
 //! audit records appended in one transaction, so an approval is never returned without
 //! its quota use and its audit record committed.
 
+pub mod audit_chain;
 mod clone;
 mod error;
 mod mysql;
@@ -20,6 +21,10 @@ mod rows;
 mod sqlite;
 mod types;
 
+pub use audit_chain::{
+    AuditKey, CHECKPOINT_EVERY, ChainReport, ChainVerdict, Checkpoint, CheckpointKind,
+    PruneOutcome, Tampering,
+};
 pub use clone::{CloneCounts, clone_sqlite_into_mysql};
 pub use error::StoreError;
 pub use mysql::{MysqlStore, parse_db_uri, parse_db_uri_with_ca};
@@ -31,6 +36,8 @@ pub use types::{
     AuditEntry, AuditFilter, AuditRecord, Decision, Enrollment, EnrollmentUse, Identity,
     PolicyAdded, PolicyVersion, Profile, Revocation, State, StoredCounter,
 };
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -106,6 +113,23 @@ pub trait Store: Registry + Send + Sync + 'static {
 
     /// Recent audit records, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+    /// Gives the store the audit chain's key (see [`audit_chain`]): every append, prune and
+    /// verification needs it, and fails with [`StoreError::AuditChain`] without it.
+    fn set_audit_key(&self, key: Arc<dyn AuditKey>);
+    /// Appends audit records (administrative actions) in a transaction of their own,
+    /// extending the chain; returns their ids. With no records, only starts the chain if
+    /// it has not started (a database from before the chain gets its genesis).
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<u64>>;
+    /// Verifies the whole audit chain in one consistent snapshot.
+    async fn verify_audit(&self) -> Result<ChainVerdict>;
+    /// Deletes the oldest audit rows: the longest run, from the first row, of rows stamped
+    /// before `before_ms`, after verifying them; a prune checkpoint stands for them. The
+    /// caller chooses `before_ms` so that nonces still guarding against replays stay.
+    async fn prune_audit(&self, before_ms: i64) -> Result<PruneOutcome>;
+    /// Starts a new audit chain after every row there is (they are then reported as not
+    /// covered), with `record` as its first row: the way out once an operator has examined
+    /// a chain that does not verify (nothing is chained to a forged head). Returns its id.
+    async fn restart_audit_chain(&self, record: &AuditRecord) -> Result<u64>;
     /// (approved, denied) counts over the whole log.
     async fn audit_counts(&self) -> Result<(u64, u64)>;
 
@@ -129,7 +153,9 @@ pub trait DecisionTx: Send {
     async fn insert_profile(&mut self, profile: &Profile) -> Result<bool>;
     /// Writes counters (insert or replace).
     async fn save_counters(&mut self, counters: &[StoredCounter]) -> Result<()>;
-    /// Appends audit records; returns their ids in order.
+    /// Appends audit records, extending the audit chain (the chain's head stays locked
+    /// until this transaction ends, so the chain's order is the commit order); returns
+    /// their ids in order.
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>>;
     /// Takes one use of the enrollment whose token hashes to `token_sha256`: `Expired` if
     /// `expires_at_ms <= now_ms`, `UsedUp` if no use is left, else one use fewer and

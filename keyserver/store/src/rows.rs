@@ -7,6 +7,7 @@ use jiff::civil::Date;
 use kss_policy::{Counter, QuotaWindow};
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
+use crate::audit_chain::{ChainHead, Checkpoint, CheckpointKind};
 use crate::registry::{InstanceInfo, InstanceStatus, LeaseRow};
 use crate::{
     AuditEntry, AuditRecord, Decision, Enrollment, PolicyVersion, Profile, Result, Revocation,
@@ -187,7 +188,48 @@ where
             reason: row.try_get("reason")?,
             policy_version: policy_version.map(to_u64).transpose()?,
             nonce: row.try_get("nonce")?,
+            ciphertext_sha256: row.try_get("ciphertext_sha256")?,
+            actor: row.try_get("actor")?,
         },
+        chain_hash: row.try_get("chain_hash")?,
+    })
+}
+
+pub(crate) fn checkpoint_from_row<R>(row: &R) -> Result<Checkpoint>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decodes<R::Database>,
+    i64: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+{
+    let kind: String = row.try_get("kind")?;
+    Ok(Checkpoint {
+        seq: to_u64(row.try_get("seq")?)?,
+        kind: CheckpointKind::parse(&kind)?,
+        last_id: to_u64(row.try_get("last_id")?)?,
+        last_hash: row.try_get("last_hash")?,
+        at_ms: row.try_get("at_ms")?,
+        prev_mac: row.try_get("prev_mac")?,
+        mac: row.try_get("mac")?,
+    })
+}
+
+pub(crate) fn head_from_row<R>(row: &R) -> Result<ChainHead>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decodes<R::Database>,
+    Vec<u8>: Decodes<R::Database>,
+{
+    Ok(ChainHead {
+        last_id: to_u64(row.try_get("last_id")?)?,
+        last_hash: row.try_get("last_hash")?,
+        checkpoint_seq: to_u64(row.try_get("checkpoint_seq")?)?,
+        checkpoint_mac: row.try_get("checkpoint_mac")?,
+        since_checkpoint: to_u64(row.try_get("since_checkpoint")?)?,
+        at_ms: row.try_get("at_ms")?,
+        mac: row.try_get("mac")?,
     })
 }
 

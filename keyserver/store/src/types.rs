@@ -133,7 +133,8 @@ impl Decision {
     }
 }
 
-/// One decision, as recorded. No secret material: no ciphertext, no share, no key.
+/// One decision or administrative action, as recorded. No secret material: no ciphertext,
+/// no share, no key, no token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub at_ms: i64,
@@ -153,12 +154,20 @@ pub struct AuditRecord {
     pub policy_version: Option<u64>,
     /// Only for requests whose signature verified (a nonce is accepted once).
     pub nonce: Option<Vec<u8>>,
+    /// SHA-256 of the ciphertext the keyserver verified (decrypts that got that far).
+    pub ciphertext_sha256: Option<Vec<u8>>,
+    /// Who did an administrative action (`tls:<certificate subject>`, `uid:<n> socket`,
+    /// `uid:<n> cli`); `None` for workstation requests.
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub id: u64,
     pub record: AuditRecord,
+    /// The row's link in the audit chain (see [`crate::audit_chain`]); `None` for rows
+    /// written before the chain existed.
+    pub chain_hash: Option<Vec<u8>>,
 }
 
 /// Which audit records to list.

@@ -18,10 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kss_policy::{Counter, QuotaWindow};
 use kss_store::{
-    AuditEntry, AuditFilter, AuditRecord, Decision, Enrollment, EnrollmentUse, Identity,
-    InstanceInfo, Lease, LeaseClaim, MysqlStore, OFFLINE_AFTER_MS, PolicyAdded, Profile,
-    Revocation, SqliteStore, State, Store, StoreError, StoredCounter, clone_sqlite_into_mysql,
-    parse_db_uri, parse_db_uri_with_ca,
+    AuditEntry, AuditFilter, AuditKey, AuditRecord, CHECKPOINT_EVERY, ChainVerdict, Decision,
+    Enrollment, EnrollmentUse, Identity, InstanceInfo, Lease, LeaseClaim, MysqlStore,
+    OFFLINE_AFTER_MS, PolicyAdded, Profile, PruneOutcome, Revocation, SqliteStore, State, Store,
+    StoreError, StoredCounter, clone_sqlite_into_mysql, parse_db_uri, parse_db_uri_with_ca,
 };
 use sqlx::{Connection, Executor, Row};
 
@@ -30,9 +30,29 @@ type Check = fn(Arc<dyn Store>) -> BoxFut;
 
 // ------------------------------------------------------------------ backends
 
+/// The audit chain's key, as the server would derive it from its root secret.
+struct TestAuditKey([u8; 32]);
+
+impl AuditKey for TestAuditKey {
+    fn mac(&self, domain: &str, fields: &[&[u8]]) -> [u8; 32] {
+        use hmac::{Mac, digest::KeyInit};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0).unwrap();
+        for f in std::iter::once(domain.as_bytes()).chain(fields.iter().copied()) {
+            mac.update(&(f.len() as u64).to_be_bytes());
+            mac.update(f);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn audit_key() -> Arc<dyn AuditKey> {
+    Arc::new(TestAuditKey([7; 32]))
+}
+
 async fn with_sqlite(check: Check) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kss.db")).await.unwrap();
+    store.set_audit_key(audit_key());
     check(Arc::new(store.clone())).await;
     store.close().await;
 }
@@ -83,6 +103,7 @@ where
     let store = MysqlStore::connect(base.clone().database(&name))
         .await
         .unwrap();
+    store.set_audit_key(audit_key());
     // Run in a task so that a failed test still drops the database.
     let result = tokio::spawn(test(store.clone())).await;
     store.close().await;
@@ -156,6 +177,11 @@ conformance!(
     a_stopped_instance_is_forgotten_at_once,
     leases_grant_refuse_and_take_over,
     fenced_writes_fail_after_a_takeover,
+    audit_chain_verifies_with_checkpoints,
+    audit_chain_needs_its_key,
+    audit_admin_records_share_the_chain,
+    audit_rows_chunked_by_bytes,
+    audit_prune_keeps_the_chain_verifiable,
 );
 
 // ------------------------------------------------------------------ TLS
@@ -557,6 +583,10 @@ fn record(
         reason: (decision == Decision::Denied).then(|| "quota".to_string()),
         policy_version: Some(1),
         nonce,
+        ciphertext_sha256: (request_type == "decrypt").then(|| vec![0xcd; 32]),
+        actor: request_type
+            .starts_with("admin.")
+            .then(|| "uid:0 cli".to_string()),
     }
 }
 
@@ -1775,6 +1805,7 @@ async fn fenced_writes_fail_after_a_takeover(s: Arc<dyn Store>) {
 async fn clone_sqlite_into_mysql_copies_everything() {
     let dir = tempfile::tempdir().unwrap();
     let source = SqliteStore::open(&dir.path().join("kss.db")).await.unwrap();
+    source.set_audit_key(audit_key());
     let src: Arc<dyn Store> = Arc::new(source.clone());
     src.create_identity(&Identity {
         keyserver_id: "ab".repeat(16),
@@ -1913,6 +1944,9 @@ async fn clone_sqlite_into_mysql_copies_everything() {
                 src.audit(&everything).await.unwrap()
             );
             assert_eq!(dst.audit_counts().await.unwrap(), (666, 334));
+            // The chain came along: the copy verifies as the source does.
+            assert_eq!(dst.verify_audit().await.unwrap(), src.verify_audit().await.unwrap());
+            assert!(matches!(dst.verify_audit().await.unwrap(), ChainVerdict::Intact(r) if r.rows == 1000));
             // New records continue after the copied ids.
             let mut tx = dst.begin_decisions(None).await.unwrap();
             let ids = tx
@@ -1921,6 +1955,7 @@ async fn clone_sqlite_into_mysql_copies_everything() {
                 .unwrap();
             tx.commit().await.unwrap();
             assert_eq!(ids, [1001]);
+            assert!(matches!(dst.verify_audit().await.unwrap(), ChainVerdict::Intact(r) if r.rows == 1001));
             // A second clone into the same database is refused, naming the keyserver.
             match clone_sqlite_into_mysql(&source, &target).await {
                 Err(StoreError::AlreadyExists(msg)) => assert!(msg.contains(&"ab".repeat(16))),
@@ -1929,4 +1964,216 @@ async fn clone_sqlite_into_mysql_copies_everything() {
         }
     })
     .await;
+}
+
+// ------------------------------------------------------------------ audit chain
+
+fn intact(v: ChainVerdict) -> kss_store::ChainReport {
+    match v {
+        ChainVerdict::Intact(r) => r,
+        ChainVerdict::Tampered(t) => panic!("tampered: {t}"),
+    }
+}
+
+async fn append_committed(s: &Arc<dyn Store>, records: &[AuditRecord]) -> Vec<u64> {
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    let ids = tx.append_audit(records).await.unwrap();
+    tx.commit().await.unwrap();
+    ids
+}
+
+async fn audit_chain_verifies_with_checkpoints(s: Arc<dyn Store>) {
+    // A fresh database: the chain has not started, nothing to cover.
+    let r = intact(s.verify_audit().await.unwrap());
+    assert!(!r.started);
+    assert_eq!((r.rows, r.uncovered), (0, 0));
+
+    let batch = |n: u64, from: i64| -> Vec<AuditRecord> {
+        (0..n)
+            .map(|i| {
+                record(
+                    Some("p1"),
+                    Decision::Approved,
+                    "decrypt",
+                    from + i as i64,
+                    None,
+                )
+            })
+            .collect()
+    };
+    let first = append_committed(&s, &batch(10, 0)).await;
+    assert_eq!(first, (1..=10).collect::<Vec<_>>());
+    let r = intact(s.verify_audit().await.unwrap());
+    assert!(r.started);
+    assert_eq!(
+        (r.rows, r.first_id, r.last_id, r.checkpoints),
+        (10, Some(1), Some(10), 1)
+    );
+    assert_eq!(r.anchor.unwrap().kind, kss_store::CheckpointKind::Genesis);
+
+    // Crossing the checkpoint cadence writes a periodic checkpoint.
+    append_committed(&s, &batch(CHECKPOINT_EVERY, 100)).await;
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!((r.rows, r.checkpoints), (CHECKPOINT_EVERY + 10, 2));
+
+    // A rolled-back transaction leaves neither rows nor a gap in the chain.
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    tx.append_audit(&batch(3, 5000)).await.unwrap();
+    drop(tx);
+    let ids = append_committed(&s, &batch(1, 6000)).await;
+    assert_eq!(ids, [CHECKPOINT_EVERY + 11]);
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!(r.rows, CHECKPOINT_EVERY + 11);
+}
+
+async fn audit_chain_needs_its_key(s: Arc<dyn Store>) {
+    append_committed(&s, &[record(None, Decision::Denied, "x", 1, None)]).await;
+    // Another key: the head does not verify, so nothing is chained to it and verification
+    // says so.
+    s.set_audit_key(Arc::new(TestAuditKey([8; 32])));
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    match tx
+        .append_audit(&[record(None, Decision::Denied, "x", 2, None)])
+        .await
+    {
+        Err(StoreError::AuditChain(why)) => assert!(why.contains("does not verify"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    drop(tx);
+    assert!(matches!(
+        s.verify_audit().await.unwrap(),
+        ChainVerdict::Tampered(_)
+    ));
+    s.set_audit_key(audit_key());
+    intact(s.verify_audit().await.unwrap());
+    assert_eq!(s.audit(&all()).await.unwrap().len(), 1);
+}
+
+async fn audit_admin_records_share_the_chain(s: Arc<dyn Store>) {
+    append_committed(
+        &s,
+        &[record(Some("p"), Decision::Approved, "decrypt", 1, None)],
+    )
+    .await;
+    let ids = s
+        .append_audit(&[record(None, Decision::Approved, "admin.disable", 2, None)])
+        .await
+        .unwrap();
+    assert_eq!(ids, [2]);
+    append_committed(
+        &s,
+        &[record(Some("p"), Decision::Denied, "decrypt", 3, None)],
+    )
+    .await;
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!(r.rows, 3);
+    let listed = s.audit(&all()).await.unwrap();
+    assert_eq!(listed[1].record.actor.as_deref(), Some("uid:0 cli"));
+    assert_eq!(
+        listed[0].record.ciphertext_sha256.as_deref(),
+        Some(&[0xcd; 32][..])
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.chain_hash.as_ref().is_some_and(|h| h.len() == 32))
+    );
+    // No records: nothing changes.
+    assert!(s.append_audit(&[]).await.unwrap().is_empty());
+    assert_eq!(intact(s.verify_audit().await.unwrap()).rows, 3);
+}
+
+async fn audit_rows_chunked_by_bytes(s: Arc<dyn Store>) {
+    // Twenty rows of ~1 MB of metadata in one transaction: more than a 16 MiB packet.
+    let meta = format!(
+        r#"[{{"meta": "{}", "complete": true}}]"#,
+        "m".repeat(1_000_000)
+    );
+    let records: Vec<AuditRecord> = (0..20)
+        .map(|i| AuditRecord {
+            meta: meta.clone(),
+            ..record(
+                Some("p"),
+                Decision::Approved,
+                "decrypt",
+                i,
+                Some(nonce(9, i as u64)),
+            )
+        })
+        .collect();
+    let ids = append_committed(&s, &records).await;
+    assert_eq!(ids.len(), 20);
+    let listed = s.audit(&all()).await.unwrap();
+    assert!(listed.iter().all(|e| e.record.meta == meta));
+    assert_eq!(intact(s.verify_audit().await.unwrap()).rows, 20);
+}
+
+async fn audit_prune_keeps_the_chain_verifiable(s: Arc<dyn Store>) {
+    // Rows stamped 0..100, then one stamped 50 again (another instance's clock), then more.
+    let mut records: Vec<AuditRecord> = (0..100)
+        .map(|i| {
+            record(
+                Some("p"),
+                Decision::Approved,
+                "unlock",
+                i,
+                Some(nonce(3, i as u64)),
+            )
+        })
+        .collect();
+    records.push(record(None, Decision::Denied, "x", 50, None));
+    records.extend((0..10).map(|i| record(None, Decision::Denied, "x", 200 + i, None)));
+    append_committed(&s, &records).await;
+    assert_eq!(s.prune_audit(0).await.unwrap(), PruneOutcome::Nothing);
+
+    // Every row stamped before 60 that no later-stamped row precedes: rows 1..=60.
+    match s.prune_audit(60).await.unwrap() {
+        PruneOutcome::Pruned {
+            through,
+            rows,
+            checkpoint,
+        } => {
+            assert_eq!((through, rows), (60, 60));
+            assert_eq!(checkpoint, Some(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!(
+        (r.rows, r.first_id, r.last_id, r.checkpoints),
+        (51, Some(61), Some(111), 1)
+    );
+    assert_eq!(
+        r.anchor.as_ref().unwrap().kind,
+        kss_store::CheckpointKind::Prune
+    );
+    assert_eq!(r.anchor.unwrap().last_id, 60);
+
+    // Nonces of the rows kept still refuse a replay.
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    let seen = tx
+        .seen_nonces(&[&nonce(3, 1), &nonce(3, 70)])
+        .await
+        .unwrap();
+    assert_eq!(seen, [nonce(3, 70)]);
+    drop(tx);
+
+    // The chain goes on after the prune; a second prune starts from the first's checkpoint.
+    append_committed(&s, &[record(None, Decision::Denied, "x", 300, None)]).await;
+    match s.prune_audit(250).await.unwrap() {
+        PruneOutcome::Pruned { through, rows, .. } => assert_eq!((through, rows), (111, 51)),
+        other => panic!("{other:?}"),
+    }
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!((r.rows, r.first_id, r.last_id), (1, Some(112), Some(112)));
+    // Everything old: the last row goes too, and the checkpoint alone stands for the chain.
+    assert!(matches!(
+        s.prune_audit(i64::MAX).await.unwrap(),
+        PruneOutcome::Pruned { through: 112, .. }
+    ));
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!((r.rows, r.first_id), (0, None));
+    let ids = append_committed(&s, &[record(None, Decision::Denied, "x", 400, None)]).await;
+    assert_eq!(ids, [113]);
+    assert_eq!(intact(s.verify_audit().await.unwrap()).rows, 1);
 }

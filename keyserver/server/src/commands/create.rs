@@ -9,6 +9,7 @@ use kss_crypto::backup::{self, AdminKey, AdminPublicKey, Approval};
 use kss_store::{Store, StoreError};
 
 use super::admin_key::{read_admin_public, read_backup};
+use crate::audit_log::{self, Actor, admin_record};
 use crate::data_dir::{DataDir, write_new, write_private};
 use crate::identity::{KeyserverIdentity, now_ms};
 
@@ -114,6 +115,16 @@ pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> 
     // The backup first: an identity must never exist without one.
     write_backup(&identity, &holders, args.backup.threshold, &backup_path)?;
     store_identity(store, data_dir, &identity, &master).await?;
+    // The chain starts here, with the creation as its first row.
+    audit_cli(
+        store,
+        &identity,
+        "create",
+        serde_json::json!({"keyserver_id": identity.id.to_string(),
+                           "backup_threshold": args.backup.threshold,
+                           "backup_holders": holders.len()}),
+    )
+    .await?;
     println!("{}", identity.id);
     eprintln!(
         "keyserver {} created; backup key at {} ({} of {} holders restore it). \
@@ -124,6 +135,21 @@ pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> 
         holders.len(),
         identity.id
     );
+    Ok(())
+}
+
+/// Records an administrative action of the CLI, keyed by `identity`.
+async fn audit_cli(
+    store: &dyn Store,
+    identity: &KeyserverIdentity,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    store.set_audit_key(identity.chain_key());
+    let record = admin_record("cli", &Actor::cli(), action, None, detail, 0);
+    audit_log::record(store, record)
+        .await
+        .with_context(|| format!("{action}: done, but its audit record could not be written"))?;
     Ok(())
 }
 
@@ -181,6 +207,15 @@ pub async fn save_backup_key(
     let identity = KeyserverIdentity::load(store, &master).await?;
     let holders = holders(&args.backup, &args.path)?;
     write_backup(&identity, &holders, args.backup.threshold, &args.path)?;
+    audit_cli(
+        store,
+        &identity,
+        "backup_key_save",
+        serde_json::json!({"path": args.path.display().to_string(),
+                           "backup_threshold": args.backup.threshold,
+                           "backup_holders": holders.len()}),
+    )
+    .await?;
     println!(
         "backup key of keyserver {} written to {} ({} of {} holders restore it)",
         identity.id,
@@ -230,6 +265,14 @@ pub async fn recovery_ingest_key(
     let identity = KeyserverIdentity::new(*backup.keyserver_id(), root);
     let master = data_dir.read_or_create_master_key()?;
     store_identity(store, data_dir, &identity, &master).await?;
+    audit_cli(
+        store,
+        &identity,
+        "recovery",
+        serde_json::json!({"keyserver_id": identity.id.to_string(),
+                           "approvals": approvals.len()}),
+    )
+    .await?;
     println!("{}", identity.id);
     eprintln!(
         "keyserver {} recovered from {}. Load the policy (`kss policy load`); onboarded \

@@ -1,12 +1,14 @@
 //! `kss quota list` and `kss quota clear`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kss_proto::v1::{ClearQuotasRequest, ListQuotasRequest, QuotaEntry};
 use kss_store::Store;
 use serde_json::json;
 
 use super::admin_client;
+use crate::audit_log::{self, Actor, admin_record};
 use crate::data_dir::DataDir;
+use crate::identity::KeyserverIdentity;
 
 pub async fn list(store: &dyn Store, data_dir: &DataDir, all: bool, as_json: bool) -> Result<()> {
     // A running server knows every counter (in-memory ones too) and which are at quota.
@@ -74,7 +76,22 @@ pub async fn clear(store: &dyn Store, data_dir: &DataDir, profile: Option<&str>)
         })
         .transpose()?;
     let profile = profile.as_deref();
+    KeyserverIdentity::load_for_audit(store, data_dir).await?;
     let persistent = store.clear_counters(profile).await?;
+    let policy_version = store.state().await?.policy_version;
+    audit_log::record(
+        store,
+        admin_record(
+            "cli",
+            &Actor::cli(),
+            "quota_clear",
+            profile.map(str::to_string),
+            json!({"counters": "persistent", "cleared": persistent}),
+            policy_version,
+        ),
+    )
+    .await
+    .context("counters cleared, but the audit record could not be written")?;
     let in_memory = match admin_client::connect(data_dir).await {
         Some(mut admin) => {
             admin

@@ -10,6 +10,7 @@ use kss_policy::{LoadError, Policy, Summary};
 use kss_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
+use crate::audit_log::{self, Actor, admin_record};
 use crate::data_dir::DataDir;
 use crate::identity::{KeyserverIdentity, now_ms};
 use crate::integrity::{policy_mac, policy_verifies};
@@ -28,6 +29,8 @@ pub struct StoredPolicy {
     pub summary: Summary,
     /// Migration warnings (the policy is valid).
     pub warnings: Vec<String>,
+    /// SHA-256 of the text (hex).
+    pub sha256: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,7 @@ pub async fn store_policy(
         changed: added.changed,
         summary,
         warnings,
+        sha256: sha,
     })
 }
 
@@ -93,6 +97,7 @@ pub async fn load(
         )
     })?;
     let identity = KeyserverIdentity::load(store, &master).await?;
+    store.set_audit_key(identity.chain_key());
     // Validated whole before anything is stored: an invalid policy changes nothing.
     let stored = match store_policy(store, identity.row_key(), &text).await {
         Ok(stored) => stored,
@@ -104,6 +109,23 @@ pub async fn load(
     for w in &stored.warnings {
         eprintln!("warning: {}: {w}", file.display());
     }
+    let detail = serde_json::json!({
+        "version": stored.version, "changed": stored.changed, "sha256": stored.sha256,
+        "rules": stored.summary.rules,
+    });
+    audit_log::record(
+        store,
+        admin_record(
+            "cli",
+            &Actor::cli(),
+            "policy_load",
+            None,
+            detail,
+            stored.version,
+        ),
+    )
+    .await
+    .context("the policy is stored, but its audit record could not be written")?;
     if stored.changed {
         println!(
             "policy version {} stored ({})",

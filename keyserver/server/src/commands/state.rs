@@ -6,14 +6,32 @@ use kss_store::Store;
 use serde_json::json;
 
 use super::admin_client;
+use crate::audit_log::{self, Actor, admin_record};
 use crate::data_dir::DataDir;
+use crate::identity::KeyserverIdentity;
 
-pub async fn set_enabled(store: &dyn Store, enabled: bool) -> Result<()> {
+pub async fn set_enabled(store: &dyn Store, data_dir: &DataDir, enabled: bool) -> Result<()> {
     store
         .identity()
         .await?
         .context("this data directory has no keyserver identity: run `kss create` first")?;
+    KeyserverIdentity::load_for_audit(store, data_dir).await?;
     store.set_enabled(enabled).await?;
+    let policy_version = store.state().await?.policy_version;
+    let action = if enabled { "enable" } else { "disable" };
+    audit_log::record(
+        store,
+        admin_record(
+            "cli",
+            &Actor::cli(),
+            action,
+            None,
+            json!({}),
+            policy_version,
+        ),
+    )
+    .await
+    .with_context(|| format!("{action}d, but its audit record could not be written"))?;
     if enabled {
         println!("keyserver enabled: requests are decided by the policy");
     } else {

@@ -123,6 +123,7 @@ impl Keyserver {
             meta: meta_json(&body.auth_meta),
             cryptographic_id: hex::encode(&body.cryptographic_id),
             nonce: None,
+            ciphertext_sha256: None,
         };
         if !self.within_skew(body.timestamp_ms) {
             return Ok(self.deny(request_type, Reason::Stale, audit).await);
@@ -147,7 +148,11 @@ impl Keyserver {
                 }
             };
             match checked {
-                Ok(verified) => Some(verified),
+                Ok(verified) => {
+                    // What was verified, beside what the client claims (cryptographic_id).
+                    audit.ciphertext_sha256 = Some(*verified.digest());
+                    Some(verified)
+                }
                 Err(reason) => {
                     // Not decided on: the nonce is not used up.
                     audit.nonce = None;

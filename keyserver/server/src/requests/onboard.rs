@@ -126,6 +126,7 @@ impl Keyserver {
             request_type: RequestType::CreateProfile.as_str().to_string(),
             meta: "[]".to_string(),
             cryptographic_id: String::new(),
+            ciphertext_sha256: None,
             nonce: Some(decoded.nonce.clone()),
         };
         let outcome = self

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
+use crate::audit_log::{self, Actor, admin_record};
 use crate::commands::server_policy::{PolicyLoadError, store_policy};
 use crate::decider::MemoryCounters;
 use crate::identity::{KeyserverIdentity, now_ms};
@@ -78,6 +79,34 @@ const MAX_PROFILE_PAGE: u32 = 1000;
 const MAX_ENROLLMENT_TTL_SECONDS: u64 = 366 * 24 * 3600;
 
 impl AdminService {
+    /// Records an administrative action that was done, with who did it. If the record
+    /// cannot be written the answer says so (the action stands).
+    async fn audited(
+        &self,
+        actor: &Actor,
+        action: &str,
+        profile_id: Option<String>,
+        detail: serde_json::Value,
+    ) -> Result<(), Status> {
+        let version = self.switches.borrow().policy.version;
+        let record = admin_record(
+            &self.instance_id,
+            actor,
+            action,
+            profile_id,
+            detail,
+            version,
+        );
+        audit_log::record(self.store.as_ref(), record)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "done, but its audit record could not be written: {e}"
+                ))
+            })
+    }
+
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, MemoryCounters> {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -182,6 +211,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearQuotasRequest>,
     ) -> Result<Response<pb::ClearQuotasResponse>, Status> {
+        let actor = Actor::of(&request);
         let profile = request.into_inner().profile_id;
         let profile: Option<ProfileId> = match profile.as_str() {
             "" => None,
@@ -190,8 +220,15 @@ impl Admin for AdminService {
         let cleared = self.lock_memory().clear(profile.as_ref());
         info!(
             profile = profile.map_or_else(|| "*".to_string(), |p| p.to_string()),
-            cleared, "in-memory quota counters cleared"
+            cleared, %actor, "in-memory quota counters cleared"
         );
+        self.audited(
+            &actor,
+            "quota_clear",
+            profile.map(|p| p.to_string()),
+            serde_json::json!({"counters": "memory", "cleared": cleared}),
+        )
+        .await?;
         Ok(Response::new(pb::ClearQuotasResponse { cleared }))
     }
 
@@ -211,6 +248,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::LoadPolicyRequest>,
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
+        let actor = Actor::of(&request);
         let source = request.into_inner().source;
         let stored = store_policy(self.store.as_ref(), self.identity.row_key(), &source)
             .await
@@ -224,8 +262,18 @@ impl Admin for AdminService {
             warn!(warning = %w, "policy migration warning");
         }
         if stored.changed {
-            info!(version = stored.version, summary = %stored.summary, "policy version stored");
+            info!(version = stored.version, summary = %stored.summary, %actor, "policy version stored");
         }
+        self.audited(
+            &actor,
+            "policy_load",
+            None,
+            serde_json::json!({
+                "version": stored.version, "changed": stored.changed,
+                "sha256": stored.sha256, "rules": stored.summary.rules,
+            }),
+        )
+        .await?;
         Ok(Response::new(pb::LoadPolicyResponse {
             version: stored.version,
             changed: stored.changed,
@@ -288,6 +336,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RevokeProfileRequest>,
     ) -> Result<Response<pb::RevokeProfileResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
         let id: ProfileId = id_field("profile_id", &request.profile_id)?;
         let device: Option<DeviceId> = match request.device_id.as_str() {
@@ -307,11 +356,21 @@ impl Admin for AdminService {
                 profile_id: id.to_string(),
                 device_id: device.map(|d| d.to_string()),
                 revoked_at_ms: now_ms(),
-                reason: request.reason,
+                reason: request.reason.clone(),
             })
             .await
             .map_err(unavailable)?;
-        info!(profile = %id, device = ?device, changed, "profile revoked");
+        info!(profile = %id, device = ?device, changed, %actor, "profile revoked");
+        self.audited(
+            &actor,
+            "revoke",
+            Some(id.to_string()),
+            serde_json::json!({
+                "device_id": device.map(|d| d.to_string()), "reason": request.reason,
+                "changed": changed,
+            }),
+        )
+        .await?;
         Ok(Response::new(pb::RevokeProfileResponse { changed }))
     }
 
@@ -320,6 +379,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateEnrollmentRequest>,
     ) -> Result<Response<pb::CreateEnrollmentResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
         if request.uses == 0 {
             return Err(Status::invalid_argument("uses: must be at least 1"));
@@ -346,14 +406,25 @@ impl Admin for AdminService {
                 uses_left: request.uses,
                 expires_at_ms,
                 created_at_ms: now,
-                note: request.note,
+                note: request.note.clone(),
             })
             .await
             .map_err(|e| match e {
                 StoreError::AlreadyExists(_) => Status::aborted("token collision: try again"),
                 e => unavailable(e),
             })?;
-        info!(enrollment = %id, uses = request.uses, expires_at_ms, "enrollment token created");
+        info!(enrollment = %id, uses = request.uses, expires_at_ms, %actor, "enrollment token created");
+        // The token's public id only: the token itself is never recorded.
+        self.audited(
+            &actor,
+            "enrollment_create",
+            None,
+            serde_json::json!({
+                "enrollment_id": id, "uses": request.uses, "expires_at_ms": expires_at_ms,
+                "note": request.note,
+            }),
+        )
+        .await?;
         Ok(Response::new(pb::CreateEnrollmentResponse {
             id,
             token,

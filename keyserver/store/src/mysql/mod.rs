@@ -27,22 +27,25 @@
 //!   one that takes the same locks in another order; InnoDB rolls one back
 //!   ([`StoreError::Unavailable`], to retry), and its use of the token with it.
 //!
-//! # Audit ids
+//! # The audit chain
 //!
-//! `append_audit` inserts each chunk of records with one multi-row `INSERT`. For such a
-//! "simple insert" (the row count is known up front) InnoDB reserves all of the
-//! statement's auto-increment values at once, in every `innodb_autoinc_lock_mode`
-//! (gaps in mode 2 only affect bulk inserts whose row count is unknown), so the ids are
-//! `LAST_INSERT_ID()` (the first row's), then successive steps of
-//! `@@auto_increment_increment` (1 unless a multi-primary setup changed it), in row order.
+//! Every append locks the chain's head row (`audit_head`, `SELECT ... FOR UPDATE`) as the
+//! last lock of its transaction and holds it until commit: appends from every instance
+//! run one after the other there, so the chain's order is the commit order and two
+//! instances never fork it. Rows take explicit ids (the largest id so far plus one) so
+//! that each row's chained MAC covers its id in the same INSERT (see
+//! [`crate::audit_chain`]). Inserts are chunked by rows and by bytes (a request's row can
+//! hold ~1 MB of metadata; `max_allowed_packet` is 16 MiB on MariaDB by default).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
+use crate::audit_chain::{AuditKey, ChainVerdict, KeySlot, PruneOutcome};
 use crate::rows::{
     audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
     revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
@@ -53,6 +56,7 @@ use crate::{
     StoredCounter,
 };
 
+mod audit;
 mod registry;
 mod uri;
 
@@ -62,46 +66,6 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql"
 
 /// MySQL's limit on placeholders in one statement is 65535; stay far below it.
 const MAX_BINDS_PER_STATEMENT: usize = 6000;
-/// Bytes of audit records one `INSERT` carries at most (a record over it goes alone): well
-/// under `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL 8 by default), which a
-/// batch of requests with large metadata would otherwise exceed, failing the batch.
-const MAX_AUDIT_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
-
-/// An audit record's variable bytes, roughly as sent.
-fn audit_bytes(r: &AuditRecord) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    64 + r.instance_id.len()
-        + text(&r.profile_id)
-        + text(&r.device_id)
-        + r.request_type.len()
-        + r.meta.len()
-        + r.cryptographic_id.len()
-        + text(&r.reason)
-        + r.nonce.as_ref().map_or(0, Vec::len)
-}
-
-/// `records` in order, in chunks of at most `max_rows` rows and `max_bytes` bytes (a record
-/// larger than `max_bytes` is a chunk of its own).
-fn chunks_by_bytes(
-    records: &[AuditRecord],
-    max_rows: usize,
-    max_bytes: usize,
-) -> Vec<&[AuditRecord]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, r) in records.iter().enumerate() {
-        let size = audit_bytes(r);
-        if i > start && (i - start >= max_rows || bytes + size > max_bytes) {
-            chunks.push(&records[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < records.len() {
-        chunks.push(&records[start..]);
-    }
-    chunks
-}
 
 /// Connections per process.
 const POOL_SIZE: u32 = 8;
@@ -122,6 +86,7 @@ const MIGRATION_LOCK: &str = "CONCAT('kss_migrations_', MD5(DATABASE()))";
 #[derive(Clone)]
 pub struct MysqlStore {
     pub(crate) pool: MySqlPool,
+    audit_key: KeySlot,
 }
 
 impl fmt::Debug for MysqlStore {
@@ -153,7 +118,10 @@ impl MysqlStore {
             .connect_with(options)
             .await?;
         migrate(&pool).await?;
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore {
+            pool,
+            audit_key: KeySlot::default(),
+        })
     }
 }
 
@@ -551,6 +519,30 @@ impl Store for MysqlStore {
         rows.iter().map(audit_from_row).collect()
     }
 
+    fn set_audit_key(&self, key: Arc<dyn AuditKey>) {
+        self.audit_key.set(key);
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        let key = self.audit_key.get()?;
+        let mut tx = self.pool.begin().await?;
+        let ids = audit::append(&mut tx, key.as_ref(), records).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn verify_audit(&self) -> Result<ChainVerdict> {
+        audit::verify(&self.pool, self.audit_key.get()?.as_ref()).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<PruneOutcome> {
+        audit::prune(&self.pool, self.audit_key.get()?.as_ref(), before_ms).await
+    }
+
+    async fn restart_audit_chain(&self, record: &AuditRecord) -> Result<u64> {
+        audit::restart(&self.pool, self.audit_key.get()?.as_ref(), record).await
+    }
+
     async fn audit_counts(&self) -> Result<(u64, u64)> {
         // SUM yields DECIMAL in MySQL: cast back to BIGINT.
         let row = sqlx::query(
@@ -576,15 +568,14 @@ impl Store for MysqlStore {
         }
         Ok(Box::new(MysqlDecisionTx {
             tx,
-            autoinc_step: None,
+            audit_key: self.audit_key.clone(),
         }))
     }
 }
 
 struct MysqlDecisionTx {
     tx: Transaction<'static, MySql>,
-    /// `@@auto_increment_increment` of this connection, once read.
-    autoinc_step: Option<u64>,
+    audit_key: KeySlot,
 }
 
 #[async_trait]
@@ -685,62 +676,8 @@ impl DecisionTx for MysqlDecisionTx {
     }
 
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
-        let mut ids = Vec::with_capacity(records.len());
-        if records.is_empty() {
-            return Ok(ids);
-        }
-        let step = match self.autoinc_step {
-            Some(s) => s,
-            None => {
-                let s: i64 =
-                    sqlx::query_scalar("SELECT CAST(@@SESSION.auto_increment_increment AS SIGNED)")
-                        .fetch_one(&mut *self.tx)
-                        .await?;
-                let s = u64::try_from(s)
-                    .ok()
-                    .filter(|s| *s >= 1)
-                    .ok_or_else(|| StoreError::Corrupt(format!("auto_increment_increment {s}")))?;
-                self.autoinc_step = Some(s);
-                s
-            }
-        };
-        for chunk in chunks_by_bytes(
-            records,
-            MAX_BINDS_PER_STATEMENT / 12,
-            MAX_AUDIT_STATEMENT_BYTES,
-        ) {
-            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO audit (at_ms, instance_id, profile_id, device_id, request_type, \
-                 meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
-            );
-            q.push_values(chunk, |mut row, r| {
-                row.push_bind(r.at_ms)
-                    .push_bind(r.instance_id.clone())
-                    .push_bind(r.profile_id.clone())
-                    .push_bind(r.device_id.clone())
-                    .push_bind(r.request_type.clone())
-                    .push_bind(r.meta.clone())
-                    .push_bind(r.cryptographic_id.clone())
-                    .push_bind(r.decision.as_str())
-                    .push_bind(r.rule_set.map(i64::from))
-                    .push_bind(r.reason.clone())
-                    .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
-                    .push_bind(r.nonce.clone());
-            });
-            let done = q.build().execute(&mut *self.tx).await?;
-            // LAST_INSERT_ID() of a multi-row INSERT is the first row's id; the others
-            // follow at `step` (see the module documentation).
-            let first = done.last_insert_id();
-            if done.rows_affected() != chunk.len() as u64 || first == 0 {
-                return Err(StoreError::Corrupt(format!(
-                    "audit insert wrote {} of {} rows (first id {first})",
-                    done.rows_affected(),
-                    chunk.len()
-                )));
-            }
-            ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
-        }
-        Ok(ids)
+        let key = self.audit_key.get()?;
+        audit::append(&mut self.tx, key.as_ref(), records).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
@@ -841,45 +778,4 @@ pub(crate) async fn upsert_counters(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::Decision;
-
-    fn record(meta_bytes: usize) -> AuditRecord {
-        AuditRecord {
-            at_ms: 0,
-            instance_id: "i".into(),
-            profile_id: None,
-            device_id: None,
-            request_type: "search".into(),
-            meta: "m".repeat(meta_bytes),
-            cryptographic_id: String::new(),
-            decision: Decision::Denied,
-            rule_set: None,
-            reason: None,
-            policy_version: None,
-            nonce: None,
-        }
-    }
-
-    #[test]
-    fn audit_chunks_are_bounded_by_rows_and_bytes_and_keep_order() {
-        let records: Vec<AuditRecord> = [10, 10, 900, 10, 2000, 10, 10, 10]
-            .iter()
-            .map(|&n| record(n))
-            .collect();
-        let chunks = chunks_by_bytes(&records, 3, 1000);
-        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        // (Each record also counts 71 bytes of fixed fields.) The two small ones fit; the
-        // 900 would pass 1000 with them, and with the next; 2000 goes alone; then 3 rows.
-        assert_eq!(lens, vec![2, 1, 1, 1, 3]);
-        let flat: Vec<&AuditRecord> = chunks.iter().flat_map(|c| c.iter()).collect();
-        assert!(flat.iter().zip(&records).all(|(a, b)| std::ptr::eq(*a, b)));
-        assert!(chunks_by_bytes(&[], 3, 1000).is_empty());
-        assert_eq!(chunks_by_bytes(&records, 100, usize::MAX).len(), 1);
-    }
 }

@@ -1,6 +1,7 @@
 //! The embedded default: one SQLite file in the data directory (WAL mode).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
+use crate::audit_chain::{AuditKey, ChainVerdict, KeySlot, PruneOutcome};
 use crate::rows::{
     audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
     revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
@@ -19,6 +21,7 @@ use crate::{
     StoredCounter,
 };
 
+mod audit;
 mod registry;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -37,6 +40,7 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    audit_key: KeySlot,
 }
 
 impl SqliteStore {
@@ -63,7 +67,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            audit_key: KeySlot::default(),
+        })
     }
 }
 
@@ -432,6 +439,30 @@ impl Store for SqliteStore {
         rows.iter().map(audit_from_row).collect()
     }
 
+    fn set_audit_key(&self, key: Arc<dyn AuditKey>) {
+        self.audit_key.set(key);
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        let key = self.audit_key.get()?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ids = audit::append(&mut tx, key.as_ref(), records).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn verify_audit(&self) -> Result<ChainVerdict> {
+        audit::verify(&self.pool, self.audit_key.get()?.as_ref()).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<PruneOutcome> {
+        audit::prune(&self.pool, self.audit_key.get()?.as_ref(), before_ms).await
+    }
+
+    async fn restart_audit_chain(&self, record: &AuditRecord) -> Result<u64> {
+        audit::restart(&self.pool, self.audit_key.get()?.as_ref(), record).await
+    }
+
     async fn audit_counts(&self) -> Result<(u64, u64)> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(decision = 'approved'), 0) AS approved, \
@@ -456,12 +487,16 @@ impl Store for SqliteStore {
         if let Some(lease) = fence {
             registry::check_fence(&mut tx, lease).await?;
         }
-        Ok(Box::new(SqliteDecisionTx { tx }))
+        Ok(Box::new(SqliteDecisionTx {
+            tx,
+            audit_key: self.audit_key.clone(),
+        }))
     }
 }
 
 struct SqliteDecisionTx {
     tx: Transaction<'static, Sqlite>,
+    audit_key: KeySlot,
 }
 
 /// SQLite's limit on bound parameters is 32766; stay far below it.
@@ -590,37 +625,8 @@ impl DecisionTx for SqliteDecisionTx {
     }
 
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
-        let mut ids = Vec::with_capacity(records.len());
-        for chunk in records.chunks(MAX_BINDS_PER_STATEMENT / 12) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO audit (at_ms, instance_id, profile_id, device_id, request_type, \
-                 meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce) ",
-            );
-            q.push_values(chunk, |mut row, r| {
-                row.push_bind(r.at_ms)
-                    .push_bind(r.instance_id.clone())
-                    .push_bind(r.profile_id.clone())
-                    .push_bind(r.device_id.clone())
-                    .push_bind(r.request_type.clone())
-                    .push_bind(r.meta.clone())
-                    .push_bind(r.cryptographic_id.clone())
-                    .push_bind(r.decision.as_str())
-                    .push_bind(r.rule_set.map(i64::from))
-                    .push_bind(r.reason.clone())
-                    .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
-                    .push_bind(r.nonce.clone());
-            });
-            q.push(" RETURNING id");
-            let rows = q.build().fetch_all(&mut *self.tx).await?;
-            // RETURNING lists rows in no promised order; ids grow in insertion order.
-            let mut chunk_ids = rows
-                .iter()
-                .map(|row| to_u64(row.try_get("id")?))
-                .collect::<Result<Vec<_>>>()?;
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
-        }
-        Ok(ids)
+        let key = self.audit_key.get()?;
+        audit::append(&mut self.tx, key.as_ref(), records).await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
