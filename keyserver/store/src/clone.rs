@@ -8,16 +8,15 @@
 //! written in one transaction, so a failed clone leaves the target empty. The caller
 //! keeps the standalone server stopped meanwhile (it holds the standalone lease).
 
-use sqlx::{MySql, QueryBuilder, Row};
+use sqlx::Row;
 
-use crate::audit_chain::{self, MAX_INSERT_BYTES};
 use crate::rows::{
     audit_from_row, checkpoint_from_row, counter_from_row, enrollment_from_row, head_from_row,
     policy_from_row, profile_from_row, revocation_from_row, to_i64,
 };
 use crate::{AuditEntry, MysqlStore, Result, SqliteStore, StoreError, mysql};
 
-/// Audit rows per page read and at most per INSERT.
+/// Audit rows per page read (each page written in chunks by `mysql::audit::insert_rows`).
 const AUDIT_PAGE: i64 = 400;
 
 /// What was copied.
@@ -187,7 +186,16 @@ pub async fn clone_sqlite_into_mysql(
             .collect::<Result<Vec<AuditEntry>>>()?;
         let Some(last) = page.last() else { break };
         after = to_i64(last.id)?;
-        insert_audit_page(&mut dst, &page).await?;
+        let rows: Vec<mysql::audit::AuditRow<'_>> = page
+            .iter()
+            .map(|e| mysql::audit::AuditRow {
+                id: e.id,
+                record: &e.record,
+                chain_hash: e.chain_hash.as_deref(),
+            })
+            .collect();
+        // The ids and chain links are kept (AUTO_INCREMENT then continues after them).
+        mysql::audit::insert_rows(&mut dst, &rows).await?;
         counts.audit_records += page.len() as u64;
     }
 
@@ -195,84 +203,16 @@ pub async fn clone_sqlite_into_mysql(
         .fetch_all(&mut *src)
         .await?
     {
-        let c = checkpoint_from_row(&row)?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, kind, last_id, last_hash, at_ms, prev_mac, \
-             mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(to_i64(c.seq)?)
-        .bind(c.kind.as_str())
-        .bind(to_i64(c.last_id)?)
-        .bind(&c.last_hash)
-        .bind(c.at_ms)
-        .bind(&c.prev_mac)
-        .bind(&c.mac)
-        .execute(&mut *dst)
-        .await?;
+        mysql::audit::insert_checkpoint(&mut dst, &checkpoint_from_row(&row)?).await?;
     }
     if let Some(row) = sqlx::query("SELECT * FROM audit_head WHERE singleton = 1")
         .fetch_optional(&mut *src)
         .await?
     {
-        let h = head_from_row(&row)?;
-        sqlx::query(
-            "UPDATE audit_head SET last_id = ?, last_hash = ?, checkpoint_seq = ?, \
-             checkpoint_mac = ?, since_checkpoint = ?, at_ms = ?, mac = ? WHERE singleton = 1",
-        )
-        .bind(to_i64(h.last_id)?)
-        .bind(&h.last_hash)
-        .bind(to_i64(h.checkpoint_seq)?)
-        .bind(&h.checkpoint_mac)
-        .bind(to_i64(h.since_checkpoint)?)
-        .bind(h.at_ms)
-        .bind(&h.mac)
-        .execute(&mut *dst)
-        .await?;
+        mysql::audit::write_head(&mut dst, &head_from_row(&row)?).await?;
     }
 
     dst.commit().await?;
     src.commit().await?;
     Ok(counts)
-}
-
-/// Multi-row INSERTs (chunked by bytes as well) that keep the audit ids and chain links
-/// (AUTO_INCREMENT then continues after the largest).
-async fn insert_audit_page(
-    dst: &mut sqlx::Transaction<'static, MySql>,
-    page: &[AuditEntry],
-) -> Result<()> {
-    for chunk in audit_chain::chunks(page, page.len(), MAX_INSERT_BYTES, |e| {
-        audit_chain::record_bytes(&e.record)
-    }) {
-        let mut ids = Vec::with_capacity(chunk.len());
-        for e in chunk {
-            ids.push(to_i64(e.id)?);
-        }
-        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-            "INSERT INTO audit (id, at_ms, instance_id, profile_id, device_id, request_type, \
-             meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce, \
-             ciphertext_sha256, actor, chain_hash) ",
-        );
-        q.push_values(chunk.iter().zip(ids), |mut row, (e, id)| {
-            let r = &e.record;
-            row.push_bind(id)
-                .push_bind(r.at_ms)
-                .push_bind(r.instance_id.clone())
-                .push_bind(r.profile_id.clone())
-                .push_bind(r.device_id.clone())
-                .push_bind(r.request_type.clone())
-                .push_bind(r.meta.clone())
-                .push_bind(r.cryptographic_id.clone())
-                .push_bind(r.decision.as_str())
-                .push_bind(r.rule_set.map(i64::from))
-                .push_bind(r.reason.clone())
-                .push_bind(r.policy_version.and_then(|v| i64::try_from(v).ok()))
-                .push_bind(r.nonce.clone())
-                .push_bind(r.ciphertext_sha256.clone())
-                .push_bind(r.actor.clone())
-                .push_bind(e.chain_hash.clone());
-        });
-        q.build().execute(&mut **dst).await?;
-    }
-    Ok(())
 }

@@ -63,7 +63,8 @@ async fn chained_after(conn: &mut MySqlConnection, id: u64) -> Result<bool> {
     Ok(n > 0)
 }
 
-async fn write_head(conn: &mut MySqlConnection, h: &ChainHead) -> Result<()> {
+/// Writes the chain's head. Shared by appends and `clone-db`.
+pub(crate) async fn write_head(conn: &mut MySqlConnection, h: &ChainHead) -> Result<()> {
     sqlx::query(
         "UPDATE audit_head SET last_id = ?, last_hash = ?, checkpoint_seq = ?, \
          checkpoint_mac = ?, since_checkpoint = ?, at_ms = ?, mac = ? WHERE singleton = 1",
@@ -80,7 +81,8 @@ async fn write_head(conn: &mut MySqlConnection, h: &ChainHead) -> Result<()> {
     Ok(())
 }
 
-async fn insert_checkpoint(conn: &mut MySqlConnection, c: &Checkpoint) -> Result<()> {
+/// Inserts a checkpoint. Shared by appends and `clone-db`.
+pub(crate) async fn insert_checkpoint(conn: &mut MySqlConnection, c: &Checkpoint) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_checkpoints (seq, kind, last_id, last_hash, at_ms, prev_mac, mac) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -114,34 +116,34 @@ pub(super) async fn append(
     write(conn, records, &ext).await
 }
 
-/// Writes what an append or a restart planned.
-async fn write(
-    conn: &mut MySqlConnection,
-    records: &[AuditRecord],
-    ext: &Extension,
-) -> Result<Vec<u64>> {
-    if ext.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<(&AuditRecord, &(u64, [u8; 32]))> = records.iter().zip(&ext.rows).collect();
+/// An audit row as stored: its id and chain link (`None` for a row from before the chain).
+pub(crate) struct AuditRow<'a> {
+    pub id: u64,
+    pub record: &'a AuditRecord,
+    pub chain_hash: Option<&'a [u8]>,
+}
+
+/// Inserts rows with their ids and links, in multi-row `INSERT`s chunked by rows and by
+/// bytes. Shared by appends and `clone-db`.
+pub(crate) async fn insert_rows(conn: &mut MySqlConnection, rows: &[AuditRow<'_>]) -> Result<()> {
     for chunk in audit_chain::chunks(
-        &rows,
+        rows,
         MAX_BINDS_PER_STATEMENT / AUDIT_COLUMNS,
         MAX_INSERT_BYTES,
-        |(r, _)| audit_chain::record_bytes(r),
+        |row| audit_chain::record_bytes(row.record),
     ) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        for row in chunk {
+            ids.push(to_i64(row.id)?);
+        }
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
             "INSERT INTO audit (id, at_ms, instance_id, profile_id, device_id, request_type, \
              meta, cryptographic_id, decision, rule_set, reason, policy_version, nonce, \
              ciphertext_sha256, actor, chain_hash) ",
         );
-        let mut failed = None;
-        q.push_values(chunk, |mut row, (r, (id, hash))| {
-            let id = to_i64(*id).unwrap_or_else(|e| {
-                failed = Some(e);
-                0
-            });
-            row.push_bind(id)
+        q.push_values(chunk.iter().zip(ids), |mut b, (row, id)| {
+            let r = row.record;
+            b.push_bind(id)
                 .push_bind(r.at_ms)
                 .push_bind(r.instance_id.clone())
                 .push_bind(r.profile_id.clone())
@@ -156,13 +158,32 @@ async fn write(
                 .push_bind(r.nonce.clone())
                 .push_bind(r.ciphertext_sha256.clone())
                 .push_bind(r.actor.clone())
-                .push_bind(hash.to_vec());
+                .push_bind(row.chain_hash.map(<[u8]>::to_vec));
         });
-        if let Some(e) = failed {
-            return Err(e);
-        }
         q.build().execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// Writes what an append or a restart planned.
+async fn write(
+    conn: &mut MySqlConnection,
+    records: &[AuditRecord],
+    ext: &Extension,
+) -> Result<Vec<u64>> {
+    if ext.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<AuditRow<'_>> = records
+        .iter()
+        .zip(&ext.rows)
+        .map(|(record, (id, hash))| AuditRow {
+            id: *id,
+            record,
+            chain_hash: Some(hash),
+        })
+        .collect();
+    insert_rows(conn, &rows).await?;
     for c in &ext.checkpoints {
         insert_checkpoint(conn, c).await?;
     }

@@ -56,7 +56,7 @@ use crate::{
     StoredCounter,
 };
 
-mod audit;
+pub(crate) mod audit;
 mod registry;
 mod uri;
 
