@@ -45,7 +45,7 @@ pub fn parse_db_uri_with_ca(
             }
             StoreError::Unavailable(format!("invalid database URL: {msg}"))
         })?;
-        let keys = url_query_keys(uri);
+        let keys = url_query_keys(uri)?;
         let named = |names: [&str; 2]| keys.iter().any(|k| names.contains(&k.as_str()));
         Parsed {
             options,
@@ -78,46 +78,23 @@ struct Parsed {
     has_ssl_ca: bool,
 }
 
-/// The (percent-decoded) keys of a URL's query, as the `url` crate splits it: the query
-/// starts at the first `?` (a `?` cannot appear unencoded before it, even in the
-/// password) and ends at `#`.
-fn url_query_keys(uri: &str) -> Vec<String> {
-    let Some((_, query)) = uri.split_once('?') else {
-        return Vec::new();
-    };
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| form_decode(pair.split_once('=').map_or(pair, |(k, _)| k)))
-        .collect()
-}
-
-/// `application/x-www-form-urlencoded` decoding (`+` is a space, `%XX` a byte).
-fn form_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// The (percent-decoded) keys of a URL's query, read with the `url` crate as sqlx reads
+/// them, so that what is checked here is what sqlx applies. A fragment (`#...`) is
+/// refused: it has no meaning in a database address, and text after a `#` that looks
+/// like a query (`/db#x?ssl-mode=DISABLED`) would otherwise be taken for one here while
+/// sqlx ignores it.
+fn url_query_keys(uri: &str) -> Result<Vec<String>> {
+    let url = url::Url::parse(uri).map_err(|e| {
+        // The `url` crate's messages name the problem, never the input.
+        config_error(format!("invalid database URL: {e}"))
+    })?;
+    if url.fragment().is_some() {
+        return Err(config_error(
+            "invalid database URL: it has a '#' fragment (a '#' in the password is written \
+             %23)",
+        ));
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(url.query_pairs().map(|(k, _)| k.into_owned()).collect())
 }
 
 fn config_error(msg: impl Into<String>) -> StoreError {
@@ -334,6 +311,16 @@ mod tests {
                 "{uri}"
             );
         }
+        // A query-looking fragment never turns verification off (sqlx would ignore it):
+        // such an address is refused.
+        for uri in [
+            "mysql://u:p@h/d#x?ssl-mode=DISABLED",
+            "mysql://u:p@h/d#?ssl-mode=DISABLED",
+            "mysql://u:p@h/d?charset=utf8mb4#&ssl-mode=DISABLED",
+        ] {
+            let e = parse_db_uri(uri).unwrap_err().to_string();
+            assert!(e.contains("fragment"), "{uri}: {e}");
+        }
         // A '?' or "ssl-mode" inside the (encoded) password is not a query.
         let o = parse_db_uri("mysql://u:ssl-mode%3DDISABLED%3F@h/d").unwrap();
         assert!(matches!(o.get_ssl_mode(), MySqlSslMode::VerifyIdentity));
@@ -402,6 +389,12 @@ mod tests {
                 "invalid database URL",
             ),
             (format!("postgres://u:{secret}@h/d"), "mysql://"),
+            // Text after a '#' is a fragment to sqlx: refused rather than half-read.
+            (
+                format!("mysql://u:{secret}@h/d#x?ssl-mode=DISABLED"),
+                "'#' fragment",
+            ),
+            (format!("mysql://u:{secret}@h/d?a=b#c"), "'#' fragment"),
         ] {
             let e = parse_db_uri(&uri).unwrap_err().to_string();
             assert!(e.contains(expect), "{e:?} should contain {expect:?}");
