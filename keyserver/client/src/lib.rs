@@ -14,6 +14,7 @@
 pub mod cli;
 mod connection;
 mod error;
+pub mod flood;
 pub mod loadgen;
 mod profile;
 pub mod protocol;

@@ -85,6 +85,9 @@ pub enum Command {
     Client(kss_client::cli::ClientCommand),
     /// Drive signed decrypt requests at a keyserver and report throughput and latency.
     Loadgen(kss_client::loadgen::LoadgenArgs),
+    /// Send hostile traffic (TLS handshakes, or refused requests at the stream limits) at a
+    /// keyserver, to check its transport bounds from outside.
+    Flood(kss_client::flood::FloodArgs),
 }
 
 #[derive(Debug, Subcommand)]

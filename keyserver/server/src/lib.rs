@@ -12,6 +12,7 @@ pub mod audit_log;
 pub mod bootstrap;
 pub mod cli;
 pub mod commands;
+pub mod connections;
 pub mod data_dir;
 pub mod decider;
 pub mod identity;

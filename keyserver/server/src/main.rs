@@ -56,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Serve(args) => serve::run(*args, &cli.data).await,
             Command::Client(command) => kss_client::cli::run(command).await,
             Command::Loadgen(args) => kss_client::loadgen::loadgen(args).await.map(drop),
+            Command::Flood(args) => kss_client::flood::flood(args).await.map(drop),
             Command::Initialize => cluster::initialize(&data_dir).await,
             Command::CloneDb { new_uri } => cluster::clone_db(&data_dir, &new_uri).await,
             Command::Profile(ProfileCommand::List { json }) => {

@@ -165,7 +165,7 @@ impl Metrics {
         let transport_limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "transport_limited",
-            "Times a transport limit held connections back (handshakes: concurrent TLS handshakes)",
+            "Times a transport limit held back or closed connections, by limit: handshakes (concurrent TLS handshakes), connections, connections_per_address, idle_timeout",
             transport_limited.clone(),
         );
         let integrity_failures = Family::<TableLabels, Counter>::default();

@@ -8,11 +8,8 @@
 //! the client CA. Anything else (a half-written file, a key from another certificate) is
 //! logged, naming the file, and the certificate in use stays.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -22,19 +19,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::Stream;
-use tonic::transport::server::TcpIncoming;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
-
-/// How long a client has to complete its TLS handshake before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files one listener's TLS is made of.
 #[derive(Debug, Clone)]
@@ -49,7 +37,7 @@ pub struct TlsFiles {
 
 /// A listener's TLS configuration, replaced when its files change.
 pub struct ReloadingTls {
-    listener: &'static str,
+    pub(crate) listener: &'static str,
     files: TlsFiles,
     current: RwLock<Loaded>,
     /// Digests of the contents in use, and of the last contents refused (so that a bad
@@ -210,18 +198,6 @@ impl ReloadingTls {
             }
         })
     }
-
-    /// Accepts TLS connections on `tcp` with the configuration in use at each handshake.
-    pub fn incoming(self: &Arc<Self>, tcp: TcpIncoming) -> TlsIncoming {
-        TlsIncoming {
-            tcp: Some(tcp),
-            tls: Arc::clone(self),
-            handshakes: JoinSet::new(),
-            max_handshakes: usize::MAX,
-            at_limit: false,
-            metrics: None,
-        }
-    }
 }
 
 /// The files' contents. The key's bytes are wiped when dropped.
@@ -328,87 +304,6 @@ fn build_config(files: &TlsFiles, contents: &Contents) -> Result<Loaded> {
         config: Arc::new(config),
         not_after,
     })
-}
-
-/// TLS connections accepted on a TCP listener. Handshakes run concurrently, each within
-/// [`HANDSHAKE_TIMEOUT`], so a slow or silent client holds up no one; a failed handshake
-/// is logged at debug level and dropped. Dropping the stream aborts handshakes under way.
-/// At most `max_handshakes` run at once: past that, no connection is accepted until one
-/// ends (they wait in the kernel's backlog), which bounds the CPU a handshake flood takes
-/// from the requests of connections already open.
-pub struct TlsIncoming {
-    tcp: Option<TcpIncoming>,
-    tls: Arc<ReloadingTls>,
-    handshakes: JoinSet<io::Result<TlsStream<TcpStream>>>,
-    max_handshakes: usize,
-    /// Whether the limit held accepting back (counted once per time it is reached).
-    at_limit: bool,
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl TlsIncoming {
-    /// Runs at most `max` handshakes at once (at least one), counting in `metrics` each
-    /// time the limit holds new connections back.
-    pub fn limit_handshakes(mut self, max: usize, metrics: Arc<Metrics>) -> Self {
-        self.max_handshakes = max.max(1);
-        self.metrics = Some(metrics);
-        self
-    }
-}
-
-impl Stream for TlsIncoming {
-    type Item = io::Result<TlsStream<TcpStream>>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            // Take every connection that is waiting and start its handshake, up to the
-            // limit (at it, the listener is not polled: connections wait in the backlog).
-            while let Some(tcp) = this.tcp.as_mut() {
-                if this.handshakes.len() >= this.max_handshakes {
-                    if !this.at_limit {
-                        this.at_limit = true;
-                        if let Some(m) = &this.metrics {
-                            m.transport_limited("handshakes");
-                        }
-                    }
-                    break;
-                }
-                this.at_limit = false;
-                match Pin::new(tcp).poll_next(cx) {
-                    Poll::Ready(Some(Ok(stream))) => {
-                        let acceptor = TlsAcceptor::from(this.tls.config());
-                        this.handshakes.spawn(async move {
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                                .map_err(|_| {
-                                    io::Error::new(
-                                        io::ErrorKind::TimedOut,
-                                        "TLS handshake timed out",
-                                    )
-                                })?
-                        });
-                    }
-                    // tonic's server logs accept errors and goes on.
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) => this.tcp = None,
-                    Poll::Pending => break,
-                }
-            }
-            // A handshake that ends frees its slot: then accept again (above).
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Ok(stream)))) => return Poll::Ready(Some(Ok(stream))),
-                Poll::Ready(Some(Ok(Err(e)))) => {
-                    debug!(listener = this.tls.listener, error = %e, "TLS handshake failed");
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    debug!(listener = this.tls.listener, error = %e, "TLS handshake task ended");
-                }
-                Poll::Ready(None) if this.tcp.is_none() => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, instrument, warn};
 
 use crate::bootstrap::{self, Checked, RECHECK_INTERVAL};
+use crate::connections::{
+    ConnectionLimits, Connections, HandshakeThread, TlsIncoming, TrackRequests,
+};
 use crate::data_dir::{DataDir, DataDirArgs};
 use crate::decider::{Decider, DecisionTask, MemoryCounters};
 use crate::identity::KeyserverIdentity;
@@ -136,6 +139,31 @@ pub struct TransportArgs {
     /// in flight) and the client reconnects. Bounds what an idle client holds. 0: no limit.
     #[arg(long, env = "KSS_MAX_CONNECTION_AGE_SECS", default_value_t = 3600)]
     pub max_connection_age_secs: u64,
+    /// Connections open at once; one more is closed at once
+    /// (`kss_transport_limited_total{limit="connections"}`). 0: no limit.
+    #[arg(long, env = "KSS_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv4 address, an IPv6 /64);
+    /// one more is closed at once (`limit="connections_per_address"`). Workstations behind
+    /// one NAT share an address: size it for them. 0: no limit.
+    #[arg(long, env = "KSS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may stay open with no request in flight before it is closed
+    /// (`limit="idle_timeout"`; the client reconnects when it next sends). 0: never.
+    #[arg(long, env = "KSS_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+}
+
+impl TransportArgs {
+    fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_total: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            max_handshakes: self.max_handshakes,
+            idle_timeout: (self.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_secs)),
+        }
+    }
 }
 
 /// The workstation listener's HTTP/2 server with the transport bounds.
@@ -276,7 +304,11 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         Some(AdminListener { addr, tls }) => {
             let tcp = TcpIncoming::bind(addr)
                 .with_context(|| format!("binding {addr} (--admin-listen)"))?;
-            let incoming = tls.incoming(tcp);
+            let incoming = TlsIncoming::new(
+                Arc::clone(&tls),
+                tcp,
+                Connections::new(ConnectionLimits::unlimited(), None),
+            );
             Arc::clone(&tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
             let server = Server::builder()
                 .add_service(health_service.clone())
@@ -327,13 +359,19 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     };
 
     // Bound before "serving" is announced, so that a client told so can connect.
-    let incoming = workstation_tls
-        .incoming(
-            TcpIncoming::bind(args.listen)
-                .with_context(|| format!("binding {}", args.listen))?
-                .with_nodelay(Some(true)),
-        )
-        .limit_handshakes(args.transport.max_handshakes, Arc::clone(&metrics));
+    let connections = Connections::new(
+        args.transport.connection_limits(),
+        Some(Arc::clone(&metrics)),
+    );
+    let handshake_thread = HandshakeThread::start()?;
+    let incoming = TlsIncoming::new(
+        Arc::clone(&workstation_tls),
+        TcpIncoming::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?
+            .with_nodelay(Some(true)),
+        Arc::clone(&connections),
+    )
+    .handshakes_on(&handshake_thread);
     Arc::clone(&workstation_tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
     let instance_id = info.name.clone();
     crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &data_dir.read_master_key()?)
@@ -455,6 +493,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     }
 
     let served = bounded_server(&args.transport)
+        .layer(TrackRequests::new(connections))
         .add_service(health_service)
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)
@@ -464,6 +503,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         )
         .serve_with_incoming_shutdown(incoming, shutdown.stopped())
         .await;
+    drop(handshake_thread);
     drop(keyserver);
     if let Err(e) = &served {
         error!(error = %e, "gRPC server failed");

@@ -4,7 +4,9 @@
 //! the database's revocation epoch moves (polled with the switches), so a revocation
 //! reaches every instance within the poll interval. An id the store does not hold is
 //! remembered as unknown for [`UNKNOWN_FOR`], so that requests naming made-up profiles do
-//! not cost a database read each.
+//! not cost a database read each, and at most [`COLD_READS`] reads of ids not in memory
+//! run at once: a flood of made-up ids waits here, not in the database pool where the
+//! decisions of known profiles would queue behind it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +53,12 @@ pub struct ProfileCache {
     unknown: Mutex<HashMap<ProfileId, Instant>>,
     /// The revocation epoch the cached entries were read under.
     epoch: AtomicU64,
+    /// Permits for reads of ids not in memory.
+    cold_reads: tokio::sync::Semaphore,
 }
+
+/// Reads of profiles not in memory that run at once.
+pub const COLD_READS: usize = 2;
 
 /// Past this many entries the cache starts over (profiles are re-read on demand).
 const MAX_CACHED: usize = 200_000;
@@ -77,6 +84,7 @@ impl ProfileCache {
             known: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            cold_reads: tokio::sync::Semaphore::new(COLD_READS),
         }
     }
 
@@ -120,11 +128,14 @@ impl ProfileCache {
 
     /// The profile, from memory or the store.
     pub async fn get(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
-        if let Some(p) = self.lock().get(id) {
-            return Ok(Lookup::Known(Arc::clone(p)));
+        if let Some(known) = self.in_memory(id) {
+            return Ok(known);
         }
-        if self.recently_unknown(id) {
-            return Ok(Lookup::Unknown);
+        // The semaphore is never closed.
+        let _permit = self.cold_reads.acquire().await.ok();
+        // Read meanwhile by the request that held the permit?
+        if let Some(known) = self.in_memory(id) {
+            return Ok(known);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let key = id.to_string();
@@ -149,6 +160,14 @@ impl ProfileCache {
             cache.insert(*id, Arc::clone(&known));
         }
         Ok(Lookup::Known(known))
+    }
+
+    /// What memory says of `id`, if anything.
+    fn in_memory(&self, id: &ProfileId) -> Option<Lookup> {
+        if let Some(p) = self.lock().get(id) {
+            return Some(Lookup::Known(Arc::clone(p)));
+        }
+        self.recently_unknown(id).then_some(Lookup::Unknown)
     }
 
     /// Whether a profile (or this device of it) is revoked, read from the store.
