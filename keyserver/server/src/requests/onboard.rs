@@ -87,21 +87,24 @@ impl Keyserver {
             )));
         }
         let profile_id = ProfileId::random();
-        // The pairing check runs off the async runtime (after the rate limit, which bounds it).
+        // The pairing check runs on a verification thread, in their bounded queue (after
+        // the rate limit, which bounds it further).
         let identity = std::sync::Arc::clone(&self.identity);
-        let (keys, share) = tokio::task::spawn_blocking(move || {
-            kss_crypto::profile::onboard(
-                identity.root(),
-                &identity.id,
-                &profile_id,
-                &device_key,
-                &ws,
-                &proof,
-            )
-        })
-        .await
-        .map_err(|_| RequestError::Unavailable("shutting down"))?
-        .map_err(|e| RequestError::invalid("possession_proof", e.to_string()))?;
+        let (keys, share) = self
+            .verifier
+            .run(move || {
+                kss_crypto::profile::onboard(
+                    identity.root(),
+                    &identity.id,
+                    &profile_id,
+                    &device_key,
+                    &ws,
+                    &proof,
+                )
+            })
+            .await
+            .map_err(|why| RequestError::Unavailable(why.as_str()))?
+            .map_err(|e| RequestError::invalid("possession_proof", e.to_string()))?;
         let device_id = DeviceId::of(&device_key);
         Span::current().record("profile", field::display(&profile_id));
         let words = profile_words(&self.identity.id, &profile_id, &keys);

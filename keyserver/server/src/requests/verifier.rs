@@ -1,4 +1,5 @@
-//! Ciphertext verification off the async runtime, in batches, at a lower CPU priority.
+//! Ciphertext verification off the async runtime, in batches, at a lower CPU priority;
+//! the onboarding pairing check runs on the same threads, in the same bounded queue.
 //!
 //! A verification is ~1.4 ms of one core. Requests put their ciphertext in a queue; at most
 //! one verification thread per core (tokio's blocking threads) works on it. A thread takes
@@ -52,15 +53,31 @@ pub enum NotVerified {
     ShuttingDown,
 }
 
+impl NotVerified {
+    /// For the client: why the keyserver could not check its request now.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotVerified::QueueFull => "the keyserver is busy verifying: try again later",
+            NotVerified::ShuttingDown => "shutting down",
+        }
+    }
+}
+
 pub struct Verifier {
     cache: Arc<VerificationCache>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
 
-struct Waiting {
-    bytes: Vec<u8>,
-    reply: oneshot::Sender<Verdict>,
+/// Work waiting for a verification thread.
+enum Waiting {
+    /// A ciphertext, verified in a batch with the others waiting.
+    Ciphertext {
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Verdict>,
+    },
+    /// Another check (the onboarding pairing check), run alone; it sends its own reply.
+    Check(Box<dyn FnOnce() + Send>),
 }
 
 struct Queue {
@@ -114,13 +131,34 @@ impl Verifier {
             return Ok(Ok(verified));
         }
         let (reply, verdict) = oneshot::channel();
+        self.enqueue(Waiting::Ciphertext { bytes, reply })?;
+        verdict.await.map_err(|_| NotVerified::ShuttingDown)
+    }
+
+    /// Runs `check` (CPU-bound: a pairing check) on a verification thread, in the same
+    /// bounded queue as the ciphertexts.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NotVerified> {
+        let (reply, result) = oneshot::channel();
+        self.enqueue(Waiting::Check(Box::new(move || {
+            // The requester may have gone (client cancelled).
+            let _ = reply.send(check());
+        })))?;
+        result.await.map_err(|_| NotVerified::ShuttingDown)
+    }
+
+    /// Queues `item` (refused when the queue is full) and starts a verification thread if
+    /// fewer than the most are running.
+    fn enqueue(&self, item: Waiting) -> Result<(), NotVerified> {
         {
             let mut waiting = self.queue.lock();
             if waiting.len() >= self.queue.max_waiting {
                 self.metrics.verify_queue_full();
                 return Err(NotVerified::QueueFull);
             }
-            waiting.push(Waiting { bytes, reply });
+            waiting.push(item);
         }
         if self.queue.claim_thread() {
             let queue = Arc::clone(&self.queue);
@@ -133,7 +171,7 @@ impl Verifier {
                 work(&queue, &cache, &metrics);
             }));
         }
-        verdict.await.map_err(|_| NotVerified::ShuttingDown)
+        Ok(())
     }
 }
 
@@ -185,12 +223,22 @@ fn work(queue: &Queue, cache: &VerificationCache, metrics: &Metrics) {
             if batch.is_empty() {
                 break;
             }
-            let items: Vec<&[u8]> = batch.iter().map(|w| w.bytes.as_slice()).collect();
+            let mut ciphertexts = Vec::with_capacity(batch.len());
+            for waiting in batch {
+                match waiting {
+                    Waiting::Ciphertext { bytes, reply } => ciphertexts.push((bytes, reply)),
+                    Waiting::Check(check) => check(),
+                }
+            }
+            if ciphertexts.is_empty() {
+                continue;
+            }
+            let items: Vec<&[u8]> = ciphertexts.iter().map(|(b, _)| b.as_slice()).collect();
             let verdicts = cache.verify_batch(&items);
             metrics.verify_batch_done(items.len());
-            for (waiting, verdict) in batch.into_iter().zip(verdicts) {
+            for ((_, reply), verdict) in ciphertexts.into_iter().zip(verdicts) {
                 // The requester may have gone (client cancelled).
-                let _ = waiting.reply.send(verdict);
+                let _ = reply.send(verdict);
             }
         }
         drop(slot);
@@ -296,7 +344,7 @@ mod tests {
         let push = |n: usize| {
             for _ in 0..n {
                 let (reply, _) = oneshot::channel();
-                verifier.queue.lock().push(Waiting {
+                verifier.queue.lock().push(Waiting::Ciphertext {
                     bytes: Vec::new(),
                     reply,
                 });
@@ -311,6 +359,57 @@ mod tests {
         assert!(verifier.queue.take_batch().is_empty());
         push(100);
         assert_eq!(verifier.queue.take_batch().len(), MAX_BATCH);
+    }
+
+    /// A check (the onboarding pairing check) runs on a verification thread, at its lower
+    /// priority, among ciphertexts; and a full queue refuses it as it refuses them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checks_share_the_threads_and_the_bound_of_ciphertexts() {
+        let metrics = Arc::new(Metrics::new());
+        let verifier = Arc::new(Verifier::with_limits(
+            VerificationCache::new(0),
+            1,
+            8,
+            Arc::clone(&metrics),
+        ));
+        let here = std::thread::current().id();
+        let cts = ciphertexts(4);
+        let mut tasks = tokio::task::JoinSet::new();
+        for ct in cts {
+            let verifier = Arc::clone(&verifier);
+            tasks.spawn(async move { assert!(verifier.verify(ct).await.unwrap().is_ok()) });
+        }
+        let (thread, nice) = verifier
+            .run(|| {
+                let tid = rustix::thread::gettid();
+                (
+                    std::thread::current().id(),
+                    rustix::process::getpriority_process(Some(tid)).unwrap(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_ne!(thread, here);
+        assert_eq!(nice, VERIFY_NICENESS);
+        while tasks.join_next().await.is_some() {}
+
+        while !verifier.queue.claim_thread() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..8 {
+            let (reply, _) = oneshot::channel();
+            verifier.queue.lock().push(Waiting::Ciphertext {
+                bytes: Vec::new(),
+                reply,
+            });
+        }
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(30), verifier.run(|| 1))
+            .await
+            .expect("queued behind a full queue instead of refused");
+        assert_eq!(refused.unwrap_err(), NotVerified::QueueFull);
+        verifier.queue.lock().clear();
+        drop(ThreadSlot(&verifier.queue));
+        assert_eq!(verifier.run(|| 7).await.unwrap(), 7);
     }
 
     /// A full queue refuses at once, and counts it; a repeat is still answered from the
@@ -329,7 +428,7 @@ mod tests {
         }
         for _ in 0..3 {
             let (reply, _) = oneshot::channel();
-            verifier.queue.lock().push(Waiting {
+            verifier.queue.lock().push(Waiting::Ciphertext {
                 bytes: Vec::new(),
                 reply,
             });
