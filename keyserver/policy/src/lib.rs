@@ -20,7 +20,7 @@ mod timespec;
 mod yaml;
 
 pub use error::{LoadError, LoadErrorKind, Location, Warning};
-pub use policy::{Candidate, Decision, DenyReason, Policy, RuleInfo, Summary};
+pub use policy::{Candidate, Decision, DenyReason, Policy, Prepared, RuleInfo, Summary};
 pub use quota::{
     Counter, MemoryQuotaStore, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
     counter_at_quota, fits, uses_per_rule,

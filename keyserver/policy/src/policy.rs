@@ -104,6 +104,59 @@ pub struct Candidate<'p> {
     pub session: Option<SessionParams>,
 }
 
+/// A request's decision up to its quotas ([`Policy::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared<'p> {
+    profile_id: &'p [u8],
+    approved_by_default: bool,
+    window: QuotaWindow,
+    /// The rule sets that approve before quotas, in order; `None` when the policy has no
+    /// section for the request type.
+    candidates: Option<Vec<Candidate<'p>>>,
+}
+
+impl Prepared<'_> {
+    /// The decision: the first candidate whose quotas can be consumed wins, and consumes
+    /// them.
+    pub fn decide(&self, store: &dyn QuotaStore) -> Decision {
+        let Some(candidates) = &self.candidates else {
+            return if self.approved_by_default {
+                Decision::Approved {
+                    rule_set: None,
+                    session: None,
+                }
+            } else {
+                Decision::Denied(DenyReason::NotInPolicy)
+            };
+        };
+        let mut quota_denied = false;
+        for c in candidates {
+            if !c.quotas.is_empty() {
+                match store.try_consume(self.profile_id, c.quotas, self.window) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        quota_denied = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "quota store failed; request denied");
+                        return Decision::Denied(DenyReason::Unavailable);
+                    }
+                }
+            }
+            return Decision::Approved {
+                rule_set: Some(c.rule_set),
+                session: c.session,
+            };
+        }
+        Decision::Denied(if quota_denied {
+            DenyReason::Quota
+        } else {
+            DenyReason::Policy
+        })
+    }
+}
+
 /// One rule of a policy: where it is, what it is, its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleInfo<'p> {
@@ -297,12 +350,12 @@ impl Policy {
 
     /// Rule sets that approve `request` at `at` before quotas, in order, evaluated lazily.
     /// `None` when the policy has no section for the request type.
-    pub fn candidates<'p>(
+    pub fn candidates<'p: 'a, 'a>(
         &'p self,
-        request: &'p Request,
+        request: &'a Request,
         at: Timestamp,
-        tz: &'p TimeZone,
-    ) -> Option<impl Iterator<Item = Candidate<'p>> + 'p> {
+        tz: &'a TimeZone,
+    ) -> Option<impl Iterator<Item = Candidate<'p>> + 'a> {
         let section = self.sections[request.request_type.index()].as_ref()?;
         let ctx = EvalContext::new(request, at, tz);
         Some(
@@ -320,7 +373,8 @@ impl Policy {
     }
 
     /// Decides a request: the first rule set whose rules approve and whose quotas can be
-    /// consumed wins, and consumes them.
+    /// consumed wins, and consumes them. The same as [`Policy::prepare`] then
+    /// [`Prepared::decide`].
     pub fn evaluate(
         &self,
         request: &Request,
@@ -328,43 +382,37 @@ impl Policy {
         tz: &TimeZone,
         store: &dyn QuotaStore,
     ) -> Decision {
-        let Some(candidates) = self.candidates(request, at, tz) else {
-            return if request.request_type.approved_by_default() {
-                Decision::Approved {
-                    rule_set: None,
-                    session: None,
-                }
-            } else {
-                Decision::Denied(DenyReason::NotInPolicy)
-            };
-        };
-        let mut window = None;
-        let mut quota_denied = false;
-        for c in candidates {
-            if !c.quotas.is_empty() {
-                let w = *window.get_or_insert_with(|| QuotaWindow::of(tz.to_datetime(at)));
-                match store.try_consume(&request.profile_id, c.quotas, w) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        quota_denied = true;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "quota store failed; request denied");
-                        return Decision::Denied(DenyReason::Unavailable);
-                    }
+        self.prepare(request, at, tz).decide(store)
+    }
+
+    /// Evaluates every rule of `request` but its quotas: the part of a decision that reads
+    /// nothing but the request and the clock (regular expressions over client-supplied
+    /// metadata among it), so that it can run before the quota counters are read and
+    /// locked. Rule sets after the first one without quotas are not evaluated: that one
+    /// would win.
+    pub fn prepare<'p>(
+        &'p self,
+        request: &'p Request,
+        at: Timestamp,
+        tz: &TimeZone,
+    ) -> Prepared<'p> {
+        let candidates = self.candidates(request, at, tz).map(|candidates| {
+            let mut reached = Vec::new();
+            for c in candidates {
+                let last = c.quotas.is_empty();
+                reached.push(c);
+                if last {
+                    break;
                 }
             }
-            return Decision::Approved {
-                rule_set: Some(c.rule_set),
-                session: c.session,
-            };
+            reached
+        });
+        Prepared {
+            profile_id: &request.profile_id,
+            approved_by_default: request.request_type.approved_by_default(),
+            window: QuotaWindow::of(tz.to_datetime(at)),
+            candidates,
         }
-        Decision::Denied(if quota_denied {
-            DenyReason::Quota
-        } else {
-            DenyReason::Policy
-        })
     }
 
     /// Counts for `kss policy check`.

@@ -2510,3 +2510,49 @@ fn unquoted_dates_load_with_a_migration_warning_quoted_ones_without() {
     let quoted = load("decrypt:\n  - - rule: time-range-rule\n      include: ['2022-03-07']\n");
     assert!(quoted.warnings().is_empty(), "{:?}", quoted.warnings());
 }
+
+/// `prepare` evaluates a request's rules without a quota store (so that it can run before
+/// the counters are read and locked); `decide` then consumes quotas as `evaluate` would:
+/// the first throttled set while it lasts, then the next set that approves. A prepared
+/// request is the same decision whatever the metadata rules cost.
+#[test]
+fn a_prepared_request_decides_as_evaluate_does() {
+    let p = load(
+        "
+decrypt:
+  - - rule: per-profile-throttle-rule
+      per_hour: 2
+      rule_id: first
+    - rule: meta-rule
+      regexes: ['^/secrets/']
+  - - rule: meta-rule
+      regexes: ['^/other/']
+  - - rule: per-profile-throttle-rule
+      per_hour: 1
+      rule_id: last
+",
+    );
+    let tz = TimeZone::UTC;
+    let at = monday_morning();
+    let prepared_store = MemoryQuotaStore::new();
+    let evaluated_store = MemoryQuotaStore::new();
+    for meta in ["secrets/a", "other/b", "nothing/c"] {
+        let request = decrypt_complete(meta);
+        let prepared = p.prepare(&request, at, &tz);
+        for _ in 0..4 {
+            assert_eq!(
+                prepared.decide(&prepared_store),
+                p.evaluate(&request, at, &tz, &evaluated_store),
+                "{meta}"
+            );
+        }
+    }
+    // secrets/: set 0 while its 2 uses last, then set 2 (set 1 does not match) for its 1,
+    // then quota.
+    let request = decrypt_complete("secrets/z");
+    let prepared = p.prepare(&request, at, &tz);
+    let store = MemoryQuotaStore::new();
+    let sets: Vec<Option<usize>> = (0..4).map(|_| prepared.decide(&store).rule_set()).collect();
+    assert_eq!(sets, [Some(0), Some(0), Some(2), None]);
+    assert_eq!(prepared.decide(&store), Decision::Denied(DenyReason::Quota));
+}

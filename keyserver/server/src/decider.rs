@@ -1,12 +1,14 @@
 //! Decides requests in batches, one transaction per batch.
 //!
-//! Every decision goes through one task: it reads the persistent throttle counters of the
-//! batch's profiles and the nonces already accepted, evaluates the policy for each request
-//! in arrival order (counters in memory for the batch), then writes the counters and one
-//! audit record per request and commits. Only then are the outcomes returned: an approval
-//! never leaves without its quota use and its audit record committed. If the database
-//! fails, every request of the batch is denied as unavailable and nothing is consumed
-//! (in-memory counters are only updated after the commit).
+//! Every decision goes through one task: it evaluates every rule but the quotas for each
+//! request (before the transaction, so that no lock is held meanwhile), reads the
+//! persistent throttle counters of the batch's profiles and the nonces already accepted,
+//! decides each request's quotas in arrival order (counters in memory for the batch),
+//! then writes the counters and one audit record per request and commits. Only then are
+//! the outcomes returned: an approval never leaves without its quota use and its audit
+//! record committed. If the database fails, every request of the batch is denied as
+//! unavailable and nothing is consumed (in-memory counters are only updated after the
+//! commit).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,8 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use kss_crypto::ids::{DeviceId, ProfileId};
 use kss_policy::{
-    Counter, Decision, DenyReason, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow, Request,
-    SessionParams, fits, uses_per_rule,
+    Counter, Decision, DenyReason, Prepared, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
+    Request, SessionParams, fits, uses_per_rule,
 };
 use kss_store::{AuditRecord, EnrollmentUse, Lease, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -346,6 +348,17 @@ impl DecisionTask {
         let switches = Arc::clone(&self.switches.borrow());
         let policy = &switches.policy;
         let now = Timestamp::now();
+        // Every rule but the quotas, before the transaction: regular expressions over
+        // client-supplied metadata run before any counter is read or row locked.
+        let prepared: Vec<Option<Prepared<'_>>> = jobs
+            .iter()
+            .map(|job| match job {
+                Job::Evaluate { request, .. } | Job::Onboard { request, .. } => {
+                    Some(policy.policy.prepare(request, now, &self.time_zone))
+                }
+                Job::Deny { .. } => None,
+            })
+            .collect();
         let mut tx = self.store.begin_decisions(self.fence.as_ref()).await?;
 
         // Replays: nonces already accepted, or twice in this batch.
@@ -404,7 +417,12 @@ impl DecisionTask {
 
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        for (job, prepared) in jobs.iter().zip(&prepared) {
+            let decide = || match prepared {
+                Some(prepared) => verdict_of(prepared.decide(&quotas)),
+                // A job without a request is a denial already.
+                None => Verdict::Denied(Reason::Unavailable),
+            };
             let mut audit = job.audit().clone();
             let replayed = match &audit.nonce {
                 Some(n) => !seen.insert(n.clone()),
@@ -414,20 +432,13 @@ impl DecisionTask {
                 Job::Deny { reason, .. } => Verdict::Denied(*reason),
                 _ if replayed => Verdict::Denied(Reason::Replayed),
                 _ if !switches.enabled => Verdict::Denied(Reason::Disabled),
-                Job::Evaluate {
-                    request, register, ..
-                } => {
+                Job::Evaluate { register, .. } => {
                     if let Some(profile) = register {
                         tx.insert_profile(profile).await?;
                     }
-                    verdict_of(
-                        policy
-                            .policy
-                            .evaluate(request, now, &self.time_zone, &quotas),
-                    )
+                    decide()
                 }
                 Job::Onboard {
-                    request,
                     profile,
                     enrollment,
                     ..
@@ -440,11 +451,7 @@ impl DecisionTask {
                         ),
                     };
                     let verdict = if enrolled {
-                        verdict_of(
-                            policy
-                                .policy
-                                .evaluate(request, now, &self.time_zone, &quotas),
-                        )
+                        decide()
                     } else {
                         Verdict::Denied(Reason::Enrollment)
                     };
