@@ -466,6 +466,44 @@ async fn health_and_admin_api_over_mutual_tls() {
     assert_eq!(cli_status["running"], true);
     assert_eq!(cli_status["applied_policy_version"], 2);
 
+    // The audit names who loaded the policy, oldest first: the admin client
+    // certificate's subject for the loads over mutual TLS (the refused one is not a row),
+    // the CLI's uid for the CLI's.
+    let rows: Vec<serde_json::Value> = data
+        .kss_ok(&["audit", "--json", "--limit", "1000"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let loads: Vec<(&str, bool)> = rows
+        .iter()
+        .rev()
+        .filter(|r| r["request_type"] == "admin.policy_load")
+        .map(|r| {
+            let actor = r["actor"].as_str().unwrap();
+            let changed = r["meta"]["changed"].as_bool().unwrap();
+            (
+                if actor.starts_with("uid:") {
+                    "cli"
+                } else {
+                    actor
+                },
+                changed,
+            )
+        })
+        .collect();
+    let tls = "tls:CN=kss-operator";
+    assert_eq!(
+        loads,
+        [
+            (tls, true),
+            (tls, false),
+            (tls, false),
+            ("cli", false),
+            (tls, true)
+        ],
+        "{rows:?}"
+    );
+
     assert!(server.terminate());
 }
 
