@@ -27,12 +27,14 @@ pub const BOOTSTRAP_IDENTITY_FORMAT: &str = "kss-bootstrap-identity/v1";
 pub const SEALED_ROOT_LEN: usize = ROOT_SECRET_LEN + SEAL_OVERHEAD;
 
 /// Binds a sealed root secret to its keyserver ID, and to the era of the database it is
-/// stored in: `v2` since every profile and policy row carries a MAC; `v1` before (a database
-/// whose rows without a MAC may be adopted once, see [`Era`]).
+/// stored in: `v3` since its audit chain has started; `v2` since every profile and policy
+/// row carries a MAC; `v1` before (a database whose rows without a MAC may be adopted
+/// once, see [`Era`]).
 fn seal_aad(id: &KeyserverId, era: Era) -> Vec<u8> {
     let tag: &[u8] = match era {
         Era::RowsUnmacked => b"kss root secret v1\0",
         Era::RowsMacked => b"kss root secret v2\0",
+        Era::ChainStarted => b"kss root secret v3\0",
     };
     let mut aad = tag.to_vec();
     aad.extend_from_slice(id.as_bytes());
@@ -49,6 +51,21 @@ pub enum Era {
     RowsUnmacked,
     /// Sealed since: every row must carry its MAC.
     RowsMacked,
+    /// Sealed once the audit chain had started (and rows carry MACs): a chain that looks
+    /// as if it never started, over audit rows, was stripped, not written before the chain.
+    ChainStarted,
+}
+
+impl Era {
+    /// Whether every profile and policy row must carry its MAC.
+    pub fn rows_macked(self) -> bool {
+        self != Era::RowsUnmacked
+    }
+
+    /// Whether the audit chain has started.
+    pub fn chain_started(self) -> bool {
+        self == Era::ChainStarted
+    }
 }
 
 /// A keyserver ID and its root secret sealed with a master key. Holds no secret in the
@@ -63,11 +80,17 @@ pub struct SealedIdentity {
 
 impl SealedIdentity {
     /// Seals `root` for keyserver `id` with `master` (a fresh random nonce each time), in
-    /// the current era ([`Era::RowsMacked`]).
+    /// the current era ([`Era::ChainStarted`]: what a new database is, once its audit
+    /// chain is started).
     pub fn seal(id: &KeyserverId, root: &RootSecret, master: &MasterKey) -> Self {
+        Self::seal_in(id, root, master, Era::ChainStarted)
+    }
+
+    /// As [`SealedIdentity::seal`], in `era` (the steps of an upgrade).
+    pub fn seal_in(id: &KeyserverId, root: &RootSecret, master: &MasterKey, era: Era) -> Self {
         SealedIdentity {
             keyserver_id: *id,
-            sealed_root: seal::seal(master, &seal_aad(id, Era::RowsMacked), root.expose_bytes()),
+            sealed_root: seal::seal(master, &seal_aad(id, era), root.expose_bytes()),
         }
     }
 
@@ -79,7 +102,7 @@ impl SealedIdentity {
 
     /// As [`SealedIdentity::open`], and the era it was sealed in.
     pub fn open_with_era(&self, master: &MasterKey) -> Result<(RootSecret, Era), CryptoError> {
-        for era in [Era::RowsMacked, Era::RowsUnmacked] {
+        for era in [Era::ChainStarted, Era::RowsMacked, Era::RowsUnmacked] {
             let aad = seal_aad(&self.keyserver_id, era);
             if let Ok(bytes) = seal::open(master, &aad, &self.sealed_root) {
                 return Ok((RootSecret::from_bytes(&bytes)?, era));
@@ -209,8 +232,8 @@ mod tests {
     }
 
     #[test]
-    fn sealed_roots_of_both_eras_open_and_say_which() {
-        // New seals are of the MAC era (v2).
+    fn sealed_roots_of_every_era_open_and_say_which() {
+        // New seals are of the chain era (v3).
         let (sealed, master, root) = sealed();
         let aad = |tag: &[u8]| {
             let mut aad = tag.to_vec();
@@ -218,23 +241,35 @@ mod tests {
             aad
         };
         assert_eq!(
-            &**seal::open(&master, &aad(b"kss root secret v2\0"), &sealed.sealed_root).unwrap(),
+            &**seal::open(&master, &aad(b"kss root secret v3\0"), &sealed.sealed_root).unwrap(),
             &root
         );
         let (opened, era) = sealed.open_with_era(&master).unwrap();
-        assert_eq!((opened.expose_bytes(), era), (&root, Era::RowsMacked));
-        // Databases written before (v1) stay readable, and say so.
-        let old = SealedIdentity {
-            keyserver_id: sealed.keyserver_id,
-            sealed_root: seal::seal(&master, &aad(b"kss root secret v1\0"), &root),
-        };
-        let (opened, era) = old.open_with_era(&master).unwrap();
-        assert_eq!((opened.expose_bytes(), era), (&root, Era::RowsUnmacked));
-        assert_eq!(old.open(&master).unwrap().expose_bytes(), &root);
+        assert_eq!((opened.expose_bytes(), era), (&root, Era::ChainStarted));
+        assert!(era.rows_macked() && era.chain_started());
+        // Databases written before (v2: MACs but no chain; v1: neither) stay readable,
+        // and say so.
+        for (tag, expected) in [
+            (&b"kss root secret v2\0"[..], Era::RowsMacked),
+            (&b"kss root secret v1\0"[..], Era::RowsUnmacked),
+        ] {
+            let old = SealedIdentity {
+                keyserver_id: sealed.keyserver_id,
+                sealed_root: seal::seal(&master, &aad(tag), &root),
+            };
+            let (opened, era) = old.open_with_era(&master).unwrap();
+            assert_eq!((opened.expose_bytes(), era), (&root, expected));
+            assert!(!era.chain_started());
+            assert_eq!(era.rows_macked(), expected == Era::RowsMacked);
+            assert_eq!(old.open(&master).unwrap().expose_bytes(), &root);
+            // seal_in writes that era.
+            let again = SealedIdentity::seal_in(&sealed.keyserver_id, &opened, &master, era);
+            assert_eq!(again.open_with_era(&master).unwrap().1, era);
+        }
         // Any other tag is not a seal of ours.
         let other = SealedIdentity {
             keyserver_id: sealed.keyserver_id,
-            sealed_root: seal::seal(&master, &aad(b"kss root secret v3\0"), &root),
+            sealed_root: seal::seal(&master, &aad(b"kss root secret v4\0"), &root),
         };
         assert_eq!(other.open(&master).unwrap_err(), CryptoError::Sealed);
     }

@@ -16,11 +16,19 @@ use crate::identity::now_ms;
 
 /// The chain's key for the store: HMAC-SHA256 under the identity's audit key
 /// (`RootSecret::audit_key`, domain-separated from the row key).
-pub struct ChainKey(pub Arc<RowKey>);
+pub struct ChainKey {
+    pub key: Arc<RowKey>,
+    /// The identity's seal says the chain has started ([`kss_crypto::identity::Era`]).
+    pub started: bool,
+}
 
 impl AuditKey for ChainKey {
     fn mac(&self, domain: &str, fields: &[&[u8]]) -> [u8; 32] {
-        self.0.mac(domain, fields)
+        self.key.mac(domain, fields)
+    }
+
+    fn chain_started(&self) -> bool {
+        self.started
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn check(store: &dyn Store, data_dir: &DataDir, bootstrap: &Path) -> R
         (None, None) => return Ok(Checked::Refuse(Refusal::IdentityMissing)),
         (None, Some(sealed)) => {
             let id = sealed.keyserver_id;
-            let Ok(root) = sealed.open(&master) else {
+            let Ok((root, era)) = sealed.open_with_era(&master) else {
                 return Ok(Checked::Refuse(Refusal::BootstrapKeyMismatch {
                     id,
                     file: bootstrap.to_path_buf(),
@@ -119,7 +119,9 @@ pub async fn check(store: &dyn Store, data_dir: &DataDir, bootstrap: &Path) -> R
             match store.create_identity(&identity_row(sealed, now_ms())).await {
                 Ok(()) => {
                     info!(keyserver_id = %id, "keyserver {id} bootstrapped into the database");
-                    return Ok(Checked::Serve(KeyserverIdentity::new(id, root)));
+                    return Ok(Checked::Serve(
+                        KeyserverIdentity::new(id, root).sealed_in(era),
+                    ));
                 }
                 // Another instance stored one first: compare with it.
                 Err(StoreError::AlreadyExists(_)) => store
@@ -149,8 +151,10 @@ fn compare(
             configured: file.keyserver_id,
         }));
     }
-    Ok(match stored.open(master) {
-        Ok(root) => Checked::Serve(KeyserverIdentity::new(stored.keyserver_id, root)),
+    Ok(match stored.open_with_era(master) {
+        Ok((root, era)) => {
+            Checked::Serve(KeyserverIdentity::new(stored.keyserver_id, root).sealed_in(era))
+        }
         Err(_) => Checked::Refuse(Refusal::MasterKeyMismatch {
             id: stored.keyserver_id,
         }),

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use kss_crypto::identity::SealedIdentity;
+use kss_crypto::identity::{Era, SealedIdentity};
 use kss_crypto::ids::{KeyserverId, ProfileId};
 use kss_crypto::profile::KssShare;
 use kss_crypto::root::{RootSecret, RowKey, TokenKey};
@@ -18,6 +18,8 @@ pub struct KeyserverIdentity {
     token_key: TokenKey,
     row_key: RowKey,
     audit_key: Arc<RowKey>,
+    /// The era its stored seal is of (what it says of the database beside it).
+    era: Era,
 }
 
 impl std::fmt::Debug for KeyserverIdentity {
@@ -39,7 +41,20 @@ impl KeyserverIdentity {
             token_key,
             row_key,
             audit_key,
+            era: Era::ChainStarted,
         }
+    }
+
+    /// The same identity, as opened from a seal of `era`.
+    pub fn sealed_in(mut self, era: Era) -> Self {
+        self.era = era;
+        self
+    }
+
+    /// The era of the stored seal this identity was opened from ([`Era::ChainStarted`]
+    /// for a new one).
+    pub fn era(&self) -> Era {
+        self.era
     }
 
     /// A fresh identity: a random ID and root secret.
@@ -62,7 +77,10 @@ impl KeyserverIdentity {
 
     /// The audit chain's key, for the store (see [`crate::audit_log::ChainKey`]).
     pub fn chain_key(&self) -> Arc<dyn kss_store::AuditKey> {
-        Arc::new(crate::audit_log::ChainKey(Arc::clone(&self.audit_key)))
+        Arc::new(crate::audit_log::ChainKey {
+            key: Arc::clone(&self.audit_key),
+            started: self.era.chain_started(),
+        })
     }
 
     /// Loads the identity of `store` with the data directory's master key and gives the
@@ -98,13 +116,13 @@ impl KeyserverIdentity {
     pub fn unseal(row: &Identity, master: &MasterKey) -> Result<Self> {
         let sealed = sealed_of(row)?;
         let id = sealed.keyserver_id;
-        let root = sealed.open(master).with_context(|| {
+        let (root, era) = sealed.open_with_era(master).with_context(|| {
             format!(
                 "cannot open keyserver {id}'s secret with this master key \
                  (wrong --master-key-file, or the database belongs to another keyserver)"
             )
         })?;
-        Ok(Self::new(id, root))
+        Ok(Self::new(id, root).sealed_in(era))
     }
 
     /// Loads the identity of the store, failing with the next step to take if there is none.

@@ -151,7 +151,7 @@ pub async fn adopt_legacy_rows(
     let (_, era) = sealed_of(&row)?
         .open_with_era(master)
         .context("opening the keyserver identity")?;
-    if era == Era::RowsMacked {
+    if era.rows_macked() {
         return Ok(());
     }
     let key = identity.row_key();
@@ -185,16 +185,54 @@ pub async fn adopt_legacy_rows(
             .await
             .context("writing a policy version's MAC")?;
     }
-    let resealed = SealedIdentity::seal(&identity.id, identity.root(), master);
-    // False when another instance resealed first: the same era either way.
-    store
-        .reseal_identity(&row.keyserver_id, &row.sealed_root, &resealed.sealed_root)
-        .await
-        .context("sealing the keyserver identity in the row-MAC era")?;
+    reseal(store, identity, master, &row, Era::RowsMacked).await?;
     info!(
         profiles,
         policy_versions = policies.len(),
         "rows written before row MACs adopted (once, on the first start after the upgrade)"
     );
+    Ok(())
+}
+
+/// Seals the stored identity in the chain era once the audit chain has started (the
+/// caller has just started it), unless it is sealed so already: from then on, a chain
+/// that looks as if it never started over audit rows is known to be stripped.
+pub async fn seal_chain_started(
+    store: &dyn Store,
+    identity: &KeyserverIdentity,
+    master: &MasterKey,
+) -> Result<()> {
+    let Some(row) = store
+        .identity()
+        .await
+        .context("reading the keyserver identity")?
+    else {
+        return Ok(());
+    };
+    let (_, era) = sealed_of(&row)?
+        .open_with_era(master)
+        .context("opening the keyserver identity")?;
+    if era.chain_started() {
+        return Ok(());
+    }
+    reseal(store, identity, master, &row, Era::ChainStarted).await?;
+    info!("the keyserver identity now records that the audit chain has started");
+    Ok(())
+}
+
+/// Replaces the stored seal (`row`) with one of `era`, if no other instance did first.
+async fn reseal(
+    store: &dyn Store,
+    identity: &KeyserverIdentity,
+    master: &MasterKey,
+    row: &kss_store::Identity,
+    era: Era,
+) -> Result<()> {
+    let resealed = SealedIdentity::seal_in(&identity.id, identity.root(), master, era);
+    // False when another instance resealed first: the same era either way.
+    store
+        .reseal_identity(&row.keyserver_id, &row.sealed_root, &resealed.sealed_root)
+        .await
+        .with_context(|| format!("sealing the keyserver identity in the {era:?} era"))?;
     Ok(())
 }

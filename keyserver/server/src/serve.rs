@@ -374,14 +374,17 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     .handshakes_on(&handshake_thread);
     Arc::clone(&workstation_tls).watch(tls_reload_every, Arc::clone(&metrics), shutdown.stopped());
     let instance_id = info.name.clone();
-    crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &data_dir.read_master_key()?)
-        .await?;
-    // The audit chain's key; a database from before the chain gets its genesis now.
+    let master = data_dir.read_master_key()?;
+    crate::integrity::adopt_legacy_rows(store.as_ref(), &identity, &master).await?;
+    // The audit chain's key; a database from before the chain gets its genesis now, and
+    // the identity's seal records from then on that the chain has started.
     store.set_audit_key(identity.chain_key());
     store
         .append_audit(&[])
         .await
         .context("starting the audit chain")?;
+    crate::integrity::seal_chain_started(store.as_ref(), &identity, &master).await?;
+    drop(master);
     if let Some(retention) = args.audit_retention {
         tokio::spawn(crate::audit_log::prune_periodically(
             Arc::clone(&store),

@@ -19,6 +19,7 @@ use common::{DataDir, Server, text};
 use kss_client::protocol::{
     ApproveOutcome, RequestSpec, build_request, encrypt_file_key, sign_request,
 };
+use kss_crypto::identity::{Era, SealedIdentity};
 use kss_crypto::ids::KeyserverId;
 use sqlx::Connection;
 
@@ -59,6 +60,20 @@ impl Db {
     }
 
     async fn int(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            Db::Sqlite(path) => {
+                let mut c = sqlite(path).await;
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Db::Mysql { url, .. } => {
+                let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+
+    async fn blob(&self, sql: &str) -> Vec<u8> {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match self {
             Db::Sqlite(path) => {
@@ -620,14 +635,9 @@ on_both_backends!(
     rows_from_before_the_chain_list_and_are_reported_mariadb
 );
 
-/// A database upgraded from a kss without the chain: what migration 0004 leaves (rows
-/// without chain hashes and actors, no checkpoint, a head that has not started).
-async fn rows_from_before_the_chain_list_and_are_reported(t: &Target) {
-    t.data.load_policy(POLICY);
-    let server = Server::start(&t.data);
-    decrypts(&server, t, 3, "batch/old").await;
-    assert!(server.terminate());
-    let old = t.db.int("SELECT COUNT(*) FROM audit").await;
+/// Strips the chain as migration 0004 leaves a database from before it: rows without chain
+/// hashes and actors, no checkpoint, a head that has not started.
+async fn strip_the_chain(t: &Target) {
     t.db.execute("UPDATE audit SET chain_hash = NULL, actor = NULL, ciphertext_sha256 = NULL")
         .await;
     t.db.execute("DELETE FROM audit_checkpoints").await;
@@ -636,6 +646,43 @@ async fn rows_from_before_the_chain_list_and_are_reported(t: &Target) {
          checkpoint_mac = X'', since_checkpoint = 0, at_ms = 0, mac = X''",
     )
     .await;
+}
+
+/// The era the stored identity is sealed in; and, with `reseal`, seals it in that era
+/// first (what only the master key's holder can do).
+async fn identity_era(t: &Target, reseal: Option<Era>) -> Era {
+    let master = std::fs::read_to_string(t.data.path().join("master.key")).unwrap();
+    let master = kss_crypto::seal::MasterKey::from_hex(&master).unwrap();
+    let id: kss_crypto::ids::KeyserverId = t.id.parse().unwrap();
+    let stored = SealedIdentity {
+        keyserver_id: id,
+        sealed_root: t
+            .db
+            .blob("SELECT sealed_root FROM identity WHERE singleton = 1")
+            .await,
+    };
+    let (root, era) = stored.open_with_era(&master).unwrap();
+    let Some(era) = reseal else { return era };
+    let old = SealedIdentity::seal_in(&id, &root, &master, era);
+    t.db.execute(&format!(
+        "UPDATE identity SET sealed_root = x'{}'",
+        hex::encode(&old.sealed_root)
+    ))
+    .await;
+    era
+}
+
+/// A database upgraded from a kss without the chain: what migration 0004 leaves, with an
+/// identity sealed before the chain (v2).
+async fn rows_from_before_the_chain_list_and_are_reported(t: &Target) {
+    t.data.load_policy(POLICY);
+    let server = Server::start(&t.data);
+    decrypts(&server, t, 3, "batch/old").await;
+    assert!(server.terminate());
+    let old = t.db.int("SELECT COUNT(*) FROM audit").await;
+    assert_eq!(identity_era(t, None).await, Era::ChainStarted);
+    strip_the_chain(t).await;
+    identity_era(t, Some(Era::RowsMacked)).await;
 
     let out = t.data.kss_ok(&["audit", "verify"]);
     assert!(
@@ -644,10 +691,12 @@ async fn rows_from_before_the_chain_list_and_are_reported(t: &Target) {
     );
     assert_eq!(t.audit_json(&[]).len() as i64, old);
 
-    // The first start writes the genesis after them; new rows are chained.
+    // The first start writes the genesis after them, and seals the identity in the chain
+    // era; new rows are chained.
     let server = Server::start(&t.data);
     decrypts(&server, t, 2, "batch/new").await;
     assert!(server.terminate());
+    assert_eq!(identity_era(t, None).await, Era::ChainStarted);
     let stdout = t.assert_intact();
     assert!(
         stdout.contains(&format!(
@@ -674,4 +723,42 @@ async fn rows_from_before_the_chain_list_and_are_reported(t: &Target) {
     ))
     .await;
     t.assert_tampered("edited after the genesis", Some(old + 2), "does not verify");
+}
+
+on_both_backends!(
+    a_stripped_chain_is_not_taken_for_one_from_before_the_chain,
+    a_stripped_chain_is_not_taken_for_one_from_before_the_chain_sqlite,
+    a_stripped_chain_is_not_taken_for_one_from_before_the_chain_mariadb
+);
+
+/// Whoever can write the database strips every chain hash, deletes the checkpoints and
+/// resets the head, so that the log looks like one from before the chain (and its rows,
+/// edited at will, uncovered). The identity's seal says the chain has started: `kss audit
+/// verify` fails, the server refuses to start rather than making a new genesis over the
+/// rows, and only `kss audit restart` (audited, with its actor) lets it write again.
+async fn a_stripped_chain_is_not_taken_for_one_from_before_the_chain(t: &Target) {
+    t.data.load_policy(POLICY);
+    let server = Server::start(&t.data);
+    decrypts(&server, t, 3, "batch/x").await;
+    assert!(server.terminate());
+    let rows = t.db.int("SELECT COUNT(*) FROM audit").await;
+    strip_the_chain(t).await;
+    t.db.execute("UPDATE audit SET meta = '[]' WHERE id = 2")
+        .await;
+
+    t.assert_tampered("stripped", Some(1), "says it has started");
+    let mut refused = common::spawn_serve(&t.data, &[]);
+    let status = refused.child.wait().unwrap();
+    let log = std::fs::read_to_string(&refused.log).unwrap();
+    assert!(!status.success(), "served over a stripped chain");
+    assert!(log.contains("chain was stripped"), "{log}");
+    // Nothing was written meanwhile: no genesis, no row.
+    assert_eq!(t.db.int("SELECT COUNT(*) FROM audit_checkpoints").await, 0);
+    assert_eq!(t.db.int("SELECT COUNT(*) FROM audit").await, rows);
+
+    t.data.kss_ok(&["audit", "restart"]);
+    let server = Server::start(&t.data);
+    decrypts(&server, t, 1, "batch/x").await;
+    assert!(server.terminate());
+    t.assert_intact();
 }

@@ -40,6 +40,14 @@ const HEAD_DOMAIN: &str = "audit head v1";
 /// secret; the store only calls it.
 pub trait AuditKey: Send + Sync {
     fn mac(&self, domain: &str, fields: &[&[u8]]) -> [u8; CHAIN_HASH_LEN];
+
+    /// Whether the keyserver's identity says its audit chain has started (sealed under
+    /// the master key, so whoever can write the database cannot make it say otherwise).
+    /// Then a chain that looks as if it never started, over audit rows, was stripped: no
+    /// genesis is made after them and verification fails.
+    fn chain_started(&self) -> bool {
+        false
+    }
 }
 
 /// Where a store keeps the key it was given (shared by its clones).
@@ -269,6 +277,8 @@ pub(crate) struct Surroundings {
     /// A chained row exists after the head's last row; asked only when `max_id` is past
     /// the head.
     pub chained_after_head: bool,
+    /// An operator's `kss audit restart`: a new genesis after whatever rows there are.
+    pub restart: bool,
 }
 
 /// Plans appending `records` after `head` (read under its lock).
@@ -283,6 +293,7 @@ pub(crate) fn extend(
         max_id,
         genesis_allowed,
         chained_after_head,
+        restart,
     } = around;
     let mut checkpoints = Vec::new();
     let mut next = if head.is_started() {
@@ -299,6 +310,15 @@ pub(crate) fn extend(
         }
         head.clone()
     } else {
+        if key.chain_started() && max_id > 0 && !restart {
+            return Err(StoreError::AuditChain(
+                "the audit chain looks as if it never started (its head has no MAC) over \
+                 existing audit rows, but the keyserver's identity says it has started: the \
+                 chain was stripped in the database. No audit record is written until this is \
+                 resolved; `kss audit verify` names the damage"
+                    .into(),
+            ));
+        }
         if !genesis_allowed {
             return Err(StoreError::AuditChain(
                 "the head of the audit chain was reset (it has no MAC) although the chain \
@@ -389,6 +409,7 @@ pub(crate) fn restart(
         max_id,
         genesis_allowed: true,
         chained_after_head: false,
+        restart: true,
     };
     extend(key, &pending, around, std::slice::from_ref(record), now_ms)
 }
@@ -525,7 +546,23 @@ pub(crate) async fn verify(
                 ),
             );
         }
-        return not_started(reader).await;
+        let verdict = not_started(reader).await?;
+        if key.chain_started()
+            && let ChainVerdict::Intact(report) = &verdict
+            && report.uncovered > 0
+        {
+            let first = reader.page(0, 1).await?;
+            return tampered(
+                first.first().map(|e| e.id),
+                format!(
+                    "the audit chain looks as if it never started (no checkpoint, no MAC on \
+                     its head) over {} row(s), but the keyserver's identity says it has \
+                     started: the chain was stripped",
+                    report.uncovered
+                ),
+            );
+        }
+        return Ok(verdict);
     }
     if !head.verifies(key) {
         return tampered(

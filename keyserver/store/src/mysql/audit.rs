@@ -111,6 +111,7 @@ pub(super) async fn append(
         max_id,
         genesis_allowed: head.mac.is_empty() && !chain_traces(conn).await?,
         chained_after_head: max_id > head.last_id && chained_after(conn, head.last_id).await?,
+        restart: false,
     };
     let ext = audit_chain::extend(key, &head, around, records, now_ms())?;
     write(conn, records, &ext).await
