@@ -141,16 +141,9 @@ pub async fn adopt_legacy_rows(
     master: &MasterKey,
 ) -> Result<()> {
     const PAGE: u32 = 1000;
-    let Some(row) = store
-        .identity()
-        .await
-        .context("reading the keyserver identity")?
-    else {
+    let Some((row, era)) = stored_era(store, master).await? else {
         return Ok(());
     };
-    let (_, era) = sealed_of(&row)?
-        .open_with_era(master)
-        .context("opening the keyserver identity")?;
     if era.rows_macked() {
         return Ok(());
     }
@@ -202,22 +195,33 @@ pub async fn seal_chain_started(
     identity: &KeyserverIdentity,
     master: &MasterKey,
 ) -> Result<()> {
-    let Some(row) = store
-        .identity()
-        .await
-        .context("reading the keyserver identity")?
-    else {
+    let Some((row, era)) = stored_era(store, master).await? else {
         return Ok(());
     };
-    let (_, era) = sealed_of(&row)?
-        .open_with_era(master)
-        .context("opening the keyserver identity")?;
     if era.chain_started() {
         return Ok(());
     }
     reseal(store, identity, master, &row, Era::ChainStarted).await?;
     info!("the keyserver identity now records that the audit chain has started");
     Ok(())
+}
+
+/// The stored identity row and the era of its seal (`None`: no identity yet).
+async fn stored_era(
+    store: &dyn Store,
+    master: &MasterKey,
+) -> Result<Option<(kss_store::Identity, Era)>> {
+    let Some(row) = store
+        .identity()
+        .await
+        .context("reading the keyserver identity")?
+    else {
+        return Ok(None);
+    };
+    let (_, era) = sealed_of(&row)?
+        .open_with_era(master)
+        .context("opening the keyserver identity")?;
+    Ok(Some((row, era)))
 }
 
 /// Replaces the stored seal (`row`) with one of `era`, if no other instance did first.
