@@ -132,13 +132,19 @@ impl SealedIdentity {
             .keys()
             .find(|k| !matches!(k.as_str(), "format" | "keyserver_id" | "sealed_root"))
         {
-            return Err(field_err(unknown, "unknown field"));
+            return Err(malformed(format!(
+                "unknown field {} (expected format, keyserver_id, sealed_root)",
+                excerpt(unknown)
+            )));
         }
         let format = string_field(&doc, "format")?;
         if format != BOOTSTRAP_IDENTITY_FORMAT {
             return Err(field_err(
                 "format",
-                format!("{format:?}, expected {BOOTSTRAP_IDENTITY_FORMAT:?}"),
+                format!(
+                    "{}, expected {BOOTSTRAP_IDENTITY_FORMAT:?}",
+                    excerpt(format)
+                ),
             ));
         }
         let keyserver_id = string_field(&doc, "keyserver_id")?
@@ -183,6 +189,20 @@ fn malformed(what: impl fmt::Display) -> CryptoError {
 fn field_err(field: &str, e: impl fmt::Display) -> CryptoError {
     malformed(format!("field `{field}`: {e}"))
 }
+
+/// At most [`EXCERPT_CHARS`] characters of text from the document, quoted and escaped: an
+/// error names what it found without echoing an unbounded input.
+fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}... ({} characters)", text.chars().count())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+const EXCERPT_CHARS: usize = 40;
 
 fn string_field<'a>(doc: &'a Map<String, Value>, field: &str) -> Result<&'a str, CryptoError> {
     match doc.get(field) {
@@ -344,7 +364,16 @@ mod tests {
         let e = err(&format!(
             r#"{{"format":"kss-bootstrap-identity/v1","keyserver_id":"{id}","sealed_root":"{root}","root":"x"}}"#
         ));
-        assert!(e.contains("field `root`: unknown field"), "{e}");
+        assert!(e.contains("unknown field \"root\""), "{e}");
+        // What is echoed of the document is bounded.
+        let long = "x".repeat(100_000);
+        for doc in [
+            format!(r#"{{"format":"{long}","keyserver_id":"{id}","sealed_root":"{root}"}}"#),
+            format!(r#"{{"{long}":1}}"#),
+        ] {
+            let e = err(&doc);
+            assert!(e.len() < 200 && e.contains("100000 characters"), "{e}");
+        }
         assert!(err("[1]").contains("not a JSON object"));
         assert!(err("{").contains("not a JSON document"));
         // No error echoes the sealed bytes.

@@ -44,13 +44,14 @@ impl Approval {
     }
 }
 
-/// The request's fields after decoding and bounds: typed, canonical.
-struct Parsed {
-    body: pb::RequestBody,
-    request_type: RequestType,
-    keyserver: KeyserverId,
-    profile: ProfileId,
-    device: DeviceId,
+/// An approval request's fields after decoding and bounds: typed, canonical.
+#[derive(Debug)]
+pub struct ApprovalFields {
+    pub body: pb::RequestBody,
+    pub request_type: RequestType,
+    pub keyserver: KeyserverId,
+    pub profile: ProfileId,
+    pub device: DeviceId,
 }
 
 fn meta_json(meta: &[pb::MetaInfo]) -> String {
@@ -61,7 +62,9 @@ fn meta_json(meta: &[pb::MetaInfo]) -> String {
     serde_json::Value::Array(entries).to_string()
 }
 
-fn parse(body: &[u8]) -> Result<Parsed, RequestError> {
+/// Decodes a `RequestBody` and checks every field (ids canonical, nonce, bounds) before any
+/// other work is done.
+pub fn parse_approval(body: &[u8]) -> Result<ApprovalFields, RequestError> {
     let body = pb::RequestBody::decode(body)
         .map_err(|e| RequestError::invalid("body", format!("not a RequestBody: {e}")))?;
     let request_type = fields::request_type(body.request_type)?;
@@ -76,7 +79,7 @@ fn parse(body: &[u8]) -> Result<Parsed, RequestError> {
             "a decrypt request needs one",
         ));
     }
-    Ok(Parsed {
+    Ok(ApprovalFields {
         body,
         request_type,
         keyserver,
@@ -98,7 +101,7 @@ enum Proven {
 impl Keyserver {
     /// Decides one signed approval request.
     pub async fn approve(&self, body: &[u8], signature: &[u8]) -> Result<Approval, RequestError> {
-        let parsed = parse(body)?;
+        let parsed = parse_approval(body)?;
         let request_type = parsed.request_type;
         let span = Span::current();
         span.record("request_type", request_type.as_str());
@@ -222,7 +225,7 @@ impl Keyserver {
         }
     }
 
-    async fn prove(&self, parsed: &Parsed, body: &[u8], signature: &[u8]) -> Proven {
+    async fn prove(&self, parsed: &ApprovalFields, body: &[u8], signature: &[u8]) -> Proven {
         if parsed.keyserver != self.identity.id {
             return Proven::No(Reason::WrongKeyserver);
         }

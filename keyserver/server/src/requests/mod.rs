@@ -24,8 +24,8 @@ use kss_policy::RequestType;
 use kss_store::Store;
 use tokio::sync::watch;
 
-pub use approve::Approval;
-pub use onboard::Onboarded;
+pub use approve::{Approval, ApprovalFields, parse_approval};
+pub use onboard::{OnboardFields, Onboarded, parse_onboard};
 
 use crate::decider::{Decider, Reason};
 use crate::identity::{KeyserverIdentity, now_ms};

@@ -32,30 +32,62 @@ pub struct Onboarded {
     pub words: Vec<String>,
 }
 
+/// An onboarding's fields after decoding and bounds: typed, keys decoded and validated.
+#[derive(Debug)]
+pub struct OnboardFields {
+    pub body: pb::OnboardBody,
+    pub keyserver: KeyserverId,
+    pub device_key: DevicePublicKey,
+    pub workstation_share: WorkstationPublicShare,
+    pub proof: PossessionProof,
+    /// The digest of the enrollment token, when one was given.
+    pub enrollment: Option<[u8; 32]>,
+}
+
+/// Decodes an `OnboardBody` and checks every field before any other work is done.
+pub fn parse_onboard(body: &[u8]) -> Result<OnboardFields, RequestError> {
+    let decoded = pb::OnboardBody::decode(body)
+        .map_err(|e| RequestError::invalid("body", format!("not an OnboardBody: {e}")))?;
+    let keyserver: KeyserverId = fields::canonical_id("keyserver_id", &decoded.keyserver_id)?;
+    fields::nonce(&decoded.nonce)?;
+    fields::onboard_bounds(&decoded)?;
+    let device_key = DevicePublicKey::from_bytes(&decoded.device_public_key)
+        .map_err(|e| RequestError::invalid("device_public_key", e.to_string()))?;
+    let workstation_share = WorkstationPublicShare::from_bytes(&decoded.workstation_share)
+        .map_err(|e| RequestError::invalid("workstation_share", e.to_string()))?;
+    let proof = PossessionProof::from_bytes(&decoded.possession_proof)
+        .map_err(|e| RequestError::invalid("possession_proof", e.to_string()))?;
+    let enrollment = match decoded.enrollment_token.as_str() {
+        "" => None,
+        token if well_formed(token) => Some(token_digest(token)),
+        _ => {
+            return Err(RequestError::invalid(
+                "enrollment_token",
+                "not an enrollment token (kss enrollment create prints one)",
+            ));
+        }
+    };
+    Ok(OnboardFields {
+        body: decoded,
+        keyserver,
+        device_key,
+        workstation_share,
+        proof,
+        enrollment,
+    })
+}
+
 impl Keyserver {
     /// Onboards a new profile from a signed `OnboardBody`.
     pub async fn onboard(&self, body: &[u8], signature: &[u8]) -> Result<Onboarded, RequestError> {
-        let decoded = pb::OnboardBody::decode(body)
-            .map_err(|e| RequestError::invalid("body", format!("not an OnboardBody: {e}")))?;
-        let keyserver: KeyserverId = fields::canonical_id("keyserver_id", &decoded.keyserver_id)?;
-        fields::nonce(&decoded.nonce)?;
-        fields::onboard_bounds(&decoded)?;
-        let device_key = DevicePublicKey::from_bytes(&decoded.device_public_key)
-            .map_err(|e| RequestError::invalid("device_public_key", e.to_string()))?;
-        let ws = WorkstationPublicShare::from_bytes(&decoded.workstation_share)
-            .map_err(|e| RequestError::invalid("workstation_share", e.to_string()))?;
-        let proof = PossessionProof::from_bytes(&decoded.possession_proof)
-            .map_err(|e| RequestError::invalid("possession_proof", e.to_string()))?;
-        let enrollment = match decoded.enrollment_token.as_str() {
-            "" => None,
-            token if well_formed(token) => Some(token_digest(token)),
-            _ => {
-                return Err(RequestError::invalid(
-                    "enrollment_token",
-                    "not an enrollment token (kss enrollment create prints one)",
-                ));
-            }
-        };
+        let OnboardFields {
+            body: decoded,
+            keyserver,
+            device_key,
+            workstation_share: ws,
+            proof,
+            enrollment,
+        } = parse_onboard(body)?;
         if keyserver != self.identity.id {
             return Err(RequestError::FailedPrecondition(format!(
                 "wrong keyserver ID: this is keyserver {}, the request is for {keyserver}",

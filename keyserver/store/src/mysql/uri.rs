@@ -97,6 +97,16 @@ fn url_query_keys(uri: &str) -> Result<Vec<String>> {
     Ok(url.query_pairs().map(|(k, _)| k.into_owned()).collect())
 }
 
+/// A bounded, quoted excerpt of a value that is not secret (a port), for an error.
+fn excerpt(value: &str) -> String {
+    let head: String = value.chars().take(16).collect();
+    if head.len() < value.len() {
+        format!("{head:?}...")
+    } else {
+        format!("{head:?}")
+    }
+}
+
 fn config_error(msg: impl Into<String>) -> StoreError {
     StoreError::Unavailable(msg.into())
 }
@@ -162,11 +172,12 @@ fn parse_key_values(s: &str) -> Result<Parsed> {
             "database" => &mut database,
             "ssl-mode" => &mut ssl_mode,
             "ssl-ca" => &mut ssl_ca,
-            other => {
-                return Err(config_error(format!(
-                    "database address: unknown key '{other}' (expected host, port, user, \
-                     password, database, ssl-mode, ssl-ca)"
-                )));
+            // Not named: with an unescaped ',' in a password, the "key" is part of it.
+            _ => {
+                return Err(config_error(
+                    "database address: an unknown key (expected host, port, user, password, \
+                     database, ssl-mode, ssl-ca; a ',' inside a value is written '\\,')",
+                ));
             }
         };
         if slot.replace(value).is_some() {
@@ -186,7 +197,8 @@ fn parse_key_values(s: &str) -> Result<Parsed> {
     if let Some(p) = port {
         let p: u16 = p.trim().parse().map_err(|_| {
             config_error(format!(
-                "database address: port '{p}' is not a number from 1 to 65535"
+                "database address: port {} is not a number from 1 to 65535",
+                excerpt(&p)
             ))
         })?;
         if p == 0 {
@@ -362,11 +374,16 @@ mod tests {
             ),
             (
                 format!("mysql:host=h,user=u,password={secret},database=d,port=x"),
-                "port 'x'",
+                "port \"x\"",
             ),
             (
                 format!("mysql:host=h,user=u,password={secret},database=d,colour=1"),
-                "'colour'",
+                "an unknown key",
+            ),
+            // An unescaped ',' in the password: what follows it is not named as a key.
+            (
+                format!("mysql:host=h,user=u,password=x,{secret}=1,database=d"),
+                "an unknown key",
             ),
             (
                 format!("mysql:host=h,user=u,password={secret},password=x,database=d"),
