@@ -31,9 +31,11 @@ bench-keyserver:
 bench-cluster:
 	bash bench/cluster.sh
 
-# Fuzz the policy loader (nightly + cargo-fuzz); SECONDS=600 by default.
+# Fuzz the policy loader, then every kss-fuzz target in turn (nightly + cargo-fuzz);
+# SECONDS per target, 300 by default (keyserver/fuzz/README.md).
 fuzz:
-	bash keyserver/policy/fuzz/run.sh $(or $(SECONDS),600)
+	bash keyserver/policy/fuzz/run.sh $(or $(SECONDS),300)
+	bash keyserver/fuzz/cargo-fuzz/run.sh all $(or $(SECONDS),300)
 
 # The Kubernetes e2e harness alone (builds the control plane once, cached in ~/.cache/kss-e2e).
 .PHONY: e2e-smoke

@@ -179,7 +179,7 @@ public_share_impl!(KssPublicShare, "kss public share");
 pub struct PossessionProof(Signature);
 
 impl PossessionProof {
-    /// Decodes and validates 96 bytes (on the curve, in the subgroup).
+    /// Decodes and validates 96 bytes (on the curve, in the subgroup, not the identity).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let array: [u8; SIG_SIZE] = bytes.try_into().map_err(|_| CryptoError::BadLength {
             what: "proof of possession",
@@ -189,6 +189,12 @@ impl PossessionProof {
         let sig = Signature::from_bytes(array).map_err(|_| CryptoError::InvalidPoint {
             what: "proof of possession",
         })?;
+        // The identity proves nothing (found by fuzzing: it decoded).
+        if crate::ciphertext::is_identity_encoding(&array) {
+            return Err(CryptoError::InvalidPoint {
+                what: "proof of possession (the identity)",
+            });
+        }
         Ok(PossessionProof(sig))
     }
 

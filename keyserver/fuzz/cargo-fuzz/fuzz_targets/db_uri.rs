@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (kss_fuzz::target("db_uri").expect("a kss-fuzz target").run)(data);
+});

@@ -1,0 +1,7 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (kss_fuzz::target("key_material")
+        .expect("a kss-fuzz target")
+        .run)(data);
+});
