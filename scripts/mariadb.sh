@@ -3,7 +3,7 @@
 # a throwaway CA for TLS, databases `kss` and `kss_other`, users `kss` and
 # `kss_tls`. For tests only: passwords are fixed, root has no password.
 #
-#   scripts/mariadb.sh up|down|env|status|restart|stop-db|start-db
+#   scripts/mariadb.sh up|down|env|status|restart|stop-db|start-db|freeze-db|thaw-db
 #
 # `up` and `env` print shell exports on stdout (progress goes to stderr), so
 #   eval "$(scripts/mariadb.sh up)"
@@ -40,7 +40,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 up|down|env|status|restart|stop-db|start-db" >&2
+    echo "usage: $0 up|down|env|status|restart|stop-db|start-db|freeze-db|thaw-db" >&2
     exit 2
 }
 
@@ -490,7 +490,27 @@ cmd_start_db() {
 
 cmd_stop_db() {
     load_config
+    cmd_thaw_db
     stop_server || die "mariadbd did not stop within ${STOP_TIMEOUT}s"
+}
+
+# A hung database: mariadbd stopped with SIGSTOP keeps every socket open and answers
+# nothing (clients see no error, only silence) until SIGCONT.
+cmd_freeze_db() {
+    local pid
+    load_config
+    pid="$(server_pid)" || die "mariadbd is not running"
+    kill -STOP "$pid"
+    log "mariadbd (pid $pid) frozen (SIGSTOP)"
+}
+
+cmd_thaw_db() {
+    local pid
+    load_config
+    if pid="$(server_pid)"; then
+        kill -CONT "$pid"
+        log "mariadbd (pid $pid) thawed (SIGCONT)"
+    fi
 }
 
 cmd_status() {
@@ -514,6 +534,7 @@ cmd_status() {
 
 cmd_down() {
     local pid
+    cmd_thaw_db 2>/dev/null || true
     if [ ! -e "$STATE_DIR" ]; then
         log "nothing to remove: $STATE_DIR does not exist"
         return 0
@@ -539,7 +560,7 @@ case "$STATE_DIR" in
     *) die "KSS_MARIADB_STATE must be an absolute path other than /, got '$STATE_DIR'" ;;
 esac
 case "$1" in
-    up | down | restart | stop-db | start-db)
+    up | down | restart | stop-db | start-db | freeze-db | thaw-db)
         # One command at a time per state dir. The lock file sits beside the
         # state dir, which `up` creates and `down` removes.
         exec 9>>"$STATE_DIR.lock"
@@ -553,6 +574,8 @@ case "$1" in
     status) cmd_status ;;
     stop-db) cmd_stop_db ;;
     start-db) cmd_start_db ;;
+    freeze-db) cmd_freeze_db ;;
+    thaw-db) cmd_thaw_db ;;
     restart)
         cmd_stop_db
         cmd_start_db

@@ -25,6 +25,7 @@ use kss_store::{AuditRecord, EnrollmentUse, Lease, Profile, Store, StoreError, S
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use crate::db_deadline::DbDeadline;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::switches::Switches;
@@ -207,6 +208,8 @@ impl MemoryCounters {
 #[derive(Clone)]
 pub struct Decider {
     jobs: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
+    /// How long a request waits for its decision (queueing included).
+    wait: DbDeadline,
 }
 
 impl Decider {
@@ -214,17 +217,29 @@ impl Decider {
     /// deciding what was queued.
     pub fn start(task: DecisionTask) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let wait = task.deadline;
         let handle = tokio::spawn(task.run(rx));
-        (Decider { jobs: tx }, handle)
+        (Decider { jobs: tx, wait }, handle)
     }
 
-    /// Decides one job (waits for its batch to commit).
+    /// Decides one job (waits for its batch to commit). A job not decided within the
+    /// deadline is answered `UNAVAILABLE`: its batch may still commit it (an approval then
+    /// recorded that its client never received: fail closed, and the nonce is used up).
     pub async fn decide(&self, job: Job) -> Outcome {
         let (reply, answer) = oneshot::channel();
-        if self.jobs.send((job, reply)).await.is_err() {
-            return Outcome::UNAVAILABLE;
+        let decided = async {
+            if self.jobs.send((job, reply)).await.is_err() {
+                return Ok(Outcome::UNAVAILABLE);
+            }
+            Ok(answer.await.unwrap_or(Outcome::UNAVAILABLE))
+        };
+        match self.wait.run("waiting for a decision", decided).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                debug!(error = %e, "no decision in time: denied as unavailable");
+                Outcome::UNAVAILABLE
+            }
         }
-        answer.await.unwrap_or(Outcome::UNAVAILABLE)
     }
 }
 
@@ -244,6 +259,9 @@ pub struct DecisionTask {
     pub fence: Option<Lease>,
     /// Stopped when the lease turns out to be lost.
     pub shutdown: Arc<Shutdown>,
+    /// How long a batch's transaction (its retries included) and a request's wait for its
+    /// decision may take.
+    pub deadline: DbDeadline,
 }
 
 impl DecisionTask {
@@ -270,7 +288,11 @@ impl DecisionTask {
     /// the other instance's record), anything else as unavailable. A database that is down
     /// or a lost lease still denies the whole batch.
     async fn decide_isolating(&self, jobs: &[Job]) -> Vec<Outcome> {
-        match self.decide_with_retries(jobs).await {
+        let decided = self
+            .deadline
+            .run("deciding a batch", self.decide_with_retries(jobs))
+            .await;
+        match decided {
             Ok(outcomes) => outcomes,
             Err(StoreError::Fenced(why)) => {
                 self.metrics.db_error("decide");

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod connections;
 pub mod data_dir;
+pub mod db_deadline;
 pub mod decider;
 pub mod identity;
 pub mod integrity;

@@ -30,6 +30,7 @@ use crate::connections::{
     ConnectionLimits, Connections, HandshakeThread, TlsIncoming, TrackRequests,
 };
 use crate::data_dir::{DataDir, DataDirArgs};
+use crate::db_deadline::DbDeadline;
 use crate::decider::{Decider, DecisionTask, MemoryCounters};
 use crate::identity::KeyserverIdentity;
 use crate::membership::Membership;
@@ -79,6 +80,11 @@ pub struct ServeArgs {
     /// enabled switch.
     #[arg(long, default_value_t = 500)]
     pub poll_interval_ms: u64,
+    /// How long (milliseconds) a request, a decision batch or a poll may wait on the
+    /// database: past it, the request is denied `unavailable` (a database that hangs
+    /// without closing its connections does not hold requests).
+    #[arg(long, env = "KSS_DB_TIMEOUT_MS", default_value_t = crate::db_deadline::DEFAULT_DB_TIMEOUT_MS)]
+    pub db_timeout_ms: u64,
     /// When a decision is on disk before it is returned: `full` syncs every commit (an
     /// approval survives a power loss); `normal` survives a crash of the process but not
     /// of the host, for lower latency.
@@ -406,10 +412,12 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     .await?;
     let policy_version = initial.policy.version;
     let (switches_tx, switches_rx) = watch::channel(Arc::new(initial));
+    let db_deadline = DbDeadline::new(Duration::from_millis(args.db_timeout_ms));
     let watcher = tokio::spawn(switches::watch(
         Arc::clone(&store),
         switches_tx,
         Duration::from_millis(args.poll_interval_ms.max(50)),
+        db_deadline,
         Arc::clone(&metrics),
         Arc::clone(&identity),
     ));
@@ -431,6 +439,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
         metrics: Arc::clone(&metrics),
         fence: lease,
         shutdown: Arc::clone(&shutdown),
+        deadline: db_deadline,
     });
 
     let keyserver = Arc::new(KeyServerService {
@@ -443,6 +452,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
                 Arc::clone(&identity),
                 Arc::clone(&store),
                 Arc::clone(&metrics),
+                db_deadline,
             ),
             verifier: Verifier::new(
                 VerificationCache::new(VERIFIED_CIPHERTEXTS),

@@ -12,6 +12,7 @@ use kss_store::Store;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::db_deadline::DbDeadline;
 use crate::integrity::RowChecker;
 use crate::metrics::Metrics;
 
@@ -85,6 +86,7 @@ pub async fn watch(
     store: Arc<dyn Store>,
     tx: watch::Sender<Arc<Switches>>,
     interval: Duration,
+    deadline: DbDeadline,
     metrics: Arc<Metrics>,
     key: Arc<crate::identity::KeyserverIdentity>,
 ) {
@@ -104,7 +106,7 @@ pub async fn watch(
             return;
         }
         let current = Arc::clone(&tx.borrow());
-        let state = match store.state().await {
+        let state = match deadline.run("polling the state", store.state()).await {
             Ok(state) => state,
             Err(e) => {
                 metrics.db_error("poll_state");
@@ -122,7 +124,21 @@ pub async fn watch(
         };
         let mut policy = Arc::clone(&current.policy);
         if state.policy_version != policy.version && broken_version != Some(state.policy_version) {
-            match load_policy(store.as_ref(), state.policy_version, &check).await {
+            let loaded = tokio::time::timeout(
+                deadline.limit(),
+                load_policy(store.as_ref(), state.policy_version, &check),
+            )
+            .await;
+            let Ok(loaded) = loaded else {
+                // Not the version's fault: read again at the next poll.
+                metrics.db_error("poll_policy");
+                warn!(
+                    version = state.policy_version,
+                    "reading a new policy version timed out"
+                );
+                continue;
+            };
+            match loaded {
                 Ok(p) => {
                     info!(
                         version = p.version,

@@ -1,9 +1,11 @@
 //! Cluster mode under failures, with real `kss serve` processes sharing one MariaDB
 //! database and a steady load of concurrent decrypt requests spread over the instances:
 //!
-//! * The database is stopped (`scripts/mariadb.sh stop-db`) and started again: while it is
-//!   down no request is approved, requests are denied as `unavailable` and health reports
-//!   NOT_SERVING; once it is back, every instance approves again within 5 s by itself.
+//! * The database is stopped (`scripts/mariadb.sh stop-db`) and started again, or it hangs
+//!   (`freeze-db`: mariadbd stopped with SIGSTOP, every socket open, no answer) and resumes
+//!   (`thaw-db`): meanwhile no request is approved, every request sent is denied as
+//!   `unavailable` within 3 s and health reports NOT_SERVING; once the database answers
+//!   again, every instance approves again within 5 s by itself.
 //! * One instance of three is killed with SIGKILL: the two others keep approving, requests
 //!   to the dead one fail at the transport level, and `kss instance list` shows it offline
 //!   within 10 s.
@@ -82,19 +84,18 @@ async fn mariadb_async(command: &'static str) {
         .unwrap();
 }
 
-/// Starts the database again when dropped, whatever happened (a no-op if it runs).
+/// Thaws and starts the database again when dropped, whatever happened (no-ops if it
+/// runs).
 struct RestartDbOnDrop;
 
 impl Drop for RestartDbOnDrop {
     fn drop(&mut self) {
-        match Command::new("bash")
-            .arg(MARIADB_SH)
-            .arg("start-db")
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("mariadb.sh start-db failed: {}", common::text(&out.stderr)),
-            Err(e) => eprintln!("mariadb.sh start-db failed: {e}"),
+        for command in ["thaw-db", "start-db"] {
+            match Command::new("bash").arg(MARIADB_SH).arg(command).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!("mariadb.sh {command} failed: {}", common::text(&out.stderr)),
+                Err(e) => eprintln!("mariadb.sh {command} failed: {e}"),
+            }
         }
     }
 }
@@ -622,9 +623,38 @@ async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> 
 
 // --------------------------------------------------------------------------- tests
 
+/// How the database goes away and comes back (`scripts/mariadb.sh` commands).
+struct Outage {
+    begin: &'static str,
+    end: &'static str,
+}
+
+/// The longest a request sent during an outage may wait for its answer (`kss serve
+/// --db-timeout-ms` 1500: a profile read, then the decision).
+const ANSWER_DURING_OUTAGE_WITHIN: Duration = Duration::from_secs(3);
+
 /// Two instances under load; the database stops for a few seconds and comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_restart_under_load_denies_then_recovers_within_5s() {
+    outage_under_load(Outage {
+        begin: "stop-db",
+        end: "start-db",
+    })
+    .await;
+}
+
+/// Two instances under load; the database hangs (SIGSTOP: its sockets stay open and
+/// nothing answers) for a few seconds and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_hang_under_load_denies_within_3s_then_recovers_within_5s() {
+    outage_under_load(Outage {
+        begin: "freeze-db",
+        end: "thaw-db",
+    })
+    .await;
+}
+
+async fn outage_under_load(outage: Outage) {
     const WORKERS: usize = 16;
     let _serial = SERIAL.lock().await;
     let Some(cluster) = Cluster::start(2, 100_000).await else {
@@ -654,20 +684,19 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
     // The outage. From here on, the database is started again whatever happens.
     let restart_guard = RestartDbOnDrop;
     let stop_called = Instant::now();
-    mariadb_async("stop-db").await;
+    mariadb_async(outage.begin).await;
     let stop_returned = Instant::now();
     println!(
-        "stop-db at {:.2} s, returned at {:.2} s",
+        "{} at {:.2} s, returned at {:.2} s",
+        outage.begin,
         load.at(stop_called),
         load.at(stop_returned)
     );
     load.live.mark.set(stop_returned).unwrap();
     let approved_at_stop: Vec<usize> = (0..names.len()).map(|i| load.live.approved(i)).collect();
-    // Down for at least 3 s, and until every instance both reports NOT_SERVING and has
-    // answered `unavailable` to a request sent after stop-db returned (bounded: a hang
-    // fails the assertions below). That takes a while: a batch tries 3 times, each try
-    // waiting up to the pool's 3 s acquire timeout, and a request sent during the outage
-    // waits for the batch in progress before its own (about 18 s in all).
+    // Away for at least 6 s (so that requests sent in its first 3 s are bounded below), and until every instance both reports NOT_SERVING and has
+    // answered `unavailable` to a request sent after the outage began (bounded: a hang
+    // fails the assertions below).
     let mut not_serving_after: Vec<Option<Duration>> = vec![None; names.len()];
     let mut unavailable_after: Vec<Option<Duration>> = vec![None; names.len()];
     let mut unavailable_to_new_after: Vec<Option<Duration>> = vec![None; names.len()];
@@ -688,7 +717,7 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
         }
         let all_seen = not_serving_after.iter().all(Option::is_some)
             && unavailable_to_new_after.iter().all(Option::is_some);
-        if (all_seen && stop_returned.elapsed() >= Duration::from_secs(3))
+        if (all_seen && stop_returned.elapsed() >= Duration::from_secs(6))
             || Instant::now() >= outage_deadline
         {
             break;
@@ -698,7 +727,7 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
     for (i, name) in names.iter().enumerate() {
         println!(
             "instance {name} (times from stop-db returning): NOT_SERVING after {:?}, first `unavailable` \
-             answer after {:?}, first to a request sent after stop-db returned after {:?}",
+             answer after {:?}, first to a request sent after the outage began after {:?}",
             not_serving_after[i], unavailable_after[i], unavailable_to_new_after[i]
         );
     }
@@ -707,10 +736,11 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
         .collect();
 
     let start_called = Instant::now();
-    mariadb_async("start-db").await;
+    mariadb_async(outage.end).await;
     let start_returned = Instant::now();
     println!(
-        "start-db at {:.2} s, returned at {:.2} s (database down {:.2} s)",
+        "{} at {:.2} s, returned at {:.2} s (database away {:.2} s)",
+        outage.end,
         load.at(start_called),
         load.at(start_returned),
         start_called.duration_since(stop_returned).as_secs_f64()
@@ -795,9 +825,40 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
             names[s.instance],
             s.answer
         );
+        assert!(
+            s.end - s.start <= ANSWER_DURING_OUTAGE_WITHIN,
+            "while the database was away, {} took {:?} to answer (at most {:?}):\n{}",
+            names[s.instance],
+            s.end - s.start,
+            ANSWER_DURING_OUTAGE_WITHIN,
+            cluster.logs()
+        );
     }
-    // An approval answered after stop-db returned was committed before; it can only be
-    // the answer of a request sent before stop-db returned.
+    // Every request sent while the database was away is answered within the bound, also
+    // those still waiting when it came back (a request held until then would miss it).
+    let bound_applies_until = start_called
+        .checked_sub(ANSWER_DURING_OUTAGE_WITHIN)
+        .unwrap_or(stop_returned);
+    let slowest = samples
+        .iter()
+        .filter(|s| s.start >= stop_returned && s.start <= bound_applies_until)
+        .max_by_key(|s| s.end - s.start);
+    if let Some(s) = slowest {
+        println!(
+            "slowest answer to a request sent during the outage: {:?}",
+            s.end - s.start
+        );
+        assert!(
+            s.end - s.start <= ANSWER_DURING_OUTAGE_WITHIN,
+            "a request sent during the outage waited {:?} for {} (at most {:?}):\n{}",
+            s.end - s.start,
+            names[s.instance],
+            ANSWER_DURING_OUTAGE_WITHIN,
+            cluster.logs()
+        );
+    }
+    // An approval answered after the outage began was committed before; it can only be
+    // the answer of a request sent before.
     for s in samples
         .iter()
         .filter(|s| s.answer == Answer::Approved && s.end > stop_returned && s.end <= start_called)
@@ -842,7 +903,7 @@ async fn database_restart_under_load_denies_then_recovers_within_5s() {
             .unwrap();
         let after = first.saturating_duration_since(start_returned);
         println!(
-            "instance {}: first approval {:.3} s after start-db returned ({:.3} s after it was called); SERVING after {:?}",
+            "instance {}: first approval {:.3} s after the database was back ({:.3} s after it was called); SERVING after {:?}",
             names[i],
             after.as_secs_f64(),
             first.duration_since(start_called).as_secs_f64(),

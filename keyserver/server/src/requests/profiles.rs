@@ -19,6 +19,7 @@ use kss_crypto::signing::DevicePublicKey;
 use kss_crypto::words::profile_words;
 use kss_store::{Profile, Revocation, Store, StoreError};
 
+use crate::db_deadline::DbDeadline;
 use crate::identity::KeyserverIdentity;
 use crate::integrity::RowChecker;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct ProfileCache {
     identity: Arc<KeyserverIdentity>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// How long a read of the store may take.
+    deadline: DbDeadline,
     checker: RowChecker,
     known: Mutex<HashMap<ProfileId, Arc<KnownProfile>>>,
     /// Ids the store did not hold, and when it was asked.
@@ -75,11 +78,13 @@ impl ProfileCache {
         identity: Arc<KeyserverIdentity>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        deadline: DbDeadline,
     ) -> Self {
         ProfileCache {
             identity,
             store,
             metrics,
+            deadline,
             checker: RowChecker::default(),
             known: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
@@ -126,11 +131,15 @@ impl ProfileCache {
         }
     }
 
-    /// The profile, from memory or the store.
+    /// The profile, from memory or the store (within the deadline).
     pub async fn get(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
         if let Some(known) = self.in_memory(id) {
             return Ok(known);
         }
+        self.deadline.run("reading a profile", self.read(id)).await
+    }
+
+    async fn read(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
         // The semaphore is never closed.
         let _permit = self.cold_reads.acquire().await.ok();
         // Read meanwhile by the request that held the permit?
@@ -172,7 +181,13 @@ impl ProfileCache {
 
     /// Whether a profile (or this device of it) is revoked, read from the store.
     pub async fn is_revoked(&self, id: &ProfileId, device: &DeviceId) -> Result<bool, StoreError> {
-        let revocations = self.store.revocations(Some(&id.to_string())).await?;
+        let revocations = self
+            .deadline
+            .run(
+                "reading revocations",
+                self.store.revocations(Some(&id.to_string())),
+            )
+            .await?;
         Ok(revoked_by(&revocations, device))
     }
 
@@ -232,6 +247,7 @@ mod tests {
             Arc::clone(&identity),
             Arc::clone(&store),
             Arc::new(Metrics::new()),
+            DbDeadline::default(),
         );
         let store_profile = |id: ProfileId| {
             let store = Arc::clone(&store);

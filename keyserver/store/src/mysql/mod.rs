@@ -74,6 +74,25 @@ const POOL_SIZE: u32 = 8;
 /// (requests are then denied, never queued behind an outage).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long an unused pooled connection is kept (below [`session_limits`]'s `wait_timeout`).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The server-side limits of kss's sessions, so that the server frees what a vanished or
+/// cut-off instance held within seconds rather than hours: row-lock waits of 2 s (the
+/// decision transaction is retried), a session idle for 10 s is closed (with its
+/// transaction and locks: MySQL 8's only such limit), on MariaDB a session idle inside a
+/// write transaction for 5 s too, and a statement is stopped after 65 s (a backstop above
+/// the migration lock's 60 s wait; requests have their own, shorter client-side deadline).
+fn session_limits(version: &str) -> &'static str {
+    if version.contains("MariaDB") {
+        "SET SESSION innodb_lock_wait_timeout = 2, SESSION wait_timeout = 10, \
+         SESSION idle_write_transaction_timeout = 5, SESSION max_statement_time = 65"
+    } else {
+        "SET SESSION innodb_lock_wait_timeout = 2, SESSION wait_timeout = 10, \
+         SESSION max_execution_time = 65000"
+    }
+}
+
 /// MySQL error numbers.
 const ER_DUP_ENTRY: u16 = 1062;
 
@@ -104,6 +123,8 @@ impl MysqlStore {
         let pool = MySqlPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Closed here before the server's `wait_timeout` closes them there.
+            .idle_timeout(POOL_IDLE_TIMEOUT)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // The locking described in the module documentation relies on
@@ -112,6 +133,10 @@ impl MysqlStore {
                         .await?;
                     // Registry times are the server's clock in UTC (no daylight saving).
                     conn.execute("SET time_zone = '+00:00'").await?;
+                    let version: String = sqlx::query_scalar("SELECT VERSION()")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    conn.execute(session_limits(&version)).await?;
                     Ok(())
                 })
             })
