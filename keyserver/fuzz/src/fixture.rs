@@ -5,10 +5,11 @@ use std::sync::OnceLock;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use kss_crypto::ciphertext::VerificationCache;
+use kss_crypto::ciphertext::{VerificationCache, VerifiedCiphertext};
 use kss_crypto::profile::{KssShare, PossessionProof, ProfilePublicKeys, WorkstationShare};
 use kss_crypto::{DeviceKey, KeyserverId, MasterKey, ProfileId, RootSecret};
 use kss_policy::Policy;
+use rand::SeedableRng;
 
 /// The keyserver, profile and device every seed is made for.
 pub struct Fixture {
@@ -26,6 +27,8 @@ pub struct Fixture {
     pub at: Timestamp,
     pub time_zone: TimeZone,
     pub cache: VerificationCache,
+    /// A valid ciphertext under `keys`.
+    pub ciphertext: VerifiedCiphertext,
 }
 
 /// The fixture's policy: paths and look-around regexes over client-supplied metadata,
@@ -58,6 +61,12 @@ start_session:
       end_by_time: 5:00pm
 "#;
 
+/// `msg` encrypted to `keys` with randomness from `seed`: the same bytes on every run.
+pub fn encrypt(keys: &ProfilePublicKeys, seed: u64, msg: &[u8]) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    keys.public_key().encrypt_with_rng(&mut rng, msg).to_bytes()
+}
+
 /// The fixture (built once per process).
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -83,6 +92,8 @@ fn build() -> Fixture {
     )
     .expect("the fixture's own proof verifies");
     let policy = Policy::load(POLICY).expect("the fixture's policy loads");
+    let ciphertext = kss_crypto::ciphertext::verify(&encrypt(&keys, 0, b"kss-fuzz"))
+        .expect("a fresh ciphertext verifies");
     Fixture {
         root,
         master,
@@ -97,5 +108,6 @@ fn build() -> Fixture {
         at: "2026-12-01T10:30:00Z".parse().expect("a timestamp"),
         time_zone: TimeZone::UTC,
         cache: VerificationCache::new(64),
+        ciphertext,
     }
 }

@@ -8,7 +8,7 @@ use kss_crypto::{DeviceId, DeviceKey, KeyserverId, ProfileClaims, SealedIdentity
 use kss_proto::v1 as pb;
 use prost::Message;
 
-use crate::fixture::Fixture;
+use crate::fixture::{Fixture, encrypt};
 
 /// Named inputs of one target.
 pub type Seeds = Vec<(String, Vec<u8>)>;
@@ -65,7 +65,7 @@ fn approve_requests(fx: &Fixture) -> Seeds {
         ));
     };
     let mut decrypt = request(fx, pb::RequestType::Decrypt);
-    decrypt.ciphertext = fx.keys.encrypt(&[0x11; 32]).into_vec();
+    decrypt.ciphertext = encrypt(&fx.keys, 1, &[0x11; 32]);
     add("decrypt", decrypt.clone());
     let mut docx = decrypt.clone();
     docx.auth_meta = vec![meta("/team/notes/plan.docx", true), meta("/a/x42", false)];
@@ -202,10 +202,10 @@ fn ciphertexts(fx: &Fixture) -> Seeds {
     for len in [1, 32, 100] {
         out.push((
             format!("valid-{len}"),
-            fx.keys.encrypt(&vec![0x33; len]).into_vec(),
+            encrypt(&fx.keys, len as u64, &vec![0x33; len]),
         ));
     }
-    let valid = fx.keys.encrypt(&[0x44; 32]).into_vec();
+    let valid = encrypt(&fx.keys, 44, &[0x44; 32]);
     out.push(("truncated".into(), valid[..valid.len() - 1].to_vec()));
     let mut flipped = valid.clone();
     flipped[150] ^= 0x80;
@@ -228,21 +228,17 @@ fn tagged(tag: u8, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn key_material(fx: &Fixture) -> Seeds {
-    let ct = fx
-        .keys
-        .encrypt(b"kss-fuzz")
-        .verify()
-        .expect("a fresh ciphertext verifies");
+    let ct = &fx.ciphertext;
     let mut g1_identity = vec![0u8; 48];
     g1_identity[0] = 0xc0;
     vec![
         (
             "kss-share".into(),
-            tagged(0, &fx.kss.decryption_share(&ct).to_bytes()),
+            tagged(0, &fx.kss.decryption_share(ct).to_bytes()),
         ),
         (
             "ws-share".into(),
-            tagged(0, &fx.workstation.decryption_share(&ct).to_bytes()),
+            tagged(0, &fx.workstation.decryption_share(ct).to_bytes()),
         ),
         ("share-identity".into(), tagged(0, &g1_identity)),
         ("proof".into(), tagged(1, &fx.proof.to_bytes())),

@@ -15,8 +15,8 @@ pub fn ciphertext(data: &[u8]) {
     if let Err(e) = &single {
         assert_bounded("a refused ciphertext", &e.to_string());
     }
-    let valid = fx.keys.encrypt(b"kss-fuzz");
-    let batch = VerificationCache::new(8).verify_batch(&[data, valid.as_bytes(), data]);
+    let valid = fx.ciphertext.to_bytes();
+    let batch = VerificationCache::new(8).verify_batch(&[data, &valid, data]);
     assert_eq!(
         batch[0].is_ok(),
         single.is_ok(),
