@@ -39,6 +39,7 @@ COPY keyserver/crypto/Cargo.toml keyserver/crypto/
 COPY keyserver/store/Cargo.toml keyserver/store/
 COPY keyserver/client/Cargo.toml keyserver/client/
 COPY keyserver/server/Cargo.toml keyserver/server/
+COPY keyserver/fuzz/Cargo.toml keyserver/fuzz/
 COPY e2e/Cargo.toml e2e/
 COPY operator/Cargo.toml operator/
 # The generated gRPC code changes only with the .proto files: built for real here.
@@ -48,6 +49,7 @@ RUN set -eu; \
                 keyserver/store/src/lib.rs keyserver/client/src/lib.rs \
                 keyserver/server/src/lib.rs keyserver/server/src/main.rs \
                 operator/src/lib.rs operator/src/main.rs e2e/src/lib.rs \
+                keyserver/fuzz/src/lib.rs \
                 keyserver/crypto/benches/floor.rs keyserver/policy/benches/evaluate.rs \
                 keyserver/server/benches/policy_eval.rs; do \
         mkdir -p "$(dirname "$stub")"; \
@@ -66,7 +68,7 @@ RUN set -eu; \
     touch keyserver/policy/src/lib.rs keyserver/crypto/src/lib.rs \
           keyserver/store/src/lib.rs keyserver/client/src/lib.rs \
           keyserver/server/src/lib.rs keyserver/server/src/main.rs \
-          operator/src/lib.rs operator/src/main.rs; \
+          operator/src/lib.rs operator/src/main.rs keyserver/fuzz/src/lib.rs; \
     cargo build --release --locked -p kss-server -p kss-operator --bin kss --bin kss-operator; \
     mkdir -p /out/var/lib/kss; \
     cp target/release/kss target/release/kss-operator /out/

@@ -837,3 +837,70 @@ fn the_admin_socket_serves_only_its_own_user() {
     // Its own user still is.
     data.kss_ok(&["profile", "list"]);
 }
+
+/// SQLite held by another process (an exclusive transaction on the same file, as a stuck
+/// backup tool or a `sqlite3` shell would hold it): every request is denied `unavailable`
+/// within 3 s instead of waiting for the lock, nothing is approved, and the keyserver
+/// approves again by itself within 5 s of the lock's release.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_sqlite_database_denies_within_3s_then_recovers_within_5s() {
+    use sqlx::Connection;
+    use std::time::Instant;
+
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let server = Server::start(&data);
+    let client = server.client(&data).await;
+    let profile = onboard(&client, &id).await;
+    let search = RequestSpec::new(RequestType::Search);
+    let reason = |outcome: kss_client::ApproveOutcome| outcome.reason_name();
+    assert_eq!(
+        reason(client.request(&profile, &search).await.unwrap()),
+        None
+    );
+
+    let db = data.path().join("kss.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let sent = Instant::now();
+        let outcome = client.request(&profile, &search).await.unwrap();
+        waits.push(sent.elapsed());
+        assert_eq!(reason(outcome).as_deref(), Some("unavailable"));
+    }
+    println!("answers while the database was locked: {waits:?}");
+    for wait in &waits {
+        assert!(
+            *wait <= Duration::from_secs(3),
+            "a request waited {wait:?} on a locked database:\n{}",
+            server.log_text()
+        );
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let released = Instant::now();
+    let mut approved_after = None;
+    while released.elapsed() < Duration::from_secs(15) {
+        if reason(client.request(&profile, &search).await.unwrap()).is_none() {
+            approved_after = Some(released.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("approved again {approved_after:?} after the lock was released");
+    let after = approved_after.expect("approved again after the lock was released");
+    assert!(
+        after <= Duration::from_secs(5),
+        "approved again only {after:?} after the lock was released:\n{}",
+        server.log_text()
+    );
+}
