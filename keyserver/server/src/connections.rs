@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +35,9 @@ use crate::reloading_tls::ReloadingTls;
 /// How long a client has to complete its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request waits on a connection whose refusal budget is spent.
+pub const REFUSED_CONNECTION_DELAY: Duration = Duration::from_secs(1);
+
 /// Bounds on a listener's connections. `0` in a count means no limit.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -46,6 +49,12 @@ pub struct ConnectionLimits {
     pub max_handshakes: usize,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// Requests of one connection refused before authentication, in a burst; the budget
+    /// refills at a tenth of it per second. Past it, each request of the connection waits
+    /// [`REFUSED_CONNECTION_DELAY`] before it is looked at, until the budget refills: a
+    /// flood of made-up requests then costs its sender time, and the keyserver a timer.
+    /// 0: no limit.
+    pub refusals_per_connection: u32,
 }
 
 impl ConnectionLimits {
@@ -56,6 +65,7 @@ impl ConnectionLimits {
             max_per_address: 0,
             max_handshakes: usize::MAX,
             idle_timeout: None,
+            refusals_per_connection: 0,
         }
     }
 }
@@ -76,11 +86,22 @@ struct Table {
     open: HashMap<SocketAddr, Arc<Activity>>,
 }
 
-/// What one connection is doing: requests in flight, and when the last one ended.
+/// What one connection is doing: requests in flight, and when the last one ended; the
+/// budget of its requests refused before authentication.
 #[derive(Default)]
 struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    refusals: Mutex<RefusalBudget>,
+    /// Set while the budget is spent: its requests are delayed.
+    slowed: AtomicBool,
+}
+
+/// A token bucket, in thousandths of a refusal.
+#[derive(Default)]
+struct RefusalBudget {
+    left_milli: u64,
+    at_ms: u64,
 }
 
 impl Connections {
@@ -129,12 +150,66 @@ impl Connections {
         table.total += 1;
         table.per_address.insert(address, from_address + 1);
         let activity = Arc::new(Activity::default());
-        activity.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        let now = self.now_ms();
+        activity.last_ms.store(now, Ordering::Relaxed);
+        if let Ok(mut budget) = activity.refusals.lock() {
+            *budget = RefusalBudget {
+                left_milli: u64::from(self.limits.refusals_per_connection) * 1000,
+                at_ms: now,
+            };
+        }
         table.open.insert(peer, Arc::clone(&activity));
         Some(Slot {
             connections: Arc::clone(self),
             peer,
             activity,
+        })
+    }
+
+    /// Counts a request of the connection from `peer` refused before authentication; once
+    /// the connection's budget is spent, its requests are delayed until it refills
+    /// (`kss_transport_limited_total{limit="refusals"}` counts the delayed requests).
+    pub fn refused(&self, peer: SocketAddr) {
+        self.refused_at(peer, self.now_ms());
+    }
+
+    fn refused_at(&self, peer: SocketAddr, now: u64) {
+        let burst = u64::from(self.limits.refusals_per_connection);
+        if burst == 0 {
+            return;
+        }
+        let Some(activity) = self.table().open.get(&peer).map(Arc::clone) else {
+            return;
+        };
+        let spent = {
+            let mut budget = match activity.refusals.lock() {
+                Ok(b) => b,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // burst / 10 per second = burst per 10,000 ms, in thousandths.
+            let refill = now.saturating_sub(budget.at_ms).saturating_mul(burst) / 10;
+            budget.left_milli = (budget.left_milli + refill).min(burst * 1000);
+            budget.at_ms = now;
+            match budget.left_milli.checked_sub(1000) {
+                Some(left) => {
+                    budget.left_milli = left;
+                    false
+                }
+                None => true,
+            }
+        };
+        if activity.slowed.swap(spent, Ordering::Relaxed) != spent && spent {
+            debug!(%peer, "slowing a connection whose requests keep being refused");
+        }
+    }
+
+    /// How long a request of the connection from `peer` waits before it is looked at:
+    /// [`REFUSED_CONNECTION_DELAY`] while the connection's refusal budget is spent.
+    pub fn delay_for(&self, peer: SocketAddr) -> Option<Duration> {
+        let activity = self.table().open.get(&peer).map(Arc::clone)?;
+        activity.slowed.load(Ordering::Relaxed).then(|| {
+            self.limited("refusals");
+            REFUSED_CONNECTION_DELAY
         })
     }
 
@@ -548,6 +623,45 @@ mod tests {
         let _a3 = c.admit(peer("10.0.0.1:1004")).unwrap();
         assert_eq!(c.table().total, 5);
         assert_eq!(c.table().open.len(), 5);
+    }
+
+    #[test]
+    fn a_connection_is_slowed_while_its_refusal_budget_is_spent_and_only_it() {
+        let c = Connections::new(
+            ConnectionLimits {
+                refusals_per_connection: 4,
+                ..ConnectionLimits::unlimited()
+            },
+            None,
+        );
+        let flooding = c.admit(peer("10.0.0.1:1000")).unwrap();
+        let neighbour = c.admit(peer("10.0.0.1:1001")).unwrap();
+        for _ in 0..4 {
+            c.refused(flooding.peer);
+        }
+        assert!(
+            !flooding.activity.slowed.load(Ordering::Relaxed),
+            "within the burst"
+        );
+        c.refused(flooding.peer);
+        assert!(
+            flooding.activity.slowed.load(Ordering::Relaxed),
+            "past the burst"
+        );
+        assert!(!neighbour.activity.slowed.load(Ordering::Relaxed));
+        // The budget refills at a tenth of the burst per second: 4 refusals at 0 ms, one
+        // more every 2.5 s.
+        let start = neighbour.activity.refusals.lock().unwrap().at_ms;
+        for _ in 0..4 {
+            c.refused_at(neighbour.peer, start);
+        }
+        c.refused_at(neighbour.peer, start + 2_500);
+        assert!(
+            !neighbour.activity.slowed.load(Ordering::Relaxed),
+            "refilled"
+        );
+        c.refused_at(neighbour.peer, start + 2_600);
+        assert!(neighbour.activity.slowed.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -158,6 +158,12 @@ pub struct TransportArgs {
     /// (`limit="idle_timeout"`; the client reconnects when it next sends). 0: never.
     #[arg(long, env = "KSS_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
+    /// Requests of one connection that may be refused before authentication in a burst
+    /// (refilled at a tenth of it per second); past it, each request of the connection
+    /// waits 1 s before it is looked at (`limit="refusals"`), so that a flood of made-up
+    /// requests costs its sender time rather than the keyserver work. 0: no limit.
+    #[arg(long, env = "KSS_REFUSALS_PER_CONNECTION", default_value_t = 32)]
+    pub refusals_per_connection: u32,
 }
 
 impl TransportArgs {
@@ -168,6 +174,7 @@ impl TransportArgs {
             max_handshakes: self.max_handshakes,
             idle_timeout: (self.idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.idle_timeout_secs)),
+            refusals_per_connection: self.refusals_per_connection,
         }
     }
 }
@@ -443,6 +450,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     });
 
     let keyserver = Arc::new(KeyServerService {
+        connections: Some(Arc::clone(&connections)),
         core: Arc::new(Keyserver {
             identity: Arc::clone(&identity),
             store: Arc::clone(&store),

@@ -1779,9 +1779,18 @@ async fn a_stream_flood_is_refused_cheaply_and_others_are_served() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(rejected >= refused as f64, "{rejected} < {refused}");
+    let delayed = server
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("kss_transport_limited_total{limit=\"refusals\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // The flooding connections spent their refusal budgets: their requests were delayed.
+    assert!(delayed > 0.0, "no flooding request was delayed");
     println!(
         "search p99 unloaded {unloaded} µs, under a flood of {refused} refused requests \
-         ({} s, 8 connections × 64 streams) {flooded} µs ({:.2}×)",
+         ({} s, 8 connections × 64 streams) {flooded} µs ({:.2}×); {delayed} requests of \
+         the flooding connections delayed; flood report {report}",
         FLOOD_SECS,
         flooded as f64 / unloaded.max(1) as f64
     );

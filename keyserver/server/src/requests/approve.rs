@@ -30,16 +30,19 @@ pub struct Approval {
     /// For an approved decrypt: this keyserver's decryption share.
     pub decryption_share: Vec<u8>,
     pub session: Option<SessionParams>,
+    /// Denied before its signature verified (nothing of it was stored).
+    pub unauthenticated: bool,
 }
 
 impl Approval {
-    fn denied(request_type: RequestType, reason: Reason, audit_id: Option<u64>) -> Self {
+    fn unauthenticated(request_type: RequestType, reason: Reason) -> Self {
         Approval {
             request_type,
             verdict: Verdict::Denied(reason),
-            audit_id: audit_id.unwrap_or(0),
+            audit_id: 0,
             decryption_share: Vec::new(),
             session: None,
+            unauthenticated: true,
         }
     }
 }
@@ -115,7 +118,7 @@ impl Keyserver {
                     reason.as_str(),
                     "denied before its signature verified",
                 );
-                return Ok(Approval::denied(request_type, reason, None));
+                return Ok(Approval::unauthenticated(request_type, reason));
             }
         };
         let body = parsed.body;
@@ -196,6 +199,7 @@ impl Keyserver {
                 audit_id: outcome.audit_id.unwrap_or(0),
                 decryption_share: Vec::new(),
                 session: None,
+                unauthenticated: false,
             });
         };
         let decryption_share = verified
@@ -211,6 +215,7 @@ impl Keyserver {
             audit_id: outcome.audit_id.unwrap_or(0),
             decryption_share,
             session,
+            unauthenticated: false,
         })
     }
 
@@ -222,6 +227,7 @@ impl Keyserver {
             audit_id: outcome.audit_id.unwrap_or(0),
             decryption_share: Vec::new(),
             session: None,
+            unauthenticated: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `kss.v1.KeyServer`: the gRPC face of [`crate::requests::Keyserver`]. It only converts:
 //! messages in, answers and [`RequestError`]s out as `Status`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,12 +10,46 @@ use kss_proto::v1::key_server_server::KeyServer;
 use tonic::{Request as GrpcRequest, Response, Status};
 use tracing::{field, instrument};
 
+use crate::connections::Connections;
 use crate::decider::{Reason, Verdict};
 use crate::requests::{Approval, Keyserver, Onboarded, RequestError};
 
 /// The gRPC service over the keyserver core.
 pub struct KeyServerService {
     pub core: Arc<Keyserver>,
+    /// The listener's connections: a connection whose requests keep being refused before
+    /// authentication is slowed down (`None`: not bounded).
+    pub connections: Option<Arc<Connections>>,
+}
+
+impl KeyServerService {
+    /// Waits first if `peer`'s connection keeps sending requests that are refused.
+    async fn slow_down(&self, peer: Option<SocketAddr>) {
+        let delay = self
+            .connections
+            .as_ref()
+            .zip(peer)
+            .and_then(|(connections, peer)| connections.delay_for(peer));
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn refused_on(&self, peer: Option<SocketAddr>) {
+        if let (Some(connections), Some(peer)) = (&self.connections, peer) {
+            connections.refused(peer);
+        }
+    }
+}
+
+/// Refused before the request's signature verified: what counts against a connection.
+fn refused_before_authentication(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::InvalidArgument { .. }
+            | RequestError::FailedPrecondition(_)
+            | RequestError::Unauthenticated(_)
+    )
 }
 
 pub fn reason_code(reason: Reason) -> pb::DenyReason {
@@ -108,8 +143,13 @@ impl KeyServer for KeyServerService {
         request: GrpcRequest<pb::SignedMessage>,
     ) -> Result<Response<pb::OnboardResponse>, Status> {
         let started = Instant::now();
+        let peer = request.remote_addr();
+        self.slow_down(peer).await;
         let msg = request.into_inner();
         let result = self.core.onboard(&msg.body, &msg.signature).await;
+        if result.as_ref().is_err_and(refused_before_authentication) {
+            self.refused_on(peer);
+        }
         let metrics = &self.core.metrics;
         match &result {
             Ok(_) => metrics.request(
@@ -144,8 +184,18 @@ impl KeyServer for KeyServerService {
         request: GrpcRequest<pb::SignedMessage>,
     ) -> Result<Response<pb::ApproveResponse>, Status> {
         let started = Instant::now();
+        let peer = request.remote_addr();
+        self.slow_down(peer).await;
         let msg = request.into_inner();
-        match self.core.approve(&msg.body, &msg.signature).await {
+        let result = self.core.approve(&msg.body, &msg.signature).await;
+        let refused = match &result {
+            Ok(approval) => approval.unauthenticated,
+            Err(e) => refused_before_authentication(e),
+        };
+        if refused {
+            self.refused_on(peer);
+        }
+        match result {
             Ok(approval) => {
                 self.core.metrics.request(
                     "Approve",

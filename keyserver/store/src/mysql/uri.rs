@@ -37,11 +37,10 @@ pub fn parse_db_uri_with_ca(
 ) -> Result<MySqlConnectOptions, StoreError> {
     let uri = uri.trim();
     let parsed = if let Some(rest) = uri.strip_prefix("mysql://") {
-        let password = url_password(rest);
         let options = MySqlConnectOptions::from_str(uri).map_err(|e| {
             let mut msg = e.to_string();
-            if let Some(p) = password.filter(|p| !p.is_empty()) {
-                msg = msg.replace(p, "<password>");
+            for p in url_passwords(uri, rest) {
+                msg = msg.replace(&p, "<password>");
             }
             StoreError::Unavailable(format!("invalid database URL: {msg}"))
         })?;
@@ -111,11 +110,39 @@ fn config_error(msg: impl Into<String>) -> StoreError {
     StoreError::Unavailable(msg.into())
 }
 
-/// The raw password of `user:password@host...` (to keep it out of error messages).
-fn url_password(after_scheme: &str) -> Option<&str> {
-    let at = after_scheme.rfind('@')?;
-    let userinfo = &after_scheme[..at];
-    userinfo.split_once(':').map(|(_, p)| p)
+/// Every text that may be the password of a URL, to keep out of error messages (sqlx's
+/// quote values of the query): the password as the URL parser reads it, and the text
+/// between the first ':' and the last '@' after the scheme (what a user who did not
+/// percent-encode a '/', '?' or '@' meant), each as written and percent-decoded; the
+/// longest first, so that a shorter one inside a longer one does not leave a part of it.
+/// Found by fuzzing: `mysql://h/d?ssl-mode=x:pass%30word@h/d` had sqlx echo the decoded
+/// text after the ':'.
+fn url_passwords(uri: &str, after_scheme: &str) -> Vec<String> {
+    let mut raw = Vec::new();
+    if let Some(p) = url::Url::parse(uri)
+        .ok()
+        .and_then(|u| u.password().map(String::from))
+    {
+        raw.push(p);
+    }
+    if let Some(at) = after_scheme.rfind('@')
+        && let Some((_, p)) = after_scheme[..at].split_once(':')
+    {
+        raw.push(p.to_string());
+    }
+    let mut all: Vec<String> = raw
+        .iter()
+        .flat_map(|p| {
+            let decoded = percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned();
+            [p.clone(), decoded]
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    all.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    all.dedup();
+    all
 }
 
 /// Splits `k=v,k=v` with `\,` and `\\` escapes.
@@ -412,6 +439,12 @@ mod tests {
                 "'#' fragment",
             ),
             (format!("mysql://u:{secret}@h/d?a=b#c"), "'#' fragment"),
+            // sqlx quotes an unknown ssl-mode value: text there that may be a password
+            // (as written or decoded) is not repeated.
+            (
+                "mysql://h/d?ssl-mode=x:Hunter2Se%63ret@h/d".to_string(),
+                "ssl_mode",
+            ),
         ] {
             let e = parse_db_uri(&uri).unwrap_err().to_string();
             assert!(e.contains(expect), "{e:?} should contain {expect:?}");
