@@ -6,7 +6,9 @@
 //! * `streams`: `--concurrency` requests in flight at once over `--connections` HTTP/2
 //!   connections, each an `Approve` of a made-up profile with a made-up signature: the
 //!   most the keyserver does for a request it refuses (a profile lookup), at the
-//!   connections' stream limits.
+//!   connections' stream limits. With `--requests-per-connection N`, each connection is
+//!   replaced by a new one (a new TLS handshake) after N requests: a sender that does not
+//!   stay on a connection whose requests keep being refused.
 //!
 //! It prints one JSON line: how many handshakes or requests were made, refused, failed.
 
@@ -48,9 +50,19 @@ pub struct FloodArgs {
     /// HTTP/2 connections the streams are spread over.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub connections: usize,
+    /// Streams: replace each connection by a new one after this many requests (0: keep
+    /// the connections).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub requests_per_connection: u64,
     /// Seconds to run.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub duration: f64,
+}
+
+/// One of the flood's connections, replaced after `--requests-per-connection` requests.
+struct Rotating {
+    channel: tonic::transport::Channel,
+    sent: u64,
 }
 
 /// What a flood did.
@@ -99,20 +111,51 @@ pub async fn flood(args: FloodArgs) -> Result<FloodReport> {
             "handshakes"
         }
         FloodKind::Streams => {
-            let first = args.connect.connect().await?;
-            let keyserver_id = first.info().await?.keyserver_id;
-            let mut clients = vec![first];
-            for _ in 1..args.connections.max(1) {
-                clients.push(args.connect.connect().await?);
+            let keyserver_id = args.connect.connect().await?.info().await?.keyserver_id;
+            let mut connections = Vec::new();
+            for _ in 0..args.connections.max(1) {
+                let name = Some(args.connect.server_name.as_str());
+                connections.push(connect_channel(&args.connect.endpoint, &ca, name).await?);
             }
+            let connections: Vec<Arc<tokio::sync::Mutex<Rotating>>> = connections
+                .into_iter()
+                .map(|channel| Arc::new(tokio::sync::Mutex::new(Rotating { channel, sent: 0 })))
+                .collect();
+            let per_connection = args.requests_per_connection;
             for worker in 0..args.concurrency.max(1) {
-                let client = clients[worker % clients.len()].grpc();
+                let connection = Arc::clone(&connections[worker % connections.len()]);
                 let (keyserver_id, stop, counts) =
                     (keyserver_id.clone(), Arc::clone(&stop), Arc::clone(&counts));
+                let (endpoint, name, ca) = (
+                    args.connect.endpoint.clone(),
+                    args.connect.server_name.clone(),
+                    ca.clone(),
+                );
                 workers.spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
+                        let channel = {
+                            let mut c = connection.lock().await;
+                            if per_connection > 0 && c.sent >= per_connection {
+                                match connect_channel(&endpoint, &ca, Some(&name)).await {
+                                    Ok(fresh) => {
+                                        *c = Rotating {
+                                            channel: fresh,
+                                            sent: 0,
+                                        }
+                                    }
+                                    Err(_) => {
+                                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                }
+                            }
+                            c.sent += 1;
+                            c.channel.clone()
+                        };
+                        let mut client =
+                            kss_proto::v1::key_server_client::KeyServerClient::new(channel);
                         let request = made_up_request(&keyserver_id);
-                        match client.clone().approve(request).await {
+                        match client.approve(request).await {
                             Ok(response) => {
                                 let approved = response.into_inner().decision
                                     == kss_proto::v1::Decision::Approved as i32;

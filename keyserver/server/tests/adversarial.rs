@@ -1787,6 +1787,36 @@ async fn a_stream_flood_is_refused_cheaply_and_others_are_served() {
         .unwrap_or(0.0);
     // The flooding connections spent their refusal budgets: their requests were delayed.
     assert!(delayed > 0.0, "no flooding request was delayed");
+
+    // A sender that moves to a new connection before its budget is spent: every 32
+    // requests, a new TLS handshake.
+    let rotating = start_flood(
+        &server,
+        &t.data,
+        &[
+            "--kind",
+            "streams",
+            "--connections",
+            "8",
+            "--concurrency",
+            "512",
+            "--requests-per-connection",
+            "32",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flooded_rotating = search_p99(&raw, &t.id, &ws, 200).await;
+    let rotating_report = rotating.finish();
+    assert_eq!(rotating_report["approved"], 0, "{rotating_report}");
+    assert_eq!(
+        t.db.count("SELECT COUNT(*) FROM audit").await,
+        audit_before + 400
+    );
+    println!(
+        "search p99 under a flood moving to a new connection every 32 requests: \
+         {flooded_rotating} µs ({:.2}×); flood report {rotating_report}",
+        flooded_rotating as f64 / unloaded.max(1) as f64
+    );
     println!(
         "search p99 unloaded {unloaded} µs, under a flood of {refused} refused requests \
          ({} s, 8 connections × 64 streams) {flooded} µs ({:.2}×); {delayed} requests of \

@@ -42,6 +42,10 @@ pub fn parse_db_uri_with_ca(
             for p in url_passwords(uri, rest) {
                 msg = msg.replace(&p, "<password>");
             }
+            // sqlx quotes values of the address: bounded (found by fuzzing).
+            if msg.chars().count() > MAX_QUOTED_ERROR_CHARS {
+                msg = msg.chars().take(MAX_QUOTED_ERROR_CHARS).collect::<String>() + "...";
+            }
             StoreError::Unavailable(format!("invalid database URL: {msg}"))
         })?;
         let keys = url_query_keys(uri)?;
@@ -105,6 +109,9 @@ fn excerpt(value: &str) -> String {
         format!("{head:?}")
     }
 }
+
+/// The most of sqlx's own message an error repeats.
+const MAX_QUOTED_ERROR_CHARS: usize = 160;
 
 fn config_error(msg: impl Into<String>) -> StoreError {
     StoreError::Unavailable(msg.into())
