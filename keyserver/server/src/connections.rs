@@ -35,8 +35,13 @@ use crate::reloading_tls::ReloadingTls;
 /// How long a client has to complete its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a request waits on a connection whose refusal budget is spent.
-pub const REFUSED_CONNECTION_DELAY: Duration = Duration::from_secs(1);
+/// How long, on average, a request waits while its address's refusal budget is spent;
+/// each wait is drawn from half to one and a half of it, so that a flood's parked requests
+/// do not all wake at once.
+pub const REFUSED_DELAY: Duration = Duration::from_secs(1);
+
+/// Addresses whose refusal budgets are remembered; past it, the full ones are forgotten.
+const MAX_REFUSING_ADDRESSES: usize = 65_536;
 
 /// Bounds on a listener's connections. `0` in a count means no limit.
 #[derive(Clone, Copy, Debug)]
@@ -49,12 +54,12 @@ pub struct ConnectionLimits {
     pub max_handshakes: usize,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Option<Duration>,
-    /// Requests of one connection refused before authentication, in a burst; the budget
-    /// refills at a tenth of it per second. Past it, each request of the connection waits
-    /// [`REFUSED_CONNECTION_DELAY`] before it is looked at, until the budget refills: a
-    /// flood of made-up requests then costs its sender time, and the keyserver a timer.
-    /// 0: no limit.
-    pub refusals_per_connection: u32,
+    /// Requests from one client address refused before authentication, in a burst; the
+    /// budget refills at a tenth of it per second. While it is spent, each request from
+    /// the address waits [`REFUSED_DELAY`] before it is looked at: a flood of made-up
+    /// requests then costs its sender time, and the keyserver a timer, however many
+    /// connections it spreads them over. 0: no limit.
+    pub refusals_per_address: u32,
 }
 
 impl ConnectionLimits {
@@ -65,7 +70,7 @@ impl ConnectionLimits {
             max_per_address: 0,
             max_handshakes: usize::MAX,
             idle_timeout: None,
-            refusals_per_connection: 0,
+            refusals_per_address: 0,
         }
     }
 }
@@ -84,24 +89,47 @@ struct Table {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
     open: HashMap<SocketAddr, Arc<Activity>>,
+    /// Refusal budgets of the addresses that had requests refused.
+    refusals: HashMap<IpAddr, RefusalBudget>,
 }
 
-/// What one connection is doing: requests in flight, and when the last one ended; the
-/// budget of its requests refused before authentication.
+/// What one connection is doing: requests in flight, and when the last one ended; whether
+/// one of its requests was authenticated.
 #[derive(Default)]
 struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
-    refusals: Mutex<RefusalBudget>,
-    /// Set while the budget is spent: its requests are delayed.
-    slowed: AtomicBool,
+    /// A request of this connection was signed by a known device: its requests are never
+    /// slowed for its address's refusals (workstations behind the NAT of a flooder).
+    proven: AtomicBool,
 }
 
-/// A token bucket, in thousandths of a refusal.
-#[derive(Default)]
+/// A token bucket, in thousandths of a refusal: `burst` refusals, refilled at a tenth of
+/// `burst` per second.
+#[derive(Clone, Copy)]
 struct RefusalBudget {
     left_milli: u64,
     at_ms: u64,
+}
+
+impl RefusalBudget {
+    fn full(burst: u64, now: u64) -> Self {
+        RefusalBudget {
+            left_milli: burst * 1000,
+            at_ms: now,
+        }
+    }
+
+    fn refill(&mut self, burst: u64, now: u64) {
+        // burst / 10 per second = burst per 10,000 ms, in thousandths.
+        let refill = now.saturating_sub(self.at_ms).saturating_mul(burst) / 10;
+        self.left_milli = self.left_milli.saturating_add(refill).min(burst * 1000);
+        self.at_ms = self.at_ms.max(now);
+    }
+
+    fn spent(&self) -> bool {
+        self.left_milli < 1000
+    }
 }
 
 impl Connections {
@@ -150,14 +178,7 @@ impl Connections {
         table.total += 1;
         table.per_address.insert(address, from_address + 1);
         let activity = Arc::new(Activity::default());
-        let now = self.now_ms();
-        activity.last_ms.store(now, Ordering::Relaxed);
-        if let Ok(mut budget) = activity.refusals.lock() {
-            *budget = RefusalBudget {
-                left_milli: u64::from(self.limits.refusals_per_connection) * 1000,
-                at_ms: now,
-            };
-        }
+        activity.last_ms.store(self.now_ms(), Ordering::Relaxed);
         table.open.insert(peer, Arc::clone(&activity));
         Some(Slot {
             connections: Arc::clone(self),
@@ -166,50 +187,81 @@ impl Connections {
         })
     }
 
-    /// Counts a request of the connection from `peer` refused before authentication; once
-    /// the connection's budget is spent, its requests are delayed until it refills
-    /// (`kss_transport_limited_total{limit="refusals"}` counts the delayed requests).
+    /// Counts a request from `peer` refused before authentication against its address's
+    /// budget.
     pub fn refused(&self, peer: SocketAddr) {
         self.refused_at(peer, self.now_ms());
     }
 
     fn refused_at(&self, peer: SocketAddr, now: u64) {
-        let burst = u64::from(self.limits.refusals_per_connection);
+        let burst = u64::from(self.limits.refusals_per_address);
         if burst == 0 {
             return;
         }
-        let Some(activity) = self.table().open.get(&peer).map(Arc::clone) else {
-            return;
-        };
-        let spent = {
-            let mut budget = match activity.refusals.lock() {
-                Ok(b) => b,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            // burst / 10 per second = burst per 10,000 ms, in thousandths.
-            let refill = now.saturating_sub(budget.at_ms).saturating_mul(burst) / 10;
-            budget.left_milli = (budget.left_milli + refill).min(burst * 1000);
-            budget.at_ms = now;
-            match budget.left_milli.checked_sub(1000) {
-                Some(left) => {
-                    budget.left_milli = left;
-                    false
-                }
-                None => true,
+        let address = client_address(peer.ip());
+        let mut table = self.table();
+        if table.refusals.len() >= MAX_REFUSING_ADDRESSES && !table.refusals.contains_key(&address)
+        {
+            table.refusals.retain(|_, b| {
+                b.refill(burst, now);
+                b.left_milli < burst * 1000
+            });
+            if table.refusals.len() >= MAX_REFUSING_ADDRESSES {
+                table.refusals.clear();
             }
-        };
-        if activity.slowed.swap(spent, Ordering::Relaxed) != spent && spent {
-            debug!(%peer, "slowing a connection whose requests keep being refused");
+        }
+        let budget = table
+            .refusals
+            .entry(address)
+            .or_insert(RefusalBudget::full(burst, now));
+        budget.refill(burst, now);
+        let was_spent = budget.spent();
+        budget.left_milli = budget.left_milli.saturating_sub(1000);
+        if !was_spent && budget.spent() {
+            debug!(%address, "slowing an address whose requests keep being refused");
         }
     }
 
-    /// How long a request of the connection from `peer` waits before it is looked at:
-    /// [`REFUSED_CONNECTION_DELAY`] while the connection's refusal budget is spent.
+    /// Marks the connection from `peer` as having sent an authenticated request.
+    pub fn authenticated(&self, peer: SocketAddr) {
+        if let Some(activity) = self.table().open.get(&peer) {
+            activity.proven.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a request from `peer` waits before it is looked at: [`REFUSED_DELAY`]
+    /// while its address's refusal budget is spent, unless its connection has sent an
+    /// authenticated request (counted in `kss_transport_limited_total{limit="refusals"}`).
     pub fn delay_for(&self, peer: SocketAddr) -> Option<Duration> {
-        let activity = self.table().open.get(&peer).map(Arc::clone)?;
-        activity.slowed.load(Ordering::Relaxed).then(|| {
+        self.delay_at(peer, self.now_ms())
+    }
+
+    fn delay_at(&self, peer: SocketAddr, now: u64) -> Option<Duration> {
+        let burst = u64::from(self.limits.refusals_per_address);
+        if burst == 0 {
+            return None;
+        }
+        let address = client_address(peer.ip());
+        let mut table = self.table();
+        if table
+            .open
+            .get(&peer)
+            .is_some_and(|a| a.proven.load(Ordering::Relaxed))
+        {
+            return None;
+        }
+        let spent = table.refusals.get_mut(&address).is_some_and(|b| {
+            b.refill(burst, now);
+            b.spent()
+        });
+        drop(table);
+        spent.then(|| {
             self.limited("refusals");
-            REFUSED_CONNECTION_DELAY
+            let base = u64::try_from(REFUSED_DELAY.as_millis()).unwrap_or(1000);
+            Duration::from_millis(rand::Rng::gen_range(
+                &mut rand::thread_rng(),
+                base / 2..=base * 3 / 2,
+            ))
         })
     }
 
@@ -625,43 +677,47 @@ mod tests {
         assert_eq!(c.table().open.len(), 5);
     }
 
+    /// A wait within half to one and a half of [`REFUSED_DELAY`].
+    fn slowed(delay: Option<Duration>) -> bool {
+        delay.is_some_and(|d| d >= REFUSED_DELAY / 2 && d <= REFUSED_DELAY * 3 / 2)
+    }
+
     #[test]
-    fn a_connection_is_slowed_while_its_refusal_budget_is_spent_and_only_it() {
+    fn an_address_is_slowed_while_its_refusal_budget_is_spent_and_only_it() {
         let c = Connections::new(
             ConnectionLimits {
-                refusals_per_connection: 4,
+                refusals_per_address: 4,
                 ..ConnectionLimits::unlimited()
             },
             None,
         );
-        let flooding = c.admit(peer("10.0.0.1:1000")).unwrap();
-        let neighbour = c.admit(peer("10.0.0.1:1001")).unwrap();
-        for _ in 0..4 {
-            c.refused(flooding.peer);
+        let (a1, a2, b) = (
+            peer("10.0.0.1:1000"),
+            peer("10.0.0.1:1001"),
+            peer("10.0.0.2:1000"),
+        );
+        let t = 1_000_000;
+        // Spread over two connections of one address: one budget.
+        for p in [a1, a2, a1, a2] {
+            assert_eq!(c.delay_at(p, t), None, "within the burst");
+            c.refused_at(p, t);
         }
+        assert!(slowed(c.delay_at(a1, t)));
         assert!(
-            !flooding.activity.slowed.load(Ordering::Relaxed),
-            "within the burst"
+            slowed(c.delay_at(peer("10.0.0.1:2000"), t)),
+            "a new connection"
         );
-        c.refused(flooding.peer);
-        assert!(
-            flooding.activity.slowed.load(Ordering::Relaxed),
-            "past the burst"
-        );
-        assert!(!neighbour.activity.slowed.load(Ordering::Relaxed));
-        // The budget refills at a tenth of the burst per second: 4 refusals at 0 ms, one
-        // more every 2.5 s.
-        let start = neighbour.activity.refusals.lock().unwrap().at_ms;
-        for _ in 0..4 {
-            c.refused_at(neighbour.peer, start);
-        }
-        c.refused_at(neighbour.peer, start + 2_500);
-        assert!(
-            !neighbour.activity.slowed.load(Ordering::Relaxed),
-            "refilled"
-        );
-        c.refused_at(neighbour.peer, start + 2_600);
-        assert!(neighbour.activity.slowed.load(Ordering::Relaxed));
+        assert_eq!(c.delay_at(b, t), None, "another address");
+        // A connection that sent an authenticated request is not slowed.
+        let proven = c.admit(peer("10.0.0.1:3000")).unwrap();
+        assert!(slowed(c.delay_at(proven.peer, t)));
+        c.authenticated(proven.peer);
+        assert_eq!(c.delay_at(proven.peer, t), None);
+        // The budget refills at a tenth of the burst per second: one more every 2.5 s.
+        assert!(slowed(c.delay_at(a1, t + 2_400)));
+        assert_eq!(c.delay_at(a1, t + 2_500), None, "refilled");
+        c.refused_at(a1, t + 2_500);
+        assert!(slowed(c.delay_at(a2, t + 2_600)));
     }
 
     #[test]

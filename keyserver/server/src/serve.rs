@@ -158,12 +158,13 @@ pub struct TransportArgs {
     /// (`limit="idle_timeout"`; the client reconnects when it next sends). 0: never.
     #[arg(long, env = "KSS_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
-    /// Requests of one connection that may be refused before authentication in a burst
-    /// (refilled at a tenth of it per second); past it, each request of the connection
-    /// waits 1 s before it is looked at (`limit="refusals"`), so that a flood of made-up
-    /// requests costs its sender time rather than the keyserver work. 0: no limit.
-    #[arg(long, env = "KSS_REFUSALS_PER_CONNECTION", default_value_t = 32)]
-    pub refusals_per_connection: u32,
+    /// Requests from one client address (an IPv4 address, an IPv6 /64) that may be refused
+    /// before authentication in a burst (refilled at a tenth of it per second); while it is
+    /// spent, each request from the address waits 1 s before it is looked at
+    /// (`limit="refusals"`), so that a flood of made-up requests costs its sender time
+    /// rather than the keyserver work, over however many connections. 0: no limit.
+    #[arg(long, env = "KSS_REFUSALS_PER_ADDRESS", default_value_t = 32)]
+    pub refusals_per_address: u32,
 }
 
 impl TransportArgs {
@@ -174,7 +175,7 @@ impl TransportArgs {
             max_handshakes: self.max_handshakes,
             idle_timeout: (self.idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.idle_timeout_secs)),
-            refusals_per_connection: self.refusals_per_connection,
+            refusals_per_address: self.refusals_per_address,
         }
     }
 }

@@ -35,9 +35,15 @@ impl KeyServerService {
         }
     }
 
-    fn refused_on(&self, peer: Option<SocketAddr>) {
+    /// Counts a refusal before authentication against `peer`'s address, or marks its
+    /// connection as proven.
+    fn note_authentication(&self, peer: Option<SocketAddr>, refused: bool) {
         if let (Some(connections), Some(peer)) = (&self.connections, peer) {
-            connections.refused(peer);
+            if refused {
+                connections.refused(peer);
+            } else {
+                connections.authenticated(peer);
+            }
         }
     }
 }
@@ -147,8 +153,10 @@ impl KeyServer for KeyServerService {
         self.slow_down(peer).await;
         let msg = request.into_inner();
         let result = self.core.onboard(&msg.body, &msg.signature).await;
+        // Onboarding proves possession of a new device key, not a known one: only its
+        // refusals count.
         if result.as_ref().is_err_and(refused_before_authentication) {
-            self.refused_on(peer);
+            self.note_authentication(peer, true);
         }
         let metrics = &self.core.metrics;
         match &result {
@@ -188,12 +196,10 @@ impl KeyServer for KeyServerService {
         self.slow_down(peer).await;
         let msg = request.into_inner();
         let result = self.core.approve(&msg.body, &msg.signature).await;
-        let refused = match &result {
-            Ok(approval) => approval.unauthenticated,
-            Err(e) => refused_before_authentication(e),
-        };
-        if refused {
-            self.refused_on(peer);
+        match &result {
+            Ok(approval) => self.note_authentication(peer, approval.unauthenticated),
+            Err(e) if refused_before_authentication(e) => self.note_authentication(peer, true),
+            Err(_) => {}
         }
         match result {
             Ok(approval) => {
