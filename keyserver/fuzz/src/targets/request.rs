@@ -6,7 +6,7 @@
 
 use kss_crypto::SignDomain;
 use kss_crypto::profile::KSS_INDEX;
-use kss_policy::{MemoryQuotaStore, MetaInfo, Request, RequestType};
+use kss_policy::{MemoryQuotaStore, Request, RequestType};
 use kss_proto::v1 as pb;
 use kss_server::requests::{RequestError, parse_approval, parse_onboard};
 use prost::Message;
@@ -97,14 +97,7 @@ pub fn approve_request(data: &[u8]) {
             .map(String::from)
             .to_vec(),
         device_id: fields.device.as_bytes().to_vec(),
-        auth_meta: body
-            .auth_meta
-            .into_iter()
-            .map(|m| MetaInfo {
-                meta: m.meta,
-                complete: m.complete,
-            })
-            .collect(),
+        auth_meta: kss_server::requests::fields::policy_meta(body.auth_meta),
         cryptographic_id: body.cryptographic_id,
     };
     let decide = || {

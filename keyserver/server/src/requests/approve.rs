@@ -6,7 +6,7 @@ use kss_crypto::ids::{DeviceId, KeyserverId, ProfileId};
 use kss_crypto::profile::WorkstationPublicShare;
 use kss_crypto::root::ProfileClaims;
 use kss_crypto::signing::{DevicePublicKey, SignDomain};
-use kss_policy::{MetaInfo, Request, RequestType, SessionParams};
+use kss_policy::{Request, RequestType, SessionParams};
 use kss_proto::v1 as pb;
 use kss_store::Profile;
 use prost::Message;
@@ -173,14 +173,7 @@ impl Keyserver {
             profile_id: profile.id.as_bytes().to_vec(),
             profile_words: profile.words.clone(),
             device_id: profile.device_id.as_bytes().to_vec(),
-            auth_meta: body
-                .auth_meta
-                .into_iter()
-                .map(|m| MetaInfo {
-                    meta: m.meta,
-                    complete: m.complete,
-                })
-                .collect(),
+            auth_meta: fields::policy_meta(body.auth_meta),
             cryptographic_id: body.cryptographic_id,
         };
         let outcome = self

@@ -144,6 +144,16 @@ pub fn onboard_bounds(body: &pb::OnboardBody) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// The request's metadata as the policy reads it.
+pub fn policy_meta(meta: Vec<pb::MetaInfo>) -> Vec<kss_policy::MetaInfo> {
+    meta.into_iter()
+        .map(|m| kss_policy::MetaInfo {
+            meta: m.meta,
+            complete: m.complete,
+        })
+        .collect()
+}
+
 /// The request type of an approval.
 pub fn request_type(t: i32) -> Result<RequestType, RequestError> {
     let t = pb::RequestType::try_from(t)
