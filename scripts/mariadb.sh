@@ -3,7 +3,7 @@
 # a throwaway CA for TLS, databases `kss` and `kss_other`, users `kss` and
 # `kss_tls`. For tests only: passwords are fixed, root has no password.
 #
-#   scripts/mariadb.sh up|down|env|status|restart|stop-db|start-db|freeze-db|thaw-db
+#   scripts/mariadb.sh up|down|env|status|restart|stop-db|start-db|kill-db|freeze-db|thaw-db
 #
 # `up` and `env` print shell exports on stdout (progress goes to stderr), so
 #   eval "$(scripts/mariadb.sh up)"
@@ -40,7 +40,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 up|down|env|status|restart|stop-db|start-db|freeze-db|thaw-db" >&2
+    echo "usage: $0 up|down|env|status|restart|stop-db|start-db|kill-db|freeze-db|thaw-db" >&2
     exit 2
 }
 
@@ -494,6 +494,19 @@ cmd_stop_db() {
     stop_server || die "mariadbd did not stop within ${STOP_TIMEOUT}s"
 }
 
+# A crashed database: mariadbd killed with SIGKILL (no clean shutdown; `start-db` then runs
+# InnoDB's crash recovery).
+cmd_kill_db() {
+    local pid
+    load_config
+    pid="$(server_pid)" || die "mariadbd is not running"
+    kill -KILL "$pid"
+    while pid_alive "$pid"; do
+        sleep 0.05
+    done
+    log "mariadbd (pid $pid) killed (SIGKILL)"
+}
+
 # A hung database: mariadbd stopped with SIGSTOP keeps every socket open and answers
 # nothing (clients see no error, only silence) until SIGCONT.
 cmd_freeze_db() {
@@ -560,7 +573,7 @@ case "$STATE_DIR" in
     *) die "KSS_MARIADB_STATE must be an absolute path other than /, got '$STATE_DIR'" ;;
 esac
 case "$1" in
-    up | down | restart | stop-db | start-db | freeze-db | thaw-db)
+    up | down | restart | stop-db | start-db | kill-db | freeze-db | thaw-db)
         # One command at a time per state dir. The lock file sits beside the
         # state dir, which `up` creates and `down` removes.
         exec 9>>"$STATE_DIR.lock"
@@ -574,6 +587,7 @@ case "$1" in
     status) cmd_status ;;
     stop-db) cmd_stop_db ;;
     start-db) cmd_start_db ;;
+    kill-db) cmd_kill_db ;;
     freeze-db) cmd_freeze_db ;;
     thaw-db) cmd_thaw_db ;;
     restart)

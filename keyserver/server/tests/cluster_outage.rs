@@ -5,7 +5,9 @@
 //!   (`freeze-db`: mariadbd stopped with SIGSTOP, every socket open, no answer) and resumes
 //!   (`thaw-db`): meanwhile no request is approved, every request sent is denied as
 //!   `unavailable` within 3 s and health reports NOT_SERVING; once the database answers
-//!   again, every instance approves again within 5 s by itself.
+//!   again, every instance approves again within 5 s by itself. The same when mariadbd is
+//!   killed (`kill-db`, SIGKILL) and restarted (InnoDB crash recovery): no approval a
+//!   client received is missing from the recovered database.
 //! * One instance of three is killed with SIGKILL: the two others keep approving, requests
 //!   to the dead one fail at the transport level, and `kss instance list` shows it offline
 //!   within 10 s.
@@ -650,6 +652,17 @@ async fn database_hang_under_load_denies_within_3s_then_recovers_within_5s() {
     outage_under_load(Outage {
         begin: "freeze-db",
         end: "thaw-db",
+    })
+    .await;
+}
+
+/// Two instances under load; mariadbd is killed with SIGKILL (no clean shutdown: the
+/// commits in flight are lost or recovered by InnoDB) and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_crash_under_load_loses_no_returned_approval() {
+    outage_under_load(Outage {
+        begin: "kill-db",
+        end: "start-db",
     })
     .await;
 }

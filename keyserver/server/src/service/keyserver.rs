@@ -17,13 +17,14 @@ use crate::requests::{Approval, Keyserver, Onboarded, RequestError};
 /// The gRPC service over the keyserver core.
 pub struct KeyServerService {
     pub core: Arc<Keyserver>,
-    /// The listener's connections: a connection whose requests keep being refused before
+    /// The listener's connections: an address whose requests keep being refused before
     /// authentication is slowed down (`None`: not bounded).
     pub connections: Option<Arc<Connections>>,
 }
 
 impl KeyServerService {
-    /// Waits first if `peer`'s connection keeps sending requests that are refused.
+    /// Waits first while `peer`'s address keeps sending requests that are refused (unless
+    /// its connection has sent an authenticated one).
     async fn slow_down(&self, peer: Option<SocketAddr>) {
         let delay = self
             .connections
@@ -48,7 +49,7 @@ impl KeyServerService {
     }
 }
 
-/// Refused before the request's signature verified: what counts against a connection.
+/// Refused before the request's signature verified: what counts against an address.
 fn refused_before_authentication(e: &RequestError) -> bool {
     matches!(
         e,
