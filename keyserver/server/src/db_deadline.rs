@@ -10,11 +10,18 @@ use std::future::Future;
 use std::time::Duration;
 
 use kss_store::StoreError;
+use tokio::time::Instant;
 
-/// `kss serve --db-timeout-ms`'s default. A request waits on the database at most twice
-/// (reading a profile not in memory, then its decision), so it is answered within 3 s of
-/// the database hanging.
-pub const DEFAULT_DB_TIMEOUT_MS: u64 = 1500;
+/// `kss serve --db-timeout-ms`'s default: all of a request's waits on the database (a
+/// profile not in memory, then its decision batch) end within it, so that a request is
+/// answered within about 2 s of the database hanging.
+pub const DEFAULT_DB_TIMEOUT_MS: u64 = 2000;
+
+/// How much longer than its deadline a request waits for its batch's answer: the batch's
+/// transaction ends at the earliest deadline of its requests (rolled back if it has not
+/// committed), so the batch answers first unless the database lost a commit's
+/// acknowledgement.
+pub const ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// How long one operation may wait on the database.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +40,27 @@ impl DbDeadline {
         self.limit
     }
 
+    /// The instant the limit ends, from now: one deadline for all of a request's waits.
+    pub fn from_now(&self) -> Instant {
+        Instant::now() + self.limit
+    }
+
+    /// As [`DbDeadline::run`], ending at `deadline`.
+    pub async fn run_until<T>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout_at(deadline, op).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what}: the database did not answer within {} ms",
+                self.limit.as_millis()
+            ))),
+        }
+    }
+
     /// `op`'s result, or `Unavailable` naming `what` if it has not finished within the
     /// limit (it is then dropped: sqlx rolls back what it had begun).
     pub async fn run<T>(
@@ -40,13 +68,7 @@ impl DbDeadline {
         what: &str,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.limit, op).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: the database did not answer within {} ms",
-                self.limit.as_millis()
-            ))),
-        }
+        self.run_until(self.from_now(), what, op).await
     }
 }
 

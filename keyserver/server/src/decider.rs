@@ -12,7 +12,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -25,7 +27,7 @@ use kss_store::{AuditRecord, EnrollmentUse, Lease, Profile, Store, StoreError, S
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::db_deadline::DbDeadline;
+use crate::db_deadline::{ANSWER_GRACE, DbDeadline};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::switches::Switches;
@@ -207,10 +209,17 @@ impl MemoryCounters {
 /// Submits jobs to the decision task.
 #[derive(Clone)]
 pub struct Decider {
-    jobs: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
-    /// How long a request waits for its decision (queueing included).
+    jobs: mpsc::Sender<Queued>,
+    /// How long a request waits for its decision (queueing included) when it names no
+    /// deadline of its own.
     wait: DbDeadline,
 }
+
+/// A request with less time than this left is answered `UNAVAILABLE` undecided.
+const MIN_BATCH_TIME: Duration = Duration::from_millis(200);
+
+/// A job, where to answer it, and when its request stops waiting.
+type Queued = (Job, oneshot::Sender<Outcome>, Instant);
 
 impl Decider {
     /// Starts the decision task. It ends when every `Decider` clone is dropped, after
@@ -226,14 +235,25 @@ impl Decider {
     /// deadline is answered `UNAVAILABLE`: its batch may still commit it (an approval then
     /// recorded that its client never received: fail closed, and the nonce is used up).
     pub async fn decide(&self, job: Job) -> Outcome {
+        self.decide_by(job, self.wait.from_now()).await
+    }
+
+    /// [`Decider::decide`], for a request that stops waiting at `deadline`: its batch's
+    /// transaction ends by then (committed or rolled back), and the request waits
+    /// [`ANSWER_GRACE`] more for the batch's answer.
+    pub async fn decide_by(&self, job: Job, deadline: Instant) -> Outcome {
         let (reply, answer) = oneshot::channel();
         let decided = async {
-            if self.jobs.send((job, reply)).await.is_err() {
+            if self.jobs.send((job, reply, deadline)).await.is_err() {
                 return Ok(Outcome::UNAVAILABLE);
             }
             Ok(answer.await.unwrap_or(Outcome::UNAVAILABLE))
         };
-        match self.wait.run("waiting for a decision", decided).await {
+        let waited = self
+            .wait
+            .run_until(deadline + ANSWER_GRACE, "waiting for a decision", decided)
+            .await;
+        match waited {
             Ok(outcome) => outcome,
             Err(e) => {
                 debug!(error = %e, "no decision in time: denied as unavailable");
@@ -265,13 +285,37 @@ pub struct DecisionTask {
 }
 
 impl DecisionTask {
-    async fn run(self, mut rx: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>) {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
+            // A request with almost no time left is not decided (its nonce is not used):
+            // it would cut short the transaction of the whole batch.
+            let now = Instant::now();
+            let (late, on_time): (Vec<Queued>, Vec<Queued>) = batch
+                .drain(..)
+                .partition(|(_, _, deadline)| *deadline < now + MIN_BATCH_TIME);
+            for (_, reply, _) in late {
+                self.metrics.db_error("decide_late");
+                let _ = reply.send(Outcome::UNAVAILABLE);
+            }
+            batch = on_time;
+            if batch.is_empty() {
+                continue;
+            }
+            // The batch's transaction ends when its most pressed request stops waiting.
+            let deadline = batch
+                .iter()
+                .map(|(_, _, d)| *d)
+                .min()
+                .unwrap_or_else(|| self.deadline.from_now());
+            let (jobs, replies): (Vec<Job>, Vec<_>) =
+                batch.drain(..).map(|(job, reply, _)| (job, reply)).unzip();
             let started = Instant::now();
             let span = info_span!("decide_batch", size = jobs.len());
-            let outcomes = self.decide_isolating(&jobs).instrument(span).await;
+            let outcomes = self
+                .decide_isolating(&jobs, deadline)
+                .instrument(span)
+                .await;
             self.metrics.batch_done(jobs.len(), started.elapsed());
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // The requester may have gone (client cancelled): the decision stands.
@@ -287,10 +331,10 @@ impl DecisionTask {
     /// request alone is answered: a duplicate nonce as replayed (decided again, it sees
     /// the other instance's record), anything else as unavailable. A database that is down
     /// or a lost lease still denies the whole batch.
-    async fn decide_isolating(&self, jobs: &[Job]) -> Vec<Outcome> {
+    async fn decide_isolating(&self, jobs: &[Job], deadline: Instant) -> Vec<Outcome> {
         let decided = self
             .deadline
-            .run("deciding a batch", self.decide_with_retries(jobs))
+            .run_until(deadline, "deciding a batch", self.decide_with_retries(jobs))
             .await;
         match decided {
             Ok(outcomes) => outcomes,
@@ -309,8 +353,8 @@ impl DecisionTask {
                 self.metrics.db_error("decide_split");
                 debug!(error = %e, requests = jobs.len(), "a row of the batch was refused: deciding its halves apart");
                 let (first, second) = jobs.split_at(jobs.len() / 2);
-                let mut outcomes = Box::pin(self.decide_isolating(first)).await;
-                outcomes.extend(Box::pin(self.decide_isolating(second)).await);
+                let mut outcomes = Box::pin(self.decide_isolating(first, deadline)).await;
+                outcomes.extend(Box::pin(self.decide_isolating(second, deadline)).await);
                 outcomes
             }
             Err(e) => vec![self.decide_alone_after(&jobs[0], e).await],

@@ -475,6 +475,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             ),
             max_clock_skew: Duration::from_secs(args.max_clock_skew),
             reject_log: Default::default(),
+            db_deadline,
         }),
     });
     admin_mode.send_replace(AdminMode::Serving(Arc::new(AdminService {

@@ -249,6 +249,16 @@ struct Cluster {
 impl Cluster {
     /// `None`: no test database (the test is skipped).
     async fn start(instances: usize, per_day: u64) -> Option<Cluster> {
+        Cluster::start_via(instances, per_day, |_, db| db.to_string()).await
+    }
+
+    /// As [`Cluster::start`], instance `i` serving from the database address
+    /// `serve_db(i, db)` (through a proxy, say).
+    async fn start_via(
+        instances: usize,
+        per_day: u64,
+        serve_db: impl Fn(usize, &str) -> String,
+    ) -> Option<Cluster> {
         let (db, db_name) = common::fresh_database().await?;
         let dirs: Vec<DataDir> = (0..instances).map(|_| DataDir::new()).collect();
         let names: Vec<String> = (0..instances)
@@ -269,15 +279,15 @@ impl Cluster {
         // The first start generates the self-signed TLS files the others share.
         let mut servers = vec![Some(Server::start_with(
             &dirs[0],
-            &["--db-uri", &db, "--instance-name", &names[0]],
+            &["--db-uri", &serve_db(0, &db), "--instance-name", &names[0]],
         ))];
-        for (dir, name) in dirs[1..].iter().zip(&names[1..]) {
+        for (i, (dir, name)) in dirs.iter().zip(&names).enumerate().skip(1) {
             common::share_master_key(&dirs[0], dir);
             dir.kss_ok(&["--db-uri", &db, "initialize"]);
             common::share_tls(&dirs[0], dir);
             servers.push(Some(Server::start_with(
                 dir,
-                &["--db-uri", &db, "--instance-name", name],
+                &["--db-uri", &serve_db(i, &db), "--instance-name", name],
             )));
         }
         Some(Cluster {
@@ -632,7 +642,7 @@ struct Outage {
 }
 
 /// The longest a request sent during an outage may wait for its answer (`kss serve
-/// --db-timeout-ms` 1500: a profile read, then the decision).
+/// --db-timeout-ms` 2000 for all of its waits on the database, and 250 ms of grace).
 const ANSWER_DURING_OUTAGE_WITHIN: Duration = Duration::from_secs(3);
 
 /// Two instances under load; the database stops for a few seconds and comes back.
@@ -1153,5 +1163,234 @@ async fn killed_instance_under_load_keeps_a_small_quota_exact() {
             );
         }
     }
+    cluster.finish().await;
+}
+
+// ------------------------------------------------------------------- toxiproxy
+
+/// A toxiproxy server (`scripts/fault-tools.sh`), stopped when dropped.
+struct Toxiproxy {
+    child: std::process::Child,
+    api: String,
+    cli: String,
+}
+
+impl Toxiproxy {
+    /// `None` (the test is skipped, said on stderr) without `KSS_TOXIPROXY_SERVER`, unless
+    /// `KSS_REQUIRE_MYSQL` is set (CI), which makes it required.
+    fn start() -> Option<Toxiproxy> {
+        let (Ok(server), Ok(cli)) = (
+            std::env::var("KSS_TOXIPROXY_SERVER"),
+            std::env::var("KSS_TOXIPROXY_CLI"),
+        ) else {
+            assert!(
+                std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
+                "KSS_TOXIPROXY_SERVER not set but KSS_REQUIRE_MYSQL is (eval \"$(scripts/fault-tools.sh)\")"
+            );
+            eprintln!(
+                "SKIPPED toxiproxy test: KSS_TOXIPROXY_SERVER not set (eval \"$(scripts/fault-tools.sh)\")"
+            );
+            return None;
+        };
+        let port = common::free_port();
+        let child = Command::new(server)
+            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = Toxiproxy {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            cli,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !proxy.try_cli(&["list"]) {
+            assert!(Instant::now() < deadline, "toxiproxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(proxy)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> bool {
+        Command::new(&self.cli)
+            .arg("--host")
+            .arg(&self.api)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn cli(&self, args: &[&str]) {
+        assert!(self.try_cli(args), "toxiproxy-cli {args:?} failed");
+    }
+
+    /// A proxy named `name` to `127.0.0.1:upstream`; returns its port.
+    fn proxy(&self, name: &str, upstream: u16) -> u16 {
+        let port = common::free_port();
+        self.cli(&[
+            "create",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("127.0.0.1:{upstream}"),
+            name,
+        ]);
+        port
+    }
+
+    /// Nothing passes either way, and no connection is closed (a network that drops).
+    fn blackhole(&self, name: &str) {
+        self.cli(&[
+            "toxic",
+            "add",
+            "-t",
+            "timeout",
+            "-a",
+            "timeout=0",
+            "-n",
+            "down",
+            name,
+        ]);
+        self.cli(&[
+            "toxic",
+            "add",
+            "-t",
+            "timeout",
+            "-a",
+            "timeout=0",
+            "-u",
+            "-n",
+            "up",
+            name,
+        ]);
+    }
+
+    fn heal(&self, name: &str) {
+        self.cli(&["toxic", "remove", "-n", "down", name]);
+        self.cli(&["toxic", "remove", "-n", "up", name]);
+    }
+}
+
+impl Drop for Toxiproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of a `mysql://…@host:port/…` address.
+fn db_port(url: &str) -> u16 {
+    let authority = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    authority.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Two instances under load on one profile with a persistent quota (every decision locks
+/// its counter row); instance a's traffic to the database is blackholed (nothing passes,
+/// no connection closes) while it holds row locks. The database frees a's locks when its
+/// session has been idle inside a write transaction for 5 s (`idle_write_transaction_timeout`),
+/// so b approves again within 8 s; a answers `unavailable` within 3 s the whole time; once
+/// healed, a approves again within 5 s; every approval a client received is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
+    const WORKERS: usize = 16;
+    let _serial = SERIAL.lock().await;
+    let Some(toxi) = Toxiproxy::start() else {
+        return;
+    };
+    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
+        assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
+        eprintln!("SKIPPED blackhole test: KSS_TEST_MYSQL_URL not set");
+        return;
+    };
+    let upstream = db_port(&url);
+    let proxied = toxi.proxy("kss-a", upstream);
+    let Some(cluster) = Cluster::start_via(2, 1_000_000, |i, db| {
+        if i == 0 {
+            db.replacen(&format!(":{upstream}/"), &format!(":{proxied}/"), 1)
+        } else {
+            db.to_string()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[6u8; 32]);
+    let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
+    let both_approved = eventually(Duration::from_secs(30), async || {
+        (0..names.len()).all(|i| load.live.approved(i) > 0)
+    })
+    .await;
+    assert!(both_approved, "not both approving:\n{}", cluster.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cut = Instant::now();
+    toxi.blackhole("kss-a");
+    let approved_b_at_cut = load.live.approved(1);
+    let b_back = eventually(Duration::from_secs(15), async || {
+        load.live.approved(1) > approved_b_at_cut + 10
+    })
+    .await;
+    let b_back_after = cut.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let healed = Instant::now();
+    toxi.heal("kss-a");
+    let approved_a_at_heal = load.live.approved(0);
+    let a_back = eventually(Duration::from_secs(15), async || {
+        load.live.approved(0) > approved_a_at_heal
+    })
+    .await;
+    let a_back_after = healed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let samples = load.finish().await;
+    print_tallies("while a was cut off", &names, &samples, |s| {
+        s.start >= cut && s.end <= healed
+    });
+    println!(
+        "b approving again {b_back_after:?} after a was cut off; a approving again {a_back_after:?} after the heal"
+    );
+    assert!(
+        b_back,
+        "b did not approve again while a was cut off:\n{}",
+        cluster.logs()
+    );
+    assert!(
+        b_back_after <= Duration::from_secs(8),
+        "b approved again only {b_back_after:?} after a was cut off"
+    );
+    assert!(
+        a_back,
+        "a did not approve again after the heal:\n{}",
+        cluster.logs()
+    );
+    assert!(
+        a_back_after <= Duration::from_secs(5),
+        "a approved again only {a_back_after:?} after the heal"
+    );
+    // While cut off, a approved nothing it had not committed before, and answered in time.
+    for s in samples
+        .iter()
+        .filter(|s| s.instance == 0 && s.start >= cut && s.end <= healed)
+    {
+        assert!(
+            matches!(&s.answer, Answer::Denied(r) if r == "unavailable"),
+            "a answered {:?} while cut off",
+            s.answer
+        );
+        assert!(
+            s.end - s.start <= ANSWER_DURING_OUTAGE_WITHIN,
+            "a took {:?} to answer while cut off",
+            s.end - s.start
+        );
+    }
+    let db = recorded(&cluster.db, &profile).await;
+    let lost = check_received_against_recorded(&names, &samples, &db, |s| {
+        s.instance == 0 && s.start < cut && s.end > cut
+    });
+    assert!(lost <= WORKERS, "{lost} approvals lost");
     cluster.finish().await;
 }

@@ -110,7 +110,9 @@ impl Keyserver {
         span.record("request_type", request_type.as_str());
         span.record("profile", field::display(&parsed.profile));
 
-        let (profile, register) = match self.prove(&parsed, body, signature).await {
+        // One deadline for all of this request's waits on the database.
+        let deadline = self.db_deadline.from_now();
+        let (profile, register) = match self.prove(&parsed, body, signature, deadline).await {
             Proven::Yes { profile, register } => (profile, register),
             Proven::No(reason) => {
                 self.refused(
@@ -132,14 +134,20 @@ impl Keyserver {
             ciphertext_sha256: None,
         };
         if !self.within_skew(body.timestamp_ms) {
-            return Ok(self.deny(request_type, Reason::Stale, audit).await);
+            return Ok(self
+                .deny(request_type, Reason::Stale, audit, deadline)
+                .await);
         }
         if profile.revoked {
-            return Ok(self.deny(request_type, Reason::Revoked, audit).await);
+            return Ok(self
+                .deny(request_type, Reason::Revoked, audit, deadline)
+                .await);
         }
         audit.nonce = Some(body.nonce.clone());
         if !self.switches.borrow().enabled {
-            return Ok(self.deny(request_type, Reason::Disabled, audit).await);
+            return Ok(self
+                .deny(request_type, Reason::Disabled, audit, deadline)
+                .await);
         }
         // A share is released only for a verified ciphertext: verify before deciding, so
         // that an invalid one consumes no quota.
@@ -162,7 +170,7 @@ impl Keyserver {
                 Err(reason) => {
                     // Not decided on: the nonce is not used up.
                     audit.nonce = None;
-                    return Ok(self.deny(request_type, reason, audit).await);
+                    return Ok(self.deny(request_type, reason, audit, deadline).await);
                 }
             }
         } else {
@@ -178,12 +186,15 @@ impl Keyserver {
         };
         let outcome = self
             .decider
-            .decide(Job::Evaluate {
-                profile: profile.id,
-                request,
-                register: register.map(|p| *p),
-                audit,
-            })
+            .decide_by(
+                Job::Evaluate {
+                    profile: profile.id,
+                    request,
+                    register: register.map(|p| *p),
+                    audit,
+                },
+                deadline,
+            )
             .await;
         let Verdict::Approved { session, .. } = outcome.verdict else {
             return Ok(Approval {
@@ -212,8 +223,17 @@ impl Keyserver {
         })
     }
 
-    async fn deny(&self, request_type: RequestType, reason: Reason, audit: AuditDraft) -> Approval {
-        let outcome = self.decider.decide(Job::Deny { reason, audit }).await;
+    async fn deny(
+        &self,
+        request_type: RequestType,
+        reason: Reason,
+        audit: AuditDraft,
+        deadline: tokio::time::Instant,
+    ) -> Approval {
+        let outcome = self
+            .decider
+            .decide_by(Job::Deny { reason, audit }, deadline)
+            .await;
         Approval {
             request_type,
             verdict: outcome.verdict,
@@ -224,13 +244,19 @@ impl Keyserver {
         }
     }
 
-    async fn prove(&self, parsed: &ApprovalFields, body: &[u8], signature: &[u8]) -> Proven {
+    async fn prove(
+        &self,
+        parsed: &ApprovalFields,
+        body: &[u8],
+        signature: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Proven {
         if parsed.keyserver != self.identity.id {
             return Proven::No(Reason::WrongKeyserver);
         }
         self.profiles
             .follow_epoch(self.switches.borrow().revocation_epoch);
-        let (profile, register) = match self.profiles.get(&parsed.profile).await {
+        let (profile, register) = match self.profiles.get_until(&parsed.profile, deadline).await {
             Ok(Lookup::Known(p)) => (p, None),
             Ok(Lookup::Unknown) => {
                 match self

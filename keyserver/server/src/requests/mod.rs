@@ -27,6 +27,7 @@ use tokio::sync::watch;
 pub use approve::{Approval, ApprovalFields, parse_approval};
 pub use onboard::{OnboardFields, Onboarded, parse_onboard};
 
+use crate::db_deadline::DbDeadline;
 use crate::decider::{Decider, Reason};
 use crate::identity::{KeyserverIdentity, now_ms};
 use crate::metrics::Metrics;
@@ -99,6 +100,8 @@ pub struct Keyserver {
     pub max_clock_skew: Duration,
     /// A sample of the requests refused before authentication.
     pub reject_log: RejectLog,
+    /// How long a request may wait on the database, all its waits together.
+    pub db_deadline: DbDeadline,
 }
 
 impl Keyserver {

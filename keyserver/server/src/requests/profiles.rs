@@ -133,10 +133,21 @@ impl ProfileCache {
 
     /// The profile, from memory or the store (within the deadline).
     pub async fn get(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
+        self.get_until(id, self.deadline.from_now()).await
+    }
+
+    /// [`ProfileCache::get`], reading the store until `deadline` at most.
+    pub async fn get_until(
+        &self,
+        id: &ProfileId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lookup, StoreError> {
         if let Some(known) = self.in_memory(id) {
             return Ok(known);
         }
-        self.deadline.run("reading a profile", self.read(id)).await
+        self.deadline
+            .run_until(deadline, "reading a profile", self.read(id))
+            .await
     }
 
     async fn read(&self, id: &ProfileId) -> Result<Lookup, StoreError> {
