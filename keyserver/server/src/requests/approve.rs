@@ -260,7 +260,7 @@ impl Keyserver {
             Ok(Lookup::Known(p)) => (p, None),
             Ok(Lookup::Unknown) => {
                 match self
-                    .reregister(&parsed.profile, parsed.body.registration.as_ref())
+                    .reregister(&parsed.profile, parsed.body.registration.as_ref(), deadline)
                     .await
                 {
                     Ok(Some((p, row))) => {
@@ -298,6 +298,7 @@ impl Keyserver {
         &self,
         profile_id: &ProfileId,
         registration: Option<&pb::ProfileRegistration>,
+        deadline: tokio::time::Instant,
     ) -> Result<Option<(Arc<KnownProfile>, Profile)>, Reason> {
         let Some(reg) = registration else {
             return Ok(None);
@@ -323,7 +324,11 @@ impl Keyserver {
             return Ok(None);
         }
         let device_id = DeviceId::of(&claims.device_public_key);
-        match self.profiles.is_revoked(profile_id, &device_id).await {
+        match self
+            .profiles
+            .is_revoked(profile_id, &device_id, deadline)
+            .await
+        {
             Ok(false) => {}
             Ok(true) => return Err(Reason::Revoked),
             Err(e) => {

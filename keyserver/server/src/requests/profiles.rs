@@ -190,11 +190,18 @@ impl ProfileCache {
         self.recently_unknown(id).then_some(Lookup::Unknown)
     }
 
-    /// Whether a profile (or this device of it) is revoked, read from the store.
-    pub async fn is_revoked(&self, id: &ProfileId, device: &DeviceId) -> Result<bool, StoreError> {
+    /// Whether a profile (or this device of it) is revoked, read from the store until
+    /// `deadline` at most (the request's).
+    pub async fn is_revoked(
+        &self,
+        id: &ProfileId,
+        device: &DeviceId,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, StoreError> {
         let revocations = self
             .deadline
-            .run(
+            .run_until(
+                deadline,
                 "reading revocations",
                 self.store.revocations(Some(&id.to_string())),
             )
