@@ -499,3 +499,23 @@ fn decrypt_spec_uses_the_ciphertext_digest_as_cryptographic_id() {
     );
     assert_eq!(spec.ciphertext, Some(ct));
 }
+
+/// A secret written where a field name goes (a damaged file, a key pasted on the wrong
+/// side of a `:`) is not repeated by the error; a field name that looks like one is.
+#[test]
+fn an_unknown_field_is_named_only_if_it_looks_like_a_field_name() {
+    let profile = new_profile(&RootSecret::generate(), &KeyserverId::random());
+    let good: serde_json::Value = serde_json::from_str(&profile.to_json()).unwrap();
+    let share_hex = hex::encode(*profile.workstation_share().to_bytes());
+    for secret in [share_hex.clone(), share_hex[..24].to_string()] {
+        let mut v = good.clone();
+        v[secret.as_str()] = 1.into();
+        let err = Profile::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(err.contains("an unknown field"), "{err}");
+        assert!(!err.contains(&secret[..16]), "{err}");
+    }
+    let mut v = good.clone();
+    v["colour"] = 1.into();
+    let err = Profile::from_json(&v.to_string()).unwrap_err().to_string();
+    assert!(err.contains("unknown field `colour`"), "{err}");
+}
