@@ -413,9 +413,15 @@ impl DecisionTask {
     async fn decide_batch(&self, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
         let switches = Arc::clone(&self.switches.borrow());
         let policy = &switches.policy;
-        let now = Timestamp::now();
-        // Every rule but the quotas, before the transaction: regular expressions over
-        // client-supplied metadata run before any counter is read or row locked.
+        let mut tx = self.store.begin_decisions(self.fence.as_ref()).await?;
+        // One clock for the whole batch, the database's in cluster mode: an instance whose
+        // own clock jumped still counts into the windows the others count into.
+        let clock_ms = tx.clock_ms().await?;
+        let now = Timestamp::from_millisecond(clock_ms).map_err(|e| {
+            StoreError::Corrupt(format!("the database's clock reads {clock_ms} ms: {e}"))
+        })?;
+        // Every rule but the quotas, before any counter is read or row locked: regular
+        // expressions over client-supplied metadata run without holding a counter's lock.
         let prepared: Vec<Option<Prepared<'_>>> = jobs
             .iter()
             .map(|job| match job {
@@ -425,7 +431,6 @@ impl DecisionTask {
                 Job::Deny { .. } => None,
             })
             .collect();
-        let mut tx = self.store.begin_decisions(self.fence.as_ref()).await?;
 
         // Replays: nonces already accepted, or twice in this batch.
         let nonces: Vec<&[u8]> = jobs

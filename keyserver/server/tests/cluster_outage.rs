@@ -32,75 +32,21 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DataDir, Server};
+use common::cluster::{Cluster, Launch, health, instance_list, instance_online};
+use common::eventually;
+use common::faults::{FakeClock, RestartDbOnDrop, Toxiproxy, db_port, mariadb_async};
 use kss_client::protocol::{RequestSpec, build_request, encrypt_file_key, sign_request};
 use kss_client::{ApproveOutcome, KssClient, Profile};
-use kss_crypto::ids::KeyserverId;
 use serde_json::Value;
 use sqlx::Connection;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-const MARIADB_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mariadb.sh");
-
-/// What the health service reports on: the keyserver's gRPC service.
-const KEYSERVER_SERVICE: &str = "kss.v1.KeyServer";
 
 /// The tests of this file take turns: one of them stops the database they all use.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn policy(per_day: u64) -> String {
-    format!(
-        "decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n    - rule: per-profile-throttle-rule\n      per_day: {per_day}\n      persistent: true\n"
-    )
-}
-
-// ------------------------------------------------------------------------ database
-
-/// Runs `scripts/mariadb.sh <command>`; panics if it fails.
-fn mariadb(command: &str) {
-    let out = Command::new("bash")
-        .arg(MARIADB_SH)
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mariadb.sh {command} failed: {}{}",
-        common::text(&out.stdout),
-        common::text(&out.stderr)
-    );
-}
-
-/// [`mariadb`] off the runtime's threads; returns when the script has.
-async fn mariadb_async(command: &'static str) {
-    tokio::task::spawn_blocking(move || mariadb(command))
-        .await
-        .unwrap();
-}
-
-/// Thaws and starts the database again when dropped, whatever happened (no-ops if it
-/// runs).
-struct RestartDbOnDrop;
-
-impl Drop for RestartDbOnDrop {
-    fn drop(&mut self) {
-        for command in ["thaw-db", "start-db"] {
-            match Command::new("bash").arg(MARIADB_SH).arg(command).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => eprintln!("mariadb.sh {command} failed: {}", common::text(&out.stderr)),
-                Err(e) => eprintln!("mariadb.sh {command} failed: {e}"),
-            }
-        }
-    }
-}
 
 /// An approved decrypt record of the audit.
 #[derive(Debug)]
@@ -233,168 +179,6 @@ fn check_received_against_recorded(
     not_received
 }
 
-// ------------------------------------------------------------------------- cluster
-
-/// Instances named a, b, c, ... of one keyserver on a fresh database.
-struct Cluster {
-    dirs: Vec<DataDir>,
-    /// `None` once killed.
-    servers: Vec<Option<Server>>,
-    names: Vec<String>,
-    id: String,
-    db: String,
-    db_name: String,
-}
-
-impl Cluster {
-    /// `None`: no test database (the test is skipped).
-    async fn start(instances: usize, per_day: u64) -> Option<Cluster> {
-        Cluster::start_via(instances, per_day, |_, db| db.to_string()).await
-    }
-
-    /// As [`Cluster::start`], instance `i` serving from the database address
-    /// `serve_db(i, db)` (through a proxy, say).
-    async fn start_via(
-        instances: usize,
-        per_day: u64,
-        serve_db: impl Fn(usize, &str) -> String,
-    ) -> Option<Cluster> {
-        let (db, db_name) = common::fresh_database().await?;
-        let dirs: Vec<DataDir> = (0..instances).map(|_| DataDir::new()).collect();
-        let names: Vec<String> = (0..instances)
-            .map(|i| char::from(b'a' + u8::try_from(i).unwrap()).to_string())
-            .collect();
-        let id = dirs[0]
-            .kss_ok(&[
-                "--db-uri",
-                &db,
-                "create",
-                "--ignore-security-checks",
-                "--threshold",
-                "1",
-            ])
-            .trim()
-            .to_string();
-        dirs[0].load_policy(&policy(per_day));
-        // The first start generates the self-signed TLS files the others share.
-        let mut servers = vec![Some(Server::start_with(
-            &dirs[0],
-            &["--db-uri", &serve_db(0, &db), "--instance-name", &names[0]],
-        ))];
-        for (i, (dir, name)) in dirs.iter().zip(&names).enumerate().skip(1) {
-            common::share_master_key(&dirs[0], dir);
-            dir.kss_ok(&["--db-uri", &db, "initialize"]);
-            common::share_tls(&dirs[0], dir);
-            servers.push(Some(Server::start_with(
-                dir,
-                &["--db-uri", &serve_db(i, &db), "--instance-name", name],
-            )));
-        }
-        Some(Cluster {
-            dirs,
-            servers,
-            names,
-            id,
-            db,
-            db_name,
-        })
-    }
-
-    fn server(&self, i: usize) -> &Server {
-        self.servers[i].as_ref().unwrap()
-    }
-
-    async fn clients(&self) -> Vec<KssClient> {
-        let mut clients = Vec::new();
-        for i in 0..self.servers.len() {
-            clients.push(self.server(i).client(&self.dirs[0]).await);
-        }
-        clients
-    }
-
-    async fn onboard(&self, client: &KssClient) -> Profile {
-        client
-            .onboard(&self.id.parse::<KeyserverId>().unwrap(), "batch@host", None)
-            .await
-            .unwrap()
-    }
-
-    /// A health client per instance.
-    async fn health_clients(&self) -> Vec<HealthClient<tonic::transport::Channel>> {
-        let ca = self.dirs[0].ca_pem();
-        let mut out = Vec::new();
-        for i in 0..self.servers.len() {
-            let channel =
-                kss_client::connect_channel(&self.server(i).endpoint(), &ca, Some("localhost"))
-                    .await
-                    .unwrap();
-            out.push(HealthClient::new(channel));
-        }
-        out
-    }
-
-    fn kill9(&mut self, i: usize) {
-        self.servers[i].take().unwrap().kill9();
-    }
-
-    /// The server logs of the instances still running (for failure messages).
-    fn logs(&self) -> String {
-        self.servers
-            .iter()
-            .zip(&self.names)
-            .filter_map(|(s, n)| s.as_ref().map(|s| format!("--- {n}:\n{}", s.log_text())))
-            .collect()
-    }
-
-    async fn finish(self) {
-        let name = self.db_name.clone();
-        drop(self);
-        common::drop_database(&name).await;
-    }
-}
-
-async fn health(client: &HealthClient<tonic::transport::Channel>) -> Option<ServingStatus> {
-    let response = client
-        .clone()
-        .check(HealthCheckRequest {
-            service: KEYSERVER_SERVICE.to_string(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(response.into_inner().status).ok()
-}
-
-/// `kss instance list --json` through `dir`, off the runtime's threads.
-async fn instance_list(dir: PathBuf) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(common::kss_bin())
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["instance", "list", "--json"])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kss instance list failed: {}",
-            common::text(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn instance_online(list: &Value, name: &str) -> bool {
-    let found = list["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no instance {name} in {list}"));
-    found["online"].as_bool().unwrap()
-}
-
 // ---------------------------------------------------------------------------- load
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +194,8 @@ enum Answer {
 #[derive(Debug, Clone)]
 struct Sample {
     instance: usize,
+    /// Which of the load's request specs it was sent.
+    kind: usize,
     nonce: Vec<u8>,
     start: Instant,
     end: Instant,
@@ -425,6 +211,8 @@ struct Live {
     /// `unavailable` answers to requests sent at or after `mark`.
     unavailable_since_mark: Vec<AtomicUsize>,
     quota: Vec<AtomicUsize>,
+    /// The nonces of the requests answered `unavailable`, in the order answered.
+    unavailable_nonces: std::sync::Mutex<Vec<Vec<u8>>>,
     /// Set by the test (e.g. when the database is down).
     mark: std::sync::OnceLock<Instant>,
 }
@@ -469,6 +257,19 @@ impl Load {
         workers: usize,
         pause: Duration,
     ) -> Load {
+        let spec = RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()]);
+        Load::start_specs(clients, profile, &[spec], workers, pause)
+    }
+
+    /// As [`Load::start`], worker `w` sending `specs[(w / instances) % specs.len()]`, so
+    /// that every instance is sent every spec.
+    fn start_specs(
+        clients: &[KssClient],
+        profile: &Profile,
+        specs: &[RequestSpec],
+        workers: usize,
+        pause: Duration,
+    ) -> Load {
         let n = clients.len();
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Live {
@@ -477,13 +278,17 @@ impl Load {
             unavailable_since_mark: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             mark: std::sync::OnceLock::new(),
             quota: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            unavailable_nonces: std::sync::Mutex::new(Vec::new()),
         });
-        let spec = RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()]);
         let workers = (0..workers)
             .map(|w| {
                 let instance = w % n;
-                let (client, profile, spec) =
-                    (clients[instance].clone(), profile.clone(), spec.clone());
+                let kind = (w / n) % specs.len();
+                let (client, profile, spec) = (
+                    clients[instance].clone(),
+                    profile.clone(),
+                    specs[kind].clone(),
+                );
                 let (stop, live) = (Arc::clone(&stop), Arc::clone(&live));
                 tokio::spawn(async move {
                     let mut samples = Vec::new();
@@ -505,6 +310,10 @@ impl Load {
                                     let reason = o.reason_name().unwrap();
                                     if reason == "unavailable" {
                                         live.unavailable[instance].fetch_add(1, Ordering::SeqCst);
+                                        live.unavailable_nonces
+                                            .lock()
+                                            .unwrap()
+                                            .push(body.nonce.clone());
                                         if live.mark.get().is_some_and(|m| start >= *m) {
                                             live.unavailable_since_mark[instance]
                                                 .fetch_add(1, Ordering::SeqCst);
@@ -520,6 +329,7 @@ impl Load {
                         let failed = matches!(answer, Answer::Failed(_));
                         samples.push(Sample {
                             instance,
+                            kind,
                             nonce: body.nonce,
                             start,
                             end: Instant::now(),
@@ -616,20 +426,6 @@ fn print_tallies(
             t.failed(),
             t.failed
         );
-    }
-}
-
-/// Polls `check` every 100 ms until it holds or `timeout` passes; returns whether it held.
-async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -1166,125 +962,6 @@ async fn killed_instance_under_load_keeps_a_small_quota_exact() {
     cluster.finish().await;
 }
 
-// ------------------------------------------------------------------- toxiproxy
-
-/// A toxiproxy server (`scripts/fault-tools.sh`), stopped when dropped.
-struct Toxiproxy {
-    child: std::process::Child,
-    api: String,
-    cli: String,
-}
-
-impl Toxiproxy {
-    /// `None` (the test is skipped, said on stderr) without `KSS_TOXIPROXY_SERVER`, unless
-    /// `KSS_REQUIRE_MYSQL` is set (CI), which makes it required.
-    fn start() -> Option<Toxiproxy> {
-        let (Ok(server), Ok(cli)) = (
-            std::env::var("KSS_TOXIPROXY_SERVER"),
-            std::env::var("KSS_TOXIPROXY_CLI"),
-        ) else {
-            assert!(
-                std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
-                "KSS_TOXIPROXY_SERVER not set but KSS_REQUIRE_MYSQL is (eval \"$(scripts/fault-tools.sh)\")"
-            );
-            eprintln!(
-                "SKIPPED toxiproxy test: KSS_TOXIPROXY_SERVER not set (eval \"$(scripts/fault-tools.sh)\")"
-            );
-            return None;
-        };
-        let port = common::free_port();
-        let child = Command::new(server)
-            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let proxy = Toxiproxy {
-            child,
-            api: format!("http://127.0.0.1:{port}"),
-            cli,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !proxy.try_cli(&["list"]) {
-            assert!(Instant::now() < deadline, "toxiproxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(proxy)
-    }
-
-    fn try_cli(&self, args: &[&str]) -> bool {
-        Command::new(&self.cli)
-            .arg("--host")
-            .arg(&self.api)
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn cli(&self, args: &[&str]) {
-        assert!(self.try_cli(args), "toxiproxy-cli {args:?} failed");
-    }
-
-    /// A proxy named `name` to `127.0.0.1:upstream`; returns its port.
-    fn proxy(&self, name: &str, upstream: u16) -> u16 {
-        let port = common::free_port();
-        self.cli(&[
-            "create",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("127.0.0.1:{upstream}"),
-            name,
-        ]);
-        port
-    }
-
-    /// Nothing passes either way, and no connection is closed (a network that drops).
-    fn blackhole(&self, name: &str) {
-        self.cli(&[
-            "toxic",
-            "add",
-            "-t",
-            "timeout",
-            "-a",
-            "timeout=0",
-            "-n",
-            "down",
-            name,
-        ]);
-        self.cli(&[
-            "toxic",
-            "add",
-            "-t",
-            "timeout",
-            "-a",
-            "timeout=0",
-            "-u",
-            "-n",
-            "up",
-            name,
-        ]);
-    }
-
-    fn heal(&self, name: &str) {
-        self.cli(&["toxic", "remove", "-n", "down", name]);
-        self.cli(&["toxic", "remove", "-n", "up", name]);
-    }
-}
-
-impl Drop for Toxiproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The port of a `mysql://…@host:port/…` address.
-fn db_port(url: &str) -> u16 {
-    let authority = url.split('@').nth(1).unwrap().split('/').next().unwrap();
-    authority.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 /// Two instances under load on one profile with a persistent quota (every decision locks
 /// its counter row); instance a's traffic to the database is blackholed (nothing passes,
 /// no connection closes) while it holds row locks. The database frees a's locks when its
@@ -1393,4 +1070,322 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
     });
     assert!(lost <= WORKERS, "{lost} approvals lost");
     cluster.finish().await;
+}
+
+/// How many of `nonces` the audit holds as approved.
+async fn approved_among(db: &str, nonces: &[Vec<u8>]) -> usize {
+    if nonces.is_empty() {
+        return 0;
+    }
+    let mut conn = sqlx::mysql::MySqlConnection::connect(db).await.unwrap();
+    let mut approved = 0;
+    for chunk in nonces.chunks(500) {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT COUNT(*) FROM audit WHERE decision = 'approved' AND nonce IN (",
+        );
+        let mut list = q.separated(", ");
+        for n in chunk {
+            list.push_bind(n.as_slice());
+        }
+        q.push(")");
+        let n: i64 = q.build_query_scalar().fetch_one(&mut conn).await.unwrap();
+        approved += usize::try_from(n).unwrap();
+    }
+    approved
+}
+
+/// Two instances under load on a persistent quota; what instance a receives from the
+/// database is cut (toxiproxy, downstream only) for 2.5 s at a time while what it sends
+/// still arrives, so that a commit can land with its acknowledgement lost; repeated until
+/// that has happened. Such a request is answered `unavailable` within 3 s (never
+/// approved), its approval is audited and counted in the quota counter (over-counting,
+/// never under-counting), and a approves again within 5 s of each heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_commit_acknowledgement_is_audited_counted_and_answered_unavailable() {
+    const WORKERS: usize = 16;
+    const MAX_CUTS: usize = 30;
+    let _serial = SERIAL.lock().await;
+    let Some(toxi) = Toxiproxy::start() else {
+        return;
+    };
+    let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
+        assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
+        eprintln!("SKIPPED lost acknowledgement test: KSS_TEST_MYSQL_URL not set");
+        return;
+    };
+    let upstream = db_port(&url);
+    let proxied = toxi.proxy("kss-a", upstream);
+    let Some(cluster) = Cluster::start_via(2, 1_000_000, |i, db| {
+        if i == 0 {
+            db.replacen(&format!(":{upstream}/"), &format!(":{proxied}/"), 1)
+        } else {
+            db.to_string()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[8u8; 32]);
+    let load = Load::start(&clients, &profile, &ciphertext, WORKERS, Duration::ZERO);
+    let both_approved = eventually(Duration::from_secs(30), async || {
+        (0..names.len()).all(|i| load.live.approved(i) > 0)
+    })
+    .await;
+    assert!(both_approved, "not both approving:\n{}", cluster.logs());
+
+    let mut cuts = Vec::new();
+    let mut lost_acks = 0;
+    let mut back_after = Vec::new();
+    while lost_acks == 0 && cuts.len() < MAX_CUTS {
+        let cut = Instant::now();
+        toxi.cut_downstream("kss-a");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let healed = Instant::now();
+        toxi.heal_downstream("kss-a");
+        cuts.push((cut, healed));
+        let approved_at_heal = load.live.approved(0);
+        let back = eventually(Duration::from_secs(15), async || {
+            load.live.approved(0) > approved_at_heal
+        })
+        .await;
+        assert!(
+            back,
+            "a did not approve again after the heal:\n{}",
+            cluster.logs()
+        );
+        back_after.push(healed.elapsed());
+        let unavailable = load.live.unavailable_nonces.lock().unwrap().clone();
+        lost_acks = approved_among(&cluster.db, &unavailable).await;
+    }
+    let samples = load.finish().await;
+    print_tallies(
+        "while a's acknowledgements were cut",
+        &names,
+        &samples,
+        |s| cuts.iter().any(|(c, h)| s.start >= *c && s.end <= *h),
+    );
+    println!(
+        "{} cuts; {lost_acks} approvals committed while their client was told unavailable; a back after {back_after:?}",
+        cuts.len()
+    );
+    assert!(
+        lost_acks > 0,
+        "no commit landed with its acknowledgement lost in {MAX_CUTS} cuts"
+    );
+    for after in &back_after {
+        assert!(
+            *after <= Duration::from_secs(5),
+            "a approved again only {after:?} after a heal"
+        );
+    }
+    for s in samples
+        .iter()
+        .filter(|s| s.instance == 0 && cuts.iter().any(|(c, h)| s.start >= *c && s.end <= *h))
+    {
+        assert!(
+            s.answer == Answer::Approved
+                || matches!(&s.answer, Answer::Denied(r) if r == "unavailable"),
+            "a answered {:?} while its acknowledgements were cut",
+            s.answer
+        );
+        assert!(
+            s.end - s.start <= ANSWER_DURING_OUTAGE_WITHIN,
+            "a took {:?} to answer while its acknowledgements were cut",
+            s.end - s.start
+        );
+    }
+    // Recorded but not received: only a's requests told `unavailable` (the lost
+    // acknowledgements); the counter counts every approved record.
+    let db = recorded(&cluster.db, &profile).await;
+    let lost = check_received_against_recorded(&names, &samples, &db, |s| {
+        s.instance == 0 && matches!(&s.answer, Answer::Denied(r) if r == "unavailable")
+    });
+    assert_eq!(
+        lost, lost_acks,
+        "approvals recorded without reaching their client"
+    );
+    cluster.finish().await;
+}
+
+/// Approved decrypts of the audit by (rule set, hour of the database's clock).
+async fn approvals_by_rule_set_and_hour(db: &str) -> BTreeMap<(i64, i64), i64> {
+    let mut conn = sqlx::mysql::MySqlConnection::connect(db).await.unwrap();
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT rule_set, at_ms DIV 3600000 AS hour, COUNT(*) FROM audit \
+         WHERE decision = 'approved' AND request_type = 'decrypt' \
+         GROUP BY rule_set, hour",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(r, h, n)| ((r, h), n)).collect()
+}
+
+/// Two instances on persistent hourly quotas: one small (`/small`, exhausted first), one
+/// too large to reach (`/big`). Instance a's clock starts a minute before the end of its
+/// hour and jumps 90 s forward, across the hour boundary, while b's and the database's
+/// stay in the hour; later it jumps back. Quota windows follow the database's clock, so:
+/// a approves no `/small` in "its" new hour (no over-approval), b keeps approving `/big`
+/// although a wrote the counters meanwhile (no window stuck denying), a approves `/big`
+/// before and after jumping back, and the audit holds exactly the small quota per hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clock_jump_across_an_hour_boundary_neither_over_approves_nor_sticks() {
+    const SMALL_PER_HOUR: i64 = 30;
+    const WORKERS: usize = 8;
+    let _serial = SERIAL.lock().await;
+    let clock_dir = tempfile::tempdir().unwrap();
+    // a's clock: a minute before the end of the real hour (a negative offset in the last
+    // minute of one), so that the jump crosses into the next hour.
+    let now_s = common::unix_ms() / 1000;
+    let before_end = 3600 - now_s.rem_euclid(3600) - 60;
+    let Some(clock) = FakeClock::new(clock_dir.path(), before_end) else {
+        return;
+    };
+    let policy = format!(
+        "decrypt:\n  - - rule: meta-rule\n      paths: [/small]\n    - rule: per-profile-throttle-rule\n      per_hour: {SMALL_PER_HOUR}\n      persistent: true\n  - - rule: meta-rule\n      paths: [/big]\n    - rule: per-profile-throttle-rule\n      per_hour: 1000000\n      persistent: true\n"
+    );
+    let Some(cluster) = Cluster::launch(2, &policy, |i, db| Launch {
+        db: db.to_string(),
+        // a's clock is up to an hour from its clients'.
+        extra: vec!["--max-clock-skew".into(), "7200".into()],
+        // a logs its heartbeats (every second): its log's timestamps show its clock.
+        env: if i == 0 {
+            let mut env = clock.env();
+            env.push((
+                "RUST_LOG".into(),
+                "info,kss_server::membership=debug".into(),
+            ));
+            env
+        } else {
+            Vec::new()
+        },
+    })
+    .await
+    else {
+        return;
+    };
+    let names = cluster.names.clone();
+    let clients = cluster.clients().await;
+    let profile = cluster.onboard(&clients[0]).await;
+    let ciphertext = encrypt_file_key(&profile, &[7u8; 32]);
+    let small = RequestSpec::decrypt(ciphertext.clone(), &["small/x".to_string()]);
+    let big = RequestSpec::decrypt(ciphertext, &["big/x".to_string()]);
+    let load = Load::start_specs(&clients, &profile, &[small, big], WORKERS, Duration::ZERO);
+    let exhausted = eventually(Duration::from_secs(30), async || {
+        (0..names.len()).all(|i| load.live.quota(i) > 0 && load.live.approved(i) > 0)
+    })
+    .await;
+    assert!(
+        exhausted,
+        "the small quota was not exhausted:\n{}",
+        cluster.logs()
+    );
+
+    // The jump, and a second for the library's cache to see it.
+    clock.set(before_end + 90);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let jumped = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jumped_back = Instant::now();
+    clock.set(before_end);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish().await;
+    print_tallies("small, while a's clock was ahead", &names, &samples, |s| {
+        s.kind == 0 && s.start >= jumped && s.end <= jumped_back
+    });
+    print_tallies("big, while a's clock was ahead", &names, &samples, |s| {
+        s.kind == 1 && s.start >= jumped && s.end <= jumped_back
+    });
+    print_tallies("big, after a's clock jumped back", &names, &samples, |s| {
+        s.kind == 1 && s.start >= settled
+    });
+
+    // a's own clock did jump: it said so in the timestamps of its log lines.
+    let log = cluster.server(0).log_text();
+    assert!(
+        log.contains(&hour_stamp(now_s + before_end + 90 + 30)),
+        "a's log shows no time in the hour after the jump:\n{log}"
+    );
+
+    let during = |i: usize, kind: usize, from: Instant, to: Instant| {
+        Tally::of(
+            samples
+                .iter()
+                .filter(|s| s.instance == i && s.kind == kind && s.start >= from && s.end <= to),
+        )
+    };
+    for (i, name) in names.iter().enumerate() {
+        let small = during(i, 0, jumped, jumped_back);
+        assert_eq!(
+            small.approved, 0,
+            "{name} approved /small while a's clock was ahead: {small:?}"
+        );
+        assert!(
+            small.denied.get("quota").is_some_and(|n| *n > 0),
+            "{name}: {small:?}"
+        );
+        let big = during(i, 1, jumped, jumped_back);
+        assert!(
+            big.approved > 0,
+            "{name} stuck denying /big while a's clock was ahead: {big:?}"
+        );
+        assert_eq!(
+            big.denied(),
+            0,
+            "{name} denied /big while a's clock was ahead: {big:?}"
+        );
+        let after = during(i, 1, settled, Instant::now());
+        assert!(
+            after.approved > 0,
+            "{name} stuck denying /big after a's clock jumped back: {after:?}"
+        );
+        assert_eq!(
+            after.denied(),
+            0,
+            "{name} denied /big after a's clock jumped back: {after:?}"
+        );
+    }
+
+    // Never more than the small quota in an hour of the database's clock, and exactly it
+    // in the hour it was exhausted in (were the run to cross a real hour boundary, the
+    // next hour's count may be partial); every approval a client received is recorded.
+    let by_hour = approvals_by_rule_set_and_hour(&cluster.db).await;
+    println!("approvals by (rule set, hour): {by_hour:?}");
+    let small_hours: Vec<i64> = by_hour
+        .iter()
+        .filter(|((r, _), _)| *r == 0)
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(
+        small_hours.iter().all(|n| *n <= SMALL_PER_HOUR),
+        "more small approvals in an hour than its quota: {by_hour:?}"
+    );
+    assert_eq!(
+        small_hours.iter().max(),
+        Some(&SMALL_PER_HOUR),
+        "{by_hour:?}"
+    );
+    let received_small = samples
+        .iter()
+        .filter(|s| s.kind == 0 && s.answer == Answer::Approved)
+        .count();
+    let recorded_small: i64 = by_hour
+        .iter()
+        .filter(|((r, _), _)| *r == 0)
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(i64::try_from(received_small).unwrap(), recorded_small);
+    cluster.finish().await;
+}
+
+/// `YYYY-MM-DDTHH:` of `unix_s` in UTC: the start of a log line's timestamp in that hour.
+fn hour_stamp(unix_s: i64) -> String {
+    let t = jiff::Timestamp::from_second(unix_s).unwrap();
+    t.strftime("%Y-%m-%dT%H:").to_string()
 }

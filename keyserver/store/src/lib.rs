@@ -145,6 +145,11 @@ pub trait Store: Registry + Send + Sync + 'static {
 /// One transaction of decisions: nothing is visible to others until `commit`.
 #[async_trait]
 pub trait DecisionTx: Send {
+    /// The time this transaction's decisions are made at, in milliseconds since the Unix
+    /// epoch: the database's clock where instances share the database (so that a quota
+    /// window is one window for all of them, whatever their own clocks say), the host's
+    /// for an embedded database.
+    async fn clock_ms(&mut self) -> Result<i64>;
     /// Persistent counters of these profiles, as of this transaction.
     async fn counters_for(&mut self, profile_ids: &[&str]) -> Result<Vec<StoredCounter>>;
     /// Which of these nonces were already accepted.

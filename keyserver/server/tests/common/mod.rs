@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use kss_client::KssClient;
 use sqlx::Connection;
 
+pub mod cluster;
+pub mod faults;
+
 pub fn kss_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kss")
 }
@@ -134,8 +137,23 @@ pub fn near_noon_time_zone() -> String {
 /// Starts `kss serve` on the data directory with self-signed TLS, on free loopback ports,
 /// polling every 100 ms, in [`near_noon_time_zone`]; does not wait for it to serve.
 pub fn spawn_serve(data: &DataDir, extra: &[&str]) -> Spawned {
-    let port = free_port();
-    let metrics_port = free_port();
+    spawn_serve_env(data, extra, &[])
+}
+
+/// [`spawn_serve`] with more environment variables for the process (`LD_PRELOAD` of
+/// libfaketime, say).
+pub fn spawn_serve_env(data: &DataDir, extra: &[&str], env: &[(String, String)]) -> Spawned {
+    spawn_serve_on(data, extra, env, free_port(), free_port())
+}
+
+/// [`spawn_serve_env`] on given ports (a restarted instance keeps its address).
+pub fn spawn_serve_on(
+    data: &DataDir,
+    extra: &[&str],
+    env: &[(String, String)],
+    port: u16,
+    metrics_port: u16,
+) -> Spawned {
     let log = data.dir.path().join(format!("server-{port}.log"));
     let child = Command::new(kss_bin())
         .arg("--data-dir")
@@ -145,6 +163,7 @@ pub fn spawn_serve(data: &DataDir, extra: &[&str]) -> Spawned {
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
         .env("KSS_TIME_ZONE", near_noon_time_zone())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -171,12 +190,28 @@ impl Server {
     }
 
     pub fn start_with(data: &DataDir, extra: &[&str]) -> Server {
+        Self::start_env(data, extra, &[])
+    }
+
+    /// [`Server::start_with`], the process given more environment variables.
+    pub fn start_env(data: &DataDir, extra: &[&str], env: &[(String, String)]) -> Server {
+        Self::start_on(data, extra, env, free_port(), free_port())
+    }
+
+    /// [`Server::start_env`] on given ports.
+    pub fn start_on(
+        data: &DataDir,
+        extra: &[&str],
+        env: &[(String, String)],
+        port: u16,
+        metrics_port: u16,
+    ) -> Server {
         let Spawned {
             child,
             port,
             metrics_port,
             log,
-        } = spawn_serve(data, extra);
+        } = spawn_serve_on(data, extra, env, port, metrics_port);
         let mut server = Server {
             child,
             port,
@@ -394,4 +429,18 @@ pub fn share_master_key(from: &DataDir, to: &DataDir) {
     let target = to.path().join("master.key");
     std::fs::copy(from.path().join("master.key"), &target).unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -605,6 +605,10 @@ struct MysqlDecisionTx {
 
 #[async_trait]
 impl DecisionTx for MysqlDecisionTx {
+    async fn clock_ms(&mut self) -> Result<i64> {
+        registry::db_now(&mut self.tx).await
+    }
+
     async fn counters_for(&mut self, profile_ids: &[&str]) -> Result<Vec<StoredCounter>> {
         // Sorted and deduplicated: every transaction asks for its locks in the same order.
         let mut ids: Vec<&str> = profile_ids.to_vec();

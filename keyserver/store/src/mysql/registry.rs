@@ -22,7 +22,7 @@ macro_rules! db_now_ms {
     };
 }
 
-async fn db_now(tx: &mut Transaction<'static, MySql>) -> Result<i64> {
+pub(crate) async fn db_now(tx: &mut Transaction<'static, MySql>) -> Result<i64> {
     Ok(sqlx::query_scalar(concat!("SELECT ", db_now_ms!()))
         .fetch_one(&mut **tx)
         .await?)

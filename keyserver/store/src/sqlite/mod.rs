@@ -504,6 +504,10 @@ const MAX_BINDS_PER_STATEMENT: usize = 900;
 
 #[async_trait]
 impl DecisionTx for SqliteDecisionTx {
+    async fn clock_ms(&mut self) -> Result<i64> {
+        Ok(registry::now_ms())
+    }
+
     async fn counters_for(&mut self, profile_ids: &[&str]) -> Result<Vec<StoredCounter>> {
         let mut out = Vec::new();
         for chunk in profile_ids.chunks(MAX_BINDS_PER_STATEMENT) {
