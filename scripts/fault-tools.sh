@@ -4,10 +4,13 @@
 #     ~/.cache/kss-tools/toxiproxy-$TOXIPROXY_VERSION: a TCP proxy between an instance and
 #     MariaDB that adds latency, drops traffic (blackhole), resets connections, or cuts
 #     one direction (a commit that lands while its acknowledgement is lost);
-#   * libfaketime (Debian's package): one process's clock jumped or skewed.
+#   * libfaketime (Debian's package): one process's clock jumped or skewed;
+#   * go-fuse's loopback file system, built from the Go module proxy into
+#     ~/.cache/kss-tools/go-fuse-$GO_FUSE_VERSION: a directory mirrored through FUSE, whose
+#     daemon stopped with SIGSTOP is a file system that hangs (every call waits).
 #
 #   eval "$(scripts/fault-tools.sh)"     # installs what is missing, prints the exports:
-#   KSS_TOXIPROXY_SERVER, KSS_TOXIPROXY_CLI, KSS_FAKETIME_LIB
+#   KSS_TOXIPROXY_SERVER, KSS_TOXIPROXY_CLI, KSS_FAKETIME_LIB, KSS_FUSE_LOOPBACK
 #   scripts/fault-tools.sh check         # also starts toxiproxy once and asks it its version
 #
 # Progress goes to stderr, so that stdout is only the exports.
@@ -16,6 +19,8 @@ set -euo pipefail
 TOXIPROXY_VERSION=v2.5.0
 TOOLS="${KSS_TOOLS_DIR:-$HOME/.cache/kss-tools}"
 TOXI_DIR="$TOOLS/toxiproxy-$TOXIPROXY_VERSION"
+GO_FUSE_VERSION=v2.12.1
+FUSE_DIR="$TOOLS/go-fuse-$GO_FUSE_VERSION"
 
 log() { printf '[fault-tools] %s\n' "$*" >&2; }
 
@@ -34,6 +39,21 @@ toxiproxy() {
     mkdir -p "$TOXI_DIR"
     mv "$build/server" "$TOXI_DIR/toxiproxy-server"
     mv "$build/cli" "$TOXI_DIR/toxiproxy-cli"
+    rmdir "$build"
+}
+
+fuse_loopback() {
+    if [ -x "$FUSE_DIR/loopback" ]; then
+        return
+    fi
+    command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || export PATH="/usr/local/go/bin:$PATH"
+    command -v go >/dev/null || { log "go is required to build go-fuse's loopback"; exit 1; }
+    log "building go-fuse $GO_FUSE_VERSION loopback (Go module proxy) into $FUSE_DIR"
+    local build
+    build="$(mktemp -d)"
+    GOBIN="$build" go install "github.com/hanwen/go-fuse/v2/example/loopback@$GO_FUSE_VERSION" >&2
+    mkdir -p "$FUSE_DIR"
+    mv "$build/loopback" "$FUSE_DIR/loopback"
     rmdir "$build"
 }
 
@@ -66,6 +86,7 @@ check() {
 }
 
 toxiproxy
+fuse_loopback
 lib="$(faketime_lib)"
 if [ "${1:-}" = check ]; then
     check "$lib"
@@ -73,3 +94,4 @@ fi
 printf 'export KSS_TOXIPROXY_SERVER=%q\n' "$TOXI_DIR/toxiproxy-server"
 printf 'export KSS_TOXIPROXY_CLI=%q\n' "$TOXI_DIR/toxiproxy-cli"
 printf 'export KSS_FAKETIME_LIB=%q\n' "$lib"
+printf 'export KSS_FUSE_LOOPBACK=%q\n' "$FUSE_DIR/loopback"

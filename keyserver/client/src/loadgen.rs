@@ -98,6 +98,11 @@ pub struct LoadgenArgs {
         default_value = "decrypt"
     )]
     pub request_type: RequestKind,
+    /// Also print, every SECS, one JSON line on stderr with the answers and latency
+    /// percentiles of the requests answered in that interval (0 = only the final report):
+    /// how a long run drifts.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub report_every: f64,
     /// Verify every approved decryption share and the recovered key (client CPU: see above).
     #[arg(long)]
     pub verify: bool,
@@ -285,6 +290,83 @@ struct Plan {
     repeat_share: f64,
     verify: bool,
     next: AtomicU64,
+    /// Signalled when every worker is done (the interval reporter prints its last line).
+    finished: tokio::sync::Notify,
+    /// With `--report-every`: what was answered since the last interval's line.
+    interval: Option<std::sync::Mutex<Interval>>,
+}
+
+/// The answers of one `--report-every` interval.
+struct Interval {
+    latency_us: Histogram<u64>,
+    approved: u64,
+    denied: u64,
+    errors: u64,
+}
+
+impl Interval {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Interval {
+            latency_us: new_histogram()?,
+            approved: 0,
+            denied: 0,
+            errors: 0,
+        })
+    }
+
+    /// One JSON line: seconds since the measured start, counts, percentiles in ms.
+    fn line(&self, at_seconds: f64) -> String {
+        let h = &self.latency_us;
+        let ms = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        serde_json::json!({
+            "at_seconds": (at_seconds * 10.0).round() / 10.0,
+            "approved": self.approved,
+            "denied": self.denied,
+            "errors": self.errors,
+            "p50_ms": ms(0.50),
+            "p99_ms": ms(0.99),
+            "p999_ms": ms(0.999),
+            "max_ms": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+        })
+        .to_string()
+    }
+}
+
+/// Prints the interval's line every `every` until `done` is set; the last, partial
+/// interval is printed too.
+async fn report_intervals(plan: Arc<Plan>, start: tokio::time::Instant, every: Duration) {
+    let Some(interval) = &plan.interval else {
+        return;
+    };
+    let measured_from = start + plan.warmup;
+    tokio::time::sleep_until(measured_from).await;
+    let mut ticks = tokio::time::interval_at(measured_from + every, every);
+    loop {
+        let finished = tokio::select! {
+            _ = ticks.tick() => false,
+            () = plan.finished.notified() => true,
+        };
+        let at = tokio::time::Instant::now()
+            .saturating_duration_since(measured_from)
+            .as_secs_f64();
+        let taken = {
+            let mut guard = interval.lock().unwrap_or_else(|p| p.into_inner());
+            match Interval::new() {
+                Ok(fresh) => std::mem::replace(&mut *guard, fresh),
+                Err(_) => return,
+            }
+        };
+        eprintln!("{}", taken.line(at));
+        if finished {
+            return;
+        }
+    }
 }
 
 /// Runs a load test and prints the report (a table, or one JSON object with `--json`) to
@@ -379,6 +461,12 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         repeat_share: args.repeat_share,
         verify: args.verify,
         next: AtomicU64::new(0),
+        interval: if args.report_every > 0.0 {
+            Some(std::sync::Mutex::new(Interval::new()?))
+        } else {
+            None
+        },
+        finished: tokio::sync::Notify::new(),
     });
 
     eprintln!("loadgen: running");
@@ -388,6 +476,13 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         let plan = Arc::clone(&plan);
         workers.spawn(async move { worker(plan, start).await });
     }
+    let reporter = (args.report_every > 0.0).then(|| {
+        tokio::spawn(report_intervals(
+            Arc::clone(&plan),
+            start,
+            Duration::from_secs_f64(args.report_every),
+        ))
+    });
     let mut total = WorkerStats {
         latency_us: Some(new_histogram()?),
         ..WorkerStats::default()
@@ -395,6 +490,10 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     while let Some(joined) = workers.join_next().await {
         let stats = joined.context("a load worker failed")??;
         merge(&mut total, stats)?;
+    }
+    plan.finished.notify_one();
+    if let Some(reporter) = reporter {
+        reporter.await.context("the interval reporter failed")?;
     }
     let elapsed = tokio::time::Instant::now()
         .saturating_duration_since(start + warmup)
@@ -656,6 +755,21 @@ async fn worker(plan: Arc<Plan>, start: tokio::time::Instant) -> anyhow::Result<
         stats.sent += 1;
         let result = client.approve_raw(message).await;
         let latency = tokio::time::Instant::now().saturating_duration_since(due);
+        if let Some(interval) = &plan.interval {
+            let mut i = interval.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(response) => {
+                    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                    i.latency_us.saturating_record(micros.max(1));
+                    if response.decision == Decision::Approved as i32 {
+                        i.approved += 1;
+                    } else {
+                        i.denied += 1;
+                    }
+                }
+                Err(_) => i.errors += 1,
+            }
+        }
         match result {
             Ok(response) => {
                 let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);

@@ -141,6 +141,12 @@ pub fn prune_cutoff(before_ms: i64, max_clock_skew: Duration, now_ms: i64) -> i6
     before_ms.min(now_ms.saturating_sub(skew_ms.saturating_mul(2)))
 }
 
+/// How often a retention of `retention` prunes: a tenth of it, so that the log holds at
+/// most 1.1 × the retention, between every 10 s and every hour.
+pub fn prune_interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600))
+}
+
 /// Prunes rows older than `retention` every `every`, until `stop`. Each prune that removed
 /// rows is itself recorded; a log that does not verify is left as it is (and logged).
 pub async fn prune_periodically(
@@ -226,6 +232,15 @@ pub fn escape_control(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_runs_every_tenth_of_the_retention_within_bounds() {
+        let secs = Duration::from_secs;
+        assert_eq!(prune_interval(secs(600)), secs(60));
+        assert_eq!(prune_interval(secs(90 * 86_400)), secs(3600));
+        assert_eq!(prune_interval(secs(30)), secs(10));
+        assert_eq!(prune_interval(Duration::ZERO), secs(10));
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_is_kept() {

@@ -114,8 +114,9 @@ pub struct ServeArgs {
     /// Onboardings this instance admits per minute (also the burst); 0: none.
     #[arg(long, env = "KSS_MAX_ONBOARD_PER_MINUTE", default_value_t = 60)]
     pub max_onboard_per_minute: u32,
-    /// Prune audit rows older than this (90d, 12h, ...) every hour; rows younger than
-    /// twice --max-clock-skew are always kept. Default: keep every row.
+    /// Prune audit rows older than this (90d, 12h, ...) every tenth of it (at least every
+    /// hour, at most every 10 s); rows younger than twice --max-clock-skew are always
+    /// kept. Default: keep every row.
     #[arg(long, env = "KSS_AUDIT_RETENTION", value_parser = crate::audit_log::parse_age)]
     pub audit_retention: Option<Duration>,
     #[command(flatten)]
@@ -200,9 +201,6 @@ fn bounded_server(t: &TransportArgs) -> Server {
     server
 }
 
-/// How often `--audit-retention` prunes.
-const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
 pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     let data_dir = dir.data_dir();
     data_dir.ensure()?;
@@ -244,26 +242,27 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
     });
     let info = instance_info(&args);
     // Standalone (the data directory's SQLite file): one active server, by lease.
-    let lease = if shared {
+    let claimed = if shared {
         None
     } else {
         let holder = format!("{}/{}", info.name, info.incarnation);
         let ttl = Duration::from_secs(args.standalone_lease_secs.max(1));
         match standalone::acquire(store.as_ref(), &holder, ttl, &shutdown).await? {
-            Some(lease) => Some(lease),
+            Some(claimed) => Some(claimed),
             None => {
                 store.close().await;
                 return Ok(());
             }
         }
     };
+    let lease = claimed.as_ref().map(|c| c.lease.clone());
     // The lease is released only once the last decision is made (not at the signal), so
     // a server taking over never fences off requests this one is finishing.
     let (decided_all, decided_all_rx) = tokio::sync::oneshot::channel::<()>();
-    let lease_keeper = lease.clone().map(|lease| {
+    let lease_keeper = claimed.map(|claimed| {
         tokio::spawn(standalone::keep(
             Arc::clone(&store),
-            lease,
+            claimed,
             Duration::from_secs(args.standalone_lease_secs.max(1)),
             Arc::clone(&shutdown),
             async move {
@@ -405,7 +404,7 @@ pub async fn run(args: ServeArgs, dir: &DataDirArgs) -> Result<()> {
             instance_id.clone(),
             retention,
             Duration::from_secs(args.max_clock_skew),
-            AUDIT_PRUNE_EVERY,
+            crate::audit_log::prune_interval(retention),
             shutdown.stopped(),
         ));
     }

@@ -5,6 +5,8 @@
 //! after the lease expired when the first one was killed. A server that lost the lease
 //! while it was paused cannot approve anything when it resumes: it is fenced off and
 //! stops with an error, and the audit log holds exactly the approvals clients received.
+//! The same when it keeps running but its database stalls (another connection holds
+//! SQLite's write lock) until after its lease expired.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::load::{Answer, Load};
 use common::{DataDir, Server, wait_until};
 use kss_client::protocol::{RequestSpec, encrypt_file_key};
 use kss_client::{KssClient, Profile};
@@ -181,8 +184,8 @@ fn decrypt_spec(ciphertext: &[u8]) -> RequestSpec {
     RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()])
 }
 
-/// The approved decrypts in the audit log: (audit id, instance).
-fn audited_approvals(data: &DataDir) -> Vec<(u64, String)> {
+/// The approved decrypts in the audit log: (audit id, instance, decided at in ms).
+fn audited_approvals(data: &DataDir) -> Vec<(u64, String, i64)> {
     let audit = data.kss_ok(&[
         "audit",
         "--json",
@@ -200,6 +203,7 @@ fn audited_approvals(data: &DataDir) -> Vec<(u64, String)> {
             (
                 v["id"].as_u64().unwrap(),
                 v["instance"].as_str().unwrap_or_default().to_string(),
+                v["at_ms"].as_i64().unwrap(),
             )
         })
         .collect()
@@ -377,7 +381,9 @@ async fn a_paused_server_that_lost_its_lease_cannot_approve() {
     assert!(!status.success(), "exited with {status}");
     let log = a.log_text();
     assert!(
-        log.contains("lost the standalone lease") || log.contains("fenced off"),
+        log.contains("lost the standalone lease")
+            || log.contains("fenced off")
+            || log.contains("could not renew the standalone lease before it expired"),
         "{log}"
     );
     // On its way out it left B's admin socket alone: the CLI still reaches B.
@@ -395,11 +401,217 @@ async fn a_paused_server_that_lost_its_lease_cannot_approve() {
     // The audit log holds exactly the approvals clients received: one by A before it
     // paused, one by B; none by A after it lost the lease.
     let audited = audited_approvals(&data);
-    let ids: HashSet<u64> = audited.iter().map(|(id, _)| *id).collect();
+    let ids: HashSet<u64> = audited.iter().map(|(id, _, _)| *id).collect();
     assert_eq!(ids, received, "{audited:?}");
     let by_a = audited
         .iter()
-        .filter(|(_, instance)| instance.ends_with(&format!("-{a_pid}")))
+        .filter(|(_, instance, _)| instance.ends_with(&format!("-{a_pid}")))
         .count();
     assert_eq!(by_a, 1, "{audited:?}");
+}
+
+/// How long the stall of the database outlasts the holder's lease.
+const STALL_PAST_EXPIRY_MS: i64 = 500;
+
+/// A slow database rather than a paused process: another connection holds SQLite's write
+/// lock (as a stuck backup tool or a `sqlite3` shell would) until a little after the
+/// lease expired, so every write of the holder A waits, its lease renewals included,
+/// while A itself runs and keeps taking requests. Once the lease has expired unrenewed A
+/// approves nothing more, B takes over, A stops with an error, and the audit log holds
+/// exactly the approvals clients received, none by A after its lease expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_whose_database_stalls_past_its_lease_approves_nothing_more() {
+    stall_past_the_lease(2000, false).await;
+}
+
+/// The same with A waiting up to 5 s on its database (`--db-timeout-ms 5000`): requests
+/// it took before its lease expired are still waiting when the stall ends after the
+/// expiry, and reach the database then. They are fenced off too.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_still_waiting_when_the_lease_expired_are_not_approved() {
+    stall_past_the_lease(5000, true).await;
+}
+
+/// `straddles`: some request A took before its lease expired must still be waiting when
+/// the stall ends (the case the test is about).
+async fn stall_past_the_lease(db_timeout_ms: u64, straddles: bool) {
+    use sqlx::Connection;
+
+    let data = DataDir::new();
+    let id = data.create();
+    data.load_policy(POLICY);
+    let db_timeout = db_timeout_ms.to_string();
+    let lease = [
+        "--standalone-lease-secs",
+        "2",
+        "--db-timeout-ms",
+        db_timeout.as_str(),
+    ];
+    let mut a = Server::start_with(&data, &lease);
+    let a_pid = a.child.id();
+    let client_a = a.client(&data).await;
+    let profile = onboard(&client_a, &id).await;
+    let ciphertext = encrypt_file_key(&profile, &[4u8; 32]);
+    let spec = decrypt_spec(&ciphertext);
+    let b = Waiting::spawn(&data, &lease);
+    b.wait_waiting();
+
+    // A approves under a little concurrent load.
+    let load = Load::start(vec![client_a, a.client(&data).await], &profile, &spec);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.approved() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "A approved too little:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The database stalls: the write lock is taken, and A's lease as it stands then is
+    // the last A has (nothing else can write until the lock goes).
+    let db = data.path().join("kss.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (stalled_at, stalled_ms) = (Instant::now(), common::unix_ms());
+    let (lease_holder, token, expires_at_ms): (String, i64, i64) =
+        sqlx::query_as("SELECT holder, token, expires_at_ms FROM leases WHERE name = 'standalone'")
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+    assert!(
+        lease_holder.contains(&format!("-{a_pid}/")),
+        "{lease_holder} holds the lease, not A"
+    );
+    // A little past the expiry: A has requests in flight still (their deadline is 2 s),
+    // which reach the database once the stall ends, after the lease expired.
+    while common::unix_ms() < expires_at_ms + STALL_PAST_EXPIRY_MS {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder.close().await.unwrap();
+    let released_at = Instant::now();
+    println!(
+        "the database stalled for {:?}; A's lease (token {token}) expired {} ms into it",
+        released_at - stalled_at,
+        expires_at_ms - stalled_ms
+    );
+
+    // B takes over; A stops by itself, with an error that says why.
+    b.wait_serving(Duration::from_secs(20));
+    let b_serving_after = released_at.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A did not stop after losing its lease:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let a_stopped_after = released_at.elapsed();
+    println!(
+        "after the stall: B served within {b_serving_after:?}, A stopped within \
+         {a_stopped_after:?}"
+    );
+    let samples = load.stop().await;
+    assert!(!status.success(), "A exited with {status}");
+    let a_log = a.log_text();
+    assert!(
+        a_log.contains("lost the standalone lease")
+            || a_log.contains("fenced off")
+            || a_log.contains("could not renew the standalone lease"),
+        "{a_log}"
+    );
+
+    // Every request to A was answered within its database deadline and a second (it
+    // never hung on the stalled database); none sent after A's lease expired was approved.
+    let answer_within = Duration::from_millis(db_timeout_ms) + Duration::from_secs(1);
+    let mut received = HashSet::new();
+    let (mut during, mut slowest, mut failed) = (0, Duration::ZERO, Vec::new());
+    let mut straddling = 0;
+    for s in &samples {
+        assert!(
+            s.took <= answer_within,
+            "a request to A waited {:?}: {s:?}\n{a_log}",
+            s.took
+        );
+        if s.sent >= stalled_at && s.sent < released_at {
+            during += 1;
+            slowest = slowest.max(s.took);
+        }
+        if s.sent_ms < expires_at_ms && s.sent + s.took > released_at {
+            straddling += 1;
+        }
+        match &s.answer {
+            Answer::Approved(audit_id) => {
+                assert!(
+                    s.sent_ms < expires_at_ms,
+                    "A approved a request sent {} ms after its lease expired: {s:?}\n{a_log}",
+                    s.sent_ms - expires_at_ms
+                );
+                received.insert(*audit_id);
+            }
+            Answer::Denied(reason) => {
+                assert_eq!(reason.as_deref(), Some("unavailable"), "{s:?}");
+            }
+            Answer::Failed(e) => failed.push(e.as_str()),
+        }
+    }
+    println!(
+        "requests to A during the stall: {during}, answered within {slowest:?}; {} failed \
+         (A stopping or gone), e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    println!("requests sent before the expiry and answered after the stall: {straddling}");
+    if straddles {
+        assert!(
+            straddling > 0,
+            "no request A took before its lease expired was still waiting when the stall \
+             ended: the test did not make its point"
+        );
+    }
+
+    // B approves.
+    let client_b = b.client(&data).await;
+    let via_b = client_b.request(&profile, &spec).await.unwrap();
+    assert!(via_b.approved, "{:?}", via_b.reason_name());
+    received.insert(via_b.audit_id);
+
+    // The audit log holds exactly the approvals clients received; A's were all decided
+    // while it held the lease, before B took over.
+    let audited = audited_approvals(&data);
+    let ids: HashSet<u64> = audited.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(ids, received, "{audited:?}");
+    let b_pid = b.child.id();
+    let first_by_b = audited
+        .iter()
+        .filter(|(_, instance, _)| instance.ends_with(&format!("-{b_pid}")))
+        .map(|(id, _, _)| *id)
+        .min()
+        .unwrap();
+    for (audit_id, instance, at_ms) in &audited {
+        if instance.ends_with(&format!("-{a_pid}")) {
+            assert!(
+                *at_ms < expires_at_ms,
+                "A approved {} ms after its lease expired (audit id {audit_id})\n{a_log}",
+                at_ms - expires_at_ms
+            );
+            assert!(*audit_id < first_by_b, "A approved after B took over");
+        } else {
+            assert!(instance.ends_with(&format!("-{b_pid}")), "{instance}");
+        }
+    }
 }

@@ -150,11 +150,24 @@ pub(crate) fn claim_step(row: Option<&LeaseRow>, holder: &str, now_ms: i64) -> C
     }
 }
 
-/// `Ok` if `lease` is held as it was granted (row read inside the fenced write's
-/// transaction), else `Fenced`.
-pub(crate) fn still_held(lease: &Lease, row: Option<&LeaseRow>) -> Result<()> {
+/// `Ok` if `lease` is held as it was granted and has not expired at `now_ms` (row and
+/// clock read inside the fenced write's transaction, under a lock a claim must wait for),
+/// else `Fenced`. An expired lease fences its holder even before anyone claims it: from
+/// its expiry, whoever claims it next may be serving already.
+pub(crate) fn still_held(lease: &Lease, row: Option<&LeaseRow>, now_ms: i64) -> Result<()> {
     match row {
-        Some(r) if r.holder == lease.holder && r.token == lease.token => Ok(()),
+        Some(r) if r.holder == lease.holder && r.token == lease.token => {
+            if r.expires_at_ms > now_ms {
+                Ok(())
+            } else {
+                Err(StoreError::Fenced(format!(
+                    "lease '{}' (token {}) expired {} ms ago unrenewed",
+                    lease.name,
+                    lease.token,
+                    now_ms - r.expires_at_ms
+                )))
+            }
+        }
         Some(r) => Err(StoreError::Fenced(format!(
             "lease '{}' now has token {} (held by {}); this instance holds token {}",
             lease.name, r.token, r.holder, lease.token
@@ -208,6 +221,29 @@ mod tests {
             claim_step(Some(&row("a", 3, 100)), "b", 100),
             ClaimStep::Take { token: 4 }
         );
+    }
+
+    #[test]
+    fn a_lease_fences_its_holder_once_taken_over_or_expired() {
+        let lease = Lease {
+            name: "standalone".into(),
+            holder: "a".into(),
+            token: 3,
+        };
+        assert!(still_held(&lease, Some(&row("a", 3, 100)), 99).is_ok());
+        // Expired and not yet claimed by anyone: fenced all the same.
+        assert!(matches!(
+            still_held(&lease, Some(&row("a", 3, 100)), 100),
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            still_held(&lease, Some(&row("b", 4, 200)), 50),
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            still_held(&lease, None, 50),
+            Err(StoreError::Fenced(_))
+        ));
     }
 
     #[test]

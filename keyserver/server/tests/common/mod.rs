@@ -13,6 +13,7 @@ use sqlx::Connection;
 
 pub mod cluster;
 pub mod faults;
+pub mod load;
 
 pub fn kss_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kss")

@@ -38,7 +38,8 @@ pub(crate) async fn check_fence(tx: &mut Transaction<'static, MySql>, lease: &Le
     .fetch_optional(&mut **tx)
     .await?;
     let row = row.as_ref().map(lease_from_row).transpose()?;
-    still_held(lease, row.as_ref())
+    let now = db_now(tx).await?;
+    still_held(lease, row.as_ref(), now)
 }
 
 #[async_trait]
@@ -181,7 +182,8 @@ impl Registry for MysqlStore {
         let done = sqlx::query(concat!(
             "UPDATE leases SET expires_at_ms = ",
             db_now_ms!(),
-            " + ? WHERE name = ? AND holder = ? AND token = ?"
+            " + ? WHERE name = ? AND holder = ? AND token = ? AND expires_at_ms > ",
+            db_now_ms!()
         ))
         .bind(ttl_ms)
         .bind(&lease.name)

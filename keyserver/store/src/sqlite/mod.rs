@@ -64,6 +64,18 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // sqlx counts a transaction that SQLite rolled back by itself (a statement or
+            // COMMIT that failed with SQLITE_FULL, SQLITE_IOERR, ...) as still open: its
+            // ROLLBACK then fails, and every later BEGIN on that connection is refused
+            // ("non-zero transaction depth"). Such a connection is closed, not reused.
+            // (The ping first: the ROLLBACK queued when the transaction was dropped runs
+            // before it.)
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::Connection::ping(&mut *conn).await?;
+                    Ok(!sqlx::Connection::is_in_transaction(&*conn))
+                })
+            })
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;

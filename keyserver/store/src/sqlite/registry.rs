@@ -28,7 +28,7 @@ pub(crate) async fn check_fence(
         .fetch_optional(&mut **tx)
         .await?;
     let row = row.as_ref().map(lease_from_row).transpose()?;
-    still_held(lease, row.as_ref())
+    still_held(lease, row.as_ref(), now_ms())
 }
 
 #[async_trait]
@@ -136,7 +136,23 @@ impl Registry for SqliteStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl_ms: i64) -> Result<bool> {
-        self.set_lease_expiry(lease, now_ms() + ttl_ms).await
+        // The clock is read once the write lock is held: a renewal that waited for it
+        // past the expiry does not revive the lease.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at_ms = ? \
+             WHERE name = ? AND holder = ? AND token = ? AND expires_at_ms > ?",
+        )
+        .bind(now + ttl_ms)
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(to_i64(lease.token)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
