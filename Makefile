@@ -3,12 +3,12 @@ CARGO ?= cargo
 
 .PHONY: test lint bench bench-keyserver bench-cluster fuzz e2e chaos
 
-# The workspace's tests, then the Kubernetes e2e suite on a real control plane (the
-# kss-e2e tests compiled by the first line only print "skipped" there).
+# The whole suite from a fresh clone (scripts/test.sh): sets up what the tests need
+# (Debian packages, the Go tools, the fault injectors, the fuzz targets, MariaDB), then
+# the workspace's tests, doc tests and the Kubernetes e2e suite on a real control plane,
+# every real part required; its last lines count the tests that skipped a part, and why.
 test:
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
-	CARGO="$(CARGO)" bash e2e/run.sh
+	CARGO="$(CARGO)" bash scripts/test.sh
 
 # The e2e suite alone: control plane up, `cargo test -p kss-e2e`, control plane down.
 # Tools are built once and cached in ~/.cache/kss-e2e (a cold build takes ~15 min).

@@ -21,7 +21,8 @@
 //!    indeterminate (failed, `unavailable`, or `replayed` after a lost acknowledgement);
 //! 6. the persistent counters count exactly the audited approvals of their window;
 //! 7. every request to a running instance is answered within 3 s, faults or not;
-//! 8. within 5 s of each heal, every instance decides requests again.
+//! 8. within 5 s of each heal, every instance decides requests again;
+//! 9. the audit chain verifies (`kss audit verify`): no row missing, none edited.
 //!
 //! `make chaos SECONDS=… SEED=…` runs it for longer or with a given seed (environment
 //! `KSS_CHAOS_SECONDS`, default 120, and `KSS_CHAOS_SEED`, default from the clock); the
@@ -562,11 +563,13 @@ struct Checker<'a> {
     records: &'a [Record],
     counters: &'a [CounterRow],
     profile_ids: &'a [String],
+    /// What `kss audit verify` said, if it did not verify.
+    chain: Result<(), String>,
 }
 
 impl Checker<'_> {
     fn first_violation(&self) -> Option<String> {
-        let checks: [(&str, Check<'_>); 8] = [
+        let checks: [(&str, Check<'_>); 9] = [
             (
                 "1 received approvals are audited",
                 Self::received_are_audited,
@@ -584,6 +587,7 @@ impl Checker<'_> {
             ("6 counters count the audit", Self::counters_count_the_audit),
             ("7 answers within the bound", Self::answers_within_bound),
             ("8 service back after each heal", Self::back_after_heals),
+            ("9 the audit chain verifies", |c| c.chain.clone()),
         ];
         for (name, check) in checks {
             if let Err(e) = check(self) {
@@ -821,7 +825,7 @@ async fn seeded_fault_run_keeps_every_guarantee() {
     };
     let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
         assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
-        eprintln!("SKIPPED chaos run: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh)");
+        common::skipped("chaos run: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh)");
         return;
     };
     let clock_dirs: Vec<tempfile::TempDir> = (0..INSTANCES)
@@ -918,6 +922,16 @@ async fn seeded_fault_run_keeps_every_guarantee() {
     let (loaded, load_failed) = loader.await.unwrap();
 
     let (records, counters) = read_audit(&cluster.db).await;
+    let verify = cluster.dirs[0].kss(&["audit", "verify"]);
+    let chain = if verify.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            common::text(&verify.stdout),
+            common::text(&verify.stderr)
+        ))
+    };
     report(
         &events,
         &applied,
@@ -934,6 +948,7 @@ async fn seeded_fault_run_keeps_every_guarantee() {
         records: &records,
         counters: &counters,
         profile_ids: &profile_ids,
+        chain,
     };
     if let Some(violation) = checker.first_violation() {
         panic!(

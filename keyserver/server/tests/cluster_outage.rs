@@ -977,7 +977,7 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
     };
     let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
         assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
-        eprintln!("SKIPPED blackhole test: KSS_TEST_MYSQL_URL not set");
+        common::skipped("blackhole test: KSS_TEST_MYSQL_URL not set");
         return;
     };
     let upstream = db_port(&url);
@@ -1113,7 +1113,7 @@ async fn a_lost_commit_acknowledgement_is_audited_counted_and_answered_unavailab
     };
     let Ok(url) = std::env::var("KSS_TEST_MYSQL_URL") else {
         assert!(std::env::var_os("KSS_REQUIRE_MYSQL").is_none());
-        eprintln!("SKIPPED lost acknowledgement test: KSS_TEST_MYSQL_URL not set");
+        common::skipped("lost acknowledgement test: KSS_TEST_MYSQL_URL not set");
         return;
     };
     let upstream = db_port(&url);

@@ -808,7 +808,9 @@ fn the_admin_socket_serves_only_its_own_user() {
     data.kss_ok(&["profile", "list"]);
 
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED the other-user half: needs root to run a client as another user");
+        common::skipped(
+            "the other-user half of the admin socket test: needs root to run a client as another user",
+        );
         return;
     }
     for dir in [data.dir.path().to_path_buf(), data.path()] {
@@ -844,7 +846,6 @@ fn the_admin_socket_serves_only_its_own_user() {
 /// approves again by itself within 5 s of the lock's release.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_locked_sqlite_database_denies_within_3s_then_recovers_within_5s() {
-    use sqlx::Connection;
     use std::time::Instant;
 
     let data = DataDir::new();
@@ -860,14 +861,7 @@ async fn a_locked_sqlite_database_denies_within_3s_then_recovers_within_5s() {
         None
     );
 
-    let db = data.path().join("kss.db");
-    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN EXCLUSIVE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = data.hold_write_lock().await;
     let mut waits = Vec::new();
     for _ in 0..4 {
         let sent = Instant::now();

@@ -98,7 +98,7 @@ impl SmallFs {
             std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
             "the disk-full test cannot run ({why}) but KSS_REQUIRE_MYSQL is set"
         );
-        eprintln!("SKIPPED the disk-full test because {why}");
+        common::skipped(&format!("the disk-full test: {why}"));
         None
     }
 }
@@ -139,8 +139,8 @@ impl HangingFs {
                 std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
                 "KSS_FUSE_LOOPBACK not set but KSS_REQUIRE_MYSQL is (eval \"$(scripts/fault-tools.sh)\")"
             );
-            eprintln!(
-                "SKIPPED the hung file system test because KSS_FUSE_LOOPBACK is not set (eval \"$(scripts/fault-tools.sh)\")"
+            common::skipped(
+                "the hung file system test because KSS_FUSE_LOOPBACK is not set (eval \"$(scripts/fault-tools.sh)\")",
             );
             return None;
         };
@@ -225,27 +225,6 @@ fn fill(path: &Path) -> u64 {
         eprintln!("syncing the filler: {e}");
     }
     written
-}
-
-/// The audit ids of the approved decrypts in the audit log (read with the CLI).
-fn audited_approvals(data: &DataDir) -> Vec<u64> {
-    let audit = data.kss_ok(&[
-        "audit",
-        "--json",
-        "--decision",
-        "approved",
-        "--type",
-        "decrypt",
-        "--limit",
-        "1000000",
-    ]);
-    audit
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["id"].as_u64().unwrap()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -435,7 +414,7 @@ async fn fails_closed_and_recovers(
         .collect();
     let distinct: HashSet<u64> = received.iter().copied().collect();
     assert_eq!(distinct.len(), received.len(), "an audit id given twice");
-    let audited: HashSet<u64> = audited_approvals(data).into_iter().collect();
+    let audited: HashSet<u64> = data.audited_approvals().iter().map(|a| a.id).collect();
     let missing: Vec<u64> = distinct.difference(&audited).copied().collect();
     assert!(
         missing.is_empty(),

@@ -184,31 +184,6 @@ fn decrypt_spec(ciphertext: &[u8]) -> RequestSpec {
     RequestSpec::decrypt(ciphertext.to_vec(), &["batch/x".to_string()])
 }
 
-/// The approved decrypts in the audit log: (audit id, instance, decided at in ms).
-fn audited_approvals(data: &DataDir) -> Vec<(u64, String, i64)> {
-    let audit = data.kss_ok(&[
-        "audit",
-        "--json",
-        "--decision",
-        "approved",
-        "--type",
-        "decrypt",
-        "--limit",
-        "100000",
-    ]);
-    audit
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].as_u64().unwrap(),
-                v["instance"].as_str().unwrap_or_default().to_string(),
-                v["at_ms"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn second_server_waits_and_takes_over_after_a_clean_stop() {
     let data = DataDir::new();
@@ -400,12 +375,12 @@ async fn a_paused_server_that_lost_its_lease_cannot_approve() {
 
     // The audit log holds exactly the approvals clients received: one by A before it
     // paused, one by B; none by A after it lost the lease.
-    let audited = audited_approvals(&data);
-    let ids: HashSet<u64> = audited.iter().map(|(id, _, _)| *id).collect();
+    let audited = data.audited_approvals();
+    let ids: HashSet<u64> = audited.iter().map(|a| a.id).collect();
     assert_eq!(ids, received, "{audited:?}");
     let by_a = audited
         .iter()
-        .filter(|(_, instance, _)| instance.ends_with(&format!("-{a_pid}")))
+        .filter(|a| a.instance.ends_with(&format!("-{a_pid}")))
         .count();
     assert_eq!(by_a, 1, "{audited:?}");
 }
@@ -470,14 +445,7 @@ async fn stall_past_the_lease(db_timeout_ms: u64, straddles: bool) {
 
     // The database stalls: the write lock is taken, and A's lease as it stands then is
     // the last A has (nothing else can write until the lock goes).
-    let db = data.path().join("kss.db");
-    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN EXCLUSIVE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = data.hold_write_lock().await;
     let (stalled_at, stalled_ms) = (Instant::now(), common::unix_ms());
     let (lease_holder, token, expires_at_ms): (String, i64, i64) =
         sqlx::query_as("SELECT holder, token, expires_at_ms FROM leases WHERE name = 'standalone'")
@@ -592,17 +560,22 @@ async fn stall_past_the_lease(db_timeout_ms: u64, straddles: bool) {
 
     // The audit log holds exactly the approvals clients received; A's were all decided
     // while it held the lease, before B took over.
-    let audited = audited_approvals(&data);
-    let ids: HashSet<u64> = audited.iter().map(|(id, _, _)| *id).collect();
+    let audited = data.audited_approvals();
+    let ids: HashSet<u64> = audited.iter().map(|a| a.id).collect();
     assert_eq!(ids, received, "{audited:?}");
     let b_pid = b.child.id();
     let first_by_b = audited
         .iter()
-        .filter(|(_, instance, _)| instance.ends_with(&format!("-{b_pid}")))
-        .map(|(id, _, _)| *id)
+        .filter(|a| a.instance.ends_with(&format!("-{b_pid}")))
+        .map(|a| a.id)
         .min()
         .unwrap();
-    for (audit_id, instance, at_ms) in &audited {
+    for common::AuditedApproval {
+        id: audit_id,
+        instance,
+        at_ms,
+    } in &audited
+    {
         if instance.ends_with(&format!("-{a_pid}")) {
             assert!(
                 *at_ms < expires_at_ms,

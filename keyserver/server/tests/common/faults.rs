@@ -65,8 +65,8 @@ impl Toxiproxy {
                 std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
                 "KSS_TOXIPROXY_SERVER not set but KSS_REQUIRE_MYSQL is (eval \"$(scripts/fault-tools.sh)\")"
             );
-            eprintln!(
-                "SKIPPED toxiproxy test: KSS_TOXIPROXY_SERVER not set (eval \"$(scripts/fault-tools.sh)\")"
+            super::skipped(
+                "toxiproxy test: KSS_TOXIPROXY_SERVER not set (eval \"$(scripts/fault-tools.sh)\")",
             );
             return None;
         };
@@ -117,47 +117,27 @@ impl Toxiproxy {
         port
     }
 
+    /// A `timeout` toxic named `toxic` that holds everything, closing nothing, in one
+    /// direction: from the database (downstream) or to it (`upstream`).
+    fn hold(&self, name: &str, toxic: &str, upstream: bool) {
+        let mut args = vec!["toxic", "add", "-t", "timeout", "-a", "timeout=0"];
+        if upstream {
+            args.push("-u");
+        }
+        args.extend(["-n", toxic, name]);
+        self.cli(&args);
+    }
+
     /// Nothing passes either way, and no connection is closed (a network that drops).
     pub fn blackhole(&self, name: &str) {
-        self.cli(&[
-            "toxic",
-            "add",
-            "-t",
-            "timeout",
-            "-a",
-            "timeout=0",
-            "-n",
-            "down",
-            name,
-        ]);
-        self.cli(&[
-            "toxic",
-            "add",
-            "-t",
-            "timeout",
-            "-a",
-            "timeout=0",
-            "-u",
-            "-n",
-            "up",
-            name,
-        ]);
+        self.hold(name, "down", false);
+        self.hold(name, "up", true);
     }
 
     /// Nothing comes back from the database; what the instance sends still reaches it
     /// (a commit lands, its acknowledgement never arrives).
     pub fn cut_downstream(&self, name: &str) {
-        self.cli(&[
-            "toxic",
-            "add",
-            "-t",
-            "timeout",
-            "-a",
-            "timeout=0",
-            "-n",
-            "down",
-            name,
-        ]);
+        self.hold(name, "down", false);
     }
 
     pub fn heal_downstream(&self, name: &str) {
@@ -235,8 +215,8 @@ impl FakeClock {
                 std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
                 "KSS_FAKETIME_LIB not set but KSS_REQUIRE_MYSQL is (eval \"$(scripts/fault-tools.sh)\")"
             );
-            eprintln!(
-                "SKIPPED clock test: KSS_FAKETIME_LIB not set (eval \"$(scripts/fault-tools.sh)\")"
+            super::skipped(
+                "clock test: KSS_FAKETIME_LIB not set (eval \"$(scripts/fault-tools.sh)\")",
             );
             return None;
         };

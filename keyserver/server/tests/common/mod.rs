@@ -19,6 +19,14 @@ pub fn kss_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kss")
 }
 
+/// An approved decrypt of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditedApproval {
+    pub id: u64,
+    pub instance: String,
+    pub at_ms: i64,
+}
+
 /// A temporary data directory.
 pub struct DataDir {
     pub dir: tempfile::TempDir,
@@ -73,6 +81,47 @@ impl DataDir {
     pub fn load_policy(&self, yaml: &str) -> String {
         let p = self.file("policy.yml", yaml);
         self.kss_ok(&["policy", "load", p.to_str().unwrap()])
+    }
+
+    /// The approved decrypts of the audit log, read with the CLI: (audit id, instance,
+    /// decided at in ms).
+    pub fn audited_approvals(&self) -> Vec<AuditedApproval> {
+        let audit = self.kss_ok(&[
+            "audit",
+            "--json",
+            "--decision",
+            "approved",
+            "--type",
+            "decrypt",
+            "--limit",
+            "1000000",
+        ]);
+        audit
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                AuditedApproval {
+                    id: v["id"].as_u64().unwrap(),
+                    instance: v["instance"].as_str().unwrap_or_default().to_string(),
+                    at_ms: v["at_ms"].as_i64().unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    /// Another connection to the data directory's SQLite database holding its write lock
+    /// (`BEGIN EXCLUSIVE`) until it is rolled back or dropped: every write of the server
+    /// waits.
+    pub async fn hold_write_lock(&self) -> sqlx::SqliteConnection {
+        let db = self.path().join("kss.db");
+        let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
@@ -371,7 +420,7 @@ pub async fn fresh_database() -> Option<(String, String)> {
             std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
             "KSS_TEST_MYSQL_URL not set but KSS_REQUIRE_MYSQL is"
         );
-        eprintln!("SKIPPED cluster test: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh up)");
+        skipped("cluster test: KSS_TEST_MYSQL_URL not set (scripts/mariadb.sh up)");
         return None;
     };
     let name = format!(
@@ -443,5 +492,18 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Says on stderr that a test skipped a part, and why, and appends the line to
+/// `$KSS_SKIP_LOG` (scripts/test.sh counts them in its last lines).
+pub fn skipped(what: &str) {
+    eprintln!("SKIPPED {what}");
+    if let Some(log) = std::env::var_os("KSS_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            // One write per line: O_APPEND keeps concurrent tests' lines whole.
+            let _ = f.write_all(format!("{what}\n").as_bytes());
+        }
     }
 }

@@ -275,9 +275,13 @@ pub(super) async fn prune(
     let (head, _) = locked_head(&mut tx).await?;
     let through = to_i64(plan.through)?;
     if let Some(hash) = &plan.hash {
-        // The row verified then is still there as it was (not pruned meanwhile).
+        // The row verified then is still there as it was (not pruned meanwhile). A locking
+        // read: it sees the latest commit, not this transaction's snapshot, which may
+        // predate a prune that committed while this one waited for the head (then the
+        // row is gone, and pruning up to it again would chain a checkpoint to rows that
+        // no longer exist, after the other prune's).
         let stored: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT chain_hash FROM audit WHERE id = ?")
+            sqlx::query_scalar("SELECT chain_hash FROM audit WHERE id = ? FOR UPDATE")
                 .bind(through)
                 .fetch_optional(&mut *tx)
                 .await?;
