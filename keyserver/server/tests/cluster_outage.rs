@@ -1005,8 +1005,9 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
     assert!(both_approved, "not both approving:\n{}", cluster.logs());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let cut = Instant::now();
+    // From when the toxics are in place (the CLI may take a while on a loaded machine).
     toxi.blackhole("kss-a");
+    let cut = Instant::now();
     let approved_b_at_cut = load.live.approved(1);
     let b_back = eventually(Duration::from_secs(15), async || {
         load.live.approved(1) > approved_b_at_cut + 10
@@ -1146,10 +1147,10 @@ async fn a_lost_commit_acknowledgement_is_audited_counted_and_answered_unavailab
     let mut lost_acks = 0;
     let mut back_after = Vec::new();
     while lost_acks == 0 && cuts.len() < MAX_CUTS {
-        let cut = Instant::now();
         for name in &proxy_names {
             toxi.cut_downstream(name);
         }
+        let cut = Instant::now();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let healed = Instant::now();
         for name in &proxy_names {
