@@ -346,7 +346,7 @@ async fn client_loop(
             share_ok,
         });
         if !replay {
-            sent.push(Sent { instance, ..body });
+            sent.push(body);
             if sent.len() > 64 {
                 sent.remove(0);
             }

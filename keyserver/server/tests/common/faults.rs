@@ -141,7 +141,7 @@ impl Toxiproxy {
     }
 
     pub fn heal_downstream(&self, name: &str) {
-        self.cli(&["toxic", "remove", "-n", "down", name]);
+        self.remove(name, &["down"]);
     }
 
     /// Every answer from the database delayed by `ms` (± `jitter_ms`).
@@ -180,9 +180,9 @@ impl Toxiproxy {
         }
     }
 
+    /// Undoes [`Toxiproxy::blackhole`].
     pub fn heal(&self, name: &str) {
-        self.cli(&["toxic", "remove", "-n", "down", name]);
-        self.cli(&["toxic", "remove", "-n", "up", name]);
+        self.remove(name, &["down", "up"]);
     }
 }
 
