@@ -965,7 +965,7 @@ async fn killed_instance_under_load_keeps_a_small_quota_exact() {
 /// Two instances under load on one profile with a persistent quota (every decision locks
 /// its counter row); instance a's traffic to the database is blackholed (nothing passes,
 /// no connection closes) while it holds row locks. The database frees a's locks when its
-/// session has been idle inside a write transaction for 5 s (`idle_write_transaction_timeout`),
+/// session has been idle inside a transaction for 5 s (`idle_transaction_timeout`),
 /// so b approves again within 8 s; a answers `unavailable` within 3 s the whole time; once
 /// healed, a approves again within 5 s; every approval a client received is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

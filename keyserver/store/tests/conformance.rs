@@ -185,6 +185,64 @@ conformance!(
     concurrent_prunes_keep_the_chain_verifiable,
 );
 
+// ------------------------------------------------------------------ silent sessions
+
+/// A session that locked a profile's rows and then went silent, as an instance whose
+/// network to the database drops everything does, loses its transaction and its locks
+/// within seconds: MariaDB closes a session idle inside any transaction after 5 s, MySQL 8
+/// any idle session after 10 s. The transaction here has only locked rows (a decision's
+/// first statements), which MariaDB counts as read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_a_silent_session_holding_locks_loses_them_within_seconds() {
+    in_scratch_mysql("KSS_TEST_MYSQL_URL", |store| async move {
+        let s: Arc<dyn Store> = Arc::new(store.clone());
+        let mut tx = s.begin_decisions(None).await.unwrap();
+        assert!(tx.insert_profile(&profile("p1", "x")).await.unwrap());
+        tx.save_counters(&[counter("p1", "r1", 1)]).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut silent = s.begin_decisions(None).await.unwrap();
+        assert_eq!(silent.counters_for(&["p1"]).await.unwrap().len(), 1);
+        let silent_since = std::time::Instant::now();
+        let mut lock_waits = 0;
+        loop {
+            let mut tx = s.begin_decisions(None).await.unwrap();
+            match tx.counters_for(&["p1"]).await {
+                Ok(counters) => {
+                    assert_eq!(counters, [counter("p1", "r1", 1)]);
+                    break;
+                }
+                Err(e) => assert!(retryable(&e), "{e}"),
+            }
+            lock_waits += 1;
+            assert!(
+                lock_waits < 15,
+                "the silent session's locks were never freed"
+            );
+        }
+        let freed_after = silent_since.elapsed();
+        let url = std::env::var("KSS_TEST_MYSQL_URL").unwrap();
+        let mut conn = sqlx::mysql::MySqlConnection::connect_with(&parse_db_uri(&url).unwrap())
+            .await
+            .unwrap();
+        let version: String = sqlx::query_scalar("SELECT VERSION()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        // The session limit, plus at most one lock wait (2 s) that began just before it.
+        let limit_secs = if version.contains("MariaDB") { 5 } else { 10 };
+        println!("{version}: locks freed after {freed_after:?} ({lock_waits} lock waits)");
+        assert!(lock_waits >= 1, "the locking read took no lock");
+        assert!(
+            freed_after < std::time::Duration::from_secs(limit_secs + 3),
+            "{version}: the silent session kept its locks for {freed_after:?}"
+        );
+        // The silent session is gone, and its transaction with it.
+        assert!(silent.commit().await.is_err());
+    })
+    .await;
+}
+
 // ------------------------------------------------------------------ TLS
 
 /// The values of `names`, or `None` after printing why the test is skipped (a failure

@@ -80,13 +80,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 /// The server-side limits of kss's sessions, so that the server frees what a vanished or
 /// cut-off instance held within seconds rather than hours: row-lock waits of 2 s (the
 /// decision transaction is retried), a session idle for 10 s is closed (with its
-/// transaction and locks: MySQL 8's only such limit), on MariaDB a session idle inside a
-/// write transaction for 5 s too, and a statement is stopped after 65 s (a backstop above
+/// transaction and locks: MySQL 8's only such limit), on MariaDB a session idle inside
+/// any transaction for 5 s too, and a statement is stopped after 65 s (a backstop above
 /// the migration lock's 60 s wait; requests have their own, shorter client-side deadline).
+/// "Any transaction", not `idle_write_transaction_timeout`: a decision's first statement
+/// is a locking read, and MariaDB counts a transaction that has only locked rows as
+/// read-only, so a session cut off right after it would keep its locks for 10 s.
 fn session_limits(version: &str) -> &'static str {
     if version.contains("MariaDB") {
         "SET SESSION innodb_lock_wait_timeout = 2, SESSION wait_timeout = 10, \
-         SESSION idle_write_transaction_timeout = 5, SESSION max_statement_time = 65"
+         SESSION idle_transaction_timeout = 5, SESSION max_statement_time = 65"
     } else {
         "SET SESSION innodb_lock_wait_timeout = 2, SESSION wait_timeout = 10, \
          SESSION max_execution_time = 65000"
