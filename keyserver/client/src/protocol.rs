@@ -367,7 +367,8 @@ pub fn decision_name(decision: Decision) -> &'static str {
 
 /// The short name of a `DenyReason` value: `"policy"`, `"quota"`, `"disabled"`,
 /// `"signature"`, `"unknown_profile"`, `"unavailable"`, `"stale"`, `"replayed"`,
-/// `"invalid_ciphertext"`, `"wrong_keyserver"`, `"unspecified"`, or `"reason_N"` for a value
+/// `"invalid_ciphertext"`, `"wrong_keyserver"`, `"revoked"`, `"enrollment"`, `"unspecified"`,
+/// or `"reason_N"` for a value
 /// this client does not know.
 pub fn deny_reason_name(code: i32) -> String {
     match DenyReason::try_from(code) {

@@ -12,7 +12,7 @@ use kss_store::{AuditKey, AuditRecord, Decision, PruneOutcome, Store, StoreError
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::identity::now_ms;
+use crate::clock::now_ms;
 
 /// The chain's key for the store: HMAC-SHA256 under the identity's audit key
 /// (`RootSecret::audit_key`, domain-separated from the row key).

@@ -24,8 +24,9 @@ use kss_crypto::ids::KeyserverId;
 use kss_store::{Identity, Store, StoreError};
 use tracing::info;
 
+use crate::clock::now_ms;
 use crate::data_dir::DataDir;
-use crate::identity::{KeyserverIdentity, identity_row, now_ms, sealed_of};
+use crate::identity::{KeyserverIdentity, identity_row, sealed_of};
 
 /// How often a refusing instance checks again.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);

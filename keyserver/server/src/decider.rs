@@ -20,8 +20,8 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use kss_crypto::ids::{DeviceId, ProfileId};
 use kss_policy::{
-    Counter, Decision, DenyReason, Prepared, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow,
-    Request, SessionParams, fits, uses_per_rule,
+    Counter, Decision, Prepared, QuotaLimit, QuotaStore, QuotaStoreError, QuotaWindow, Request,
+    fits, uses_per_rule,
 };
 use kss_store::{AuditRecord, EnrollmentUse, Lease, Profile, Store, StoreError, StoredCounter};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,66 +31,7 @@ use crate::db_deadline::{ANSWER_GRACE, DbDeadline};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::switches::Switches;
-
-/// Why a request was denied: the code the client sees and the audit records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Policy,
-    Quota,
-    Disabled,
-    Signature,
-    UnknownProfile,
-    Unavailable,
-    Stale,
-    Replayed,
-    InvalidCiphertext,
-    WrongKeyserver,
-    Revoked,
-    /// Onboarding without a usable enrollment token (unknown, expired or used up).
-    Enrollment,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 12] = [
-        Reason::Policy,
-        Reason::Quota,
-        Reason::Disabled,
-        Reason::Signature,
-        Reason::UnknownProfile,
-        Reason::Unavailable,
-        Reason::Stale,
-        Reason::Replayed,
-        Reason::InvalidCiphertext,
-        Reason::WrongKeyserver,
-        Reason::Revoked,
-        Reason::Enrollment,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Policy => "policy",
-            Reason::Quota => "quota",
-            Reason::Disabled => "disabled",
-            Reason::Signature => "signature",
-            Reason::UnknownProfile => "unknown_profile",
-            Reason::Unavailable => "unavailable",
-            Reason::Stale => "stale",
-            Reason::Replayed => "replayed",
-            Reason::InvalidCiphertext => "invalid_ciphertext",
-            Reason::WrongKeyserver => "wrong_keyserver",
-            Reason::Revoked => "revoked",
-            Reason::Enrollment => "enrollment",
-        }
-    }
-
-    fn from_policy(reason: DenyReason) -> Self {
-        match reason {
-            DenyReason::NotInPolicy | DenyReason::Policy => Reason::Policy,
-            DenyReason::Quota => Reason::Quota,
-            DenyReason::Unavailable => Reason::Unavailable,
-        }
-    }
-}
+use crate::verdict::{Reason, Verdict};
 
 /// What the audit log records of a request besides the decision.
 #[derive(Debug, Clone, Default)]
@@ -141,15 +82,6 @@ impl Job {
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Approved {
-        rule_set: Option<usize>,
-        session: Option<SessionParams>,
-    },
-    Denied(Reason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -156,8 +156,3 @@ pub fn sealed_of(row: &Identity) -> Result<SealedIdentity> {
         sealed_root: row.sealed_root.clone(),
     })
 }
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}

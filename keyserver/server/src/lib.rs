@@ -3,14 +3,16 @@
 //! A request goes: [`service`] (gRPC: converts only) → [`requests`] (decode, bounds,
 //! identity, signature, freshness, ciphertext; no transport types) → [`decider`] (policy,
 //! quotas, audit, one transaction per batch) → [`requests`] (the decryption share) →
-//! [`service`] (encode). [`switches`] follows the database for the policy in force;
-//! [`integrity`] checks the MACs of the rows read from it.
+//! [`service`] (encode). [`verdict`] is what a request got, in the words of the answer,
+//! the audit log and the metrics; [`switches`] follows the database for the policy in
+//! force; [`integrity`] checks the MACs of the rows read from it.
 #![forbid(unsafe_code)]
 
 pub mod admin_socket;
 pub mod audit_log;
 pub mod bootstrap;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod connections;
 pub mod data_dir;
@@ -32,3 +34,4 @@ pub mod shutdown;
 pub mod standalone;
 pub mod switches;
 pub mod tls;
+pub mod verdict;

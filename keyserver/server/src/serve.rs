@@ -681,7 +681,7 @@ fn instance_info(args: &ServeArgs) -> InstanceInfo {
             .unwrap_or_else(|| format!("https://{host}:{}", args.listen.port())),
         hostname: host,
         kss_version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at_ms: crate::identity::now_ms(),
+        started_at_ms: crate::clock::now_ms(),
     }
 }
 

@@ -1074,6 +1074,19 @@ async fn enrollment_tokens_gate_onboarding(t: &Target) {
         .unwrap();
     assert_eq!(expired.code(), Code::PermissionDenied);
     assert_eq!(t.profile_rows().await, 2);
+    // Counted for what they were denied for: no token, unknown, used up, expired.
+    let metrics = server.metrics();
+    let denied = |reason: &str| {
+        let series = format!(
+            "kss_requests_total{{rpc=\"Onboard\",request_type=\"create_profile\",decision=\"denied\",reason=\"{reason}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|n| n.trim().to_string())
+    };
+    assert_eq!(denied("enrollment").as_deref(), Some("4"), "{metrics}");
+    assert_eq!(denied("policy"), None, "{metrics}");
 
     // Only the token's digest is stored.
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));

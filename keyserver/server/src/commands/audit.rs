@@ -9,8 +9,9 @@ use kss_store::{AuditEntry, AuditFilter, ChainVerdict, Decision, PruneOutcome, S
 use serde_json::{Value, json};
 
 use crate::audit_log::{self, Actor, admin_record, escape_control, parse_age, prune_cutoff};
+use crate::clock::now_ms;
 use crate::data_dir::DataDir;
-use crate::identity::{KeyserverIdentity, now_ms};
+use crate::identity::KeyserverIdentity;
 
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]

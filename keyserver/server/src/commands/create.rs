@@ -10,8 +10,9 @@ use kss_store::{Store, StoreError};
 
 use super::admin_key::{read_admin_public, read_backup};
 use crate::audit_log::{self, Actor, admin_record};
+use crate::clock::now_ms;
 use crate::data_dir::{DataDir, write_new, write_private};
-use crate::identity::{KeyserverIdentity, now_ms};
+use crate::identity::KeyserverIdentity;
 
 /// Holders and threshold the product requires unless `--ignore-security-checks`.
 pub const MIN_HOLDERS: usize = 5;

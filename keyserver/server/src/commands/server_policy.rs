@@ -11,8 +11,9 @@ use kss_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::audit_log::{self, Actor, admin_record};
+use crate::clock::now_ms;
 use crate::data_dir::DataDir;
-use crate::identity::{KeyserverIdentity, now_ms};
+use crate::identity::KeyserverIdentity;
 use crate::integrity::{policy_mac, policy_verifies};
 use crate::rollout;
 

@@ -15,9 +15,10 @@ use tracing::{Span, field, info, warn};
 use super::profiles::{KnownProfile, Lookup};
 use super::verifier::NotVerified;
 use super::{Keyserver, RequestError, fields};
-use crate::decider::{AuditDraft, Job, Reason, Verdict};
-use crate::identity::now_ms;
+use crate::clock::now_ms;
+use crate::decider::{AuditDraft, Job};
 use crate::integrity::profile_mac;
+use crate::verdict::{Reason, Verdict};
 
 /// The keyserver's answer to an approval request.
 #[derive(Debug, Clone, PartialEq, Eq)]

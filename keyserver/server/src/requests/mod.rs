@@ -27,11 +27,13 @@ use tokio::sync::watch;
 pub use approve::{Approval, ApprovalFields, parse_approval};
 pub use onboard::{OnboardFields, Onboarded, parse_onboard};
 
+use crate::clock::now_ms;
 use crate::db_deadline::DbDeadline;
-use crate::decider::{Decider, Reason};
-use crate::identity::{KeyserverIdentity, now_ms};
+use crate::decider::Decider;
+use crate::identity::KeyserverIdentity;
 use crate::metrics::Metrics;
 use crate::switches::Switches;
+use crate::verdict::Reason;
 use onboarding::OnboardingGate;
 use profiles::ProfileCache;
 use reject_log::RejectLog;
@@ -53,9 +55,9 @@ pub enum RequestError {
     /// The signature does not verify.
     #[error("{0}")]
     Unauthenticated(&'static str),
-    /// Onboarding was decided and denied.
-    #[error("onboarding denied: {0}")]
-    Denied(&'static str),
+    /// Onboarding was denied for `reason`; `why` says it in words.
+    #[error("onboarding denied: {why}")]
+    Denied { reason: Reason, why: &'static str },
     /// Too many requests of this kind right now.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -78,7 +80,7 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => "invalid_argument",
             RequestError::FailedPrecondition(_) => "failed_precondition",
             RequestError::Unauthenticated(_) => "unauthenticated",
-            RequestError::Denied(_) => "denied",
+            RequestError::Denied { .. } => "denied",
             RequestError::ResourceExhausted(_) => "resource_exhausted",
             RequestError::Unavailable(_) => "unavailable",
         }

@@ -16,9 +16,10 @@ use tracing::{Span, field, info};
 
 use super::onboarding::{token_digest, well_formed};
 use super::{Keyserver, RequestError, fields};
-use crate::decider::{AuditDraft, Job, Reason, Verdict};
-use crate::identity::now_ms;
+use crate::clock::now_ms;
+use crate::decider::{AuditDraft, Job};
 use crate::integrity::profile_mac;
+use crate::verdict::{Reason, Verdict};
 
 /// A new profile, as the workstation is told of it.
 #[derive(Debug)]
@@ -107,9 +108,10 @@ impl Keyserver {
             ));
         }
         if enrollment.is_none() && self.onboarding.require_token {
-            return Err(RequestError::Denied(
-                "this keyserver requires an enrollment token (kss enrollment create)",
-            ));
+            return Err(RequestError::Denied {
+                reason: Reason::Enrollment,
+                why: "this keyserver requires an enrollment token (kss enrollment create)",
+            });
         }
         if !self.onboarding.admit() {
             self.metrics.onboard_rate_limited();
@@ -174,12 +176,13 @@ impl Keyserver {
             })
             .await;
         if let Verdict::Denied(reason) = outcome.verdict {
-            return Err(RequestError::Denied(match reason {
+            let why = match reason {
                 Reason::Enrollment => "the enrollment token is unknown, expired or used up",
                 Reason::Policy => "the policy's create_profile rules do not allow it",
                 Reason::Quota => "the policy's create_profile quota is used up",
                 other => other.as_str(),
-            }));
+            };
+            return Err(RequestError::Denied { reason, why });
         }
         let claims = ProfileClaims {
             keyserver: self.identity.id,

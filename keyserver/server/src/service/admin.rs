@@ -17,9 +17,10 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::audit_log::{self, Actor, admin_record};
+use crate::clock::now_ms;
 use crate::commands::server_policy::{PolicyLoadError, store_policy};
 use crate::decider::MemoryCounters;
-use crate::identity::{KeyserverIdentity, now_ms};
+use crate::identity::KeyserverIdentity;
 use crate::integrity::RowChecker;
 use crate::metrics::Metrics;
 use crate::requests::onboarding::{new_token, token_digest};

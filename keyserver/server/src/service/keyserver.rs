@@ -11,8 +11,8 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use tracing::{field, instrument};
 
 use crate::connections::Connections;
-use crate::decider::{Reason, Verdict};
 use crate::requests::{Approval, Keyserver, Onboarded, RequestError};
+use crate::verdict::Verdict;
 
 /// The gRPC service over the keyserver core.
 pub struct KeyServerService {
@@ -59,32 +59,13 @@ fn refused_before_authentication(e: &RequestError) -> bool {
     )
 }
 
-pub fn reason_code(reason: Reason) -> pb::DenyReason {
-    match reason {
-        Reason::Policy => pb::DenyReason::Policy,
-        Reason::Quota => pb::DenyReason::Quota,
-        Reason::Disabled => pb::DenyReason::Disabled,
-        Reason::Signature => pb::DenyReason::Signature,
-        Reason::UnknownProfile => pb::DenyReason::UnknownProfile,
-        Reason::Unavailable => pb::DenyReason::Unavailable,
-        Reason::Stale => pb::DenyReason::Stale,
-        Reason::Replayed => pb::DenyReason::Replayed,
-        Reason::InvalidCiphertext => pb::DenyReason::InvalidCiphertext,
-        Reason::WrongKeyserver => pb::DenyReason::WrongKeyserver,
-        Reason::Revoked => pb::DenyReason::Revoked,
-        // Only onboarding is denied for its enrollment token, and that answers with a
-        // status, not a DenyReason.
-        Reason::Enrollment => pb::DenyReason::Policy,
-    }
-}
-
 fn status_of(e: RequestError) -> Status {
     let message = e.to_string();
     match e {
         RequestError::InvalidArgument { .. } => Status::invalid_argument(message),
         RequestError::FailedPrecondition(_) => Status::failed_precondition(message),
         RequestError::Unauthenticated(_) => Status::unauthenticated(message),
-        RequestError::Denied(_) => Status::permission_denied(message),
+        RequestError::Denied { .. } => Status::permission_denied(message),
         RequestError::ResourceExhausted(_) => Status::resource_exhausted(message),
         RequestError::Unavailable(_) => Status::unavailable(message),
     }
@@ -93,16 +74,16 @@ fn status_of(e: RequestError) -> Status {
 /// Logs a sample of the requests refused before they were decided (the decided ones are
 /// in the audit log; "shutting down" is not the client's doing).
 fn sample_refusal(core: &Keyserver, rpc: &'static str, e: &RequestError) {
-    if !matches!(e, RequestError::Denied(_) | RequestError::Unavailable(_)) {
+    if !matches!(
+        e,
+        RequestError::Denied { .. } | RequestError::Unavailable(_)
+    ) {
         core.reject_log.note(rpc, e.label(), &e.to_string());
     }
 }
 
 fn approve_response(a: Approval) -> pb::ApproveResponse {
-    let (decision, reason) = match a.verdict {
-        Verdict::Approved { .. } => (pb::Decision::Approved, pb::DenyReason::Unspecified),
-        Verdict::Denied(r) => (pb::Decision::Denied, reason_code(r)),
-    };
+    let (decision, reason) = a.verdict.codes();
     pb::ApproveResponse {
         decision: decision as i32,
         reason: reason as i32,
@@ -170,10 +151,10 @@ impl KeyServer for KeyServerService {
                 },
                 started.elapsed(),
             ),
-            Err(RequestError::Denied(_)) => metrics.request(
+            Err(RequestError::Denied { reason, .. }) => metrics.request(
                 "Onboard",
                 "create_profile",
-                Verdict::Denied(Reason::Policy),
+                Verdict::Denied(*reason),
                 started.elapsed(),
             ),
             Err(e) => {
