@@ -8,6 +8,7 @@ use crate::commands::admin_key::{AdminKeyCommand, BackupCommand};
 use crate::commands::audit::AuditArgs;
 use crate::commands::create::{CreateArgs, RecoveryArgs, SaveBackupArgs};
 use crate::data_dir::DataDirArgs;
+use crate::logging::LogFormat;
 use crate::serve::ServeArgs;
 
 /// kss — a key shard server: approves M-of-N requests automatically, as a YAML policy allows.
@@ -19,8 +20,8 @@ pub struct Cli {
     #[command(flatten)]
     pub data: DataDirArgs,
     /// Log format of `kss serve` (logs go to standard error).
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
-    pub log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,12 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kss_crypto::seal::MasterKey;
+use kss_store::{Durability, MysqlStore, SqliteStore, Store, parse_db_uri_with_ca};
 
 /// Options every command that works on a keyserver's state takes.
 #[derive(Debug, Clone, Args)]
@@ -67,6 +70,29 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// Opens the keyserver's database: the shared one of `--db-uri`, else the data
+    /// directory's SQLite file (created if missing), with `durability` for SQLite.
+    pub async fn open_store_with(&self, durability: Durability) -> Result<Arc<dyn Store>> {
+        self.ensure()?;
+        if let Some(uri) = self.shared_db_uri()? {
+            let options = parse_db_uri_with_ca(&uri, self.db_ca_file.as_deref())
+                .context("the shared database's address")?;
+            let store = MysqlStore::connect(options)
+                .await
+                .context("opening the shared database (--db-uri)")?;
+            return Ok(Arc::new(store));
+        }
+        let store = SqliteStore::open_with(&self.database(), durability)
+            .await
+            .with_context(|| format!("opening {}", self.database().display()))?;
+        Ok(Arc::new(store))
+    }
+
+    /// [`DataDir::open_store_with`] with every commit synced.
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>> {
+        self.open_store_with(Durability::Full).await
+    }
+
     pub fn database(&self) -> PathBuf {
         self.root.join("kss.db")
     }

@@ -28,6 +28,7 @@ pub mod policy_cmd;
 pub mod reloading_tls;
 pub mod requests;
 pub mod rollout;
+pub mod runtime;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -588,3 +588,49 @@ async fn stall_past_the_lease(db_timeout_ms: u64, straddles: bool) {
         }
     }
 }
+
+/// A server that fails once it holds the lease (its workstation port is taken) goes down
+/// the way it does at a signal: it releases the lease (the next server need not wait out
+/// the 60 s it was claimed for) and removes its admin socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_fails_after_taking_the_lease_releases_it() {
+    use sqlx::Connection;
+    let data = DataDir::new();
+    data.create();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let common::Spawned { mut child, log, .. } = common::spawn_serve_on(
+        &data,
+        &["--standalone-lease-secs", "60"],
+        &[],
+        port,
+        common::free_port(),
+    );
+    wait_until("kss serve exits", Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!child.wait().unwrap().success(), "{log}");
+    assert!(
+        log.contains(&format!("binding 127.0.0.1:{port}")),
+        "not the port's error:\n{log}"
+    );
+    assert!(log.contains("standalone lease acquired"), "{log}");
+    assert!(
+        !data.path().join("admin.sock").exists(),
+        "the admin socket is left:\n{log}"
+    );
+    let mut db = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        data.path().join("kss.db").display()
+    ))
+    .await
+    .unwrap();
+    let expires_at_ms: i64 =
+        sqlx::query_scalar("SELECT expires_at_ms FROM leases WHERE name = 'standalone'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(expires_at_ms, 0, "the lease is still held:\n{log}");
+    drop(taken);
+}

@@ -22,8 +22,8 @@ pub struct AuditArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// Only approved or only denied.
-    #[arg(long, value_parser = ["approved", "denied"])]
-    pub decision: Option<String>,
+    #[arg(long, value_enum)]
+    pub decision: Option<DecisionFilter>,
     /// Only this request type (decrypt, search, ..., admin.policy_load, ...).
     #[arg(long = "type")]
     pub request_type: Option<String>,
@@ -36,6 +36,13 @@ pub struct AuditArgs {
     /// One JSON object per line, fields exactly as stored.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--decision`: which records to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionFilter {
+    Approved,
+    Denied,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -93,12 +100,10 @@ fn time_of(ms: i64) -> String {
 }
 
 pub async fn list(store: &dyn Store, args: &AuditArgs) -> Result<()> {
-    let decision = match args.decision.as_deref() {
-        None => None,
-        Some("approved") => Some(Decision::Approved),
-        Some("denied") => Some(Decision::Denied),
-        Some(other) => bail!("--decision {other}: expected approved or denied"),
-    };
+    let decision = args.decision.map(|d| match d {
+        DecisionFilter::Approved => Decision::Approved,
+        DecisionFilter::Denied => Decision::Denied,
+    });
     let filter = AuditFilter {
         profile_id: args.profile.clone(),
         decision,

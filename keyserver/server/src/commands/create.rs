@@ -177,9 +177,12 @@ async fn store_identity(
     }
 }
 
-/// `kss serve --dev` on an empty data directory: an identity whose backup key is held by
-/// one generated administrator key, in the data directory.
+/// `kss serve --dev`: unless the database holds an identity, one whose backup key is held
+/// by one generated administrator key, in the data directory.
 pub async fn create_dev_identity(store: &dyn Store, data_dir: &DataDir) -> Result<()> {
+    if store.identity().await?.is_some() {
+        return Ok(());
+    }
     let args = CreateArgs {
         backup_path: Some(data_dir.root.join("backup-key.json")),
         backup: BackupArgs {

@@ -1,23 +1,42 @@
-//! `kss policy check | dump | eval`: try a policy before it goes live.
+//! `kss policy`: try a policy before it goes live (`check`, `dump`, `diff`, `eval`,
+//! offline), and the policy in the keyserver's database (`load`, `dump --current`).
 
 pub mod eval;
 
 use std::fs;
 use std::io::{self, BufReader, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use kss_policy::{MemoryQuotaStore, Policy};
 
 use crate::cli::PolicyCommand;
+use crate::commands::server_policy;
+use crate::data_dir::DataDir;
+use crate::runtime::block_on;
 
-pub fn run(command: PolicyCommand) -> Result<()> {
+pub fn run(command: PolicyCommand, data_dir: &DataDir) -> Result<()> {
     match command {
         PolicyCommand::Check { file } => check(&file),
+        // `dump FILE` of a FILE that does not exist is the policy in force, written there.
+        PolicyCommand::Dump { file, current, .. } if current || !file.exists() => block_on(async {
+            let store = data_dir.open_store().await?;
+            server_policy::dump_current(store.as_ref(), &file).await
+        }),
         PolicyCommand::Dump { file, output, .. } => dump(&file, output.as_deref()),
-        PolicyCommand::Load { .. } => Err(anyhow!(
-            "`kss policy load` works on the keyserver's database, not offline"
-        )),
+        PolicyCommand::Load { file, wait } => {
+            let wait = wait
+                .map(|secs| {
+                    Duration::try_from_secs_f64(secs)
+                        .map_err(|_| anyhow!("--wait {secs}: give seconds, 0 or more"))
+                })
+                .transpose()?;
+            block_on(async {
+                let store = data_dir.open_store().await?;
+                server_policy::load(store.as_ref(), data_dir, &file, wait).await
+            })
+        }
         PolicyCommand::Diff { old, new } => diff(&old, &new),
         PolicyCommand::Eval {
             policy,
