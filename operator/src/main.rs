@@ -25,8 +25,17 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format (logs go to standard error).
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,13 +95,13 @@ struct RunArgs {
     lease_duration_secs: u64,
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -200,7 +209,7 @@ async fn main() -> Result<()> {
             }
         }
         Command::Run(args) => {
-            init_logging(&cli.log_format);
+            init_logging(cli.log_format);
             run(args).await
         }
     }

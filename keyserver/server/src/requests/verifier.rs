@@ -1,18 +1,12 @@
 //! Ciphertext verification off the async runtime, in batches, at a lower CPU priority;
 //! the onboarding pairing check runs on the same threads, in the same bounded queue.
 //!
-//! A verification is ~1.4 ms of one core. Requests put their ciphertext in a queue; at most
-//! one verification thread per core (tokio's blocking threads) works on it. A thread takes
-//! its equal share of what is waiting (so the threads work side by side instead of one on
-//! a long batch), at most [`MAX_BATCH`], and verifies it with one batched pairing check
-//! ([`VerificationCache::verify_batch`]). Idle, a ciphertext is verified alone as soon as
-//! it arrives; under load the queue fills while the threads work, the batches grow, and
-//! each ciphertext costs less (~1.0 ms in a batch of 4, ~0.86 ms in a batch of 16): the
-//! server gets faster exactly when it needs to.
-//!
-//! Measured on 2 vCPUs with the load generator beside it (`bench/keyserver.sh`), against
-//! one `spawn_blocking` verification per request: flat out 1.10 × F instead of 0.80 × F; at
-//! half of F, p99 ~14 ms instead of 22–45 ms.
+//! Requests put their ciphertext in a queue; at most one verification thread per core
+//! (tokio's blocking threads) works on it. A thread takes its equal share of what is
+//! waiting, at most [`MAX_BATCH`], and checks it with one batched pairing equation
+//! ([`VerificationCache::verify_batch`]): idle, a ciphertext is verified alone at once;
+//! under load the batches grow and each ciphertext costs less (figures in the README's
+//! benchmarks).
 //!
 //! The queue is bounded ([`MAX_WAITING`]): when it is full a request is refused at once
 //! ([`NotVerified::QueueFull`], denied as unavailable) instead of waiting behind seconds of
