@@ -1,5 +1,5 @@
-//! The policy language as SPEC-policy.md fixes it: one or a few tests per example and per
-//! rule of the spec, through the crate's public API only.
+//! The policy language as `docs/policy.md` describes it: one or a few tests per example and
+//! per rule of that reference, through the crate's public API only.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! The rules a policy is built from: argument checking, compilation and evaluation.
+//! The rules a policy is built from: argument checking, compilation and evaluation. What
+//! each rule and argument means: `docs/policy.md`, *Rules*.
 
 mod meta;
 mod profile_id;
