@@ -1307,7 +1307,7 @@ fn meta_entry_starting_with_slash_is_malformed_and_denies() {
 
 #[test]
 fn meta_empty_entry_is_malformed_and_denies() {
-    // Not in the spec: the original engine failed on an empty entry (and so denied); an
+    // The original engine failed on an empty entry (and so denied); an
     // empty path names nothing, so every pattern form denies it, complete or partial.
     for p in [
         meta_paths("[/]"),

@@ -94,7 +94,8 @@ impl Rule {
     }
 }
 
-/// Request types a rule does not apply to (the product documents' list).
+/// Request types a rule does not apply to (`docs/policy.md`, *Rules that do not apply to a
+/// request type*).
 fn incompatible(rule: &str, request_type: RequestType) -> bool {
     match request_type {
         RequestType::CreateProfile => matches!(rule, PROFILE_ID | THROTTLE | META),
