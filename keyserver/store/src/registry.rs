@@ -60,9 +60,9 @@ pub struct InstanceList {
 /// `token`. A write made under a lease passes the `Lease` it holds, and the store checks,
 /// inside the write's own transaction and under a lock the claimer also needs, that the
 /// lease still has that holder and token; otherwise the write fails with
-/// [`StoreError::Fenced`](crate::StoreError::Fenced) and changes nothing. So an instance
-/// that lost its lease while cut off (a dropped connection, a pause) cannot act on it
-/// when it comes back, whatever it believes.
+/// [`StoreError::Fenced`] and changes nothing. So an instance that lost its lease while cut
+/// off (a dropped connection, a pause) cannot act on it when it comes back, whatever it
+/// believes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub name: String,
