@@ -4,21 +4,16 @@
 //! Before the run it onboards `--profiles` fresh profiles and encrypts
 //! `--distinct-ciphertexts` file keys to each (plus one shared "repeat" ciphertext per profile
 //! when `--repeat-share` > 0). Nothing that must be fresh is prepared in advance: every request
-//! gets its own nonce and timestamp and is signed in the loop (Ed25519, ~20 µs).
-//!
-//! The client does **not** verify the returned decryption shares or combine them during the
-//! run unless `--verify` is given: that costs two pairings and more per request, about what the
-//! keyserver itself spends, and on a small (2-core) machine running both sides it would halve
-//! what the benchmark measures. `--verify` checks every approved share and the recovered key.
+//! gets its own nonce and timestamp and is signed in the loop. Returned shares are verified
+//! and combined only with `--verify` (it costs the client about what the keyserver spends).
 //!
 //! Pacing: `--rate 0` runs flat out (each of `--concurrency` workers sends its next request
 //! when the previous one is answered; latency is measured from just before the request is
 //! built and signed). `--rate R` is open-loop: request `i` is due at `start + i/R` and its
 //! latency is measured from that due time, so a server that falls behind shows it in the
-//! latencies instead of silently lowering the load (no coordinated omission), up to the
-//! `--concurrency` requests in flight. Requests are spread round-robin over `--connections`
-//! HTTP/2 connections, themselves spread over `--endpoint` and every `--also-endpoint`
-//! (instances of one cluster).
+//! latencies (no coordinated omission), up to `--concurrency` requests in flight. Requests
+//! are spread round-robin over `--connections` HTTP/2 connections, themselves spread over
+//! `--endpoint` and every `--also-endpoint` (instances of one cluster).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,28 +1,14 @@
 //! A profile's 2-of-2 threshold key set, made without any party ever knowing the master secret.
 //!
-//! # Scheme
-//!
-//! The key set is a blsttc [`PublicKeySet`] of threshold 1 (a degree-1 polynomial, so 2 shares
-//! are needed to decrypt). blsttc evaluates share `i` at `x = i + 1`:
-//!
-//! * share index 0 ([`WORKSTATION_INDEX`], x = 1) belongs to the workstation,
-//! * share index 1 ([`KSS_INDEX`], x = 2) belongs to the keyserver (KSS).
-//!
-//! The workstation picks a random scalar `s_w` (its share) and publishes `P_w = g1·s_w` with a
-//! proof of possession: a BLS signature with `s_w` over
-//! `"kss onboard pop v1" || keyserver id || device public key || P_w` (all fixed length).
-//! The KSS's share is `s_k = root.profile_share(keyserver, profile)`, `P_k = g1·s_k`.
-//!
-//! The public key set is the degree-1 commitment through `(1, P_w)` and `(2, P_k)`:
-//! `C1 = P_k − P_w`, `C0 = 2·P_w − P_k`. The master public key `C0` corresponds to the secret
-//! `2·s_w − s_k`, which neither party knows alone. The proof of possession stops a workstation
-//! from choosing `P_w` as a rogue key (e.g. `P_w = (X + P_k)/2` for an `X` whose secret it knows,
-//! which would make it the sole owner of the master key): producing the proof requires `s_w`.
-//! Degenerate sets (`C0` or `C1` the identity) are refused.
-//!
-//! Decryption: a client encrypts (a file key) to `C0`; the workstation and the KSS each produce a
-//! decryption share of a *verified* ciphertext, and Lagrange interpolation of the two at x = 0
-//! recovers the plaintext.
+//! The key set is a blsttc [`PublicKeySet`] of threshold 1 (2 shares decrypt): share
+//! [`WORKSTATION_INDEX`] (x = 1) is the workstation's random `s_w`, share [`KSS_INDEX`]
+//! (x = 2) the keyserver's `s_k`, derived from its root secret. The master secret
+//! `2·s_w − s_k` is known to neither. Each side proves possession of its share's secret
+//! ([`verify_possession`], [`verify_keyserver_share`]), so that neither can choose a rogue
+//! share that would make it the master key's sole owner, and degenerate sets are refused
+//! ([`ProfilePublicKeys::validate`]). A file key is encrypted to the master public key; to
+//! decrypt, each side produces a decryption share of a *verified* ciphertext and
+//! [`ProfilePublicKeys::combine`] interpolates the two at x = 0.
 
 use std::fmt;
 
@@ -210,7 +196,10 @@ impl fmt::Debug for PossessionProof {
     }
 }
 
-/// Checks a workstation's proof of possession of the secret behind `share`.
+/// Checks a workstation's proof of possession of the secret behind `share`: a BLS signature
+/// with that secret over `"kss onboard pop v1" || keyserver id || device public key ||
+/// share` (all fixed length). Without it, a workstation could choose `P_w = (X + P_k)/2` for
+/// an `X` whose secret it knows, and own the profile's master key alone.
 pub fn verify_possession(
     keyserver: &KeyserverId,
     device_pk: &DevicePublicKey,

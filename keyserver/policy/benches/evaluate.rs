@@ -2,7 +2,7 @@
 //!
 //! - `rule/*`: a one-rule policy per rule type (and per form of the rule), so the cost of
 //!   each rule can be read on its own; it includes the fixed cost of `Policy::evaluate`.
-//! - `example-policy/*`: the example policy of SPEC-policy.md (`bench/example-policy.yml`)
+//! - `example-policy/*`: the example policy of `docs/policy.md` (`bench/example-policy.yml`)
 //!   for the scenarios that matter: a decrypt approved by set 0 (time range + throttle,
 //!   which consumes quota), a decrypt approved by set 1 once the profile's throttle is
 //!   exhausted, a decrypt denied by both sets, and search approved / denied.
@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use kss_policy::{Decision, DenyReason, MemoryQuotaStore, MetaInfo, Policy, Request, RequestType};
 
-/// The example policy at the top of SPEC-policy.md.
+/// The example policy at the top of `docs/policy.md`.
 const EXAMPLE_POLICY: &str = include_str!("../../../bench/example-policy.yml");
 
 /// Distinct profiles the throttled benchmarks rotate over (and the quota store holds).

@@ -2,7 +2,7 @@
 # Runs the policy-loader fuzz target by hand (CI does not run it).
 #   keyserver/policy/fuzz/run.sh [SECONDS] [extra libFuzzer flags...]   (default 600)
 # Needs nightly and cargo-fuzz (`cargo install cargo-fuzz`). Writes a small seed corpus
-# (the SPEC-policy.md example and edge cases) into corpus/policy_load/ (git-ignored; the
+# (the example policy of docs/policy.md and edge cases) into corpus/policy_load/ (git-ignored; the
 # fuzzer adds what it finds there), then fuzzes with policy.dict. Crashes land in
 # artifacts/policy_load/; minimize one with
 #   cargo +nightly fuzz tmin policy_load artifacts/policy_load/crash-...

@@ -1,4 +1,5 @@
-//! Throttle counters: the store interface, the counting rules and an in-memory store.
+//! Throttle counters: the store interface, the counting rules and an in-memory store
+//! (`docs/policy.md`, *Quotas*).
 //!
 //! Counters are kept per (rule id, profile) for the current calendar hour and day of the
 //! keyserver's zone. A store checks every limit of the winning rule set and consumes them

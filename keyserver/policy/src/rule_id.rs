@@ -1,9 +1,8 @@
 //! Rule ids as the original engine generated them, so persistent quota data keyed by rule
-//! id survives a migration and a reload when a rule is unchanged.
-//!
-//! An unnamed rule's id is the lowercase hex MD5 of the rule entry as written, serialised
-//! as Python's `json.dumps(entry, sort_keys=True, separators=(",", ":"))` writes it. One
-//! numbering runs over the whole policy: the n-th occurrence (n ≥ 2) of an id gets `.n`.
+//! id survives a migration and a reload when a rule is unchanged (`docs/policy.md`, *Rule
+//! ids*): the lowercase hex MD5 of the entry as Python's
+//! `json.dumps(entry, sort_keys=True, separators=(",", ":"))` writes it, `.n` for the n-th
+//! occurrence of an id over the whole policy.
 
 use std::collections::HashMap;
 use std::fmt::Write;

@@ -1,5 +1,6 @@
 //! Times of day and dates as policy files write them: `9:00am`, `5pm`, `17:00`,
-//! `17:00:30`, `09:00+04:00`, `5:00pm EST`; `2022-03-07`.
+//! `17:00:30`, `09:00+04:00`, `5:00pm EST`; `2022-03-07` (`docs/policy.md`, *Times and
+//! dates*).
 
 use std::fmt;
 

@@ -1,9 +1,7 @@
-//! YAML loading with the typing of the original engine's loader (PyYAML, YAML 1.1).
-//!
-//! A YAML 1.2 parser reads `yes` as a string and `17:00` as a string; PyYAML reads them as
-//! `true` and the integer 1020. Both matter: for what a rule means and for its `rule_id`
-//! (a hash of the typed entry). So the document is read into a small tree that keeps, for
-//! every scalar, the text as written, whether it was plain, and the YAML 1.1 value.
+//! YAML loading with the typing of the original engine's loader (PyYAML, YAML 1.1:
+//! `yes` is `true`, `17:00` the integer 1020), which decides both what a rule means and
+//! its `rule_id` (`docs/policy.md`, *How YAML is read*). The tree keeps, for every scalar,
+//! the text as written, whether it was plain, and the YAML 1.1 value.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,5 @@
-//! The policy language as SPEC-policy.md fixes it: one or a few tests per example and per
-//! rule of the spec, through the crate's public API only.
+//! The policy language as `docs/policy.md` describes it: one or a few tests per example and
+//! per rule of that reference, through the crate's public API only.
 
 mod common;
 
@@ -1307,7 +1307,7 @@ fn meta_entry_starting_with_slash_is_malformed_and_denies() {
 
 #[test]
 fn meta_empty_entry_is_malformed_and_denies() {
-    // Not in the spec: the original engine failed on an empty entry (and so denied); an
+    // The original engine failed on an empty entry (and so denied); an
     // empty path names nothing, so every pattern form denies it, complete or partial.
     for p in [
         meta_paths("[/]"),

@@ -134,8 +134,8 @@ pub trait Store: Registry + Send + Sync + 'static {
     async fn audit_counts(&self) -> Result<(u64, u64)>;
 
     /// Starts a write transaction for a batch of decisions. With a `fence`, the
-    /// transaction first checks that this lease is still held (see [`registry`]'s
-    /// fencing) and fails with [`StoreError::Fenced`] otherwise.
+    /// transaction first checks that this lease is still held (see [`Lease`] on fencing)
+    /// and fails with [`StoreError::Fenced`] otherwise.
     async fn begin_decisions(&self, fence: Option<&Lease>) -> Result<Box<dyn DecisionTx>>;
 
     /// Closes every connection, waiting for those in use.

@@ -1,19 +1,9 @@
 //! Cluster membership and leases: which instances serve this keyserver (heartbeats, the
 //! policy version each applied), and leases with fencing tokens for what only one
-//! instance may do.
+//! instance may do (see [`Lease`]).
 //!
 //! Times are the database's clock where the database has one (MySQL: every instance of a
 //! cluster reads the same clock), the local clock for SQLite (one host).
-//!
-//! # Fencing
-//!
-//! A lease is held until it expires unless renewed. Every change of holder increments
-//! its `token`. A write made under a lease passes the [`Lease`] it holds, and the store
-//! checks, inside the write's own transaction and under a lock the claimer also needs,
-//! that the lease still has that holder and token; otherwise the write fails with
-//! [`StoreError::Fenced`](crate::StoreError::Fenced) and changes nothing. So an instance
-//! that lost its lease while cut off (a dropped connection, a pause) cannot act on it
-//! when it comes back, whatever it believes.
 
 use async_trait::async_trait;
 
@@ -65,6 +55,14 @@ pub struct InstanceList {
 }
 
 /// A lease this process holds.
+///
+/// A lease is held until it expires unless renewed; every change of holder increments its
+/// `token`. A write made under a lease passes the `Lease` it holds, and the store checks,
+/// inside the write's own transaction and under a lock the claimer also needs, that the
+/// lease still has that holder and token; otherwise the write fails with
+/// [`StoreError::Fenced`] and changes nothing. So an instance that lost its lease while cut
+/// off (a dropped connection, a pause) cannot act on it when it comes back, whatever it
+/// believes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub name: String,

@@ -1,28 +1,10 @@
 //! The pairing check that makes a ciphertext valid, one at a time or in a batch.
 //!
-//! A blsttc ciphertext `(U, V, W)` is valid when `e(g1, W) = e(U, H(U, V))` — exactly what
-//! `blsttc::Ciphertext::verify` checks. Here it is computed as `e(g1, W) · e(−U, H) = 1`: two
-//! Miller loops and one final exponentiation instead of two full pairings.
-//!
-//! A batch of n ciphertexts is checked at once with random 64-bit exponents `rᵢ` (the
-//! "small exponents" batch test):
-//!
-//! ```text
-//! e(g1, Σ rᵢ·Wᵢ) · Π e(−rᵢ·Uᵢ, Hᵢ) = 1
-//! ```
-//!
-//! n + 1 Miller loops and one final exponentiation instead of 2n and n; per ciphertext
-//! ~0.56 ms instead of ~1.03 ms at n = 4 (the hash to G2 and the decoding are the same
-//! either way). If every ciphertext is valid the product is 1. If any is not, its factor
-//! `zⱼ = e(g1, Wⱼ) · e(−Uⱼ, Hⱼ)` is a non-identity element of the prime-order group GT, and
-//! for any fixed choice of the other exponents exactly one value of `rⱼ` modulo the group
-//! order makes the product 1: with `rⱼ` drawn uniformly from 2⁶⁴ values (from the operating
-//! system's generator, after the ciphertexts are fixed), an invalid ciphertext passes with
-//! probability at most 2⁻⁶⁴. This needs U and W in their prime-order subgroups, which
-//! decoding checks (blsttc's `Ciphertext::from_bytes`); H is hashed into G2.
-//!
-//! A failed batch says only that some ciphertext is invalid: the caller then checks each
-//! one alone ([`super::cache::VerificationCache::verify_batch`]).
+//! A blsttc ciphertext `(U, V, W)` is valid when `e(g1, W) = e(U, H(U, V))`, which is what
+//! `blsttc::Ciphertext::verify` checks; here it is computed as `e(g1, W) · e(−U, H) = 1`
+//! (two Miller loops, one final exponentiation). A batch is checked at once with random
+//! exponents (`check_batch`). A failed batch says only that some ciphertext is invalid: the
+//! caller then checks each one alone ([`super::cache::VerificationCache::verify_batch`]).
 
 use blst::{MultiPoint, blst_p1_affine, blst_p2_affine};
 use blsttc::blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared, G2Projective};
@@ -77,8 +59,24 @@ pub(super) fn check_one(input: &CheckInput) -> bool {
     bool::from(product.is_identity())
 }
 
-/// All of `inputs` at once (see the module documentation): `true` only if, except with
-/// probability 2⁻⁶⁴, every one of them is valid. An empty batch is trivially valid.
+/// All of `inputs` at once: `true` only if, except with probability at most 2⁻⁶³, every
+/// one of them is valid. An empty batch is trivially valid.
+///
+/// The "small exponents" batch test, with a random 64-bit `rᵢ` per ciphertext:
+///
+/// ```text
+/// e(g1, Σ rᵢ·Wᵢ) · Π e(−rᵢ·Uᵢ, Hᵢ) = 1
+/// ```
+///
+/// n + 1 Miller loops and one final exponentiation instead of 2n and n. If every
+/// ciphertext is valid the product is 1. If one is not, its factor
+/// `zⱼ = e(g1, Wⱼ) · e(−Uⱼ, Hⱼ)` is a non-identity element of the prime-order group GT, and
+/// whatever the other exponents, exactly one value of `rⱼ` modulo the group order makes the
+/// product 1. `rⱼ` is drawn from the operating system's generator after the ciphertexts are
+/// fixed, uniformly from 2⁶⁴ values but for a zero draw, which becomes 1: it hits that
+/// value with probability at most 2⁻⁶³. This needs U and W in their prime-order subgroups,
+/// which decoding as a `blsttc::Ciphertext` checks (see [`CheckInput::from_bytes`]), and H
+/// hashed into G2.
 pub(super) fn check_batch(inputs: &[&CheckInput]) -> bool {
     match inputs {
         [] => return true,

@@ -1,4 +1,4 @@
-//! `meta-rule`: approve by file path or metadata.
+//! `meta-rule`: approve by file path or metadata (`docs/policy.md`, *`meta-rule`*).
 
 use std::cell::RefCell;
 
@@ -173,7 +173,7 @@ fn reversed_repeat(expr: &Expr) -> bool {
     }
 }
 
-/// The regex a path pattern stands for (see SPEC-policy.md, meta-rule paths).
+/// The regex a path pattern stands for (`docs/policy.md`, `meta-rule`, path patterns).
 fn path_regex(path: &str) -> String {
     let component = |p: &str| fancy_regex::escape(p).replace("\\*", "[^/]*");
     if let Some(rest) = path.strip_prefix('*') {

@@ -1,4 +1,5 @@
-//! The rules a policy is built from: argument checking, compilation and evaluation.
+//! The rules a policy is built from: argument checking, compilation and evaluation. What
+//! each rule and argument means: `docs/policy.md`, *Rules*.
 
 mod meta;
 mod profile_id;
@@ -93,7 +94,8 @@ impl Rule {
     }
 }
 
-/// Request types a rule does not apply to (the product documents' list).
+/// Request types a rule does not apply to (`docs/policy.md`, *Rules that do not apply to a
+/// request type*).
 fn incompatible(rule: &str, request_type: RequestType) -> bool {
     match request_type {
         RequestType::CreateProfile => matches!(rule, PROFILE_ID | THROTTLE | META),

@@ -1,4 +1,5 @@
-//! `profile-id-rule`: approve listed profiles, by id or by verification words.
+//! `profile-id-rule`: approve listed profiles, by id or by verification words
+//! (`docs/policy.md`, *`profile-id-rule`*).
 
 use std::collections::HashSet;
 

@@ -1,4 +1,5 @@
-//! `session-params-rule`: approves, and bounds the session a `start_session` opens.
+//! `session-params-rule`: approves, and bounds the session a `start_session` opens
+//! (`docs/policy.md`, *`session-params-rule`*).
 
 use super::Args;
 use crate::error::{LoadError, LoadErrorKind, Warning};

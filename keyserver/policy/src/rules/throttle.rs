@@ -1,4 +1,5 @@
-//! `per-profile-throttle-rule`: per-profile quotas per calendar hour and day.
+//! `per-profile-throttle-rule`: per-profile quotas per calendar hour and day
+//! (`docs/policy.md`, *Quotas*).
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! `time-range-rule`: approve within a daily window, on chosen weekdays and dates.
+//! `time-range-rule`: approve within a daily window, on chosen weekdays and dates
+//! (`docs/policy.md`, *`time-range-rule`*).
 
 use jiff::civil::Date;
 

@@ -120,8 +120,8 @@ impl fmt::Debug for MysqlStore {
 
 impl MysqlStore {
     /// Connects (a pool of 8 connections) and applies pending migrations. Several
-    /// processes may connect at once: migrations run under a named lock (see
-    /// [`migrate`]).
+    /// processes may connect at once: migrations run under a named database lock, so they
+    /// run once.
     pub async fn connect(options: MySqlConnectOptions) -> Result<Self> {
         let pool = MySqlPoolOptions::new()
             .max_connections(POOL_SIZE)
