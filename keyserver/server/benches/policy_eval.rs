@@ -1,6 +1,6 @@
 //! Throughput of `kss policy eval`: the CLI's own [`Evaluator`] (JSON lines in, JSON lines
 //! out, quota counters in memory) over an in-memory request log, against the example
-//! policy of SPEC-policy.md (`bench/example-policy.yml`), in UTC.
+//! policy of docs/policy.md (`bench/example-policy.yml`), in UTC.
 //!
 //! The log is built here by a port of `bench/gen-requests.py` and is byte-identical to
 //! `bench/gen-requests.py --lines 100000` (set `KSS_BENCH_WRITE_LOG=<file>` to write it out
@@ -20,7 +20,7 @@ use jiff::tz::TimeZone;
 use kss_policy::{MemoryQuotaStore, Policy};
 use kss_server::policy_cmd::eval::Evaluator;
 
-/// The example policy at the top of SPEC-policy.md.
+/// The first example policy of docs/policy.md.
 const EXAMPLE_POLICY: &str = include_str!("../../../bench/example-policy.yml");
 
 /// Lines evaluated per iteration.
