@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod connections;
+pub mod contracts;
 pub mod data_dir;
 pub mod db_deadline;
 pub mod decider;
