@@ -102,6 +102,7 @@ pub fn policy_location(location: &Location) -> pb::PolicyLocation {
         rule_name: location.rule_name.clone().unwrap_or_default(),
         argument: location.argument.clone().map(bounded).unwrap_or_default(),
         line: index(location.line).unwrap_or(0),
+        column: index(location.column).unwrap_or(0),
     }
 }
 
@@ -297,9 +298,19 @@ mod tests {
                 rule_name: "per-profile-throttle-rule".into(),
                 argument: "per_days".into(),
                 line: 3,
+                column: 0,
             })
         );
         assert!(e.message.starts_with("unknown argument"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_has_its_line_and_column() {
+        let error = kss_policy::Policy::load("decrypt:\n  - [a\n  b: c\n").expect_err("not YAML");
+        let e = policy_error(&error);
+        assert_eq!(e.kind(), pb::PolicyErrorKind::Yaml);
+        let at = e.location.expect("a location");
+        assert!(at.line >= 2 && at.column >= 1, "{at:?} {error}");
     }
 
     #[test]
