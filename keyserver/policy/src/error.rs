@@ -19,6 +19,9 @@ pub struct Location {
     pub argument: Option<String>,
     /// Line in the file (1-based).
     pub line: Option<usize>,
+    /// Column in that line (1-based), when known: only YAML syntax errors have one (it is
+    /// not part of the displayed location).
+    pub column: Option<usize>,
 }
 
 impl Location {

@@ -220,6 +220,7 @@ impl Policy {
             LoadError::new(
                 &Location {
                     line: Some(e.line),
+                    column: (e.column > 0).then_some(e.column),
                     ..Location::default()
                 },
                 LoadErrorKind::Yaml(e.message),

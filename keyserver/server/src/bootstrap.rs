@@ -12,8 +12,9 @@
 //! | identity the master key cannot open | any | refused: `MasterKeyMismatch` |
 //!
 //! A refusing instance serves no workstation; its admin API answers FAILED_PRECONDITION
-//! with the [`Refusal`], and it checks again every [`RECHECK_INTERVAL`] (the database may
-//! be recovered, the master key's Secret fixed, the bootstrap Secret created).
+//! with the [`Refusal`] (its message, and its kind as a typed `kss.v1.Refusal` detail),
+//! and it checks again every [`RECHECK_INTERVAL`] (the database may be recovered, the
+//! master key's Secret fixed, the bootstrap Secret created).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,8 +32,9 @@ use crate::identity::{KeyserverIdentity, identity_row, sealed_of};
 /// How often a refusing instance checks again.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Why an instance refuses to serve. The message starts with a stable reason word and a
-/// colon (what the operator matches on); it names keyserver IDs, never a secret.
+/// Why an instance refuses to serve. Clients read its [`RefusalKind`] (a typed detail of
+/// the admin API's answer); the message starts with a stable reason word and a colon (what
+/// older operators matched on) and names keyserver IDs, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error(
@@ -61,12 +63,48 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The stable reason word.
-    pub fn reason(&self) -> &'static str {
+    /// Which refusal this is, without its details (what the admin API reports as a
+    /// `kss.v1.RefusalReason`, see [`crate::contracts`]).
+    pub fn kind(&self) -> RefusalKind {
         match self {
-            Refusal::IdentityMismatch { .. } => "IdentityMismatch",
-            Refusal::IdentityMissing => "IdentityMissing",
-            Refusal::MasterKeyMismatch { .. } | Refusal::BootstrapKeyMismatch { .. } => {
+            Refusal::IdentityMismatch { .. } => RefusalKind::IdentityMismatch,
+            Refusal::IdentityMissing => RefusalKind::IdentityMissing,
+            Refusal::MasterKeyMismatch { .. } => RefusalKind::MasterKeyMismatch,
+            Refusal::BootstrapKeyMismatch { .. } => RefusalKind::BootstrapKeyMismatch,
+        }
+    }
+
+    /// The stable reason word the message starts with (and the log's `reason` field).
+    pub fn reason(&self) -> &'static str {
+        self.kind().word()
+    }
+}
+
+/// The kinds of [`Refusal`], one per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    IdentityMismatch,
+    IdentityMissing,
+    MasterKeyMismatch,
+    BootstrapKeyMismatch,
+}
+
+impl RefusalKind {
+    /// Every kind.
+    pub const ALL: [RefusalKind; 4] = [
+        RefusalKind::IdentityMismatch,
+        RefusalKind::IdentityMissing,
+        RefusalKind::MasterKeyMismatch,
+        RefusalKind::BootstrapKeyMismatch,
+    ];
+
+    /// The reason word of the message: a bootstrap identity the master key cannot open
+    /// is a `MasterKeyMismatch` too (the same fix: the right master key).
+    pub fn word(self) -> &'static str {
+        match self {
+            RefusalKind::IdentityMismatch => "IdentityMismatch",
+            RefusalKind::IdentityMissing => "IdentityMissing",
+            RefusalKind::MasterKeyMismatch | RefusalKind::BootstrapKeyMismatch => {
                 "MasterKeyMismatch"
             }
         }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod connections;
+pub mod contracts;
 pub mod data_dir;
 pub mod db_deadline;
 pub mod decider;

@@ -22,9 +22,11 @@ use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::KeyserverId;
 use kss_crypto::root::RootSecret;
 use kss_crypto::seal::MasterKey;
+use kss_proto::details;
 use kss_proto::v1::admin_client::AdminClient;
 use kss_proto::v1::{
-    ListInstancesRequest, LoadPolicyRequest, LoadPolicyResponse, StatusRequest, StatusResponse,
+    ListInstancesRequest, LoadPolicyRequest, LoadPolicyResponse, PolicyErrorKind, PolicyRejection,
+    Refusal, RefusalReason, StatusRequest, StatusResponse,
 };
 use kss_store::Store;
 use rcgen::{
@@ -428,6 +430,42 @@ async fn health_and_admin_api_over_mutual_tls() {
         bad.message()
     );
     assert!(bad.message().contains("the policy in force is unchanged"));
+    // Typed: the error's kind and location, read without parsing the message.
+    let rejection = details::find::<PolicyRejection>(&bad).expect("a PolicyRejection detail");
+    let [error] = rejection.errors.as_slice() else {
+        panic!("one error: {rejection:?}");
+    };
+    assert_eq!(error.kind(), PolicyErrorKind::UnknownArgument);
+    let at = error.location.clone().expect("a location");
+    assert_eq!(
+        (
+            at.request_type.as_str(),
+            at.rule_set,
+            at.rule,
+            at.argument.as_str(),
+            at.line
+        ),
+        ("decrypt", Some(0), Some(0), "per_days", 3)
+    );
+    assert_eq!(at.rule_name, "per-profile-throttle-rule");
+    assert!(
+        error
+            .message
+            .starts_with("unknown argument (per-profile-throttle-rule takes ")
+    );
+    // Not YAML: its own kind.
+    let yaml = load_policy(&mut admin, "decrypt:\n  - [a\n  b: c\n")
+        .await
+        .unwrap_err();
+    assert_eq!(yaml.code(), Code::InvalidArgument);
+    let rejection = details::find::<PolicyRejection>(&yaml).expect("a PolicyRejection detail");
+    assert_eq!(
+        rejection.errors[0].kind(),
+        PolicyErrorKind::Yaml,
+        "{rejection:?}"
+    );
+    let at = rejection.errors[0].location.clone().expect("a location");
+    assert!(at.line >= 1 && at.column >= 1, "{rejection:?}");
     let still = load_policy(&mut admin, POLICY).await.unwrap();
     assert_eq!((still.version, still.changed), (1, false));
     // The same text as the CLI stores: `kss policy load` of it changes nothing either.
@@ -627,8 +665,7 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
     assert_refused_as_mismatch(&refused, &id, &other);
     // Every admin RPC refuses the same way, LoadPolicy included (nothing stored).
     let load = load_policy(&mut admin, POLICY).await.unwrap_err();
-    assert_eq!(load.code(), Code::FailedPrecondition);
-    assert!(load.message().starts_with("IdentityMismatch: "));
+    assert_refused_as_mismatch(&load, &id, &other);
     let list = admin
         .list_instances(ListInstancesRequest {})
         .await
@@ -648,8 +685,7 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
     .await
     .unwrap();
     let via_socket = socket.status(StatusRequest {}).await.unwrap_err();
-    assert_eq!(via_socket.code(), Code::FailedPrecondition);
-    assert!(via_socket.message().starts_with("IdentityMismatch: "));
+    assert_refused_as_mismatch(&via_socket, &id, &other);
     // Checked again every 2 s, logged every time.
     common::wait_until("two more identity checks", Duration::from_secs(30), || {
         count(
@@ -708,6 +744,7 @@ async fn missing_identity_refuses_until_a_bootstrap_identity_appears() {
         "IdentityMissing: the database holds no keyserver identity and no bootstrap identity \
          was given; restore it with kss recovery-ingest-key"
     );
+    assert_eq!(refusal_of(&refused), RefusalReason::IdentityMissing);
     assert_eq!(server.health(READY).await, ServingStatus::NotServing);
     assert!(!server.workstation_port_open());
 
@@ -762,6 +799,7 @@ async fn master_key_mismatch_refuses_until_the_key_is_fixed() {
         "{}",
         refused.message()
     );
+    assert_eq!(refusal_of(&refused), RefusalReason::BootstrapKeyMismatch);
     assert!(server.terminate());
     let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
         .await
@@ -785,6 +823,7 @@ async fn master_key_mismatch_refuses_until_the_key_is_fixed() {
             "MasterKeyMismatch: the master key cannot open keyserver {id}'s secret in the database"
         )
     );
+    assert_eq!(refusal_of(&refused), RefusalReason::MasterKeyMismatch);
     assert_eq!(server.health(READY).await, ServingStatus::NotServing);
     // The Secret is fixed: served within a re-check, same process.
     secrets.write_master_key(&right);
@@ -992,4 +1031,14 @@ fn assert_refused_as_mismatch(
              configured for keyserver {configured}; nothing was changed"
         )
     );
+    assert_eq!(refusal_of(refused), RefusalReason::IdentityMismatch);
+}
+
+/// The typed reason of a refusing instance's answer (its `kss.v1.Refusal` detail, whose
+/// message is the status's).
+fn refusal_of(refused: &tonic::Status) -> RefusalReason {
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let refusal = details::find::<Refusal>(refused).expect("a Refusal detail");
+    assert_eq!(refusal.message, refused.message());
+    refusal.reason()
 }

@@ -1,7 +1,7 @@
 //! `kss enable`, `kss disable`, `kss status`.
 
 use anyhow::{Context, Result};
-use kss_proto::v1::StatusRequest;
+use kss_proto::v1::{Refusal, RefusalReason, StatusRequest};
 use kss_store::Store;
 use serde_json::json;
 
@@ -51,14 +51,18 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
     let profiles = store.profile_count().await?;
     let (approvals, denials) = store.audit_counts().await?;
     let instances = crate::rollout::instances(store).await?;
-    // A server that refuses to serve says why (FAILED_PRECONDITION, see `kss serve
-    // --bootstrap-identity`).
+    // A server that refuses to serve says why (FAILED_PRECONDITION with a typed
+    // `kss.v1.Refusal`, see `kss serve --bootstrap-identity`).
     let (running, refusing) = match admin_client::connect(data_dir).await {
         Some(mut admin) => match admin.status(StatusRequest {}).await {
             Ok(r) => (Some(r.into_inner()), None),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                (None, Some(s.message().to_string()))
-            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => (
+                None,
+                Some(kss_proto::details::find::<Refusal>(&s).unwrap_or(Refusal {
+                    reason: RefusalReason::Unspecified as i32,
+                    message: s.message().to_string(),
+                })),
+            ),
             Err(_) => (None, None),
         },
         None => (None, None),
@@ -69,7 +73,8 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
             "enabled": state.enabled,
             "policy_version": state.policy_version,
             "running": running.is_some(),
-            "refusing": refusing,
+            "refusing": refusing.as_ref().map(|r| r.message.clone()),
+            "refusal_reason": refusing.as_ref().map(|r| r.reason().as_str_name()),
             "applied_policy_version": running.as_ref().map(|r| r.policy_version),
             "uptime_seconds": running.as_ref().map(|r| r.uptime_seconds),
             "instance_id": running.as_ref().map(|r| r.instance_id.clone()),
@@ -105,7 +110,7 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
             println!("uptime:          {}s", r.uptime_seconds);
         }
         None => match &refusing {
-            Some(why) => println!("server:          refusing to serve: {why}"),
+            Some(why) => println!("server:          refusing to serve: {}", why.message),
             None => println!("server:          not running"),
         },
     }

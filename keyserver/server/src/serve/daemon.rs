@@ -479,7 +479,7 @@ async fn wait_for_identity(
             Ok(Checked::Refuse(refusal)) => {
                 error!(reason = refusal.reason(), "{refusal}");
                 refused = true;
-                admin_mode.send_replace(AdminMode::Refusing(refusal.to_string().into()));
+                admin_mode.send_replace(AdminMode::Refusing(refusal.into()));
             }
             Err(e) if !refused => return Err(e).context("checking the keyserver identity"),
             Err(e) => {

@@ -1,7 +1,8 @@
 //! `kss.v1.Admin`: what only the running server knows (uptime, in-memory throttle
 //! counters), and policy loading, for the `kss` CLI on the same host (a Unix socket, mode
 //! 0600) and for the operator (`--admin-listen`, mutual TLS). [`AdminGate`] is what the
-//! listeners serve: it answers FAILED_PRECONDITION while the instance refuses to serve.
+//! listeners serve: it answers FAILED_PRECONDITION (with a typed `kss.v1.Refusal`) while
+//! the instance refuses to serve.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,8 +18,10 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::audit_log::{self, Actor, admin_record};
+use crate::bootstrap::Refusal;
 use crate::clock::now_ms;
 use crate::commands::server_policy::{PolicyLoadError, store_policy};
+use crate::contracts;
 use crate::decider::MemoryCounters;
 use crate::identity::KeyserverIdentity;
 use crate::integrity::RowChecker;
@@ -254,9 +257,7 @@ impl Admin for AdminService {
         let stored = store_policy(self.store.as_ref(), self.identity.row_key(), &source)
             .await
             .map_err(|e| match e {
-                PolicyLoadError::Invalid(e) => {
-                    Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
-                }
+                PolicyLoadError::Invalid(e) => contracts::policy_rejected_status(&e),
                 PolicyLoadError::Store(e) => unavailable(e),
             })?;
         for w in &stored.warnings {
@@ -460,9 +461,9 @@ impl Admin for AdminService {
 pub enum AdminMode {
     /// The identity is not checked yet: UNAVAILABLE.
     Starting,
-    /// The instance refuses to serve: FAILED_PRECONDITION with this message (it starts
-    /// with the reason word and a colon).
-    Refusing(Arc<str>),
+    /// The instance refuses to serve: FAILED_PRECONDITION with this refusal's message and
+    /// its typed reason (see [`contracts::refusal_status`]).
+    Refusing(Arc<Refusal>),
     Serving(Arc<AdminService>),
 }
 
@@ -476,7 +477,7 @@ impl AdminGate {
     fn service(&self) -> Result<Arc<AdminService>, Status> {
         match &*self.mode.borrow() {
             AdminMode::Serving(service) => Ok(Arc::clone(service)),
-            AdminMode::Refusing(why) => Err(Status::failed_precondition(why.to_string())),
+            AdminMode::Refusing(why) => Err(contracts::refusal_status(why)),
             AdminMode::Starting => Err(Status::unavailable(
                 "the keyserver is starting: its identity is not checked yet",
             )),
