@@ -18,7 +18,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput};
 use jiff::tz::TimeZone;
 use kss_policy::{MemoryQuotaStore, Policy};
-use kss_server::policy_cmd::eval::Evaluator;
+use kss_server::commands::policy::eval::Evaluator;
 
 /// The first example policy of docs/policy.md.
 const EXAMPLE_POLICY: &str = include_str!("../../../bench/example-policy.yml");

@@ -1,12 +1,11 @@
 //! Command-line interface of `kss`.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 use crate::commands::admin_key::{AdminKeyCommand, BackupCommand};
 use crate::commands::audit::AuditArgs;
 use crate::commands::create::{CreateArgs, RecoveryArgs, SaveBackupArgs};
+use crate::commands::policy::PolicyCommand;
 use crate::data_dir::DataDirArgs;
 use crate::logging::LogFormat;
 use crate::serve::ServeArgs;
@@ -162,61 +161,5 @@ pub enum QuotaCommand {
     Clear {
         #[arg(long)]
         profile: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Validate a policy: exit 0 with a one-line summary, or non-zero with the located error.
-    /// Migration warnings (constructs whose meaning differs from the original engine) go to
-    /// stderr and do not fail the check.
-    Check {
-        /// The policy file.
-        file: PathBuf,
-    },
-    /// Print the canonical YAML of a policy file, with every rule_id filled in. With
-    /// --current (or when FILE does not exist), write the keyserver's policy in force to
-    /// FILE instead.
-    Dump {
-        /// The policy file (or, with --current, where to write).
-        file: PathBuf,
-        /// Write to this file instead of standard output.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Write the policy in force in the keyserver's database to FILE.
-        #[arg(long)]
-        current: bool,
-    },
-    /// Validate a policy file and store it as a new version in the keyserver's database;
-    /// a running server applies it without a restart. Invalid: nothing changes.
-    Load {
-        /// The policy file.
-        file: PathBuf,
-        /// Then wait (up to SECS, default 10) until every online instance applied it, and
-        /// print how long the rollout took; fails naming the instances that lag.
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
-        wait: Option<f64>,
-    },
-    /// Show which quota counters survive replacing OLD with NEW: throttle rules are matched
-    /// by rule_id, so a throttle whose id changes starts counting from zero.
-    Diff {
-        /// The policy in force.
-        old: PathBuf,
-        /// The policy that would replace it.
-        new: PathBuf,
-    },
-    /// Evaluate requests (JSON lines) against a policy, with quota counters in memory.
-    /// Writes one JSON line per input line, in order.
-    Eval {
-        /// The policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// JSON lines to evaluate (standard input when absent).
-        #[arg(long)]
-        requests: Option<PathBuf>,
-        /// The keyserver's time zone (IANA name): calendar hours and days of quotas,
-        /// dates, weekdays and times without an offset.
-        #[arg(long, default_value = "UTC")]
-        tz: String,
     },
 }

@@ -25,7 +25,7 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod pod;
-pub mod policy_cmd;
+pub mod policy_store;
 pub mod reloading_tls;
 pub mod requests;
 pub mod rollout;

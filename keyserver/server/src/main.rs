@@ -5,10 +5,10 @@ use clap::Parser;
 use kss_server::cli::{
     Cli, Command, EnrollmentCommand, InstanceCommand, ProfileCommand, QuotaCommand,
 };
-use kss_server::commands::{admin_key, audit, cluster, create, profiles, quota, state};
+use kss_server::commands::{admin_key, audit, cluster, create, policy, profiles, quota, state};
 use kss_server::data_dir::DataDir;
 use kss_server::runtime::block_on;
-use kss_server::{logging, policy_cmd, serve};
+use kss_server::{logging, serve};
 use kss_store::Store;
 
 fn main() -> ExitCode {
@@ -42,7 +42,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             block_on(serve::run(*args, &data))
         }
-        Command::Policy(command) => policy_cmd::run(command, data_dir),
+        Command::Policy(command) => policy::run(command, data_dir),
         Command::AdminKey(command) => admin_key::run_admin_key(command),
         Command::Backup(command) => admin_key::run_backup(command),
         Command::Client(command) => block_on(kss_client::cli::run(command)),

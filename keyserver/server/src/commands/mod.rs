@@ -5,7 +5,7 @@ pub mod admin_key;
 pub mod audit;
 pub mod cluster;
 pub mod create;
+pub mod policy;
 pub mod profiles;
 pub mod quota;
-pub mod server_policy;
 pub mod state;

@@ -1,20 +1,76 @@
 //! `kss policy`: try a policy before it goes live (`check`, `dump`, `diff`, `eval`,
 //! offline), and the policy in the keyserver's database (`load`, `dump --current`).
 
+mod database;
 pub mod eval;
 
 use std::fs;
 use std::io::{self, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use clap::Subcommand;
 use kss_policy::{MemoryQuotaStore, Policy};
 
-use crate::cli::PolicyCommand;
-use crate::commands::server_policy;
 use crate::data_dir::DataDir;
 use crate::runtime::block_on;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy: exit 0 with a one-line summary, or non-zero with the located error.
+    /// Migration warnings (constructs whose meaning differs from the original engine) go to
+    /// stderr and do not fail the check.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print the canonical YAML of a policy file, with every rule_id filled in. With
+    /// --current (or when FILE does not exist), write the keyserver's policy in force to
+    /// FILE instead.
+    Dump {
+        /// The policy file (or, with --current, where to write).
+        file: PathBuf,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Write the policy in force in the keyserver's database to FILE.
+        #[arg(long)]
+        current: bool,
+    },
+    /// Validate a policy file and store it as a new version in the keyserver's database;
+    /// a running server applies it without a restart. Invalid: nothing changes.
+    Load {
+        /// The policy file.
+        file: PathBuf,
+        /// Then wait (up to SECS, default 10) until every online instance applied it, and
+        /// print how long the rollout took; fails naming the instances that lag.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
+        wait: Option<f64>,
+    },
+    /// Show which quota counters survive replacing OLD with NEW: throttle rules are matched
+    /// by rule_id, so a throttle whose id changes starts counting from zero.
+    Diff {
+        /// The policy in force.
+        old: PathBuf,
+        /// The policy that would replace it.
+        new: PathBuf,
+    },
+    /// Evaluate requests (JSON lines) against a policy, with quota counters in memory.
+    /// Writes one JSON line per input line, in order.
+    Eval {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// JSON lines to evaluate (standard input when absent).
+        #[arg(long)]
+        requests: Option<PathBuf>,
+        /// The keyserver's time zone (IANA name): calendar hours and days of quotas,
+        /// dates, weekdays and times without an offset.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+}
 
 pub fn run(command: PolicyCommand, data_dir: &DataDir) -> Result<()> {
     match command {
@@ -22,7 +78,7 @@ pub fn run(command: PolicyCommand, data_dir: &DataDir) -> Result<()> {
         // `dump FILE` of a FILE that does not exist is the policy in force, written there.
         PolicyCommand::Dump { file, current, .. } if current || !file.exists() => block_on(async {
             let store = data_dir.open_store().await?;
-            server_policy::dump_current(store.as_ref(), &file).await
+            database::dump_current(store.as_ref(), &file).await
         }),
         PolicyCommand::Dump { file, output, .. } => dump(&file, output.as_deref()),
         PolicyCommand::Load { file, wait } => {
@@ -34,7 +90,7 @@ pub fn run(command: PolicyCommand, data_dir: &DataDir) -> Result<()> {
                 .transpose()?;
             block_on(async {
                 let store = data_dir.open_store().await?;
-                server_policy::load(store.as_ref(), data_dir, &file, wait).await
+                database::load(store.as_ref(), data_dir, &file, wait).await
             })
         }
         PolicyCommand::Diff { old, new } => diff(&old, &new),
