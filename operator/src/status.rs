@@ -197,7 +197,9 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
                 types::POLICY_APPLIED,
                 false,
                 reasons::POLICY_REJECTED,
-                format!("the keyserver rejected KssPolicy {name}: {message}"),
+                format!(
+                    "the keyserver rejected KssPolicy {name}: {message}; the policy in force stays"
+                ),
             );
             false
         }
