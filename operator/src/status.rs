@@ -412,6 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_policy_keeps_the_cluster_serving_and_says_why() {
+        let mut o = observed();
+        o.policy = PolicyState::Rejected {
+            name: "p".into(),
+            message: "decrypt: rule set 0 (line 2): unknown rule 'x'".into(),
+        };
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Ready);
+        let c = condition::find(&conds, "PolicyApplied").expect("policy condition");
+        assert_eq!(c.reason, "PolicyRejected");
+        assert_eq!(
+            c.message,
+            "the keyserver rejected KssPolicy p: decrypt: rule set 0 (line 2): unknown rule 'x'; \
+             the policy in force stays"
+        );
+    }
+
+    #[test]
     fn paused_changes_nothing_else() {
         let mut o = observed();
         o.paused = true;
