@@ -5,10 +5,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use kss_proto::details;
 use kss_proto::v1::admin_client::AdminClient;
 use kss_proto::v1::{
     ListInstancesRequest, ListInstancesResponse, LoadPolicyRequest, LoadPolicyResponse,
-    StatusRequest, StatusResponse,
+    PolicyError, PolicyErrorKind, PolicyRejection, Refusal, RefusalReason, StatusRequest,
+    StatusResponse,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
@@ -47,9 +49,12 @@ pub struct Instance {
 pub enum Probe {
     /// Serving its keyserver.
     Serving(StatusResponse),
-    /// Running but refusing to serve: `reason` is the keyserver's reason word
-    /// (`IdentityMismatch`, `IdentityMissing`, `MasterKeyMismatch`).
-    Refusing { reason: String, message: String },
+    /// Running but refusing to serve: the keyserver's typed reason (`Unspecified` from a
+    /// keyserver too old to send one) and its message.
+    Refusing {
+        reason: RefusalReason,
+        message: String,
+    },
     /// Not reachable (starting, crashed, network).
     Unreachable(String),
 }
@@ -87,19 +92,12 @@ impl Instance {
     }
 
     pub async fn status(&mut self) -> Probe {
-        match self.client.status(StatusRequest {}).await {
-            Ok(resp) => Probe::Serving(resp.into_inner()),
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                let message = status.message().to_string();
-                let reason = message
-                    .split_once(':')
-                    .map(|(word, _)| word.trim().to_string())
-                    .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric()))
-                    .unwrap_or_else(|| "Refusing".to_string());
-                Probe::Refusing { reason, message }
-            }
-            Err(status) => Probe::Unreachable(format!("{:?}: {}", status.code(), status.message())),
-        }
+        probe_of(
+            self.client
+                .status(StatusRequest {})
+                .await
+                .map(|r| r.into_inner()),
+        )
     }
 
     pub async fn list_instances(&mut self) -> Result<ListInstancesResponse> {
@@ -111,11 +109,11 @@ impl Instance {
     }
 
     /// Stores `source` as the policy in force (a no-op when it already is). An invalid
-    /// policy is `Err(Ok(message))`; a transport or server failure `Err(Err(..))`.
+    /// policy is `Err(Ok(rejection))`; a transport or server failure `Err(Err(..))`.
     pub async fn load_policy(
         &mut self,
         source: &str,
-    ) -> std::result::Result<LoadPolicyResponse, std::result::Result<String, Error>> {
+    ) -> std::result::Result<LoadPolicyResponse, std::result::Result<PolicyRejection, Error>> {
         match self
             .client
             .load_policy(LoadPolicyRequest {
@@ -124,9 +122,83 @@ impl Instance {
             .await
         {
             Ok(resp) => Ok(resp.into_inner()),
-            Err(s) if s.code() == Code::InvalidArgument => Err(Ok(s.message().to_string())),
+            Err(s) if s.code() == Code::InvalidArgument => Err(Ok(rejection_of(&s))),
             Err(s) => Err(Err(admin_err(&self.pod, &s))),
         }
+    }
+}
+
+/// What a Status answer says: a refusal is FAILED_PRECONDITION with a typed
+/// `kss.v1.Refusal` detail (without one, from an older keyserver: reason `Unspecified`, the
+/// status's message shown as it is).
+fn probe_of(answer: std::result::Result<StatusResponse, Status>) -> Probe {
+    match answer {
+        Ok(status) => Probe::Serving(status),
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            match details::find::<Refusal>(&status) {
+                Some(refusal) => Probe::Refusing {
+                    reason: refusal.reason(),
+                    message: refusal.message,
+                },
+                None => Probe::Refusing {
+                    reason: RefusalReason::Unspecified,
+                    message: status.message().to_string(),
+                },
+            }
+        }
+        Err(status) => Probe::Unreachable(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// Why LoadPolicy rejected a policy: its typed `kss.v1.PolicyRejection` detail (without
+/// one, from an older keyserver: one error of kind `Unspecified` with the status's message).
+fn rejection_of(status: &Status) -> PolicyRejection {
+    details::find::<PolicyRejection>(status).unwrap_or_else(|| PolicyRejection {
+        errors: vec![PolicyError {
+            kind: PolicyErrorKind::Unspecified as i32,
+            location: None,
+            message: status.message().to_string(),
+        }],
+    })
+}
+
+/// A rejection for people: each error's location (as the policy engine writes it) and
+/// text, e.g. `decrypt: rule set 0, rule 0 (per-profile-throttle-rule), argument
+/// 'per_days' (line 3): unknown argument (...)`.
+pub fn rejection_text(rejection: &PolicyRejection) -> String {
+    let texts: Vec<String> = rejection
+        .errors
+        .iter()
+        .map(|e| {
+            let location = e
+                .location
+                .as_ref()
+                .map(|at| {
+                    let index = |i: Option<u32>| i.and_then(|i| usize::try_from(i).ok());
+                    let text = |t: &str| (!t.is_empty()).then(|| t.to_string());
+                    kss_policy::Location {
+                        request_type: text(&at.request_type),
+                        rule_set: index(at.rule_set),
+                        rule: index(at.rule),
+                        rule_name: text(&at.rule_name),
+                        argument: text(&at.argument),
+                        line: index((at.line > 0).then_some(at.line)),
+                        column: index((at.column > 0).then_some(at.column)),
+                    }
+                    .to_string()
+                })
+                .unwrap_or_default();
+            if location.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{location}: {}", e.message)
+            }
+        })
+        .collect();
+    if texts.is_empty() {
+        "no reason given".to_string()
+    } else {
+        texts.join("; ")
     }
 }
 
@@ -138,5 +210,90 @@ pub async fn probe(pod: &str, ip: &str, tls: &AdminTls) -> (Probe, Option<Instan
             (probe, Some(instance))
         }
         Err(e) => (Probe::Unreachable(e.to_string()), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kss_proto::v1::PolicyLocation;
+
+    fn status_response(id: &str) -> StatusResponse {
+        StatusResponse {
+            keyserver_id: id.into(),
+            ..StatusResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_read_from_its_typed_detail() {
+        let refusal = Refusal {
+            reason: RefusalReason::MasterKeyMismatch as i32,
+            message: "MasterKeyMismatch: the master key cannot open keyserver K's secret".into(),
+        };
+        // The status's own message is not what is read.
+        let status = details::status_with(Code::FailedPrecondition, "IdentityMissing: x", &refusal);
+        match probe_of(Err(status)) {
+            Probe::Refusing { reason, message } => {
+                assert_eq!(reason, RefusalReason::MasterKeyMismatch);
+                assert_eq!(message, refusal.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_without_detail_is_unspecified_whatever_its_text() {
+        let status = Status::failed_precondition("IdentityMismatch: an older keyserver");
+        match probe_of(Err(status)) {
+            Probe::Refusing { reason, message } => {
+                assert_eq!(reason, RefusalReason::Unspecified);
+                assert_eq!(message, "IdentityMismatch: an older keyserver");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn serving_and_unreachable() {
+        assert!(matches!(
+            probe_of(Ok(status_response("K"))),
+            Probe::Serving(s) if s.keyserver_id == "K"
+        ));
+        assert!(matches!(
+            probe_of(Err(Status::unavailable("starting"))),
+            Probe::Unreachable(m) if m.contains("starting")
+        ));
+    }
+
+    #[test]
+    fn a_rejection_is_read_from_its_typed_detail_and_written_with_its_location() {
+        let rejection = PolicyRejection {
+            errors: vec![PolicyError {
+                kind: PolicyErrorKind::UnknownArgument as i32,
+                location: Some(PolicyLocation {
+                    request_type: "decrypt".into(),
+                    rule_set: Some(0),
+                    rule: Some(1),
+                    rule_name: "per-profile-throttle-rule".into(),
+                    argument: "per_days".into(),
+                    line: 7,
+                    column: 0,
+                }),
+                message: "unknown argument (per-profile-throttle-rule takes per_hour)".into(),
+            }],
+        };
+        let status = details::status_with(Code::InvalidArgument, "not this text", &rejection);
+        let read = rejection_of(&status);
+        assert_eq!(read, rejection);
+        assert_eq!(
+            rejection_text(&read),
+            "decrypt: rule set 0, rule 1 (per-profile-throttle-rule), argument 'per_days' \
+             (line 7): unknown argument (per-profile-throttle-rule takes per_hour)"
+        );
+        // Without a detail: the message as it is, kind unspecified.
+        let old = rejection_of(&Status::invalid_argument("line 3: bad"));
+        assert_eq!(old.errors[0].kind(), PolicyErrorKind::Unspecified);
+        assert_eq!(rejection_text(&old), "line 3: bad");
     }
 }

@@ -197,7 +197,9 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
                 types::POLICY_APPLIED,
                 false,
                 reasons::POLICY_REJECTED,
-                format!("the keyserver rejected KssPolicy {name}: {message}"),
+                format!(
+                    "the keyserver rejected KssPolicy {name}: {message}; the policy in force stays"
+                ),
             );
             false
         }
@@ -407,6 +409,24 @@ mod tests {
         let c = condition::find(&conds, "PolicyApplied").expect("policy condition");
         assert_eq!(c.reason, "PolicyInvalid");
         assert!(c.message.contains("line 3") && c.message.contains("stays"));
+    }
+
+    #[test]
+    fn a_rejected_policy_keeps_the_cluster_serving_and_says_why() {
+        let mut o = observed();
+        o.policy = PolicyState::Rejected {
+            name: "p".into(),
+            message: "decrypt: rule set 0 (line 2): unknown rule 'x'".into(),
+        };
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Ready);
+        let c = condition::find(&conds, "PolicyApplied").expect("policy condition");
+        assert_eq!(c.reason, "PolicyRejected");
+        assert_eq!(
+            c.message,
+            "the keyserver rejected KssPolicy p: decrypt: rule set 0 (line 2): unknown rule 'x'; \
+             the policy in force stays"
+        );
     }
 
     #[test]

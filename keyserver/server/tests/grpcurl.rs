@@ -90,3 +90,54 @@ fn grpcurl_lists_and_calls_the_services() {
     );
     assert!(run(&[&addr, "kss.v1.KeyServer/GetInfo"]).contains(&id));
 }
+
+/// A third-party client reads the typed detail of a rejected policy: grpcurl, given
+/// admin.proto, decodes the standard `grpc-status-details-bin` trailer and names the
+/// error's kind and line (over the admin socket).
+#[test]
+fn grpcurl_reads_a_policy_rejection_detail() {
+    let Some(grpcurl) = grpcurl() else {
+        assert!(
+            std::env::var_os("KSS_REQUIRE_MYSQL").is_none(),
+            "grpcurl not found but KSS_REQUIRE_MYSQL is (make test builds it; or set GRPCURL)"
+        );
+        common::skipped(
+            "grpcurl_reads_a_policy_rejection_detail: grpcurl is not installed (make test builds it)",
+        );
+        return;
+    };
+    let data = DataDir::new();
+    data.create();
+    let _server = Server::start(&data);
+    let protos = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
+    let request = serde_json::json!({
+        "source": "decrypt:\n  - - rule: per-profile-throttle-rule\n      per_days: 5\n"
+    })
+    .to_string();
+    let out = Command::new(&grpcurl)
+        .arg("-import-path")
+        .arg(&protos)
+        .args([
+            "-proto",
+            "kss/v1/admin.proto",
+            "-plaintext",
+            "-unix",
+            "-d",
+            &request,
+        ])
+        .arg(data.path().join("admin.sock"))
+        .arg("kss.v1.Admin/LoadPolicy")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("InvalidArgument"), "{err}");
+    for what in [
+        "type.googleapis.com/kss.v1.PolicyRejection",
+        "POLICY_ERROR_KIND_UNKNOWN_ARGUMENT",
+        "\"line\": 3",
+        "\"argument\": \"per_days\"",
+    ] {
+        assert!(err.contains(what), "{what} in {err}");
+    }
+}

@@ -686,6 +686,15 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
     .unwrap();
     let via_socket = socket.status(StatusRequest {}).await.unwrap_err();
     assert_refused_as_mismatch(&via_socket, &id, &other);
+    // `kss status` shows the typed reason.
+    let cli_status: serde_json::Value =
+        serde_json::from_str(&data.kss_ok(&["status", "--json"])).unwrap();
+    assert_eq!(cli_status["running"], false);
+    assert_eq!(
+        cli_status["refusal_reason"],
+        "REFUSAL_REASON_IDENTITY_MISMATCH"
+    );
+    assert_eq!(cli_status["refusing"], via_socket.message());
     // Checked again every 2 s, logged every time.
     common::wait_until("two more identity checks", Duration::from_secs(30), || {
         count(

@@ -57,6 +57,9 @@ pub mod reasons {
     pub const IDENTITY_MISSING: &str = "IdentityMissing";
     pub const IDENTITY_FAILED: &str = "IdentityFailed";
     pub const MASTER_KEY_MISMATCH: &str = "MasterKeyMismatch";
+    /// An instance refuses for a reason this operator does not know (a keyserver older
+    /// or newer than it).
+    pub const REFUSING: &str = "Refusing";
     pub const RECOVERING: &str = "Recovering";
     pub const RECOVERY_FAILED: &str = "RecoveryFailed";
     pub const BACKUP_KEY_CREATED: &str = "BackupKeyCreated";
@@ -74,6 +77,19 @@ pub mod reasons {
     pub const TLS_SECRET_INVALID: &str = "TlsSecretInvalid";
     pub const VALID_POLICY: &str = "PolicyValid";
     pub const INVALID_POLICY: &str = "PolicyInvalid";
+
+    /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
+    /// troubleshooting table explains. A bootstrap identity the master key cannot open is
+    /// a `MasterKeyMismatch` too (the same fix: the original master-key Secret).
+    pub fn of_refusal(reason: kss_proto::v1::RefusalReason) -> &'static str {
+        use kss_proto::v1::RefusalReason as R;
+        match reason {
+            R::IdentityMismatch => IDENTITY_MISMATCH,
+            R::IdentityMissing => IDENTITY_MISSING,
+            R::MasterKeyMismatch | R::BootstrapKeyMismatch => MASTER_KEY_MISMATCH,
+            R::Unspecified => REFUSING,
+        }
+    }
 }
 
 /// Sets `new` in `conditions`: a condition whose status did not change keeps its
@@ -122,6 +138,39 @@ pub fn new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kss_proto::v1::RefusalReason;
+
+    #[test]
+    fn every_refusal_reason_has_the_documented_word() {
+        let expected = [
+            (RefusalReason::Unspecified, "Refusing"),
+            (RefusalReason::IdentityMismatch, "IdentityMismatch"),
+            (RefusalReason::IdentityMissing, "IdentityMissing"),
+            (RefusalReason::MasterKeyMismatch, "MasterKeyMismatch"),
+            (RefusalReason::BootstrapKeyMismatch, "MasterKeyMismatch"),
+        ];
+        // Every value the proto defines is in the table (a new one fails here).
+        let defined: Vec<RefusalReason> = (0..64)
+            .filter_map(|n| RefusalReason::try_from(n).ok())
+            .collect();
+        assert_eq!(defined, expected.map(|(r, _)| r).to_vec());
+        for (reason, word) in expected {
+            assert_eq!(reasons::of_refusal(reason), word, "{reason:?}");
+        }
+        // The words the README's troubleshooting table explains.
+        let readme = include_str!("../../../README.md");
+        for word in [
+            "IdentityMismatch",
+            "IdentityMissing",
+            "MasterKeyMismatch",
+            "Refusing",
+        ] {
+            assert!(
+                readme.contains(&format!("`IdentityReady` `{word}`")),
+                "README explains {word}"
+            );
+        }
+    }
 
     #[test]
     fn unchanged_status_keeps_its_transition_time() {

@@ -11,6 +11,7 @@ use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kss_proto::v1::RefusalReason;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -588,7 +589,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         _ => None,
     });
     let refusal = probes.iter().find_map(|(_, p, _)| match p {
-        Probe::Refusing { reason, message } => Some((reason.clone(), message.clone())),
+        Probe::Refusing { reason, message } => Some((*reason, message.clone())),
         _ => None,
     });
 
@@ -629,7 +630,8 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     } else if let Some((reason, message)) = refusal {
         let mut recovering = false;
         let mut message = message;
-        if reason == reasons::IDENTITY_MISSING && !material.bootstrap_present {
+        let missing = reason == RefusalReason::IdentityMissing;
+        if missing && !material.bootstrap_present {
             match recover(cluster, &names, &secrets_api, &material).await {
                 Ok(()) => {
                     recovering = true;
@@ -652,17 +654,15 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
                     }
                 }
             }
-        } else if reason == reasons::IDENTITY_MISSING {
+        } else if missing {
             recovering = cluster.spec.recovery.is_some();
         }
-        let reason = if reason == reasons::IDENTITY_MISSING
-            && cluster.spec.recovery.is_some()
-            && !recovering
-        {
-            reasons::RECOVERY_FAILED.to_string()
+        let reason = if missing && cluster.spec.recovery.is_some() && !recovering {
+            reasons::RECOVERY_FAILED
         } else {
-            reason
-        };
+            reasons::of_refusal(reason)
+        }
+        .to_string();
         if !recovering && previous_identity_ready {
             event(ctx, cluster, true, &reason, message.clone()).await;
         }
@@ -795,7 +795,10 @@ async fn policy_and_rollout(
                         stored = Some((name.clone(), digest(&policy.spec.policy)));
                         PolicyState::Unknown
                     }
-                    Err(Ok(message)) => PolicyState::Rejected { name, message },
+                    Err(Ok(rejection)) => PolicyState::Rejected {
+                        name,
+                        message: admin::rejection_text(&rejection),
+                    },
                     Err(Err(e)) => return Err(e),
                 },
             },
