@@ -7,7 +7,12 @@
 #      database, exactly), `kss loadgen` on the same cores spreading its connections over
 #      the 3 instances, distinct ciphertexts, flat out → approved/s, ratio to F
 #      (target ≥ 0.6 × F).
-#   3. 10 instances; `kss policy load --wait` 20 times: the time from storing a version to
+#   3. The database ceiling: 1, 3 and 6 instances on the one database, flat out, with
+#      `search` requests (a decision and its counter, no pairing: the decision path alone)
+#      and with decrypts (the same plus the crypto) → decisions/s for each.
+#   4. Cluster latency at a realistic rate: decrypts paced at 0.5 × F over 3 instances →
+#      p50 / p99 / p99.9 (target p99 < 25 ms).
+#   5. 10 instances; `kss policy load --wait` 20 times: the time from storing a version to
 #      every online instance reporting it applied → p50 / p99 / max (target p99 < 2 s).
 #
 # Needs the test MariaDB (started if missing): eval "$(bash scripts/mariadb.sh up)".
@@ -49,6 +54,13 @@ trap cleanup EXIT
 $kss --data-dir "$work/i0" --db-uri "$db" create --ignore-security-checks --threshold 1 \
   > /dev/null 2>&1
 write_bench_policy "$work/policy.yml"
+# Searches under the same kind of throttle: a decision with its counter, no ciphertext.
+cat >> "$work/policy.yml" <<'YAML'
+search:
+  - - rule: per-profile-throttle-rule
+      per_day: 1000000000
+      persistent: true
+YAML
 $kss --data-dir "$work/i0" policy load "$work/policy.yml" > /dev/null
 
 endpoints=()
@@ -70,16 +82,32 @@ start_instance() { # index
   wait_serving "$out/serve-$i.out"
   endpoints+=("https://127.0.0.1:$port")
 }
-for i in 0 1 2; do start_instance "$i"; done
+for i in 0 1 2 3 4 5; do start_instance "$i"; done
 
-echo "== load: 3 instances, distinct ciphertexts, flat out" >&2
+# loadgen over the first $1 instances; the rest of the arguments are loadgen's.
+load_over() {
+  local n=$1 also=() j
+  shift
+  for ((j = 1; j < n; j++)); do also+=(--also-endpoint "${endpoints[$j]}"); done
+  $kss loadgen --endpoint "${endpoints[0]}" "${also[@]}" --ca "$work/i0/tls/ca.pem" --json \
+    --warmup 2 --duration "$secs" --profiles 16 --connections $((2 * n)) "$@"
+}
 distinct=$(python3 -c "print(max(256, int($floor * $secs * 1.3 / 16) + 1))")
-$kss loadgen --endpoint "${endpoints[0]}" --also-endpoint "${endpoints[1]}" \
-  --also-endpoint "${endpoints[2]}" --ca "$work/i0/tls/ca.pem" --json --warmup 2 \
-  --duration "$secs" --profiles 16 --concurrency "${CONCURRENCY:-96}" --connections 6 \
-  --distinct-ciphertexts "$distinct" > "$out/cluster3.json"
+echo "== load: 3 instances, distinct ciphertexts, flat out" >&2
+load_over 3 --concurrency "${CONCURRENCY:-96}" --distinct-ciphertexts "$distinct" \
+  > "$out/cluster3.json"
+for n in 1 3 6; do
+  echo "== database ceiling: $n instance(s), searches, flat out" >&2
+  load_over "$n" --type search --concurrency $((32 * n)) > "$out/search-$n.json"
+  echo "== database ceiling: $n instance(s), decrypts, flat out" >&2
+  load_over "$n" --concurrency $((32 * n)) --distinct-ciphertexts "$distinct" \
+    > "$out/decrypt-$n.json"
+done
+echo "== latency: 3 instances, decrypts paced at 0.5 x F" >&2
+load_over 3 --concurrency 64 --rate "$(python3 -c "print($floor * 0.5)")" \
+  --distinct-ciphertexts "$distinct" > "$out/paced3.json"
 
-for i in 3 4 5 6 7 8 9; do start_instance "$i"; done
+for i in 6 7 8 9; do start_instance "$i"; done
 echo "== rollout: 20 policy versions to 10 instances" >&2
 : > "$out/rollout.txt"
 for n in $(seq 20); do
@@ -102,6 +130,13 @@ print(f"| verified share (decrypt_share, median) | {share_ns/1e3:.0f} µs | | |"
 print(f"| ed25519 verify (median) | {sig_ns/1e3:.0f} µs | | |")
 print(f"| F = {cores} cores ÷ (share + signature) | {floor:.0f} /s | 1.00 | |")
 print(f"| 3 instances on MariaDB, exact persistent quotas, distinct ciphertexts, flat out | {rate:.0f} approved/s (p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms) | {rate/floor:.2f} × F | ≥ 0.6 × F |")
+for kind, what in (("search", "searches (decision + counter, no pairing)"), ("decrypt", "decrypts (decision + counter + crypto)")):
+    for n in (1, 3, 6):
+        d = json.load(open(f"{out}/{kind}-{n}.json"))
+        print(f"| {n} instance(s), {what}, flat out | {d['approved_per_second']:.0f} decisions/s (p99 {d['latency_ms']['p99']:.1f} ms) | {d['approved_per_second']/floor:.2f} × F | |")
+p = json.load(open(f"{out}/paced3.json"))
+pl = p["latency_ms"]
+print(f"| 3 instances, decrypts paced at 0.5 × F: p50 / p99 / p99.9 | {pl['p50']:.1f} / {pl['p99']:.1f} / {pl['p999']:.1f} ms ({p['approved_per_second']:.0f} approved/s) | | p99 < 25 ms |")
 print(f"| policy rollout to {'/'.join(sorted(instances))} instances, 20 loads: p50 / p99 / max | {pct(50):.3f} / {pct(99):.3f} / {times[-1]:.3f} s | | p99 < 2 s |")
 errs, denied = r.get("errors_by_code") or {}, r.get("denied_by_reason") or {}
 if errs or denied:
