@@ -54,6 +54,8 @@ pub enum Probe {
     Refusing {
         reason: RefusalReason,
         message: String,
+        /// Its kss version (empty from a keyserver too old to send it).
+        kss_version: String,
     },
     /// Not reachable (starting, crashed, network).
     Unreachable(String),
@@ -139,10 +141,12 @@ fn probe_of(answer: std::result::Result<StatusResponse, Status>) -> Probe {
                 Some(refusal) => Probe::Refusing {
                     reason: refusal.reason(),
                     message: refusal.message,
+                    kss_version: refusal.kss_version,
                 },
                 None => Probe::Refusing {
                     reason: RefusalReason::Unspecified,
                     message: status.message().to_string(),
+                    kss_version: String::new(),
                 },
             }
         }
@@ -230,11 +234,14 @@ mod tests {
         let refusal = Refusal {
             reason: RefusalReason::MasterKeyMismatch as i32,
             message: "MasterKeyMismatch: the master key cannot open keyserver K's secret".into(),
+            kss_version: "0.1.0".into(),
         };
         // The status's own message is not what is read.
         let status = details::status_with(Code::FailedPrecondition, "IdentityMissing: x", &refusal);
         match probe_of(Err(status)) {
-            Probe::Refusing { reason, message } => {
+            Probe::Refusing {
+                reason, message, ..
+            } => {
                 assert_eq!(reason, RefusalReason::MasterKeyMismatch);
                 assert_eq!(message, refusal.message);
             }
@@ -246,7 +253,9 @@ mod tests {
     fn a_refusal_without_detail_is_unspecified_whatever_its_text() {
         let status = Status::failed_precondition("IdentityMismatch: an older keyserver");
         match probe_of(Err(status)) {
-            Probe::Refusing { reason, message } => {
+            Probe::Refusing {
+                reason, message, ..
+            } => {
                 assert_eq!(reason, RefusalReason::Unspecified);
                 assert_eq!(message, "IdentityMismatch: an older keyserver");
             }

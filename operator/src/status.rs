@@ -1,8 +1,36 @@
 //! A `KeyShardCluster`'s conditions and phase, computed from what a reconcile observed
 //! (pure: no I/O, so each case is unit-tested).
 
-use crate::crd::cluster::Phase;
+use std::collections::BTreeMap;
+
+use kss_proto::v1::RefusalReason;
+
+use crate::admin::Probe;
+use crate::crd::cluster::{InstanceStatus, Phase};
 use crate::crd::condition::{self, Condition, reasons, types};
+
+/// Whether the instances reach the database, as they answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseState {
+    /// No instance serving this keyserver answered.
+    Unknown,
+    Reachable,
+    /// Every instance that answered cannot reach it (their names).
+    Unreachable(Vec<String>),
+}
+
+impl DatabaseState {
+    /// From the serving instances' answers: reachable if any of them reaches it.
+    pub fn of(serving: &[(&str, bool)]) -> DatabaseState {
+        if serving.is_empty() {
+            DatabaseState::Unknown
+        } else if serving.iter().any(|(_, reachable)| *reachable) {
+            DatabaseState::Reachable
+        } else {
+            DatabaseState::Unreachable(serving.iter().map(|(n, _)| n.to_string()).collect())
+        }
+    }
+}
 
 /// Where the keyserver identity stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +91,9 @@ pub struct Observed {
     pub policy: PolicyState,
     /// Something that keeps pods from starting (e.g. a missing Secret): (reason, message).
     pub blocker: Option<(String, String)>,
+    /// The StatefulSet is rolling out a new revision or scaling.
+    pub updating: bool,
+    pub database: DatabaseState,
 }
 
 /// How the backup key came about.
@@ -78,6 +109,47 @@ pub enum BackupNote {
 pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<Condition>, Phase) {
     let generation = observed.generation;
     let mut conditions = previous.to_vec();
+    match &observed.database {
+        DatabaseState::Unknown => condition::set(
+            &mut conditions,
+            Condition {
+                status: condition::UNKNOWN.to_string(),
+                ..condition::new(
+                    types::DATABASE_REACHABLE,
+                    false,
+                    reasons::NO_INSTANCE_ANSWERED,
+                    "no instance serving this keyserver answered",
+                    generation,
+                    now,
+                )
+            },
+        ),
+        DatabaseState::Reachable => condition::set(
+            &mut conditions,
+            condition::new(
+                types::DATABASE_REACHABLE,
+                true,
+                reasons::DATABASE_REACHABLE,
+                "the instances reach the database",
+                generation,
+                now,
+            ),
+        ),
+        DatabaseState::Unreachable(names) => condition::set(
+            &mut conditions,
+            condition::new(
+                types::DATABASE_REACHABLE,
+                false,
+                reasons::DATABASE_UNREACHABLE,
+                format!(
+                    "{} cannot reach the database: requests are denied (unavailable) until it answers",
+                    names.join(", ")
+                ),
+                generation,
+                now,
+            ),
+        ),
+    }
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
         condition::set(
             &mut conditions,
@@ -265,12 +337,17 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
     };
     set(types::PROGRESSING, progressing, p_reason, p_message);
 
+    let database_down = matches!(observed.database, DatabaseState::Unreachable(_));
     let phase = if failed {
         Phase::Failed
     } else if !identity_ok {
         Phase::Initializing
+    } else if database_down {
+        Phase::Degraded
     } else if ready == desired && !rolling_out {
         Phase::Ready
+    } else if observed.updating || rolling_out {
+        Phase::Updating
     } else if ready > 0 {
         Phase::Degraded
     } else {
@@ -283,6 +360,8 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
         reason
     } else if backup_failed {
         reasons::BACKUP_KEY_INVALID.to_string()
+    } else if database_down {
+        reasons::DATABASE_UNREACHABLE.to_string()
     } else if degraded {
         reasons::INSTANCES_NOT_READY.to_string()
     } else {
@@ -294,7 +373,92 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
         None => "healthy".into(),
     };
     set(types::DEGRADED, degraded, &d_reason, d_message);
+
+    let ready_message = match phase {
+        Phase::Ready => format!("{ready}/{desired} instances ready, the policy rolled out"),
+        _ => format!("phase {phase:?}: see the other conditions"),
+    };
+    set(
+        types::READY,
+        phase == Phase::Ready,
+        &format!("{phase:?}"),
+        ready_message,
+    );
+    set(
+        types::SYNCED,
+        true,
+        reasons::RECONCILED,
+        "the last reconcile succeeded".into(),
+    );
     (conditions, phase)
+}
+
+/// The conditions after a reconcile that failed with `error`: `Synced` false, the rest as
+/// they were.
+pub fn reconcile_failed(
+    previous: &[Condition],
+    error: &str,
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    let mut conditions = previous.to_vec();
+    condition::set(
+        &mut conditions,
+        condition::new(
+            types::SYNCED,
+            false,
+            reasons::RECONCILE_ERROR,
+            error.to_string(),
+            generation,
+            now,
+        ),
+    );
+    conditions
+}
+
+/// `status.instances`: the registry's entries, each with what its pod answered (the
+/// keyserver it serves, or why it refuses, its version), and the pods that answered but
+/// are not registered (a refusing pod never registers).
+pub fn instances(
+    registry: Vec<InstanceStatus>,
+    probes: &[(String, Probe)],
+    our_id: Option<&str>,
+) -> Vec<InstanceStatus> {
+    let mut by_name: BTreeMap<String, InstanceStatus> =
+        registry.into_iter().map(|i| (i.name.clone(), i)).collect();
+    for (pod, probe) in probes {
+        let entry = by_name.entry(pod.clone()).or_insert_with(|| InstanceStatus {
+            name: pod.clone(),
+            online: false,
+            applied_policy_version: 0,
+            endpoint: None,
+            keyserver_id: None,
+            refusal_reason: None,
+            kss_version: None,
+            database_reachable: None,
+        });
+        match probe {
+            Probe::Serving(s) => {
+                entry.keyserver_id = Some(s.keyserver_id.clone());
+                entry.refusal_reason = (Some(s.keyserver_id.as_str()) != our_id)
+                    .then(|| reasons::of_refusal(RefusalReason::IdentityMismatch).to_string());
+                entry.kss_version = (!s.kss_version.is_empty()).then(|| s.kss_version.clone());
+                entry.database_reachable = Some(s.database_reachable);
+            }
+            Probe::Refusing {
+                reason,
+                kss_version,
+                ..
+            } => {
+                entry.keyserver_id = None;
+                entry.refusal_reason = Some(reasons::of_refusal(*reason).to_string());
+                entry.kss_version = (!kss_version.is_empty()).then(|| kss_version.clone());
+                entry.database_reachable = None;
+            }
+            Probe::Unreachable(_) => {}
+        }
+    }
+    by_name.into_values().collect()
 }
 
 #[cfg(test)]
@@ -316,6 +480,8 @@ mod tests {
                 online: 3,
             },
             blocker: None,
+            updating: false,
+            database: DatabaseState::Reachable,
         }
     }
 

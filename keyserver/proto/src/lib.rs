@@ -63,6 +63,7 @@ pub mod details {
             let refusal = Refusal {
                 reason: RefusalReason::IdentityMissing as i32,
                 message: "no identity".into(),
+                kss_version: "0.1.0".into(),
             };
             let status = status_with(Code::FailedPrecondition, "no identity", &refusal);
             assert_eq!(status.code(), Code::FailedPrecondition);

@@ -38,6 +38,7 @@ pub fn refusal_status(refusal: &Refusal) -> Status {
     let detail = pb::Refusal {
         reason: refusal_reason(refusal.kind()) as i32,
         message: message.clone(),
+        kss_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     details::status_with(Code::FailedPrecondition, message, &detail)
 }

@@ -431,7 +431,7 @@ impl ServiceType {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyShardClusterStatus {
-    /// `Pending`, `Initializing`, `Ready`, `Degraded`, `Failed` or `Paused`.
+    /// `Pending`, `Initializing`, `Ready`, `Updating`, `Degraded`, `Failed` or `Paused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The keyserver ID (workstations onboard with `--keyserver-id`). Set once, never
@@ -463,8 +463,8 @@ pub struct KeyShardClusterStatus {
     /// The backup key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
-    /// `Available`, `Progressing`, `Degraded`, `IdentityReady`, `BackupKeyReady`,
-    /// `PolicyApplied`.
+    /// `Ready`, `Available`, `Progressing`, `Degraded`, `DatabaseReachable`, `Synced`,
+    /// `IdentityReady`, `BackupKeyReady`, `PolicyApplied`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -482,7 +482,11 @@ pub enum Phase {
     Initializing,
     /// Every instance ready, the policy rolled out.
     Ready,
-    /// Serving, but some instance is not ready or lags the policy.
+    /// Serving while a normal rollout is under way: pods updating or scaling, a policy
+    /// version reaching the instances.
+    Updating,
+    /// Serving, but some instance is not ready (outside a rollout) or the database is not
+    /// reachable.
     Degraded,
     /// Cannot serve; a condition says why.
     Failed,
@@ -524,6 +528,20 @@ pub struct InstanceStatus {
     /// Where workstations reach it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The keyserver ID the pod serves, as it answered the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyserver_id: Option<String>,
+    /// Why the pod refuses to serve (`IdentityMismatch`, `IdentityMissing`,
+    /// `MasterKeyMismatch`, `Refusing`), or that it serves another keyserver
+    /// (`IdentityMismatch`, with `keyserverId` the one it serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_reason: Option<String>,
+    /// Its kss version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kss_version: Option<String>,
+    /// Whether it reaches the database (as the pod answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_reachable: Option<bool>,
 }
 
 /// The backup key Secret.

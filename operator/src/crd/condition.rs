@@ -40,6 +40,13 @@ pub mod types {
     pub const BACKUP_KEY_READY: &str = "BackupKeyReady";
     pub const POLICY_APPLIED: &str = "PolicyApplied";
     pub const VALID: &str = "Valid";
+    /// True when the phase is `Ready`: for `kubectl wait --for=condition=Ready`, Flux and
+    /// Argo CD health checks.
+    pub const READY: &str = "Ready";
+    /// Whether the instances reach the keyserver's database.
+    pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
+    /// False while reconciles fail (the error in its message).
+    pub const SYNCED: &str = "Synced";
 }
 
 /// Condition reasons (the README's troubleshooting table explains each).
@@ -77,6 +84,11 @@ pub mod reasons {
     pub const TLS_SECRET_INVALID: &str = "TlsSecretInvalid";
     pub const VALID_POLICY: &str = "PolicyValid";
     pub const INVALID_POLICY: &str = "PolicyInvalid";
+    pub const UPDATING: &str = "Updating";
+    pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
+    pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    pub const NO_INSTANCE_ANSWERED: &str = "NoInstanceAnswered";
+    pub const RECONCILE_ERROR: &str = "ReconcileError";
 
     /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
     /// troubleshooting table explains. A bootstrap identity the master key cannot open is

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::identity;
 use crate::pki::{self, Ca};
 use crate::secrets;
-use crate::status::{self, BackupNote, IdentityState, Observed, PolicyState};
+use crate::status::{self, BackupNote, DatabaseState, IdentityState, Observed, PolicyState};
 
 /// Keys of the Secrets the operator writes.
 mod keys {
@@ -54,7 +54,56 @@ pub async fn reconcile(cluster: Arc<KeyShardCluster>, ctx: Arc<Context>) -> Resu
     let result = reconcile_inner(&cluster, &ctx).await;
     ctx.metrics
         .observe("KeyShardCluster", started.elapsed(), result.as_ref().err());
+    if let Err(e) = &result {
+        report_failure(&cluster, &ctx, e).await;
+    }
     result
+}
+
+/// The field manager of the `Synced` condition a failed reconcile writes.
+const FAILURE_FIELD_MANAGER: &str = "kss-operator-reconcile-error";
+
+/// A failed reconcile shows: `Synced` false with the error, and a Warning event when it
+/// starts failing (not at every retry). Best effort: the error is what is returned.
+async fn report_failure(cluster: &KeyShardCluster, ctx: &Context, error: &Error) {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let message = error.to_string();
+    let conditions = status::reconcile_failed(
+        &previous.conditions,
+        &message,
+        cluster.metadata.generation,
+        &now_rfc3339(),
+    );
+    if conditions == previous.conditions {
+        return;
+    }
+    let was_failing = crate::crd::condition::find(&previous.conditions, "Synced")
+        .is_some_and(|c| c.status == crate::crd::condition::FALSE);
+    if !was_failing {
+        event(ctx, cluster, true, reasons::RECONCILE_ERROR, message).await;
+    }
+    let Some(namespace) = cluster.namespace() else {
+        return;
+    };
+    let synced: Vec<_> = conditions.iter().filter(|c| c.r#type == "Synced").collect();
+    let api: Api<KeyShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Only this condition, under a field manager of its own: an apply by the reconcile's
+    // manager without the rest of the status would remove it.
+    let patch = json!({
+        "apiVersion": "kss.dev/v1alpha1",
+        "kind": "KeyShardCluster",
+        "status": { "conditions": synced },
+    });
+    if let Err(e) = api
+        .patch_status(
+            &cluster.name_any(),
+            &PatchParams::apply(FAILURE_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        warn!(error = %e, "could not record the failed reconcile in status");
+    }
 }
 
 /// Events are best effort: a failure to record one never fails the reconcile.
@@ -444,6 +493,8 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             backup: Ok(BackupNote::Present),
             policy: PolicyState::Unknown,
             blocker: None,
+            updating: false,
+            database: DatabaseState::Unknown,
         };
         let mut status = previous.clone();
         let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
@@ -507,6 +558,8 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
                 )),
                 policy: PolicyState::Unknown,
                 blocker,
+                updating: false,
+                database: DatabaseState::Unknown,
             };
             let mut status = previous.clone();
             let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
@@ -589,7 +642,9 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         _ => None,
     });
     let refusal = probes.iter().find_map(|(_, p, _)| match p {
-        Probe::Refusing { reason, message } => Some((*reason, message.clone())),
+        Probe::Refusing {
+            reason, message, ..
+        } => Some((*reason, message.clone())),
         _ => None,
     });
 
@@ -682,6 +737,19 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         IdentityState::Pending
     };
 
+    // What each pod answered, for status.instances and DatabaseReachable.
+    let answers: Vec<(String, Probe)> = probes.iter().map(|(pod, p, _)| (pod.clone(), p.clone())).collect();
+    let database = DatabaseState::of(
+        &answers
+            .iter()
+            .filter_map(|(pod, p)| match p {
+                Probe::Serving(s) if Some(&s.keyserver_id) == our_id.as_ref() => {
+                    Some((pod.as_str(), s.database_reachable))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    );
     // The policy, through the first instance that serves this keyserver.
     let mut serving: Vec<Instance> = probes
         .into_iter()
@@ -717,6 +785,8 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         backup: material.backup.clone().map(|(note, _)| note),
         policy,
         blocker,
+        updating: statefulset_updating(&sts_status, sts.metadata.generation),
+        database,
     };
     let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
     let ready = sts_status.ready_replicas.unwrap_or(0);
@@ -732,7 +802,11 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             .map(|r| r.version)
             .or(previous.policy_version),
         policy: rollout.or(previous.policy.clone()),
-        instances: instances.unwrap_or(previous.instances.clone()),
+        instances: status::instances(
+            instances.unwrap_or(previous.instances.clone()),
+            &answers,
+            our_id.as_deref(),
+        ),
         backup: material.backup.ok().map(|(_, b)| b),
         conditions,
         observed_generation: generation,
@@ -757,6 +831,20 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         Phase::Ready => Duration::from_secs(60),
         _ => Duration::from_secs(3),
     }))
+}
+
+/// Whether the StatefulSet is rolling out a revision or scaling (not yet settled).
+fn statefulset_updating(
+    status: &k8s_openapi::api::apps::v1::StatefulSetStatus,
+    generation: Option<i64>,
+) -> bool {
+    let behind = status.observed_generation.is_some_and(|o| Some(o) < generation);
+    let revisions = match (&status.current_revision, &status.update_revision) {
+        (Some(current), Some(update)) => current != update,
+        _ => false,
+    };
+    let updated = status.updated_replicas.unwrap_or(0) < status.replicas;
+    behind || revisions || updated
 }
 
 /// Stores the referenced policy (idempotent) and reads the rollout from the registry.
@@ -813,6 +901,7 @@ async fn policy_and_rollout(
             online: i.online,
             applied_policy_version: i64::try_from(i.applied_policy_version).unwrap_or(i64::MAX),
             endpoint: (!i.endpoint.is_empty()).then(|| i.endpoint.clone()),
+            ..InstanceStatus::default()
         })
         .collect();
     // Deduplicate by name (the registry's key is the instance name already).

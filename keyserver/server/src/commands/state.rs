@@ -61,6 +61,7 @@ pub async fn status(store: &dyn Store, data_dir: &DataDir, as_json: bool) -> Res
                 Some(kss_proto::details::find::<Refusal>(&s).unwrap_or(Refusal {
                     reason: RefusalReason::Unspecified as i32,
                     message: s.message().to_string(),
+                    kss_version: String::new(),
                 })),
             ),
             Err(_) => (None, None),

@@ -34,6 +34,9 @@ use kss_crypto::{ProfilePublicKeys, WorkstationPublicShare};
 use kss_store::{Enrollment, Profile, Revocation, StoreError};
 
 /// `StatusResponse.mode`.
+/// How long `Status` waits for its counts before it answers without them.
+const STATUS_COUNTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// The data directory's SQLite database.
@@ -159,8 +162,21 @@ impl Admin for AdminService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let switches = Arc::clone(&self.switches.borrow());
-        let profiles = self.store.profile_count().await.map_err(unavailable)?;
-        let (approvals, denials) = self.store.audit_counts().await.map_err(unavailable)?;
+        // Answered whether the database is there or not (the operator reports an outage
+        // from it): the counts only while it answers, within a bound.
+        let counts = async {
+            let profiles = self.store.profile_count().await?;
+            let (approvals, denials) = self.store.audit_counts().await?;
+            Ok::<_, kss_store::StoreError>((profiles, approvals, denials))
+        };
+        let counts = match switches.database_ok {
+            true => tokio::time::timeout(STATUS_COUNTS_WITHIN, counts)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            false => None,
+        };
+        let (profiles, approvals, denials) = counts.unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             keyserver_id: self.identity.id.to_string(),
             enabled: switches.enabled,
@@ -171,6 +187,8 @@ impl Admin for AdminService {
             denials,
             instance_id: self.instance_id.clone(),
             mode: self.mode.as_str().to_string(),
+            kss_version: env!("CARGO_PKG_VERSION").to_string(),
+            database_reachable: counts.is_some(),
         }))
     }
 
