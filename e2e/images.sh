@@ -102,7 +102,7 @@ build_base() {
     esac
   done <"$BASE_LIST"
   # Existing symlinks to directories (lib -> usr/lib) are kept while extracting.
-  sort -u "$WORK/base-files" | tar -C / --no-recursion -cf - -T - 2>"$WORK/tar.err" |
+  sed "s|^/||" "$WORK/base-files" | sort -u | tar -C / --no-recursion -cf - -T - 2>"$WORK/tar.err" |
     tar -C "$root" --keep-directory-symlink -xf -
   [[ ! -s $WORK/tar.err ]] || die "collecting the base files: $(head -5 "$WORK/tar.err")"
   # The nonroot passwd/group of the tree win over anything a package brought.
@@ -114,7 +114,8 @@ build_base() {
 
 # ------------------------------------------------------------ kss images
 build_target() {
-  local target=$1 stage=$WORK/$target.json root=$WORK/$target-root
+  local target=$1
+  local stage=$WORK/$target.json root=$WORK/$target-root
   python3 "$E2E_DIR/image/dockerfile-stage.py" "$DOCKERFILE" "$target" >"$stage"
   mkdir -p "$root"
   local n i src dst chown owner name
