@@ -50,6 +50,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# crane's progress lines go to $WORK/crane.log, shown when a step fails.
+trap 'rc=$?; [[ -s $WORK/crane.log ]] && tail -n 20 "$WORK/crane.log" >&2; exit $rc' ERR
 
 # crane mutate works on a registry: an in-memory one of crane's own on loopback, for
 # the duration of this script (crane talks plain HTTP to 127.0.0.1).
@@ -162,8 +164,8 @@ build_target() {
   for v in $(jq -r '.cmd[]' "$stage"); do args+=(--cmd "$v"); done
 
   "$CRANE" append --oci-empty-base -f "$WORK/base.tar" -f "$WORK/$target.tar" \
-    -t "$REG/$target:build" >/dev/null
-  "$CRANE" mutate "$REG/$target:build" "${args[@]}" -t "$ref" -o "$OUT/$target.tar" >/dev/null
+    -t "$REG/$target:build" >/dev/null 2>>"$WORK/crane.log"
+  "$CRANE" mutate "$REG/$target:build" "${args[@]}" -t "$ref" -o "$OUT/$target.tar" >/dev/null 2>>"$WORK/crane.log"
   log "$ref -> $OUT/$target.tar ($(du -h "$OUT/$target.tar" | cut -f1))"
 }
 
@@ -173,10 +175,10 @@ build_pause() {
   mkdir -p "$root"
   install -m 0755 "$NODE_BIN/pause" "$root/pause"
   layer_tar "$root" "$WORK/pause.tar"
-  "$CRANE" append --oci-empty-base -f "$WORK/pause.tar" -t "$REG/pause:build" >/dev/null
+  "$CRANE" append --oci-empty-base -f "$WORK/pause.tar" -t "$REG/pause:build" >/dev/null 2>>"$WORK/crane.log"
   # As the upstream image: ENTRYPOINT ["/pause"], USER 65535:65535.
   "$CRANE" mutate "$REG/pause:build" --set-platform linux/amd64 --entrypoint /pause \
-    --user 65535:65535 -t "$PAUSE_REF" -o "$OUT/pause.tar" >/dev/null
+    --user 65535:65535 -t "$PAUSE_REF" -o "$OUT/pause.tar" >/dev/null 2>>"$WORK/crane.log"
   log "$PAUSE_REF -> $OUT/pause.tar ($(du -h "$OUT/pause.tar" | cut -f1))"
 }
 

@@ -69,7 +69,7 @@ check_node() {
   local v
   v=$(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}')
   echo "$v"
-  [[ $v == "v1.36.3 containerd://v2.4.2" ]]
+  [[ $v == "v1.36.3 containerd://2.4.2" ]]
   # No taint left once Ready (not-ready/unreachable go away).
   [[ -z "$(kubectl get node "$NODE" -o jsonpath='{.spec.taints}')" ]]
 }
@@ -230,11 +230,11 @@ PY
   iptables-save -t nat | grep -c KUBE-SVC || true
 }
 
-check node "kubelet registered node $NODE, Ready, v1.36.3 on containerd v2.4.2"
-check images "pause and kss images imported; kss image config as in the Dockerfile"
-check pause_pod "a pod of the pause image runs (pod IP on cni0, uid 65535)"
-check kss_pod "kss pod from the kss image Ready via its gRPC probe, uid 65532, read-only root"
-check service_dns "Service name resolves via CoreDNS, ClusterIP reaches the pod via kube-proxy"
+check "kubelet registered node $NODE, Ready, v1.36.3 on containerd 2.4.2" check_node
+check "pause and kss images imported; kss image config as in the Dockerfile" check_images
+check "a pod of the pause image runs (pod IP on cni0, uid 65535)" check_pause_pod
+check "kss pod from the kss image Ready via its gRPC probe, uid 65532, read-only root" check_kss_pod
+check "Service name resolves via CoreDNS, ClusterIP reaches the pod via kube-proxy" check_service_dns
 
 echo "node-smoke: $PASSED passed, $FAILED failed"
 ((FAILED == 0))

@@ -11,14 +11,13 @@
 #
 # Variables (all optional):
 #   KSS_E2E_NODE_BIN     node bin dir (default: output of build-node.sh)
-#   KSS_E2E_NODE_IP      the node's address, on a dummy interface (default 10.200.0.1)
+#   KSS_E2E_NODE_IP      the node's address, on lo (default 10.200.0.1)
 #   KSS_E2E_POD_SUBNET   the pods' subnet on bridge cni0 (default 10.244.0.0/24)
 #   KSS_E2E_CGROUP_ROOT  kubelet's cgroupRoot (default /kss-node-e2e)
 
 NODE_IP=${KSS_E2E_NODE_IP:-10.200.0.1}
 POD_SUBNET=${KSS_E2E_POD_SUBNET:-10.244.0.0/24}
 CGROUP_ROOT=${KSS_E2E_CGROUP_ROOT:-/kss-node-e2e}
-NODE_IFACE=kssnode0
 # The sandbox image containerd runs for every pod (built by e2e/images.sh).
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory devices freezer blkio pids systemd)
@@ -37,7 +36,7 @@ node_bin_dir() {
 node_check_netns() {
   local others
   others=$(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' |
-    grep -vxE "lo|$NODE_IFACE|cni0|veth[0-9a-f]+" || true)
+    grep -vxE "lo|cni0|veth[0-9a-f]+" || true)
   [[ -z $others ]] || die "KSS_E2E_NODE=real needs a network namespace of its own (run it through e2e/node-e2e.sh); this one has: $(echo $others)"
 }
 
@@ -65,10 +64,10 @@ node_preflight() {
 
 node_net_up() {
   ip link set lo up
-  if ! ip link show "$NODE_IFACE" >/dev/null 2>&1; then
-    ip link add "$NODE_IFACE" type dummy
-    ip addr add "$NODE_IP/32" dev "$NODE_IFACE"
-    ip link set "$NODE_IFACE" up
+  # The node's address lives on lo (this kernel has no dummy interfaces: `ip link add
+  # type dummy` says "Unknown device type"); pods reach it through their gateway.
+  if ! ip -o addr show dev lo | grep -q " $NODE_IP/"; then
+    ip addr add "$NODE_IP/32" dev lo
   fi
   # Pods reach Services through kube-proxy's DNAT on this (namespaced) host.
   sysctl -qw net.ipv4.ip_forward=1
@@ -150,12 +149,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     config_path = "$d/containerd/certs.d"
 
 [plugins."io.containerd.cri.v1.runtime"]
+  # This sandbox has no CAP_SYS_RESOURCE: lowering oom_score_adj (kubelet asks -998
+  # for pause containers) fails in runc ("failed to update /proc/self/oom_score_adj:
+  # Permission denied", seen by containerd as "can't get final child's PID from pipe:
+  # EOF"); keep every container at or above containerd's own value.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
+        BinaryName = "${KSS_E2E_RUNC:-$(command -v runc)}"
         Root = "/run/containerd/runc"
         SystemdCgroup = false
   [plugins."io.containerd.cri.v1.runtime".cni]
@@ -334,11 +338,11 @@ EOF
   wait_for 60 "CoreDNS /ready" curl -fsS "http://127.0.0.1:$COREDNS_READY_PORT/ready"
 }
 
-# Every process in the pods' cgroups (they are ours: kubelet made those cgroups under
-# $CGROUP_ROOT), killed; then the shims, which outlive containerd otherwise.
+# Every process in the pods' cgroups (they are ours: kubelet made them, under
+# $CGROUP_ROOT/kubepods; $CGROUP_ROOT/node holds this script), killed; then the shims, which outlive containerd otherwise.
 node_kill_pods() {
   local f pid
-  for f in $(find "/sys/fs/cgroup/pids$CGROUP_ROOT" -name cgroup.procs 2>/dev/null); do
+  for f in $(find "/sys/fs/cgroup/pids$CGROUP_ROOT/kubepods" -name cgroup.procs 2>/dev/null); do
     while read -r pid; do
       [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null || true
     done <"$f"
