@@ -275,7 +275,8 @@ cmd_up() {
     API_NODE_ARGS=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP"
       --endpoint-reconciler-type=lease
       --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
-      --kubelet-client-key="$PKI/apiserver-kubelet-client.key")
+      --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+    --kubelet-preferred-address-types=InternalIP,Hostname)
   fi
   export PATH="$BIN:$PATH"
   export KUBECONFIG="$ADMIN_KUBECONFIG"

@@ -69,6 +69,11 @@ node_net_up() {
   if ! ip -o addr show dev lo | grep -q " $NODE_IP/"; then
     ip addr add "$NODE_IP/32" dev lo
   fi
+  # A fresh network namespace has no default route: a connection from the node to a
+  # ClusterIP would fail with "Network is unreachable" before kube-proxy's OUTPUT DNAT
+  # is even looked at. The Service range gets a route of its own (the DNAT then
+  # re-routes to the pod through cni0).
+  ip route replace 10.96.0.0/16 dev lo src "$NODE_IP"
   # Pods reach Services through kube-proxy's DNAT on this (namespaced) host.
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
