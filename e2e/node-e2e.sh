@@ -34,6 +34,8 @@ export KSS_E2E_STATE=${KSS_E2E_STATE:-/tmp/kss-node-e2e}
 export KSS_E2E_CGROUP_ROOT=${KSS_E2E_CGROUP_ROOT:-/kss-node-e2e}
 export KSS_E2E_NODE=real
 CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory devices freezer blkio pids systemd)
+# runc also mirrors the pods' cgroups into the (controller-less) cgroup2 hierarchy.
+CGROUP_CLEANUP=("${CGROUP_CONTROLLERS[@]}" unified)
 HOST_MOUNTPOINTS=(/var/lib/cni /var/log/containers)
 
 log() { printf '[node-e2e] %s\n' "$*" >&2; }
@@ -89,7 +91,7 @@ export KSS_E2E_IMAGES=${KSS_E2E_IMAGES:-$KSS_E2E_STATE-images}
 created_dirs=()
 cleanup() {
   local rc=$? c d
-  for c in "${CGROUP_CONTROLLERS[@]}"; do
+  for c in "${CGROUP_CLEANUP[@]}"; do
     d=/sys/fs/cgroup/$c$KSS_E2E_CGROUP_ROOT
     [[ -d $d ]] || continue
     find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true

@@ -5,7 +5,7 @@
 #   e2e/node-e2e.sh               # = e2e/node-e2e.sh -- e2e/node-smoke.sh
 #
 # One PASS:/FAIL: line per check, then `node-smoke: N passed, N failed`; exit status 1
-# if any check failed. Smallest first: the kubelet's node is Ready; a pod of the pause
+# if any check failed. KSS_NODE_SMOKE_VERBOSE=1 shows what each passing check saw too. Smallest first: the kubelet's node is Ready; a pod of the pause
 # image runs; then a kss pod from the kss image becomes Ready through its gRPC
 # readiness probe, running as uid 65532 on a read-only root filesystem; a Service name
 # resolves through CoreDNS and reaches the pod through kube-proxy.
@@ -35,6 +35,7 @@ check() {
   if wait $!; then
     PASSED=$((PASSED + 1))
     printf 'PASS: %s (%ds)\n' "$name" $((SECONDS - start))
+    [[ ${KSS_NODE_SMOKE_VERBOSE:-} != 1 ]] || sed 's/^/    | /' "$out"
   else
     FAILED=$((FAILED + 1))
     printf 'FAIL: %s (%ds)\n' "$name" $((SECONDS - start))

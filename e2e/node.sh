@@ -385,7 +385,7 @@ node_down() {
 # that still holds a process stays, and is reported).
 node_cgroups_down() {
   local c dir
-  for c in "${CGROUP_CONTROLLERS[@]}"; do
+  for c in "${CGROUP_CONTROLLERS[@]}" unified; do
     [[ -d /sys/fs/cgroup/$c$CGROUP_ROOT ]] || continue
     find "/sys/fs/cgroup/$c$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [[ -d /sys/fs/cgroup/$c$CGROUP_ROOT ]] && log "cgroup $c$CGROUP_ROOT still in use"
