@@ -506,8 +506,13 @@ cmd_env() {
 }
 
 cmd_status() {
-  local c pid
+  local c pid mode
+  mode=$(cat "$STATE/node-mode" 2>/dev/null || echo kwok)
   for c in "${COMPONENTS[@]}"; do
+    # Only the components of the node kind this state dir was brought up with.
+    case $mode:$c in
+      kwok:containerd | kwok:kubelet | kwok:kube-proxy | kwok:coredns | real:kwok) continue ;;
+    esac
     if [[ -f "$PIDS/$c.pid" ]]; then
       pid=$(<"$PIDS/$c.pid")
       if is_ours "$pid" "$(<"$PIDS/$c.exe")"; then
