@@ -81,6 +81,14 @@ fi
 [[ $(id -u) == 0 ]] || die "needs root (namespaces, mounts, cgroups)"
 for c in unshare ip mountpoint; do command -v "$c" >/dev/null || die "$c not found"; done
 
+# One run at a time per state dir and cgroup root (a second one waits).
+mkdir -p "$(dirname "$KSS_E2E_STATE")"
+exec 8>"$KSS_E2E_STATE.lock"
+if ! flock -n 8; then
+  log "another node-e2e.sh holds $KSS_E2E_STATE.lock; waiting"
+  flock 8
+fi
+
 log "building / locating tools"
 KSS_E2E_BIN=$("$E2E_DIR/build-tools.sh" | tail -n 1)
 KSS_E2E_NODE_BIN=$("$E2E_DIR/build-node.sh" | tail -n 1)
