@@ -77,8 +77,12 @@ check_node() {
 
 check_images() {
   "${CTR[@]}" images ls
-  "${CTR[@]}" images ls -q | grep -qx registry.k8s.io/pause:3.10.2
-  "${CTR[@]}" images ls -q | grep -qx "$KSS_IMAGE"
+  # Listed first, grepped after: `ctr ... | grep -q` fails now and then under pipefail
+  # (grep quits at the first match, ctr dies of SIGPIPE: exit 141).
+  local refs
+  refs=$("${CTR[@]}" images ls -q)
+  grep -qx registry.k8s.io/pause:3.10.2 <<<"$refs"
+  grep -qx "$KSS_IMAGE" <<<"$refs"
   # The image config as the Dockerfile's kss stage says.
   local cfg
   cfg=$(tar -xOf "$KSS_E2E_IMAGES/kss.tar" "$(tar -xOf "$KSS_E2E_IMAGES/kss.tar" manifest.json | jq -r '.[0].Config')")
@@ -194,7 +198,9 @@ EOF
   # Its metrics endpoint answers on the pod IP, from the node.
   local ip
   ip=$(kubectl -n "$NS" get pod kss -o jsonpath='{.status.podIP}')
-  curl -fsS "http://$ip:9464/metrics" | grep -m3 '^kss_'
+  local metrics
+  metrics=$(curl -fsS "http://$ip:9464/metrics")
+  grep -m3 '^kss_' <<<"$metrics"
 }
 
 check_service_dns() {

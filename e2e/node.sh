@@ -324,7 +324,9 @@ EOF
     ctr_k8s images import --no-unpack=false "$img" >>"$LOGS/images.log" 2>&1 ||
       die "ctr images import $img failed (see $LOGS/images.log)"
   done
-  ctr_k8s images ls -q | grep -qx "$PAUSE_IMAGE" ||
+  local refs
+  refs=$(ctr_k8s images ls -q 2>/dev/null)
+  grep -qx "$PAUSE_IMAGE" <<<"$refs" ||
     die "sandbox image $PAUSE_IMAGE not in containerd (e2e/images.sh builds it)"
 
   start_node kubelet \
