@@ -78,6 +78,14 @@ RUN set -eu; \
 # Distroless "cc": glibc and libgcc (the binaries are dynamically linked against them),
 # CA certificates, tzdata, /etc/passwd with the nonroot user (65532); no shell, no
 # package manager.
+#
+# Without Docker, e2e/images.sh assembles the same two images with crane and reads
+# them from this file: e2e/image/dockerfile-stage.py follows a target stage (kss,
+# kss-operator) through FROM runtime and takes its COPY, LABEL (with ARG VERSION), ENV,
+# USER, EXPOSE, ENTRYPOINT and CMD lines; only this distroless base is replaced, by
+# e2e/image/runtime-base.list (the same packages' files from a Debian 12 host). An
+# instruction in these stages that dockerfile-stage.py does not know fails that build,
+# so a change here is never silently missing from those images.
 # runtime is the base of both images.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG VERSION

@@ -4,6 +4,9 @@
 # one Node and makes scheduled pods Running without running anything).
 #
 #   e2e/control-plane.sh up       # PKI, kubeconfigs, start everything, wait Ready
+#   e2e/control-plane.sh up --node  # the same with a real node instead of kwok:
+#                                 # containerd, kubelet, kube-proxy, CoreDNS (e2e/node.sh;
+#                                 # only inside the namespaces of e2e/node-e2e.sh)
 #   e2e/control-plane.sh down     # stop every process recorded by `up`
 #   e2e/control-plane.sh env      # print `export KUBECONFIG=...` / `export PATH=...`
 #   e2e/control-plane.sh status   # show recorded processes and whether they live
@@ -19,7 +22,9 @@
 #                        kube-controller-manager starts, with KUBECONFIG and PATH
 #                        set (e.g. to install CRDs: the garbage collector only
 #                        discovers CRD kinds added later every ~30 s)
-#   KSS_E2E_NODE_NAME    name of the fake kwok node (default kwok-node-0)
+#   KSS_E2E_NODE_NAME    name of the fake kwok node (default kwok-node-0; with a
+#                        real node: kss-node-0)
+#   KSS_E2E_NODE         "real" = `up --node`; anything else (default): kwok
 #   KSS_E2E_POD_CIDR     kwok's pod IP range (default 127.N.0.1/16 with N picked at
 #                        random in 1-254 among the /16s nothing on this host has
 #                        bound): loopback pod IPs, so that a process started for a
@@ -28,14 +33,22 @@ set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${KSS_E2E_STATE:-/tmp/kss-e2e}
-NODE_NAME=${KSS_E2E_NODE_NAME:-kwok-node-0}
+NODE_MODE=${KSS_E2E_NODE:-kwok}
+if [[ ${1:-} == up && ${2:-} == --node ]]; then NODE_MODE=real; fi
+[[ $NODE_MODE == real ]] || NODE_MODE=kwok
+if [[ $NODE_MODE == real ]]; then
+  NODE_NAME=${KSS_E2E_NODE_NAME:-kss-node-0}
+else
+  NODE_NAME=${KSS_E2E_NODE_NAME:-kwok-node-0}
+fi
 MARKER="$STATE/.kss-e2e-state"
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 ADMIN_KUBECONFIG="$STATE/admin.kubeconfig"
-# Start order; `down` stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# Start order; `down` stops them in reverse (the real node's first, see node.sh).
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok
+  containerd kubelet kube-proxy coredns)
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -166,7 +179,7 @@ extendedKeyUsage=clientAuth"
   new_cert apiserver "/CN=kube-apiserver" ca "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1${APISERVER_EXTRA_SANS:-},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   new_cert admin "/O=system:masters/CN=kss-e2e-admin" ca "$client"
   new_cert controller-manager "/CN=system:kube-controller-manager" ca "$client"
   new_cert scheduler "/CN=system:kube-scheduler" ca "$client"
@@ -248,6 +261,23 @@ cmd_up() {
     [[ -x "$BIN/$b" ]] || die "$BIN/$b missing; run e2e/build-tools.sh"
   done
   echo "$BIN" >"$STATE/bin-dir"
+  echo "$NODE_MODE" >"$STATE/node-mode"
+  # API server flags that differ with a real node: pods reach it through the
+  # `kubernetes` Service, whose endpoint is the node's address.
+  API_NODE_ARGS=(--bind-address=127.0.0.1 --endpoint-reconciler-type=none)
+  if [[ $NODE_MODE == real ]]; then
+    # shellcheck source=e2e/node.sh
+    source "$E2E_DIR/node.sh"
+    node_preflight
+    node_net_up
+    node_cgroups_up
+    APISERVER_EXTRA_SANS=",IP:$NODE_IP"
+    API_NODE_ARGS=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP"
+      --endpoint-reconciler-type=lease
+      --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+      --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+    --kubelet-preferred-address-types=InternalIP,Hostname)
+  fi
   export PATH="$BIN:$PATH"
   export KUBECONFIG="$ADMIN_KUBECONFIG"
 
@@ -274,6 +304,7 @@ POD_CIDR=$POD_CIDR
 EOF
 
   gen_pki
+  [[ $NODE_MODE != real ]] || node_gen_pki
   write_kubeconfig "$ADMIN_KUBECONFIG" admin
   write_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
   write_kubeconfig "$STATE/scheduler.kubeconfig" scheduler
@@ -294,7 +325,7 @@ EOF
 
   start kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 \
+    "${API_NODE_ARGS[@]}" \
     --secure-port="$API_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
@@ -310,7 +341,6 @@ EOF
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
     --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --endpoint-reconciler-type=none \
     --authorization-mode=Node,RBAC \
     --allow-privileged=true
   wait_for 90 "kube-apiserver /readyz" kubectl get --raw /readyz
@@ -349,6 +379,18 @@ EOF
     --leader-elect=false \
     --kube-api-qps=500 \
     --kube-api-burst=1000
+
+  if [[ $NODE_MODE == real ]]; then
+    wait_for 60 "kube-controller-manager /healthz" curl -kfsS "https://127.0.0.1:$CM_PORT/healthz"
+    wait_for 60 "kube-scheduler /healthz" curl -kfsS "https://127.0.0.1:$SCHED_PORT/healthz"
+    node_up
+    wait_for 60 "default ServiceAccount in namespace default" \
+      kubectl -n default get serviceaccount default
+    UP_OK=1
+    trap - EXIT
+    log "control plane with real node $NODE_NAME up in $((SECONDS - t0)) s (state: $STATE, node IP $NODE_IP, pods in $POD_SUBNET)"
+    return 0
+  fi
 
   start kwok \
     --kubeconfig="$STATE/kwok.kubeconfig" \
@@ -402,6 +444,11 @@ EOF
 
 cmd_down() {
   [[ -d "$PIDS" ]] || { log "nothing recorded in $STATE"; return 0; }
+  if [[ "$(cat "$STATE/node-mode" 2>/dev/null)" == real ]]; then
+    # shellcheck source=e2e/node.sh
+    source "$E2E_DIR/node.sh"
+    node_down
+  fi
   local i c pid exe stopping=()
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c=${COMPONENTS[i]}
@@ -459,8 +506,13 @@ cmd_env() {
 }
 
 cmd_status() {
-  local c pid
+  local c pid mode
+  mode=$(cat "$STATE/node-mode" 2>/dev/null || echo kwok)
   for c in "${COMPONENTS[@]}"; do
+    # Only the components of the node kind this state dir was brought up with.
+    case $mode:$c in
+      kwok:containerd | kwok:kubelet | kwok:kube-proxy | kwok:coredns | real:kwok) continue ;;
+    esac
     if [[ -f "$PIDS/$c.pid" ]]; then
       pid=$(<"$PIDS/$c.pid")
       if is_ours "$pid" "$(<"$PIDS/$c.exe")"; then
@@ -480,7 +532,7 @@ case ${1:-} in
   env) cmd_env ;;
   status) cmd_status ;;
   *)
-    echo "usage: $0 up|down|env|status" >&2
+    echo "usage: $0 up [--node]|down|env|status" >&2
     exit 2
     ;;
 esac
