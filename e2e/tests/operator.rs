@@ -644,6 +644,30 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
     if success || !output.contains("mode cannot change after creation") {
         failures.push(format!("mode change accepted: {output}"));
     }
+    // Nor its storage: neither changed, nor added, nor removed.
+    apply_ok(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: s}\nspec:\n  mode: Standalone\n  storage: {size: 1Gi}\n  backup: {ignoreSecurityChecks: true}\n",
+    )
+    .expect("valid cluster");
+    for storage in ["  storage: {size: 2Gi}\n", ""] {
+        let (success, output) = apply_yaml(
+            &ns,
+            &format!("apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {{name: s}}\nspec:\n  mode: Standalone\n{storage}  backup: {{ignoreSecurityChecks: true}}\n"),
+        )
+        .expect("kubectl");
+        if success || !output.contains("storage cannot change after creation") {
+            failures.push(format!("storage change {storage:?} accepted: {output}"));
+        }
+    }
+    let (success, output) = apply_yaml(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata: {name: h}\nspec:\n  mode: Standalone\n  storage: {size: 1Gi}\n  backup: {ignoreSecurityChecks: true}\n",
+    )
+    .expect("kubectl");
+    if success || !output.contains("storage cannot change after creation") {
+        failures.push(format!("storage added after creation: {output}"));
+    }
     let _ = harness::delete_namespace(&client, &ns).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -666,15 +690,27 @@ async fn standalone(scene: &mut Scene) -> Result<()> {
     let id = st.keyserver_id.clone().context("keyserver ID in status")?;
     ensure!(id.len() == 32, "keyserver ID {id}");
     for t in [
+        "Ready",
         "Available",
         "IdentityReady",
         "BackupKeyReady",
         "PolicyApplied",
+        "DatabaseReachable",
+        "Synced",
     ] {
         let (s, reason, message) = condition(&c, t).with_context(|| format!("condition {t}"))?;
         ensure!(s == "True", "{t} is {s}: {reason} {message}");
     }
     ensure!(condition(&c, "Degraded").map(|x| x.0) == Some("False".into()));
+    // What `kubectl wait`, Flux and Argo CD look at.
+    ok(&mut kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "--timeout=30s",
+        "keyshardcluster/kss-demo",
+    ]))?;
     let backup = st.backup.clone().context("backup status")?;
     ensure!(
         (backup.holders, backup.threshold) == (5, 3),
@@ -687,6 +723,15 @@ async fn standalone(scene: &mut Scene) -> Result<()> {
     );
     ensure!(st.instances.len() == 1 && st.instances[0].online);
     ensure!(st.instances[0].name == "kss-demo-0");
+    // The pod's own answer: the keyserver it serves, its version, its database.
+    ensure!(
+        st.instances[0].keyserver_id.as_deref() == Some(id.as_str())
+            && st.instances[0].refusal_reason.is_none()
+            && st.instances[0].kss_version.as_deref() == Some(env!("CARGO_PKG_VERSION"))
+            && st.instances[0].database_reachable == Some(true),
+        "instance {:?}",
+        st.instances[0]
+    );
     ensure!(
         st.instances[0].applied_policy_version == 1,
         "instance applied {:?}",
@@ -1184,6 +1229,24 @@ async fn mismatch(scene: &mut Scene) -> Result<()> {
     scene
         .wait_identity_refused("second", "IdentityMismatch", &first_id)
         .await?;
+    // The refusing pod is in status.instances with its reason (it never registers).
+    let second = scene.cluster("second").await?;
+    let refusing = status(&second)
+        .instances
+        .into_iter()
+        .find(|i| i.name == "second-0")
+        .context("second-0 in status.instances")?;
+    ensure!(
+        refusing.refusal_reason.as_deref() == Some("IdentityMismatch")
+            && refusing.keyserver_id.is_none()
+            && !refusing.online
+            && refusing.kss_version.as_deref() == Some(env!("CARGO_PKG_VERSION")),
+        "second-0: {refusing:?}"
+    );
+    ensure!(
+        condition(&second, "Ready").map(|c| c.0) == Some("False".into()),
+        "a refusing cluster is not Ready"
+    );
     let stored = sql_on(
         &uri,
         &format!("SELECT keyserver_id FROM {}.identity", database_name(&uri)),

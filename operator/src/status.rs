@@ -109,6 +109,20 @@ pub enum BackupNote {
 pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<Condition>, Phase) {
     let generation = observed.generation;
     let mut conditions = previous.to_vec();
+    if observed.paused {
+        condition::set(
+            &mut conditions,
+            condition::new(
+                types::PROGRESSING,
+                false,
+                reasons::PAUSED,
+                "spec.paused is set: the operator changes nothing until it is cleared",
+                generation,
+                now,
+            ),
+        );
+        return (conditions, Phase::Paused);
+    }
     match &observed.database {
         DatabaseState::Unknown => condition::set(
             &mut conditions,
@@ -156,15 +170,6 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
             condition::new(type_, status, reason, message, generation, now),
         );
     };
-    if observed.paused {
-        set(
-            types::PROGRESSING,
-            false,
-            reasons::PAUSED,
-            "spec.paused is set: the operator changes nothing until it is cleared".into(),
-        );
-        return (conditions, Phase::Paused);
-    }
 
     // Identity.
     let identity_reason = match &observed.identity {
@@ -427,16 +432,18 @@ pub fn instances(
     let mut by_name: BTreeMap<String, InstanceStatus> =
         registry.into_iter().map(|i| (i.name.clone(), i)).collect();
     for (pod, probe) in probes {
-        let entry = by_name.entry(pod.clone()).or_insert_with(|| InstanceStatus {
-            name: pod.clone(),
-            online: false,
-            applied_policy_version: 0,
-            endpoint: None,
-            keyserver_id: None,
-            refusal_reason: None,
-            kss_version: None,
-            database_reachable: None,
-        });
+        let entry = by_name
+            .entry(pod.clone())
+            .or_insert_with(|| InstanceStatus {
+                name: pod.clone(),
+                online: false,
+                applied_policy_version: 0,
+                endpoint: None,
+                keyserver_id: None,
+                refusal_reason: None,
+                kss_version: None,
+                database_reachable: None,
+            });
         match probe {
             Probe::Serving(s) => {
                 entry.keyserver_id = Some(s.keyserver_id.clone());
@@ -494,6 +501,15 @@ mod tests {
     fn all_ready_and_rolled_out_is_ready() {
         let (conds, phase) = compute(&observed(), &[], "now");
         assert_eq!(phase, Phase::Ready);
+        assert_eq!(reason(&conds, "Ready"), ("True".into(), "Ready".into()));
+        assert_eq!(
+            reason(&conds, "DatabaseReachable"),
+            ("True".into(), "DatabaseReachable".into())
+        );
+        assert_eq!(
+            reason(&conds, "Synced"),
+            ("True".into(), "Reconciled".into())
+        );
         assert_eq!(
             reason(&conds, "Available"),
             ("True".into(), "AllInstancesReady".into())
@@ -508,6 +524,144 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_rollout_is_updating_and_an_unready_pod_outside_one_is_degraded() {
+        let mut o = observed();
+        o.ready_replicas = 2;
+        o.updating = true;
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Updating);
+        assert_eq!(reason(&conds, "Degraded").0, "False");
+        assert_eq!(reason(&conds, "Progressing").0, "True");
+        assert_eq!(reason(&conds, "Available").0, "True");
+        assert_eq!(reason(&conds, "Ready").0, "False");
+
+        o.updating = false;
+        let (conds, phase) = compute(&o, &conds, "later");
+        assert_eq!(phase, Phase::Degraded);
+        assert_eq!(
+            reason(&conds, "Degraded"),
+            ("True".into(), "InstancesNotReady".into())
+        );
+    }
+
+    #[test]
+    fn a_database_outage_is_degraded_and_named_not_waiting() {
+        let mut o = observed();
+        o.ready_replicas = 0;
+        o.database = DatabaseState::of(&[("kss-0", false), ("kss-1", false)]);
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Degraded);
+        assert_eq!(
+            reason(&conds, "Degraded"),
+            ("True".into(), "DatabaseUnreachable".into())
+        );
+        let c = condition::find(&conds, "DatabaseReachable").expect("DatabaseReachable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DatabaseUnreachable")
+        );
+        assert!(c.message.contains("kss-0, kss-1"), "{}", c.message);
+        assert_eq!(reason(&conds, "Ready").0, "False");
+        // One instance that reaches it is enough: the database answers.
+        assert_eq!(
+            DatabaseState::of(&[("kss-0", false), ("kss-1", true)]),
+            DatabaseState::Reachable
+        );
+        o.database = DatabaseState::Unknown;
+        let (conds, _) = compute(&o, &conds, "later");
+        assert_eq!(
+            reason(&conds, "DatabaseReachable"),
+            ("Unknown".into(), "NoInstanceAnswered".into())
+        );
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_not_synced_and_keeps_the_rest() {
+        let (conds, _) = compute(&observed(), &[], "now");
+        let failed = reconcile_failed(&conds, "applying StatefulSet kss: forbidden", Some(3), "t");
+        let synced = condition::find(&failed, "Synced").expect("Synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "ReconcileError")
+        );
+        assert_eq!(synced.message, "applying StatefulSet kss: forbidden");
+        assert_eq!(synced.last_transition_time, "t");
+        for c in conds.iter().filter(|c| c.r#type != "Synced") {
+            assert_eq!(condition::find(&failed, &c.r#type), Some(c));
+        }
+        // The next successful reconcile clears it.
+        let (again, _) = compute(&observed(), &failed, "t2");
+        assert_eq!(reason(&again, "Synced").0, "True");
+    }
+
+    #[test]
+    fn every_pod_shows_what_it_serves_or_why_it_refuses() {
+        use kss_proto::v1::StatusResponse;
+        let registry = vec![
+            InstanceStatus {
+                name: "kss-0".into(),
+                online: true,
+                applied_policy_version: 4,
+                ..InstanceStatus::default()
+            },
+            InstanceStatus {
+                name: "kss-old".into(),
+                online: false,
+                ..InstanceStatus::default()
+            },
+        ];
+        let serving = |id: &str| {
+            Probe::Serving(StatusResponse {
+                keyserver_id: id.into(),
+                kss_version: "0.1.0".into(),
+                database_reachable: true,
+                ..StatusResponse::default()
+            })
+        };
+        let probes = vec![
+            ("kss-0".to_string(), serving("K1")),
+            ("kss-1".to_string(), serving("K2")),
+            (
+                "kss-2".to_string(),
+                Probe::Refusing {
+                    reason: RefusalReason::IdentityMissing,
+                    message: "IdentityMissing: the database holds no identity".into(),
+                    kss_version: "0.1.0".into(),
+                },
+            ),
+            ("kss-3".to_string(), Probe::Unreachable("connecting".into())),
+        ];
+        let out = instances(registry, &probes, Some("K1"));
+        let names: Vec<&str> = out.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["kss-0", "kss-1", "kss-2", "kss-3", "kss-old"]);
+        let by = |n: &str| out.iter().find(|i| i.name == n).expect("listed");
+        assert_eq!(by("kss-0").keyserver_id.as_deref(), Some("K1"));
+        assert_eq!(by("kss-0").refusal_reason, None);
+        assert_eq!(by("kss-0").applied_policy_version, 4);
+        assert_eq!(by("kss-0").kss_version.as_deref(), Some("0.1.0"));
+        assert_eq!(by("kss-0").database_reachable, Some(true));
+        assert_eq!(by("kss-1").keyserver_id.as_deref(), Some("K2"));
+        assert_eq!(
+            by("kss-1").refusal_reason.as_deref(),
+            Some("IdentityMismatch")
+        );
+        assert_eq!(
+            by("kss-2").refusal_reason.as_deref(),
+            Some("IdentityMissing")
+        );
+        assert_eq!(by("kss-2").keyserver_id, None);
+        assert!(!by("kss-2").online);
+        assert_eq!(
+            by("kss-3"),
+            &InstanceStatus {
+                name: "kss-3".into(),
+                ..InstanceStatus::default()
+            }
+        );
+        assert!(!by("kss-old").online);
+    }
+
+    #[test]
     fn a_lagging_instance_keeps_the_rollout_progressing() {
         let mut o = observed();
         o.policy = PolicyState::Rollout {
@@ -517,7 +671,10 @@ mod tests {
             online: 3,
         };
         let (conds, phase) = compute(&o, &[], "now");
-        assert_eq!(phase, Phase::Degraded);
+        // A normal rollout: progressing, not degraded.
+        assert_eq!(phase, Phase::Updating);
+        assert_eq!(reason(&conds, "Degraded").0, "False");
+        assert_eq!(reason(&conds, "Ready"), ("False".into(), "Updating".into()));
         assert_eq!(
             reason(&conds, "PolicyApplied"),
             ("False".into(), "RollingOut".into())

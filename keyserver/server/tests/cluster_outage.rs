@@ -1014,6 +1014,24 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
     })
     .await;
     let b_back_after = cut.elapsed();
+    // What the operator asks a meanwhile: its admin Status still answers, in time, and
+    // says that the database is not reachable.
+    let a_dir = kss_server::data_dir::DataDir {
+        root: cluster.dirs[0].path(),
+        master_key: cluster.dirs[0].path().join("master.key"),
+        db_uri: None,
+        db_ca_file: None,
+    };
+    let mut admin = kss_server::commands::admin_client::connect(&a_dir)
+        .await
+        .expect("a's admin socket");
+    let asked = Instant::now();
+    let a_status = admin
+        .status(kss_proto::v1::StatusRequest {})
+        .await
+        .expect("a's admin Status during the cut")
+        .into_inner();
+    let status_took = asked.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let healed = Instant::now();
     toxi.heal("kss-a");
@@ -1039,6 +1057,14 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
     assert!(
         b_back_after <= Duration::from_secs(8),
         "b approved again only {b_back_after:?} after a was cut off"
+    );
+    assert!(
+        !a_status.database_reachable && a_status.profiles == 0,
+        "a's Status during the cut: {a_status:?}"
+    );
+    assert!(
+        status_took <= ANSWER_DURING_OUTAGE_WITHIN,
+        "a's Status took {status_took:?} during the cut"
     );
     assert!(
         a_back,

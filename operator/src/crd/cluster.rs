@@ -64,6 +64,10 @@ use super::condition::Condition;
     {
         "rule": "self.mode != 'Cluster' || has(self.database)",
         "message": "mode Cluster needs spec.database.secretRef: the MySQL database every instance shares"
+    },
+    {
+        "rule": "has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)",
+        "message": "storage cannot change after creation (a StatefulSet's volume claims are fixed): create a new cluster and move the keyserver with kss clone-db or a recovery"
     }
 ]))]
 pub struct KeyShardClusterSpec {
@@ -94,7 +98,8 @@ pub struct KeyShardClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseSpec>,
 
-    /// The volume of a standalone keyserver's SQLite database.
+    /// The volume of a standalone keyserver's SQLite database. Cannot change after
+    /// creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
 

@@ -738,7 +738,10 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     };
 
     // What each pod answered, for status.instances and DatabaseReachable.
-    let answers: Vec<(String, Probe)> = probes.iter().map(|(pod, p, _)| (pod.clone(), p.clone())).collect();
+    let answers: Vec<(String, Probe)> = probes
+        .iter()
+        .map(|(pod, p, _)| (pod.clone(), p.clone()))
+        .collect();
     let database = DatabaseState::of(
         &answers
             .iter()
@@ -838,7 +841,9 @@ fn statefulset_updating(
     status: &k8s_openapi::api::apps::v1::StatefulSetStatus,
     generation: Option<i64>,
 ) -> bool {
-    let behind = status.observed_generation.is_some_and(|o| Some(o) < generation);
+    let behind = status
+        .observed_generation
+        .is_some_and(|o| Some(o) < generation);
     let revisions = match (&status.current_revision, &status.update_revision) {
         (Some(current), Some(update)) => current != update,
         _ => false,
