@@ -461,7 +461,8 @@ pub struct KeyShardClusterStatus {
     /// The policy rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRollout>,
-    /// Every instance in the keyserver's registry.
+    /// Every instance in the keyserver's registry, and every pod that answered the
+    /// operator (a refusing pod never registers), with what it answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub instances: Vec<InstanceStatus>,
