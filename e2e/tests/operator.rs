@@ -1385,11 +1385,41 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
         .patch(
             "vault",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"recovery": {"approvalsSecretName": "approvals"}}})),
+            &Patch::Merge(
+                json!({"spec": {"recovery": {"id": "lost-db-1", "approvalsSecretName": "approvals"}}}),
+            ),
         )
         .await?;
     let c = scene.wait_ready("vault").await?;
     ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
+    // The request is recorded as completed; its approvals (with the backup key, the root
+    // secret) are deleted.
+    let c = scene
+        .wait_cluster("vault", "recovery lost-db-1 completed", |c| {
+            status(c).recovery.is_some_and(|r| {
+                r.id == "lost-db-1"
+                    && r.state == kss_operator::crd::cluster::RecoveryState::Completed
+            })
+        })
+        .await?;
+    ensure!(
+        condition(&c, "RecoveryRequested").map(|x| (x.0, x.1))
+            == Some(("False".into(), "RecoveryCompleted".into())),
+        "RecoveryRequested: {:?}",
+        condition(&c, "RecoveryRequested")
+    );
+    harness::poll("approvals Secret deleted", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(
+            scene
+                .secrets()
+                .get_opt("approvals")
+                .await
+                .ok()
+                .flatten()
+                .is_none(),
+        )
+    })
+    .await?;
     let stored = sql_on(&uri, &format!("SELECT keyserver_id FROM {db}.identity"))?;
     ensure!(stored.trim() == id, "recovered database holds {stored}");
     // The profile is re-registered with its registration token, then decrypts again.
@@ -1403,6 +1433,34 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
     ensure!(
         scene.secrets().get_opt("vault-bootstrap").await?.is_none(),
         "bootstrap Secret kept after recovery"
+    );
+
+    // The request left in spec does not re-arm: the database emptied again (even with the
+    // approvals put back) is not restored, and the resource says why.
+    apply_ok(ns, &approvals)?;
+    sql_on(&uri, &format!("DROP DATABASE {db}; CREATE DATABASE {db}"))?;
+    for (pod, _) in &pod_ips(scene, "vault").await? {
+        pods.delete(pod, &DeleteParams::default()).await?;
+    }
+    scene
+        .wait_cluster(
+            "vault",
+            "IdentityReady=False RecoveryFailed (ran once)",
+            |c| {
+                condition(c, "IdentityReady")
+                    .is_some_and(|x| x.1 == "RecoveryFailed" && x.2.contains("runs once"))
+            },
+        )
+        .await?;
+    ensure!(
+        scene.secrets().get_opt("vault-bootstrap").await?.is_none(),
+        "a bootstrap identity was made again"
+    );
+    let stored =
+        sql_on(&uri, &format!("SELECT COUNT(*) FROM {db}.identity")).unwrap_or_else(|_| "0".into());
+    ensure!(
+        stored.trim() == "0",
+        "the emptied database was restored: {stored}"
     );
     let _ = sql_on(&uri, &format!("DROP DATABASE {db}"));
     Ok(())

@@ -94,6 +94,17 @@ pub struct Observed {
     /// The StatefulSet is rolling out a new revision or scaling.
     pub updating: bool,
     pub database: DatabaseState,
+    /// `spec.recovery`, if set.
+    pub recovery_request: Option<RequestedRecovery>,
+}
+
+/// A `spec.recovery` request and whether it has completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedRecovery {
+    pub id: String,
+    pub approvals_secret: String,
+    /// When it completed (RFC 3339; empty if not recorded); `None`: not yet.
+    pub completed_at: Option<String>,
 }
 
 /// How the backup key came about.
@@ -109,6 +120,44 @@ pub enum BackupNote {
 pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<Condition>, Phase) {
     let generation = observed.generation;
     let mut conditions = previous.to_vec();
+    // Whether a recovery request is armed: while it is, an empty database is restored
+    // from the backup key with the approvals it names.
+    match &observed.recovery_request {
+        None => conditions.retain(|c| c.r#type != types::RECOVERY_REQUESTED),
+        Some(r) => {
+            let (armed, reason, message) = match &r.completed_at {
+                None => (
+                    true,
+                    reasons::RECOVERY_ARMED,
+                    format!(
+                        "spec.recovery {} is set: a database without an identity is restored \
+                         from the backup key with the approvals in Secret {} (once)",
+                        r.id, r.approvals_secret
+                    ),
+                ),
+                Some(at) => (
+                    false,
+                    reasons::RECOVERY_COMPLETED,
+                    format!(
+                        "recovery {} completed at {at} and does not run again; remove \
+                         spec.recovery",
+                        r.id
+                    ),
+                ),
+            };
+            condition::set(
+                &mut conditions,
+                condition::new(
+                    types::RECOVERY_REQUESTED,
+                    armed,
+                    reason,
+                    message,
+                    generation,
+                    now,
+                ),
+            );
+        }
+    }
     if observed.paused {
         condition::set(
             &mut conditions,
@@ -489,6 +538,7 @@ mod tests {
             blocker: None,
             updating: false,
             database: DatabaseState::Reachable,
+            recovery_request: None,
         }
     }
 
@@ -659,6 +709,39 @@ mod tests {
             }
         );
         assert!(!by("kss-old").online);
+    }
+
+    #[test]
+    fn a_recovery_request_is_armed_until_it_completes_then_says_remove_it() {
+        let mut o = observed();
+        o.recovery_request = Some(RequestedRecovery {
+            id: "r1".into(),
+            approvals_secret: "approvals".into(),
+            completed_at: None,
+        });
+        let (conds, _) = compute(&o, &[], "now");
+        let c = condition::find(&conds, "RecoveryRequested").expect("RecoveryRequested");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RecoveryArmed")
+        );
+        assert!(c.message.contains("Secret approvals"), "{}", c.message);
+
+        o.recovery_request = Some(RequestedRecovery {
+            completed_at: Some("2026-12-04T22:00:00Z".into()),
+            ..o.recovery_request.clone().expect("set")
+        });
+        let (conds, _) = compute(&o, &conds, "later");
+        let c = condition::find(&conds, "RecoveryRequested").expect("RecoveryRequested");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RecoveryCompleted")
+        );
+        assert!(c.message.contains("remove spec.recovery"), "{}", c.message);
+
+        o.recovery_request = None;
+        let (conds, _) = compute(&o, &conds, "after");
+        assert!(condition::find(&conds, "RecoveryRequested").is_none());
     }
 
     #[test]

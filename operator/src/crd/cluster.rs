@@ -358,10 +358,37 @@ pub struct BackupHolder {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverySpec {
+    /// Names this request: it runs once. When it has completed (`status.recovery`), the
+    /// same id never runs again, not even on another empty database; a new recovery needs
+    /// a new id.
+    #[schemars(length(min = 1, max = 63))]
+    pub id: String,
     /// A Secret whose every key holds one holder's approval (`kss backup approve` output).
-    /// Used only when the database holds no identity; delete it after recovery.
+    /// Used only when the database holds no identity; the operator deletes it once the
+    /// recovery has completed.
     #[schemars(length(min = 1, max = 253))]
     pub approvals_secret_name: String,
+}
+
+/// A recovery request's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RecoveryState {
+    /// The recovered identity is handed to the instances; none serves it yet.
+    InProgress,
+    /// An instance serves the recovered identity; the approvals Secret is deleted.
+    Completed,
+}
+
+/// The last recovery request the operator acted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// Its `spec.recovery.id`.
+    pub id: String,
+    pub state: RecoveryState,
+    /// When it completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
 }
 
 /// A `KssPolicy` in the same namespace.
@@ -469,8 +496,11 @@ pub struct KeyShardClusterStatus {
     /// The backup key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The last recovery request acted on (`spec.recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
     /// `Ready`, `Available`, `Progressing`, `Degraded`, `DatabaseReachable`, `Synced`,
-    /// `IdentityReady`, `BackupKeyReady`, `PolicyApplied`.
+    /// `IdentityReady`, `BackupKeyReady`, `PolicyApplied`, `RecoveryRequested`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

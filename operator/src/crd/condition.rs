@@ -47,6 +47,8 @@ pub mod types {
     pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
     /// False while reconciles fail (the error in its message).
     pub const SYNCED: &str = "Synced";
+    /// True while `spec.recovery` is armed (it has not completed).
+    pub const RECOVERY_REQUESTED: &str = "RecoveryRequested";
 }
 
 /// Condition reasons (the README's troubleshooting table explains each).
@@ -89,6 +91,8 @@ pub mod reasons {
     pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
     pub const NO_INSTANCE_ANSWERED: &str = "NoInstanceAnswered";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
+    pub const RECOVERY_ARMED: &str = "RecoveryArmed";
+    pub const RECOVERY_COMPLETED: &str = "RecoveryCompleted";
 
     /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
     /// troubleshooting table explains. A bootstrap identity the master key cannot open is

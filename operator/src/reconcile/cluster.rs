@@ -24,7 +24,8 @@ use tracing::{info, instrument, warn};
 use super::{Context, digest, now_rfc3339};
 use crate::admin::{self, AdminTls, Instance, Probe};
 use crate::crd::cluster::{
-    BackupStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout, is_plain_file_name,
+    BackupStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout, RecoveryState,
+    RecoveryStatus, is_plain_file_name,
 };
 use crate::crd::condition::reasons;
 use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
@@ -33,7 +34,9 @@ use crate::error::{Error, Result};
 use crate::identity;
 use crate::pki::{self, Ca};
 use crate::secrets;
-use crate::status::{self, BackupNote, DatabaseState, IdentityState, Observed, PolicyState};
+use crate::status::{
+    self, BackupNote, DatabaseState, IdentityState, Observed, PolicyState, RequestedRecovery,
+};
 
 /// Keys of the Secrets the operator writes.
 mod keys {
@@ -227,6 +230,8 @@ struct IdentityMaterial {
     keyserver_id: Option<String>,
     master_hex: Option<zeroize::Zeroizing<String>>,
     bootstrap_present: bool,
+    /// The recovery request that made the bootstrap identity, if one did.
+    bootstrap_recovery: Option<String>,
     backup: std::result::Result<(BackupNote, BackupStatus), (String, String)>,
     backup_secret: Option<Secret>,
     created: bool,
@@ -244,6 +249,9 @@ async fn ensure_identity(
     let backup_secret = secrets::get(secrets_api, &backup_name).await?;
     let mut master_secret = secrets::get(secrets_api, &names.master_key_secret()).await?;
     let bootstrap_secret = secrets::get(secrets_api, &names.bootstrap_secret()).await?;
+    let bootstrap_recovery = bootstrap_secret
+        .as_ref()
+        .and_then(|s| s.metadata.annotations.as_ref()?.get(RECOVERY_ID).cloned());
     let mut created = false;
 
     // A fresh keyserver: nothing known, nothing retained.
@@ -369,6 +377,7 @@ async fn ensure_identity(
         keyserver_id,
         master_hex,
         bootstrap_present: bootstrap_json.is_some(),
+        bootstrap_recovery,
         backup,
         backup_secret,
         created,
@@ -399,15 +408,43 @@ async fn recover(
     names: &Names,
     secrets_api: &Api<Secret>,
     material: &IdentityMaterial,
-) -> std::result::Result<(), String> {
+    last: Option<&RecoveryStatus>,
+) -> std::result::Result<String, String> {
     let Some(recovery) = &cluster.spec.recovery else {
         return Err(
             "the database holds no keyserver identity: restore it from the backup key \
-                    by giving the holders' approvals in spec.recovery.approvalsSecretName \
-                    (README: backup and recovery)"
+                    by giving the holders' approvals in spec.recovery (README: backup and \
+                    recovery)"
                 .into(),
         );
     };
+    let completed = material
+        .backup_secret
+        .as_ref()
+        .map(completed_recoveries)
+        .unwrap_or_default();
+    let done = completed
+        .get(&recovery.id)
+        .map(|at| RecoveryStatus {
+            id: recovery.id.clone(),
+            state: RecoveryState::Completed,
+            completed_at: Some(at.clone()),
+        })
+        .or_else(|| {
+            last.filter(|l| l.id == recovery.id && l.state == RecoveryState::Completed)
+                .cloned()
+        });
+    if let Some(done) = done {
+        return Err(format!(
+            "recovery {} completed at {}; a request runs once, so it does not restore this \
+             empty database: to restore it too, give spec.recovery a new id and fresh \
+             approvals",
+            done.id,
+            done.completed_at
+                .as_deref()
+                .unwrap_or("an earlier reconcile")
+        ));
+    }
     let approvals = match secrets::get(secrets_api, &recovery.approvals_secret_name).await {
         Ok(Some(s)) => secrets::all_text(&s).map_err(|e| e.to_string())?,
         Ok(None) => {
@@ -428,14 +465,52 @@ async fn recover(
     let master = material.master_hex.as_ref().ok_or("no master-key Secret")?;
     let bootstrap =
         identity::recover_bootstrap(&backup, &approvals, master).map_err(|e| e.to_string())?;
-    let secret = secrets::build(
-        desired::owned_meta(cluster, names, names.bootstrap_secret()),
-        "Opaque",
-        &[(keys::IDENTITY, &bootstrap)],
-    );
+    let mut meta = desired::owned_meta(cluster, names, names.bootstrap_secret());
+    meta.annotations = Some([(RECOVERY_ID.to_string(), recovery.id.clone())].into());
+    let secret = secrets::build(meta, "Opaque", &[(keys::IDENTITY, &bootstrap)]);
     secrets::create_if_missing(secrets_api, secret)
         .await
         .map_err(|e| e.to_string())?;
+    Ok(recovery.id.clone())
+}
+
+/// The bootstrap Secret's annotation naming the recovery request that made it.
+const RECOVERY_ID: &str = "kss.dev/recovery-id";
+/// The backup-key Secret's annotation recording the recoveries that completed with it
+/// (a JSON object: id → RFC 3339 time). It travels with the backup key, so that a request
+/// runs once even if the resource's status is lost or stale.
+const COMPLETED_RECOVERIES: &str = "kss.dev/completed-recoveries";
+
+/// The recoveries recorded as completed on the backup-key Secret.
+fn completed_recoveries(backup: &Secret) -> BTreeMap<String, String> {
+    backup
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(COMPLETED_RECOVERIES))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+}
+
+/// Records on the backup-key Secret that recovery `id` completed at `at`.
+async fn record_completed_recovery(
+    secrets_api: &Api<Secret>,
+    backup: &Secret,
+    id: &str,
+    at: &str,
+) -> Result<()> {
+    let mut completed = completed_recoveries(backup);
+    completed.insert(id.to_string(), at.to_string());
+    let patch = json!({
+        "metadata": {"annotations": {COMPLETED_RECOVERIES: json!(completed).to_string()}}
+    });
+    secrets_api
+        .patch(
+            &backup.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     Ok(())
 }
 
@@ -495,6 +570,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             blocker: None,
             updating: false,
             database: DatabaseState::Unknown,
+            recovery_request: None,
         };
         let mut status = previous.clone();
         let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
@@ -560,6 +636,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
                 blocker,
                 updating: false,
                 database: DatabaseState::Unknown,
+                recovery_request: None,
             };
             let mut status = previous.clone();
             let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
@@ -652,9 +729,54 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         .conditions
         .iter()
         .any(|c| c.r#type == "IdentityReady" && c.status == "True");
+    // Where the last recovery stands, from the Secrets (durable) before the status.
+    let mut recovery = match (&material.bootstrap_recovery, &cluster.spec.recovery) {
+        (Some(id), _) => Some(RecoveryStatus {
+            id: id.clone(),
+            state: RecoveryState::InProgress,
+            completed_at: None,
+        }),
+        (None, Some(spec)) => material
+            .backup_secret
+            .as_ref()
+            .and_then(|b| completed_recoveries(b).remove(&spec.id))
+            .map(|at| RecoveryStatus {
+                id: spec.id.clone(),
+                state: RecoveryState::Completed,
+                completed_at: Some(at),
+            })
+            .or_else(|| previous.recovery.clone()),
+        (None, None) => previous.recovery.clone(),
+    };
     let identity = if serving_ours {
         // Confirmed: the bootstrap copy of the root secret is no longer needed; from now
         // on only the backup key (with its holders' approvals) restores the identity.
+        // A recovery has completed: recorded with the backup key (it never runs again),
+        // and its approvals (with the backup key, the root secret) deleted; all before the
+        // bootstrap Secret that says which recovery it was goes.
+        if let (Some(id), Some(backup)) = (&material.bootstrap_recovery, &material.backup_secret) {
+            record_completed_recovery(&secrets_api, backup, id, &now).await?;
+            if let Some(spec) = cluster.spec.recovery.as_ref().filter(|r| &r.id == id) {
+                secrets::delete(&secrets_api, &spec.approvals_secret_name).await?;
+            }
+            recovery = Some(RecoveryStatus {
+                id: id.clone(),
+                state: RecoveryState::Completed,
+                completed_at: Some(now.clone()),
+            });
+            info!(recovery = %id, "recovery completed; approvals Secret deleted");
+            event(
+                ctx,
+                cluster,
+                false,
+                "RecoveryCompleted",
+                format!(
+                    "recovery {id} completed: an instance serves the recovered keyserver; the \
+                     approvals Secret is deleted; remove spec.recovery"
+                ),
+            )
+            .await;
+        }
         if material.bootstrap_present && material.backup.is_ok() {
             secrets::delete(&secrets_api, &names.bootstrap_secret()).await?;
             info!("identity confirmed by an instance; bootstrap Secret deleted");
@@ -687,8 +809,13 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         let mut message = message;
         let missing = reason == RefusalReason::IdentityMissing;
         if missing && !material.bootstrap_present {
-            match recover(cluster, &names, &secrets_api, &material).await {
-                Ok(()) => {
+            match recover(cluster, &names, &secrets_api, &material, recovery.as_ref()).await {
+                Ok(id) => {
+                    recovery = Some(RecoveryStatus {
+                        id,
+                        state: RecoveryState::InProgress,
+                        completed_at: None,
+                    });
                     recovering = true;
                     message = "recovering the identity from the backup key into the empty \
                                database"
@@ -710,7 +837,10 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
                 }
             }
         } else if missing {
-            recovering = cluster.spec.recovery.is_some();
+            recovering = cluster.spec.recovery.is_some()
+                || recovery
+                    .as_ref()
+                    .is_some_and(|r| r.state == RecoveryState::InProgress);
         }
         let reason = if missing && cluster.spec.recovery.is_some() && !recovering {
             reasons::RECOVERY_FAILED
@@ -790,6 +920,18 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         blocker,
         updating: statefulset_updating(&sts_status, sts.metadata.generation),
         database,
+        recovery_request: cluster
+            .spec
+            .recovery
+            .as_ref()
+            .map(|spec| RequestedRecovery {
+                id: spec.id.clone(),
+                approvals_secret: spec.approvals_secret_name.clone(),
+                completed_at: recovery
+                    .as_ref()
+                    .filter(|r| r.id == spec.id && r.state == RecoveryState::Completed)
+                    .map(|r| r.completed_at.clone().unwrap_or_default()),
+            }),
     };
     let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
     let ready = sts_status.ready_replicas.unwrap_or(0);
@@ -811,6 +953,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             our_id.as_deref(),
         ),
         backup: material.backup.ok().map(|(_, b)| b),
+        recovery,
         conditions,
         observed_generation: generation,
     };
