@@ -309,7 +309,7 @@ async fn scenario(client: kube::Client, ns: &str, operator: &Operator) -> Result
         let c = clusters.get("evil").await?;
         Ok(
             condition(&c, "Valid").is_some_and(|x| x.0 == "False" && x.1 == "ImageNotAllowed")
-                && c.status.as_ref().and_then(|s| s.phase.clone()) == Some(Phase::Failed),
+                && c.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed),
         )
     })
     .await
