@@ -215,23 +215,32 @@ async fn scenario(client: kube::Client, ns: &str, operator: &Operator) -> Result
     // RBAC lets the admin delete Secrets; the policy (a moment after its creation) not these.
     let (ok, out) = as_user(ns, "mallory", &[], &["auth", "can-i", "delete", "secrets"])?;
     ensure!(ok && out.trim() == "yes", "mallory can-i: {out}");
-    let mut last = String::new();
-    harness::poll("the policy denies mallory", WAIT, || {
-        let r = as_user(
-            ns,
-            "mallory",
-            &[],
-            &["delete", "secret", "vault-master-key"],
-        );
-        let (ok, out) = r.unwrap_or((true, String::new()));
-        last = out.clone();
-        async move {
-            ensure_not_deleted(ok)?;
-            Ok(denied_by_policy(&out))
+    // The policy is in force a moment after its creation: probe with a Secret of our own.
+    let probe = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: probe\n  labels:\n    kss.dev/guarded: \"true\"\n";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (ok, out) = apply(ns, probe)?;
+        ensure!(ok, "probe Secret: {out}");
+        let (ok, out) = as_user(ns, "mallory", &[], &["delete", "secret", "probe"])?;
+        if !ok && denied_by_policy(&out) {
+            break;
         }
-    })
-    .await
-    .with_context(|| format!("last: {last}"))?;
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the admission policy never came into force: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, out) = as_user(
+        ns,
+        "mallory",
+        &[],
+        &["delete", "secret", "vault-master-key"],
+    )?;
+    ensure!(
+        !ok && denied_by_policy(&out),
+        "mallory deleted the master key: {out}"
+    );
     for args in [
         vec!["delete", "secret", "vault-backup-key"],
         vec!["delete", "secret", "vault-ca"],
@@ -356,15 +365,6 @@ async fn scenario(client: kube::Client, ns: &str, operator: &Operator) -> Result
         !ok && out.contains("spec.tls.secretName"),
         "a Secret of another namespace: {out}"
     );
-    Ok(())
-}
-
-fn ensure_not_deleted(allowed: bool) -> Result<(), kss_e2e::Error> {
-    if allowed {
-        return Err(kss_e2e::Error::Setup(
-            "mallory deleted the master key: the admission policy is not in force".into(),
-        ));
-    }
     Ok(())
 }
 
