@@ -243,3 +243,35 @@ async fn main() -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_namespaces_join_both_flags_without_repeats() {
+        let cli = Cli::try_parse_from([
+            "kss-operator",
+            "run",
+            "--watch-namespace",
+            "a",
+            "--watch-namespaces",
+            "b, a,,c",
+            "--allowed-images",
+            "reg.example/team/,ghcr.io/kss-project/kss",
+        ])
+        .expect("arguments");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(watched_namespaces(&args), ["a", "b", "c"]);
+        assert_eq!(args.allowed_images.len(), 2);
+        let all = Cli::try_parse_from(["kss-operator", "run"]).expect("arguments");
+        let Command::Run(args) = all.command else {
+            panic!("not run");
+        };
+        assert!(watched_namespaces(&args).is_empty());
+        let images = ImageAllowlist::new(&args.allowed_images, &args.keyserver_image);
+        assert!(images.allows(DEFAULT_IMAGE));
+    }
+}
