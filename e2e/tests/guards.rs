@@ -68,16 +68,9 @@ fn apply(ns: &str, yaml: &str) -> Result<(bool, String)> {
     ))
 }
 
-/// A kubeconfig with a token of the bundle's ServiceAccount (its RBAC, nothing more).
-fn operator_kubeconfig(dir: &Path) -> Result<PathBuf> {
-    let token = kubectl_ok(&[
-        "create",
-        "token",
-        "kss-operator",
-        "-n",
-        "kss-system",
-        "--duration=1h",
-    ])?;
+/// A kubeconfig with a token of ServiceAccount `sa` in `ns` (its RBAC, nothing more).
+fn operator_kubeconfig(dir: &Path, ns: &str, sa: &str) -> Result<PathBuf> {
+    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"])?;
     let view = |path: &str| {
         kubectl_ok(&[
             "config",
@@ -90,7 +83,7 @@ fn operator_kubeconfig(dir: &Path) -> Result<PathBuf> {
         ])
     };
     let (server, ca) = (view("server")?, view("certificate-authority-data")?);
-    let path = dir.join("operator.kubeconfig");
+    let path = dir.join(format!("{ns}-{sa}.kubeconfig"));
     std::fs::write(
         &path,
         format!(
@@ -109,6 +102,14 @@ struct Operator {
 
 impl Operator {
     fn start(dir: &Path, ns: &str) -> Result<Operator> {
+        Self::start_with(
+            dir,
+            ns,
+            operator_kubeconfig(dir, "kss-system", "kss-operator")?,
+        )
+    }
+
+    fn start_with(dir: &Path, ns: &str, kubeconfig: PathBuf) -> Result<Operator> {
         let bin = harness::kss_bin()?.with_file_name("kss-operator");
         let log = dir.join("operator.log");
         let file = std::fs::File::create(&log)?;
@@ -124,7 +125,7 @@ impl Operator {
                 "--metrics-listen",
                 &format!("127.0.0.1:{metrics}"),
             ])
-            .env("KUBECONFIG", operator_kubeconfig(dir)?)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -398,4 +399,76 @@ async fn a_namespace_admin_cannot_touch_the_keys_and_the_operator_can() {
     if let Err(e) = result {
         panic!("{e:#}");
     }
+}
+
+/// `--watch-namespaces` with RBAC in that namespace only: a ServiceAccount with a Role
+/// (the bundle's ClusterRole rules) and no cluster-wide rule still runs a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_with_namespaced_rbac_only_runs_its_namespace() {
+    if !harness::enabled("an_operator_with_namespaced_rbac_only_runs_its_namespace")
+        .expect("e2e environment")
+    {
+        return;
+    }
+    harness::init_tracing();
+    let root = harness::workspace_root();
+    kubectl_ok(&[
+        "apply",
+        "-f",
+        &root
+            .join("manifests/install/00-crds.yaml")
+            .display()
+            .to_string(),
+    ])
+    .expect("CRDs");
+    let client = harness::client().await.expect("client");
+    let ns = harness::create_namespace(&client, "guards-rbac")
+        .await
+        .expect("namespace");
+    let result = namespaced(&client, &ns, &root).await;
+    let _ = harness::delete_namespace(&client, &ns).await;
+    if let Err(e) = result {
+        panic!("{e:#}");
+    }
+}
+
+async fn namespaced(client: &kube::Client, ns: &str, root: &Path) -> Result<()> {
+    let rbac = std::fs::read_to_string(root.join("manifests/install/20-rbac.yaml"))?;
+    let cluster_role = rbac
+        .split("\n---\n")
+        .find(|d| d.lines().any(|l| l == "kind: ClusterRole"))
+        .context("no ClusterRole in 20-rbac.yaml")?;
+    let rules = &cluster_role[cluster_role.find("rules:").context("rules")?..];
+    let yaml = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: op\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: op\n{rules}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: op\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: op\nsubjects:\n  - kind: ServiceAccount\n    name: op\n    namespace: {ns}\n"
+    );
+    let (ok, out) = apply(ns, &yaml)?;
+    ensure!(ok, "{out}");
+    let sa = format!("system:serviceaccount:{ns}:op");
+    let (_, out) = kubectl(&["auth", "can-i", "list", "secrets", "-A", "--as", &sa])?;
+    ensure!(out.trim() == "no", "cluster-wide Secrets for {sa}: {out}");
+    let dir = tempfile::tempdir()?;
+    let operator =
+        Operator::start_with(dir.path(), ns, operator_kubeconfig(dir.path(), ns, "op")?)?;
+    let (ok, out) = apply(ns, &cluster_yaml("vault", None))?;
+    ensure!(ok, "{out}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    harness::poll(
+        "Secrets and StatefulSet by a namespaced operator",
+        WAIT,
+        || async {
+            Ok(secrets.get_opt("vault-master-key").await?.is_some()
+                && secrets.get_opt("vault-ca").await?.is_some()
+                && sts.get_opt("vault").await?.is_some())
+        },
+    )
+    .await
+    .with_context(|| operator.log_text())?;
+    let log = operator.log_text();
+    ensure!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "the operator met a forbidden call: {log}"
+    );
+    Ok(())
 }
