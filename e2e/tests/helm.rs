@@ -305,7 +305,9 @@ async fn templates(ns: &str) -> Result<()> {
                 "Role",
                 "RoleBinding",
                 "Service",
-                "ServiceAccount"
+                "ServiceAccount",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding"
             ],
         "default values render {:?}",
         kinds(&objects)
@@ -354,6 +356,35 @@ async fn templates(ns: &str) -> Result<()> {
     ensure!(
         &leader["rules"] == bundle_leader_rules && leader["metadata"]["namespace"] == ns,
         "leader-election Role {leader}"
+    );
+    // The guarded-Secrets policy: the bundle's, for the release's ServiceAccount.
+    let guarded = format!("{fullname}-guarded-secrets");
+    let policy = find(&objects, "ValidatingAdmissionPolicy", Some(&guarded))?;
+    let admission = bundle("40-admission.yaml")?;
+    let bundle_policy = find(&admission, "ValidatingAdmissionPolicy", None)?;
+    let expression = policy["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap_or_default();
+    let bundle_expression = bundle_policy["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap_or_default()
+        .replace(
+            "system:serviceaccount:kss-system:kss-operator",
+            &format!("system:serviceaccount:{ns}:{fullname}"),
+        );
+    let rules = |p: &Value| p["spec"]["matchConstraints"]["resourceRules"][0].clone();
+    ensure!(
+        expression == bundle_expression
+            && policy["spec"]["matchConditions"] == bundle_policy["spec"]["matchConditions"]
+            && rules(policy)["operations"] == rules(bundle_policy)["operations"]
+            && rules(policy)["resources"] == rules(bundle_policy)["resources"],
+        "guarded-Secrets policy {policy} differs from the bundle's {bundle_policy}"
+    );
+    let policy_binding = find(&objects, "ValidatingAdmissionPolicyBinding", Some(&guarded))?;
+    ensure!(
+        policy_binding["spec"]["policyName"] == guarded.as_str()
+            && policy_binding["spec"].get("matchResources").is_none(),
+        "guarded-Secrets binding {policy_binding}"
     );
     let service = find(&objects, "Service", Some(&format!("{fullname}-metrics")))?;
     ensure!(
@@ -408,6 +439,50 @@ async fn templates(ns: &str) -> Result<()> {
         args(deployment).contains(&format!("--watch-namespace={ns}")),
         "args {:?}",
         args(deployment)
+    );
+
+    // Several namespaces watched: a Role and RoleBinding in each, the policy bound there.
+    let objects = server_dry_run(&helm.template(
+        release,
+        ns,
+        &["--set", &format!("watchNamespaces={{{ns},default}}")],
+    )?)?;
+    ensure!(
+        !kinds(&objects).iter().any(|k| k.starts_with("Cluster")),
+        "watchNamespaces renders {:?}",
+        kinds(&objects)
+    );
+    for namespace in [ns, "default"] {
+        let role = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "Role"
+                    && o["metadata"]["name"] == fullname.as_str()
+                    && o["metadata"]["namespace"] == namespace
+            })
+            .with_context(|| format!("no Role in {namespace}"))?;
+        ensure!(
+            &role["rules"] == bundle_rules,
+            "Role in {namespace}: {role}"
+        );
+        ensure!(
+            objects.iter().any(|o| o["kind"] == "RoleBinding"
+                && o["metadata"]["name"] == fullname.as_str()
+                && o["metadata"]["namespace"] == namespace),
+            "no RoleBinding in {namespace}"
+        );
+    }
+    let deployment = find(&objects, "Deployment", Some(&fullname))?;
+    ensure!(
+        args(deployment).contains(&format!("--watch-namespaces={ns},default")),
+        "args {:?}",
+        args(deployment)
+    );
+    let policy_binding = find(&objects, "ValidatingAdmissionPolicyBinding", Some(&guarded))?;
+    ensure!(
+        policy_binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
+            == json!([ns, "default"]),
+        "guarded-Secrets binding {policy_binding}"
     );
 
     // No leader election: one replica, no Lease Role.

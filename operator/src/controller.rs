@@ -109,8 +109,25 @@ async fn log_outcome<T, E: std::fmt::Display>(result: Result<T, E>) {
     }
 }
 
-/// Runs both controllers until the stream ends (shutdown signal).
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+/// Runs both controllers until the stream ends (shutdown signal): over all namespaces
+/// when `namespaces` is empty, else one pair of controllers per namespace, whose watches
+/// and clients are namespaced (so that the operator needs RBAC in those namespaces only).
+pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
+    if namespaces.is_empty() {
+        run_in(ctx, None).await;
+    } else {
+        info!(namespaces = %namespaces.join(","), "watching only these namespaces");
+        futures::future::join_all(
+            namespaces
+                .into_iter()
+                .map(|ns| run_in(Arc::clone(&ctx), Some(ns))),
+        )
+        .await;
+    }
+}
+
+/// Both controllers over one namespace, or all (`None`).
+async fn run_in(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kss-operator");

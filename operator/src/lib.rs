@@ -6,7 +6,8 @@
 //! - [`pki`], [`identity`]: certificates and the keyserver identity the operator creates;
 //! - [`admin`]: the mTLS client of the keyserver's admin API;
 //! - [`reconcile`]: one reconcile of each kind; [`controller`]: watches and wiring;
-//! - [`leader`], [`metrics`]: leader election and Prometheus metrics.
+//! - [`leader`], [`metrics`]: leader election and Prometheus metrics;
+//! - [`guards`]: what the operator refuses (images, Secret names) and the guarded labels.
 
 pub mod admin;
 pub mod controller;
@@ -14,6 +15,7 @@ pub mod crd;
 pub mod crdgen;
 pub mod desired;
 pub mod error;
+pub mod guards;
 pub mod identity;
 pub mod leader;
 pub mod metrics;

@@ -12,6 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info};
 
 use kss_operator::desired::DEFAULT_IMAGE;
+use kss_operator::guards::ImageAllowlist;
 use kss_operator::leader::{self, Election};
 use kss_operator::metrics::{self, Metrics};
 use kss_operator::reconcile::Context;
@@ -64,12 +65,23 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
+    /// Watch only this namespace (default: all namespaces). Same as one
+    /// --watch-namespaces entry; both may be given.
     #[arg(long, env = "KSS_OPERATOR_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated): the operator's watches and clients
+    /// are namespaced, so it needs RBAC (Secrets included) in these namespaces only.
+    #[arg(long, env = "KSS_OPERATOR_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// The keyserver image deployed when a KeyShardCluster names none.
     #[arg(long, env = "KSS_KEYSERVER_IMAGE", default_value = DEFAULT_IMAGE)]
     keyserver_image: String,
+    /// Images a KeyShardCluster's spec.image may name (comma-separated): a repository
+    /// (any tag or digest of it), a prefix ending in `/`, an exact reference, or `*`.
+    /// Default: the repository of --keyserver-image. Others are refused (Valid=False,
+    /// ImageNotAllowed) and nothing is deployed.
+    #[arg(long, env = "KSS_OPERATOR_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -108,6 +120,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `--watch-namespace` and `--watch-namespaces` together, without blanks or repeats;
+/// empty: all namespaces.
+fn watched_namespaces(args: &RunArgs) -> Vec<String> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for ns in args.watch_namespace.iter().chain(&args.watch_namespaces) {
+        let ns = ns.trim();
+        if !ns.is_empty() && !namespaces.iter().any(|n| n == ns) {
+            namespaces.push(ns.to_string());
+        }
+    }
+    namespaces
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -139,17 +164,21 @@ async fn run(args: RunArgs) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: Arc::clone(&metrics),
         default_image: args.keyserver_image.clone(),
+        images: ImageAllowlist::new(&args.allowed_images, &args.keyserver_image),
     });
+    info!(allowed_images = %ctx.images.entries().join(","), "image allowlist");
+    let namespaces = watched_namespaces(&args);
 
     if !args.leader_elect {
         metrics.set_leader(true);
-        controller::run(ctx, args.watch_namespace).await;
+        controller::run(ctx, namespaces).await;
         return Ok(());
     }
     let Some(lease_namespace) = args
         .lease_namespace
         .clone()
         .or_else(|| args.watch_namespace.clone())
+        .or_else(|| args.watch_namespaces.first().cloned())
     else {
         bail!("--leader-elect needs --lease-namespace (or POD_NAMESPACE, or --watch-namespace)");
     };
@@ -165,7 +194,7 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(identity = %election.identity, "leading: starting the controllers");
     metrics.set_leader(true);
     tokio::select! {
-        _ = controller::run(ctx, args.watch_namespace) => Ok(()),
+        _ = controller::run(ctx, namespaces) => Ok(()),
         _ = leader::until_lost(&mut leading) => {
             metrics.set_leader(false);
             bail!("lost the leader Lease: exiting so that only the new leader reconciles")
@@ -212,5 +241,37 @@ async fn main() -> Result<()> {
             init_logging(cli.log_format);
             run(args).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_namespaces_join_both_flags_without_repeats() {
+        let cli = Cli::try_parse_from([
+            "kss-operator",
+            "run",
+            "--watch-namespace",
+            "a",
+            "--watch-namespaces",
+            "b, a,,c",
+            "--allowed-images",
+            "reg.example/team/,ghcr.io/kss-project/kss",
+        ])
+        .expect("arguments");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(watched_namespaces(&args), ["a", "b", "c"]);
+        assert_eq!(args.allowed_images.len(), 2);
+        let all = Cli::try_parse_from(["kss-operator", "run"]).expect("arguments");
+        let Command::Run(args) = all.command else {
+            panic!("not run");
+        };
+        assert!(watched_namespaces(&args).is_empty());
+        let images = ImageAllowlist::new(&args.allowed_images, &args.keyserver_image);
+        assert!(images.allows(DEFAULT_IMAGE));
     }
 }

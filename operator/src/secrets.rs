@@ -92,7 +92,9 @@ pub async fn delete(api: &Api<Secret>, name: &str) -> Result<bool> {
     }
 }
 
-/// Sets or removes the owner reference of a Secret (retained Secrets have none).
+/// Sets or removes the owner reference of a retained Secret (master key, backup key, CA;
+/// none while `retainOnDelete`), and gives it the guarded labels: the admission policy's
+/// label, and not the GitOps tracking label (a Secret created by an older operator).
 pub async fn set_owner(
     api: &Api<Secret>,
     secret: &Secret,
@@ -100,10 +102,19 @@ pub async fn set_owner(
 ) -> Result<()> {
     let current = secret.metadata.owner_references.clone().unwrap_or_default();
     let wanted: Vec<OwnerReference> = owner.into_iter().collect();
-    if current == wanted {
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    let guarded = labels.get(crate::guards::GUARDED_LABEL).map(String::as_str) == Some("true");
+    let tracked = labels.contains_key(crate::desired::RETAINED_WITHOUT);
+    if current == wanted && guarded && !tracked {
         return Ok(());
     }
-    let patch = json!({ "metadata": { "ownerReferences": wanted } });
+    let patch = json!({ "metadata": {
+        "ownerReferences": wanted,
+        "labels": {
+            crate::guards::GUARDED_LABEL: "true",
+            crate::desired::RETAINED_WITHOUT: null,
+        },
+    } });
     api.patch(
         &secret.name_any(),
         &PatchParams::default(),

@@ -87,7 +87,7 @@ Where the KssPolicy and KeyShardCluster of the values go: the watched namespace,
 the release namespace.
 */}}
 {{- define "kss-operator.resourceNamespace" -}}
-{{- .Values.watchNamespace | default .Release.Namespace }}
+{{- .Values.watchNamespace | default (first .Values.watchNamespaces) | default .Release.Namespace }}
 {{- end }}
 
 {{/*
@@ -121,4 +121,15 @@ transient bootstrap identity); it reads pods (their IPs) and records Events.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+The watched namespaces, a JSON list: watchNamespace and watchNamespaces together (empty:
+all namespaces).
+*/}}
+{{- define "kss-operator.watchedNamespaces" -}}
+{{- $all := list }}
+{{- with .Values.watchNamespace }}{{ $all = append $all . }}{{ end }}
+{{- range .Values.watchNamespaces }}{{ if not (has . $all) }}{{ $all = append $all . }}{{ end }}{{ end }}
+{{- $all | toJson }}
 {{- end }}

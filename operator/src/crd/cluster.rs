@@ -210,8 +210,11 @@ pub struct DatabaseSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaSecretKeyRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Secret (in the resource's namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key in the Secret's data, a plain file name: letters, digits, `-`, `_` and `.`,
     /// neither `.` nor `..` nor starting with `..`. Default `ca.crt`.
@@ -259,8 +262,11 @@ pub struct EnrollmentSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Secret (in the resource's namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key in the Secret's data. Default `uri`.
     #[serde(default = "default_uri_key")]
@@ -291,7 +297,10 @@ pub struct StorageSpec {
 pub struct TlsSpec {
     /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`, optionally `ca.crt`) to serve
     /// instead of a generated certificate.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
 }
 
@@ -325,7 +334,10 @@ pub struct BackupSpec {
     pub ignore_security_checks: bool,
     /// Name of the Secret holding the backup key. Default `<name>-backup-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: Option<String>,
     /// Keep the backup-key, master-key and CA Secrets when this resource is deleted
     /// (default true), so that an accidental delete is recoverable: re-create the resource
@@ -366,7 +378,10 @@ pub struct RecoverySpec {
     /// A Secret whose every key holds one holder's approval (`kss backup approve` output).
     /// Used only when the database holds no identity; the operator deletes it once the
     /// recovery has completed.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub approvals_secret_name: String,
 }
 

@@ -150,15 +150,32 @@ pub fn owned_meta(cluster: &KeyShardCluster, names: &Names, name: String) -> Obj
     }
 }
 
-/// Metadata of an object that outlives the cluster (retained Secrets): labels, no owner.
+/// Metadata of an object that outlives the cluster (retained Secrets): no owner, and
+/// [`retained_labels`].
 pub fn retained_meta(names: &Names, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(names.namespace.clone()),
-        labels: Some(labels(names)),
+        labels: Some(retained_labels(names)),
         ..ObjectMeta::default()
     }
 }
+
+/// Labels of the retained Secrets (master key, backup key, CA): the operator's own and
+/// [`crate::guards::GUARDED_LABEL`] (the admission policy's match), but not
+/// `app.kubernetes.io/instance`, Argo CD's default tracking label: a Secret without an
+/// owner carrying it would be pruned by an Argo CD application of the same name. Nothing
+/// is copied from the KeyShardCluster's own labels (Flux's
+/// `kustomize.toolkit.fluxcd.io/*`, Argo CD's, Helm's).
+pub fn retained_labels(names: &Names) -> BTreeMap<String, String> {
+    let mut labels = labels(names);
+    labels.remove(RETAINED_WITHOUT);
+    labels.insert(crate::guards::GUARDED_LABEL.to_string(), "true".to_string());
+    labels
+}
+
+/// The label retained Secrets do not carry (see [`retained_labels`]).
+pub const RETAINED_WITHOUT: &str = "app.kubernetes.io/instance";
 
 pub fn owner_reference(cluster: &KeyShardCluster) -> Option<OwnerReference> {
     cluster.controller_owner_ref(&())

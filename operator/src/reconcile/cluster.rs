@@ -580,6 +580,14 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
+    // What the operator refuses (an image outside --allowed-images, a Secret name that
+    // is not one): said in status, nothing deployed or changed.
+    if let Some(refusal) = crate::guards::refusal(cluster, &ctx.images) {
+        return crate::guards::refuse(ctx, cluster, &api, &previous, refusal, &now).await;
+    }
+    let mut previous = previous;
+    previous.conditions = crate::guards::admitted(previous.conditions, generation, &now);
+
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let mut blocker = None;
     let ca = match ensure_pki(cluster, &names, &secrets_api).await? {

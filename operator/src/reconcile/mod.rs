@@ -17,6 +17,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The keyserver image deployed when a cluster names none.
     pub default_image: String,
+    /// The images `spec.image` may name.
+    pub images: crate::guards::ImageAllowlist,
 }
 
 /// The time now, RFC 3339, for conditions.
