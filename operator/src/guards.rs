@@ -351,7 +351,7 @@ mod tests {
             "database": {"secretRef": {"name": "db"}, "caSecretRef": {"name": "db-ca"}},
             "tls": {"secretName": "tls"},
             "backup": {"secretName": "bk", "holders": [], "ignoreSecurityChecks": true},
-            "recovery": {"approvalsSecretName": "approvals"},
+            "recovery": {"id": "r1", "approvalsSecretName": "approvals"},
             "image": "ghcr.io/kss-project/kss:2.0.0",
         }));
         assert_eq!(refusal(&ok, &images), None);
@@ -383,7 +383,7 @@ mod tests {
             ),
             (
                 "spec.recovery.approvalsSecretName",
-                serde_json::json!({"recovery": {"approvalsSecretName": "x/y"}}),
+                serde_json::json!({"recovery": {"id": "r1", "approvalsSecretName": "x/y"}}),
             ),
         ] {
             let (reason, message) = refusal(&cluster(spec), &images).expect(field);
