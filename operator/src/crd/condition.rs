@@ -40,6 +40,7 @@ pub mod types {
     pub const BACKUP_KEY_READY: &str = "BackupKeyReady";
     pub const POLICY_APPLIED: &str = "PolicyApplied";
     pub const VALID: &str = "Valid";
+    pub const TLS_READY: &str = "TLSReady";
 }
 
 /// Condition reasons (the README's troubleshooting table explains each).
@@ -77,6 +78,12 @@ pub mod reasons {
     pub const TLS_SECRET_INVALID: &str = "TlsSecretInvalid";
     pub const VALID_POLICY: &str = "PolicyValid";
     pub const INVALID_POLICY: &str = "PolicyInvalid";
+    /// `TLSReady` reasons.
+    pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    pub const CERTIFICATE_RENEWING: &str = "CertificateRenewing";
+    pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+    pub const CERTIFICATE_EXPIRED: &str = "CertificateExpired";
+    pub const CA_EXPIRING: &str = "CaExpiring";
 
     /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
     /// troubleshooting table explains. A bootstrap identity the master key cannot open is
@@ -104,6 +111,21 @@ pub fn set(conditions: &mut Vec<Condition>, mut new: Condition) {
         }
         None => conditions.push(new),
     }
+}
+
+/// [`set`] on a list computed afresh: the condition of the same type in `previous` (if
+/// the fresh list lacks it) keeps its `lastTransitionTime`.
+pub fn set_keeping_previous(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    new: Condition,
+) {
+    if find(conditions, &new.r#type).is_none()
+        && let Some(old) = find(previous, &new.r#type)
+    {
+        conditions.push(old.clone());
+    }
+    set(conditions, new);
 }
 
 /// The condition of `type_`, if any.

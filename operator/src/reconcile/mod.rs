@@ -17,6 +17,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The keyserver image deployed when a cluster names none.
     pub default_image: String,
+    /// Validity of the certificates the operator issues.
+    pub validity: crate::pki::Validity,
 }
 
 /// The time now, RFC 3339, for conditions.
