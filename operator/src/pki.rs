@@ -121,7 +121,12 @@ pub fn inspect(pem: &str) -> Result<CertInfo> {
     use rustls::pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| Error::Pki(format!("not a PEM certificate: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+    inspect_der(der.as_ref())
+}
+
+/// Parses a DER certificate (e.g. one a server presented).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| Error::Pki(format!("unreadable certificate: {e}")))?;
     let validity = cert.validity();
     let mut names = BTreeSet::new();
