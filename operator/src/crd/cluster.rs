@@ -484,7 +484,7 @@ pub struct KeyShardClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
     /// `Available`, `Progressing`, `Degraded`, `IdentityReady`, `BackupKeyReady`,
-    /// `PolicyApplied`.
+    /// `PolicyApplied`, `TLSReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

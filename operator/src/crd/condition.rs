@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Kind of condition, e.g. `Available`, `Progressing`, `Degraded`, `IdentityReady`,
-    /// `BackupKeyReady`, `PolicyApplied` (KeyShardCluster) or `Valid` (KssPolicy).
+    /// `BackupKeyReady`, `PolicyApplied`, `TLSReady` (KeyShardCluster) or `Valid`
+    /// (KssPolicy).
     pub r#type: String,
     /// `True`, `False` or `Unknown`.
     #[schemars(extend("enum" = ["True", "False", "Unknown"]))]

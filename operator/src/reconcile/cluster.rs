@@ -1110,6 +1110,74 @@ mod tests {
 
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
+    fn seen(name: &'static str, not_before: i64, not_after: i64, renewed: bool) -> CertSeen {
+        CertSeen {
+            name,
+            secret: format!("s-{name}"),
+            info: pki::CertInfo {
+                not_before,
+                not_after,
+                serial: "01".to_string(),
+                names: Default::default(),
+            },
+            renewed_by_operator: renewed,
+        }
+    }
+
+    #[test]
+    fn tls_status_names_each_certificate_and_the_next_renewal() {
+        let validity = pki::Validity {
+            ca: Duration::from_secs(3000),
+            leaf: Duration::from_secs(90),
+        };
+        let certs = [
+            seen("ca", 0, 3000, false),
+            seen("admin", 0, 90, true),
+            seen("workstation", 30, 120, true),
+        ];
+        let (status, (ok, reason, message), next) = tls_report(&certs, validity, 40);
+        assert!(ok, "{message}");
+        assert_eq!(reason, reasons::CERTIFICATES_VALID);
+        // The admin certificate is renewed first, at 60.
+        assert_eq!(next, Some(Duration::from_secs(20)));
+        assert_eq!(status.next_renewal.as_deref(), Some("1970-01-01T00:01:00Z"));
+        assert_eq!(status.certificates.len(), 3);
+        assert_eq!(
+            status.certificates[0].renew_at, None,
+            "the CA is not renewed"
+        );
+        assert_eq!(
+            status.certificates[2].not_after, "1970-01-01T00:02:00Z",
+            "{:?}",
+            status.certificates[2]
+        );
+        assert!(
+            message.contains("next renewal at 1970-01-01T00:01:00Z"),
+            "{message}"
+        );
+
+        // A leaf past two thirds (a renewal that did not happen) or expired.
+        let (_, (ok, reason, message), _) = tls_report(&certs, validity, 70);
+        assert!(!ok);
+        assert_eq!(reason, reasons::CERTIFICATE_RENEWING);
+        assert!(message.contains("s-admin"), "{message}");
+        let (_, (ok, reason, _), _) = tls_report(&certs, validity, 95);
+        assert!(!ok);
+        assert_eq!(reason, reasons::CERTIFICATE_EXPIRED);
+        // A user's Secret in its last third: expiring, not renewing.
+        let theirs = [seen("workstation", 0, 90, false)];
+        let (_, (_, reason, _), next) = tls_report(&theirs, validity, 70);
+        assert_eq!(reason, reasons::CERTIFICATE_EXPIRING);
+        assert_eq!(next, None, "nothing for the operator to renew");
+        // The CA: warned once less than a third of the CA validity is left.
+        let ca = [seen("ca", 0, 3000, false)];
+        assert!(tls_report(&ca, validity, 1999).1.0);
+        let (_, (ok, reason, message), _) = tls_report(&ca, validity, 2001);
+        assert!(!ok);
+        assert_eq!(reason, reasons::CA_EXPIRING);
+        assert!(message.contains("not renewed automatically"), "{message}");
+    }
+
     #[test]
     fn the_database_secrets_must_hold_the_address_and_the_ca() {
         let uri = secret("db", &[("uri", "mysql://kss@db/kss")]);
