@@ -144,6 +144,17 @@ struct Operator {
 
 impl Operator {
     fn start(dir: &Path, ns: &str, lease: &str, identity: &str) -> Result<Operator> {
+        Self::start_with(dir, ns, lease, identity, &[])
+    }
+
+    /// [`Operator::start`] with more `run` flags.
+    fn start_with(
+        dir: &Path,
+        ns: &str,
+        lease: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Operator> {
         let kubeconfig = operator_kubeconfig(dir)?;
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log)?;
@@ -166,6 +177,7 @@ impl Operator {
                 "--metrics-listen",
                 &format!("127.0.0.1:{metrics_port}"),
             ])
+            .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kss_operator=debug,kube=warn")
             .stdout(file.try_clone()?)
@@ -1613,5 +1625,194 @@ async fn tls_renewal(scene: &mut Scene) -> Result<()> {
         "key material in the keyserver's log"
     );
     ensure!(status(&scene.cluster("renew").await?).phase == Some(Phase::Ready));
+    Ok(())
+}
+
+// The operator issues 90-second leaf certificates (`--leaf-validity-secs`): the
+// workstation certificate is renewed at two thirds of its life into the same Secret, status
+// follows, the running keyserver serves the new certificate without a restart and a
+// workstation keeps decrypting; an extra DNS name from `spec.certificate` verifies.
+scene_test!(
+    a_short_lived_leaf_is_renewed_and_served_without_a_restart,
+    "leafrenew",
+    leaf_renewal
+);
+
+/// The certificate the server at `ip:8443` presents, verified against `ca_pem` for
+/// `server_name`.
+fn served_certificate(
+    ip: &str,
+    ca_pem: &str,
+    server_name: &str,
+) -> Result<kss_operator::pki::CertInfo> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from(server_name.to_string())?,
+    )?;
+    let mut sock = std::net::TcpStream::connect((ip, 8443))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    sock.set_write_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
+    }
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no server certificate")?;
+    Ok(kss_operator::pki::inspect_der(leaf.as_ref())?)
+}
+
+/// The `workstation` entry of `status.tls`.
+fn workstation_cert_status(
+    c: &KeyShardCluster,
+) -> Option<kss_operator::crd::cluster::CertificateStatus> {
+    status(c)
+        .tls?
+        .certificates
+        .into_iter()
+        .find(|x| x.name == "workstation")
+}
+
+async fn leaf_renewal(scene: &mut Scene) -> Result<()> {
+    scene.operator.kill();
+    scene.operator = Operator::start_with(
+        scene.dir.path(),
+        &scene.ns,
+        &format!("kss-op-{}", scene.ns),
+        "op-a",
+        &["--leaf-validity-secs", "90"],
+    )?;
+    let ns = scene.ns.clone();
+    apply_ok(&ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata:\n  name: short\nspec:\n  mode: Standalone\n  policyRef: {name: p}\n  certificate:\n    extraDnsNames: [kss.external.example]\n    extraIpAddresses: [203.0.113.7]\n  backup:\n    ignoreSecurityChecks: true\n",
+    )?;
+    let cluster = scene.wait_ready("short").await?;
+    let id = status(&cluster).keyserver_id.context("keyserver ID")?;
+    let (s, reason, message) = condition(&cluster, "TLSReady").context("TLSReady")?;
+    ensure!(
+        s == "True" && reason == "CertificatesValid",
+        "TLSReady {s} {reason}: {message}"
+    );
+
+    let first_status = workstation_cert_status(&cluster).context("status.tls workstation")?;
+    let first_pem = scene.secret_text("short-tls", "tls.crt").await?;
+    let first = kss_operator::pki::inspect(&first_pem)?;
+    ensure!(
+        first.not_after - first.not_before == 90,
+        "leaf validity {} s",
+        first.not_after - first.not_before
+    );
+    ensure!(
+        first.names.contains("kss.external.example") && first.names.contains("203.0.113.7"),
+        "extra names missing: {:?}",
+        first.names
+    );
+    let ips = pod_ips(scene, "short").await?;
+    let ip = ips.first().context("pod IP")?.1.clone();
+    let process = scene.runner.wait_started("short-0", WAIT).await?;
+    let ws = Workstation::onboard(scene, "short", &id, &ip, None).await?;
+    ws.decrypts(&ip, false)?;
+    // The external name verifies too.
+    let external = Workstation {
+        server_name: "kss.external.example".to_string(),
+        profile: ws.profile.clone(),
+        ca: ws.ca.clone(),
+        ciphertext: ws.ciphertext.clone(),
+        key: ws.key.clone(),
+    };
+    external.decrypts(&ip, false)?;
+    let ca_pem = std::fs::read_to_string(&ws.ca)?;
+
+    // Renewed at two thirds of 90 s (60 s after issue): a new serial, a later notAfter.
+    let secrets = scene.secrets();
+    harness::poll("the workstation certificate is renewed", WAIT * 2, || {
+        let secrets = secrets.clone();
+        let first = first.clone();
+        async move {
+            let Some(secret) = secrets
+                .get_opt("short-tls")
+                .await
+                .map_err(kss_e2e::Error::from)?
+            else {
+                return Ok(false);
+            };
+            let pem = secret
+                .data
+                .and_then(|d| d.get("tls.crt").cloned())
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            Ok(kss_operator::pki::inspect(&pem)
+                .is_ok_and(|i| i.serial != first.serial && i.not_after > first.not_after))
+        }
+    })
+    .await?;
+    // Status shows a certificate newer than the first.
+    let renewed = scene
+        .wait_cluster("short", "status.tls shows the renewed certificate", |c| {
+            workstation_cert_status(c).is_some_and(|w| {
+                // RFC 3339 in one format: later sorts after.
+                w.serial != first.serial
+                    && w.renew_at.is_some()
+                    && w.not_after > first_status.not_after
+            })
+        })
+        .await?;
+    ensure!(
+        status(&renewed).tls.and_then(|t| t.next_renewal).is_some(),
+        "status.tls.nextRenewal missing"
+    );
+    // The running keyserver serves a renewed certificate (it reloads its files).
+    let served = std::sync::Mutex::new(None);
+    harness::poll("the keyserver serves a renewed certificate", WAIT, || {
+        let got = served_certificate(&ip, &ca_pem, &ws.server_name);
+        let renewed = got
+            .as_ref()
+            .is_ok_and(|i| i.serial != first.serial && i.not_after > first.not_after);
+        if let Ok(i) = got
+            && renewed
+            && let Ok(mut s) = served.lock()
+        {
+            *s = Some(i);
+        }
+        async move { Ok::<bool, kss_e2e::Error>(renewed) }
+    })
+    .await?;
+    let served = served
+        .into_inner()
+        .ok()
+        .flatten()
+        .context("served certificate")?;
+    ensure!(
+        served.names.contains("kss.external.example"),
+        "{:?}",
+        served.names
+    );
+    ws.decrypts(&ip, false)?;
+    external.decrypts(&ip, false)?;
+    let now = scene.runner.wait_started("short-0", WAIT).await?;
+    ensure!(
+        (now.seq, now.pid) == (process.seq, process.pid),
+        "the keyserver was restarted (process {} → {})",
+        process.pid,
+        now.pid
+    );
+    let c = scene.cluster("short").await?;
+    ensure!(status(&c).phase == Some(Phase::Ready));
+    let (s, reason, message) = condition(&c, "TLSReady").context("TLSReady")?;
+    ensure!(s == "True", "TLSReady {s} {reason}: {message}");
     Ok(())
 }

@@ -15,6 +15,7 @@ use kss_operator::desired::DEFAULT_IMAGE;
 use kss_operator::guards::ImageAllowlist;
 use kss_operator::leader::{self, Election};
 use kss_operator::metrics::{self, Metrics};
+use kss_operator::pki;
 use kss_operator::reconcile::Context;
 use kss_operator::{controller, crdgen};
 
@@ -105,6 +106,14 @@ struct RunArgs {
     /// How long the Lease lasts without renewal (seconds).
     #[arg(long, default_value_t = 15)]
     lease_duration_secs: u64,
+    /// Validity of a new cluster CA, from its issue (seconds; default 10 years). The CA is
+    /// not renewed automatically: TLSReady turns False (CaExpiring) in its last third.
+    #[arg(long, env = "KSS_CA_VALIDITY_SECS", default_value_t = pki::DEFAULT_CA_VALIDITY_SECS)]
+    ca_validity_secs: u64,
+    /// Validity of the leaf certificates (workstation, admin API, operator client), from
+    /// their issue (seconds; default 90 days). They are renewed at two thirds of their life.
+    #[arg(long, env = "KSS_LEAF_VALIDITY_SECS", default_value_t = pki::DEFAULT_LEAF_VALIDITY_SECS)]
+    leaf_validity_secs: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -165,6 +174,10 @@ async fn run(args: RunArgs) -> Result<()> {
         metrics: Arc::clone(&metrics),
         default_image: args.keyserver_image.clone(),
         images: ImageAllowlist::new(&args.allowed_images, &args.keyserver_image),
+        validity: pki::Validity {
+            ca: Duration::from_secs(args.ca_validity_secs.max(1)),
+            leaf: Duration::from_secs(args.leaf_validity_secs.max(1)),
+        },
     });
     info!(allowed_images = %ctx.images.entries().join(","), "image allowlist");
     let namespaces = watched_namespaces(&args);

@@ -7,9 +7,168 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+
+/// Default validity of a cluster's CA: 10 years.
+pub const DEFAULT_CA_VALIDITY_SECS: u64 = 3650 * 24 * 3600;
+/// Default validity of the leaf certificates (workstation, admin API, operator client):
+/// 90 days.
+pub const DEFAULT_LEAF_VALIDITY_SECS: u64 = 90 * 24 * 3600;
+
+/// How long the certificates the operator issues are valid, counted from their issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub ca: Duration,
+    pub leaf: Duration,
+}
+
+impl Default for Validity {
+    fn default() -> Self {
+        Validity {
+            ca: Duration::from_secs(DEFAULT_CA_VALIDITY_SECS),
+            leaf: Duration::from_secs(DEFAULT_LEAF_VALIDITY_SECS),
+        }
+    }
+}
+
+/// The seconds since the Unix epoch now.
+pub fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// `not_before`/`not_after` for a certificate issued `now` and valid for `validity`.
+fn window(now: i64, validity: Duration) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
+    let secs = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX);
+    let end = now.saturating_add(secs.max(1));
+    let at = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|e| Error::Pki(format!("certificate validity out of range: {e}")))
+    };
+    Ok((at(now)?, at(end)?))
+}
+
+/// Where a certificate stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Within the first two thirds of its life.
+    Valid,
+    /// In its last third: to be renewed.
+    RenewalDue,
+    /// Past `notAfter` (or not yet valid).
+    Expired,
+}
+
+/// The renewal decision for a certificate valid from `not_before` to `not_after`
+/// (seconds since the epoch), seen at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    pub stage: Stage,
+    /// Two thirds into its life: when it is renewed.
+    pub renew_at: i64,
+}
+
+impl Renewal {
+    /// Whether the certificate should be replaced now.
+    pub fn due(&self) -> bool {
+        self.stage != Stage::Valid
+    }
+
+    /// How long until the next look at this certificate (its renewal moment; at least
+    /// one second).
+    pub fn next_check(&self, now: i64) -> Duration {
+        Duration::from_secs(
+            u64::try_from(self.renew_at.saturating_sub(now))
+                .unwrap_or(0)
+                .max(1),
+        )
+    }
+}
+
+/// Renewal at two thirds of the certificate's life.
+pub fn renewal(now: i64, not_before: i64, not_after: i64) -> Renewal {
+    let life = not_after.saturating_sub(not_before).max(0);
+    let renew_at = not_before.saturating_add(life / 3 * 2 + (life % 3) * 2 / 3);
+    let stage = if now >= not_after || now < not_before {
+        Stage::Expired
+    } else if now >= renew_at {
+        Stage::RenewalDue
+    } else {
+        Stage::Valid
+    };
+    Renewal { stage, renew_at }
+}
+
+/// What the operator reads back from a stored certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Hex, colon-separated.
+    pub serial: String,
+    /// Its DNS names and IP addresses (subject alternative names).
+    pub names: BTreeSet<String>,
+}
+
+/// Parses the first certificate of a PEM text.
+pub fn inspect(pem: &str) -> Result<CertInfo> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Pki(format!("not a PEM certificate: {e}")))?;
+    inspect_der(der.as_ref())
+}
+
+/// Parses a DER certificate (e.g. one a server presented).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::Pki(format!("unreadable certificate: {e}")))?;
+    let validity = cert.validity();
+    let mut names = BTreeSet::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(n) => {
+                    names.insert(n.to_string());
+                }
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.insert(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        serial: cert.raw_serial_as_string(),
+        names,
+    })
+}
+
+/// The names as a certificate carries them (IP addresses in canonical form), to compare
+/// with [`CertInfo::names`].
+pub fn name_set(names: &[String]) -> BTreeSet<String> {
+    names
+        .iter()
+        .map(|n| match n.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => n.clone(),
+        })
+        .collect()
+}
 
 /// A certificate and its private key, PEM.
 pub struct CertPem {
@@ -35,14 +194,15 @@ fn ca_params(cluster: &str) -> Result<CertificateParams> {
     params.distinguished_name = ca_name(cluster);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_after = rcgen::date_time_ymd(2046, 1, 1);
     Ok(params)
 }
 
-/// A new CA for `cluster`.
-pub fn new_ca(cluster: &str) -> Result<CertPem> {
+/// A new CA for `cluster`, valid for `validity` from now.
+pub fn new_ca(cluster: &str, validity: Duration) -> Result<CertPem> {
     let key = KeyPair::generate().map_err(pki_err)?;
-    let cert = ca_params(cluster)?.self_signed(&key).map_err(pki_err)?;
+    let mut params = ca_params(cluster)?;
+    (params.not_before, params.not_after) = window(unix_now(), validity)?;
+    let cert = params.self_signed(&key).map_err(pki_err)?;
     Ok(CertPem {
         cert: cert.pem(),
         key: Zeroizing::new(key.serialize_pem()),
@@ -53,6 +213,8 @@ pub fn new_ca(cluster: &str) -> Result<CertPem> {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
+    /// Validity of the leaf certificates it issues.
+    leaf_validity: Duration,
 }
 
 impl Ca {
@@ -61,7 +223,14 @@ impl Ca {
         Ok(Ca {
             issuer: Issuer::new(ca_params(cluster)?, key),
             cert_pem: cert_pem.to_string(),
+            leaf_validity: Duration::from_secs(DEFAULT_LEAF_VALIDITY_SECS),
         })
+    }
+
+    /// The same CA issuing leaf certificates valid for `validity`.
+    pub fn with_leaf_validity(mut self, validity: Duration) -> Self {
+        self.leaf_validity = validity;
+        self
     }
 
     fn issue(
@@ -76,7 +245,7 @@ impl Ca {
             .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        (params.not_before, params.not_after) = window(unix_now(), self.leaf_validity)?;
         let key = KeyPair::generate().map_err(pki_err)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(pki_err)?;
         Ok(CertPem {
@@ -128,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_reloaded_ca_issues_certificates_that_chain_to_it() {
-        let ca_pem = new_ca("demo").expect("ca");
+        let ca_pem = new_ca("demo", Duration::from_secs(3600)).expect("ca");
         let ca = Ca::load("demo", &ca_pem.cert, &ca_pem.key).expect("load");
         let server = ca
             .server("kss", service_names("demo", "ns"))
@@ -157,6 +326,61 @@ mod tests {
                 .verify_server_cert(&leaf, &[], &other, &[], rustls::pki_types::UnixTime::now())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_at_two_thirds_of_its_life() {
+        // 90 s of life from t=1000: renewed from t=1060.
+        let r = renewal(1000, 1000, 1090);
+        assert_eq!(r.renew_at, 1060);
+        assert_eq!(r.stage, Stage::Valid);
+        assert!(!r.due());
+        assert_eq!(r.next_check(1000), Duration::from_secs(60));
+        assert_eq!(renewal(1059, 1000, 1090).stage, Stage::Valid);
+        assert_eq!(
+            renewal(1059, 1000, 1090).next_check(1059),
+            Duration::from_secs(1)
+        );
+        let due = renewal(1060, 1000, 1090);
+        assert_eq!(due.stage, Stage::RenewalDue);
+        assert!(due.due());
+        // Past its renewal moment: look again soon, never with a zero delay.
+        assert_eq!(due.next_check(1070), Duration::from_secs(1));
+        assert_eq!(renewal(1090, 1000, 1090).stage, Stage::Expired);
+        assert_eq!(renewal(999, 1000, 1090).stage, Stage::Expired);
+        // 90 days: renewed after 60.
+        let day = 24 * 3600;
+        let r = renewal(0, 0, 90 * day);
+        assert_eq!(r.renew_at, 60 * day);
+        assert_eq!(r.next_check(0), Duration::from_secs(60 * day as u64));
+        // A life not divisible by three; no overflow at the extremes.
+        assert_eq!(renewal(0, 0, 100).renew_at, 66);
+        assert_eq!(renewal(0, 0, i64::MAX).stage, Stage::Valid);
+        assert_eq!(renewal(0, 10, 5).stage, Stage::Expired);
+    }
+
+    #[test]
+    fn issued_certificates_carry_their_validity_and_names() {
+        let ca_pem = new_ca("demo", Duration::from_secs(10 * 365 * 24 * 3600)).expect("ca");
+        let ca_info = inspect(&ca_pem.cert).expect("ca info");
+        assert_eq!(ca_info.not_after - ca_info.not_before, 10 * 365 * 24 * 3600);
+        assert!((ca_info.not_before - unix_now()).abs() < 60);
+        let ca = Ca::load("demo", &ca_pem.cert, &ca_pem.key)
+            .expect("load")
+            .with_leaf_validity(Duration::from_secs(30));
+        let names = vec![
+            "kss.example.com".to_string(),
+            "203.0.113.7".to_string(),
+            "2001:db8::0:1".to_string(),
+        ];
+        let a = ca.server("kss", names.clone()).expect("leaf");
+        let b = ca.server("kss", names.clone()).expect("leaf");
+        let (ia, ib) = (inspect(&a.cert).expect("a"), inspect(&b.cert).expect("b"));
+        assert_eq!(ia.not_after - ia.not_before, 30);
+        assert_ne!(ia.serial, ib.serial, "each issue has its own serial");
+        assert_eq!(ia.names, name_set(&names));
+        assert!(ia.names.contains("2001:db8::1"), "{:?}", ia.names);
+        assert!(inspect("not a certificate").is_err());
     }
 
     use rustls::client::danger::ServerCertVerifier;

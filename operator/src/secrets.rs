@@ -123,3 +123,17 @@ pub async fn set_owner(
     .await?;
     Ok(())
 }
+
+/// Replaces the data of a Secret the operator renews (a leaf certificate and its key);
+/// every other Secret is written once.
+pub async fn replace_data(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let data: BTreeMap<String, ByteString> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let patch = json!({ "data": data });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    info!(secret = %name, "replaced Secret data");
+    Ok(())
+}

@@ -152,6 +152,26 @@ pub struct KeyShardClusterSpec {
     /// shows `Paused`; nothing the operator created is changed or deleted.
     #[serde(default)]
     pub paused: bool,
+
+    /// More names for the certificate the operator generates for workstations (when
+    /// `tls` names no Secret), e.g. an external LoadBalancer's DNS name or address. A
+    /// change reissues the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateSpec>,
+}
+
+/// Extra subject alternative names of the generated workstation certificate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSpec {
+    /// DNS names, besides the Services' own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub extra_dns_names: Vec<String>,
+    /// IP addresses (IPv4 or IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 2, max = 45)))]
+    pub extra_ip_addresses: Vec<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -515,13 +535,50 @@ pub struct KeyShardClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
     /// `Ready`, `Available`, `Progressing`, `Degraded`, `DatabaseReachable`, `Synced`,
-    /// `IdentityReady`, `BackupKeyReady`, `PolicyApplied`, `RecoveryRequested`.
+    /// `IdentityReady`, `BackupKeyReady`, `PolicyApplied`, `RecoveryRequested`, `TLSReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` last reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The certificates: each one's expiry and next renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificates the keyserver serves and trusts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The earliest `renewAt` of the certificates the operator renews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<String>,
+    /// One entry per certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate's validity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// `ca`, `workstation` or `admin`.
+    pub name: String,
+    /// The Secret holding it.
+    pub secret_name: String,
+    /// Its serial number (hex).
+    #[serde(default)]
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Two thirds into its life (RFC 3339): when the operator renews it. Absent for a
+    /// certificate it does not renew (the CA, a Secret named in `spec.tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
 }
 
 /// Lifecycle phase.

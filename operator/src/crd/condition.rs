@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Kind of condition, e.g. `Available`, `Progressing`, `Degraded`, `IdentityReady`,
-    /// `BackupKeyReady`, `PolicyApplied` (KeyShardCluster) or `Valid` (KssPolicy).
+    /// `BackupKeyReady`, `PolicyApplied`, `TLSReady` (KeyShardCluster) or `Valid`
+    /// (KssPolicy).
     pub r#type: String,
     /// `True`, `False` or `Unknown`.
     #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
@@ -49,6 +50,7 @@ pub mod types {
     pub const SYNCED: &str = "Synced";
     /// True while `spec.recovery` is armed (it has not completed).
     pub const RECOVERY_REQUESTED: &str = "RecoveryRequested";
+    pub const TLS_READY: &str = "TLSReady";
 }
 
 /// Condition reasons (the README's troubleshooting table explains each).
@@ -93,6 +95,12 @@ pub mod reasons {
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     pub const RECOVERY_ARMED: &str = "RecoveryArmed";
     pub const RECOVERY_COMPLETED: &str = "RecoveryCompleted";
+    /// `TLSReady` reasons.
+    pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    pub const CERTIFICATE_RENEWING: &str = "CertificateRenewing";
+    pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+    pub const CERTIFICATE_EXPIRED: &str = "CertificateExpired";
+    pub const CA_EXPIRING: &str = "CaExpiring";
 
     /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
     /// troubleshooting table explains. A bootstrap identity the master key cannot open is
@@ -120,6 +128,21 @@ pub fn set(conditions: &mut Vec<Condition>, mut new: Condition) {
         }
         None => conditions.push(new),
     }
+}
+
+/// [`set`] on a list computed afresh: the condition of the same type in `previous` (if
+/// the fresh list lacks it) keeps its `lastTransitionTime`.
+pub fn set_keeping_previous(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    new: Condition,
+) {
+    if find(conditions, &new.r#type).is_none()
+        && let Some(old) = find(previous, &new.r#type)
+    {
+        conditions.push(old.clone());
+    }
+    set(conditions, new);
 }
 
 /// The condition of `type_`, if any.

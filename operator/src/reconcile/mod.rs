@@ -19,6 +19,8 @@ pub struct Context {
     pub default_image: String,
     /// The images `spec.image` may name.
     pub images: crate::guards::ImageAllowlist,
+    /// Validity of the certificates the operator issues.
+    pub validity: crate::pki::Validity,
 }
 
 /// The time now, RFC 3339, for conditions.
