@@ -91,25 +91,8 @@ fi
 # As in build-tools.sh: a build cache of its own, removed once everything is built.
 export GOCACHE="$CACHE_ROOT/$KEY/go-build"
 
-# build <tools module dir> <output path relative to BIN_DIR> <package> <ldflags> [tags]
-build() {
-  local dir=$1 name=$2 pkg=$3 ldflags=$4 tags=${5:-}
-  local out="$BIN_DIR/$name"
-  if [[ -x "$out" ]]; then
-    log "skip $name (cached in $BIN_DIR)"
-    return 0
-  fi
-  log "build $name from $pkg ..."
-  local start=$SECONDS
-  local tmp="$out.tmp.$$"
-  if ! (cd "$TOOLS_DIR/$dir" && nice -n 15 go build -tags "$tags" -ldflags "$ldflags" -o "$tmp" "$pkg"); then
-    rm -f "$tmp"
-    log "FAILED to build $name"
-    return 1
-  fi
-  mv -f "$tmp" "$out"
-  log "built $name in $((SECONDS - start)) s"
-}
+# build() and k8s_ldflags(), shared with the other build script.
+source "$E2E_DIR/go-build.sh"
 
 total_start=$SECONDS
 BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -117,13 +100,7 @@ BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # kubelet, kube-proxy: stamped like the control plane (build-tools.sh), built from
 # tools/kubelet (tools/kubernetes/go.sum lacks 20 sums these packages need, and adding
 # them there would change build-tools.sh's key and rebuild the whole control plane).
-k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
-k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
-K8S_LDFLAGS="-s -w"
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  K8S_LDFLAGS+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
-  K8S_LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
-done
+K8S_LDFLAGS=$(k8s_ldflags "$K8S_VERSION" "$BUILD_DATE")
 build kubelet kubelet k8s.io/kubernetes/cmd/kubelet "$K8S_LDFLAGS"
 build kubelet kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$K8S_LDFLAGS"
 

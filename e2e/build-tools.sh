@@ -64,37 +64,14 @@ fi
 # removed when every tool is built (kept after a failure, to resume from).
 export GOCACHE="$CACHE_ROOT/$KEY/go-build"
 
-# build <tools module dir> <binary name> <package> <ldflags>
-build() {
-  local dir=$1 name=$2 pkg=$3 ldflags=$4
-  local out="$BIN_DIR/$name"
-  if [[ -x "$out" ]]; then
-    log "skip $name (cached in $BIN_DIR)"
-    return 0
-  fi
-  log "build $name from $pkg ..."
-  local start=$SECONDS
-  local tmp="$out.tmp.$$"
-  if ! (cd "$TOOLS_DIR/$dir" && nice -n 15 go build -ldflags "$ldflags" -o "$tmp" "$pkg"); then
-    rm -f "$tmp"
-    log "FAILED to build $name"
-    return 1
-  fi
-  mv -f "$tmp" "$out"
-  log "built $name in $((SECONDS - start)) s"
-}
+# build() and k8s_ldflags(), shared with the other build script.
+source "$E2E_DIR/go-build.sh"
 
 total_start=$SECONDS
 BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # Kubernetes: stamp both version packages, or the binaries report v0.0.0.
-k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
-k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
-K8S_LDFLAGS="-s -w"
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  K8S_LDFLAGS+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
-  K8S_LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
-done
+K8S_LDFLAGS=$(k8s_ldflags "$K8S_VERSION" "$BUILD_DATE")
 for name in kubectl kube-scheduler kube-controller-manager kube-apiserver; do
   build kubernetes "$name" "k8s.io/kubernetes/cmd/$name" "$K8S_LDFLAGS"
 done

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod expand;
 pub mod harness;
+pub mod kubectl;
 pub mod podrunner;
 mod podspec;
 pub mod provisioner;

@@ -7,7 +7,7 @@
 //! to run (the Secrets are made before the workload).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -24,74 +24,22 @@ const WAIT: Duration = Duration::from_secs(60);
 const OPERATOR_SA: &str = "system:serviceaccount:kss-system:kss-operator";
 
 fn kubectl(args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .context("kubectl")?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    Ok(kss_e2e::kubectl::run(args)?)
 }
 
 fn kubectl_ok(args: &[&str]) -> Result<String> {
-    let (ok, out) = kubectl(args)?;
-    ensure!(ok, "kubectl {args:?} failed: {out}");
-    Ok(out)
+    Ok(kss_e2e::kubectl::ok(args)?)
 }
 
 fn apply(ns: &str, yaml: &str) -> Result<(bool, String)> {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(yaml.as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    Ok(kss_e2e::kubectl::apply(ns, yaml)?)
 }
 
 /// A kubeconfig with a token of ServiceAccount `sa` in `ns` (its RBAC, nothing more).
 fn operator_kubeconfig(dir: &Path, ns: &str, sa: &str) -> Result<PathBuf> {
-    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"])?;
-    let view = |path: &str| {
-        kubectl_ok(&[
-            "config",
-            "view",
-            "--minify",
-            "--raw",
-            "--flatten",
-            "-o",
-            &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
-        ])
-    };
-    let (server, ca) = (view("server")?, view("certificate-authority-data")?);
-    let path = dir.join(format!("{ns}-{sa}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: op\n  user:\n    token: {}\ncontexts:\n- name: op\n  context: {{cluster: e2e, user: op}}\ncurrent-context: op\n",
-            token.trim()
-        ),
-    )?;
-    Ok(path)
+    Ok(kss_e2e::kubectl::service_account_kubeconfig(
+        dir, ns, sa, "1h",
+    )?)
 }
 
 /// `kss-operator run` for one namespace, without leader election; killed on drop.

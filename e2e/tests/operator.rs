@@ -5,7 +5,7 @@
 //! client` processes over TLS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -66,29 +66,9 @@ fn kubectl(args: &[&str]) -> Command {
     cmd
 }
 
-/// `kubectl apply -f -` of `yaml` in `ns`; the combined output and whether it succeeded.
+/// `kubectl apply -f -` of `yaml` in `ns`; whether it succeeded and the combined output.
 fn apply_yaml(ns: &str, yaml: &str) -> Result<(bool, String)> {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("kubectl apply")?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        stdin.write_all(yaml.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    Ok(kss_e2e::kubectl::apply(ns, yaml)?)
 }
 
 fn apply_ok(ns: &str, yaml: &str) -> Result<()> {
@@ -98,41 +78,14 @@ fn apply_ok(ns: &str, yaml: &str) -> Result<()> {
 }
 
 /// A kubeconfig for the operator's ServiceAccount (the install bundle's RBAC, nothing
-/// more), built from the admin kubeconfig's cluster entry and a fresh token.
+/// more).
 fn operator_kubeconfig(dir: &Path) -> Result<PathBuf> {
-    let token = ok(&mut kubectl(&[
-        "create",
-        "token",
-        "kss-operator",
-        "-n",
+    Ok(kss_e2e::kubectl::service_account_kubeconfig(
+        dir,
         "kss-system",
-        "--duration=2h",
-    ]))?;
-    let server = ok(&mut kubectl(&[
-        "config",
-        "view",
-        "--minify",
-        "--raw",
-        "--flatten",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]))?;
-    let ca = ok(&mut kubectl(&[
-        "config",
-        "view",
-        "--minify",
-        "--raw",
-        "--flatten",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-    ]))?;
-    let path = dir.join("operator.kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: kss-operator\n  user:\n    token: {}\ncontexts:\n- name: op\n  context: {{cluster: e2e, user: kss-operator}}\ncurrent-context: op\n",
-        token.trim()
-    );
-    std::fs::write(&path, config)?;
-    Ok(path)
+        "kss-operator",
+        "2h",
+    )?)
 }
 
 /// One `kss-operator run` process (killed on drop).

@@ -27,7 +27,7 @@ use crate::crd::cluster::{
     BackupStatus, CertificateStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout,
     RecoveryState, RecoveryStatus, TlsStatus, is_plain_file_name,
 };
-use crate::crd::condition::{self, reasons};
+use crate::crd::condition::{self, reasons, types};
 use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
 use crate::desired::{self, FIELD_MANAGER, Names};
 use crate::error::{Error, Result};
@@ -80,15 +80,18 @@ async fn report_failure(cluster: &KeyShardCluster, ctx: &Context, error: &Error)
     if conditions == previous.conditions {
         return;
     }
-    let was_failing = crate::crd::condition::find(&previous.conditions, "Synced")
-        .is_some_and(|c| c.status == crate::crd::condition::FALSE);
+    let was_failing = condition::find(&previous.conditions, types::SYNCED)
+        .is_some_and(|c| c.status == condition::FALSE);
     if !was_failing {
         event(ctx, cluster, true, reasons::RECONCILE_ERROR, message).await;
     }
     let Some(namespace) = cluster.namespace() else {
         return;
     };
-    let synced: Vec<_> = conditions.iter().filter(|c| c.r#type == "Synced").collect();
+    let synced: Vec<_> = conditions
+        .iter()
+        .filter(|c| c.r#type == types::SYNCED)
+        .collect();
     let api: Api<KeyShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     // Only this condition, under a field manager of its own: an apply by the reconcile's
     // manager without the rest of the status would remove it.
