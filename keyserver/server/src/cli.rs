@@ -77,7 +77,7 @@ pub enum Command {
     /// Administrator keys (holders of the backup key).
     #[command(subcommand)]
     AdminKey(AdminKeyCommand),
-    /// Backup-key approvals by administrators.
+    /// Backup keys: issue one through the running server, approve a recovery.
     #[command(subcommand)]
     Backup(BackupCommand),
     /// A workstation client: onboard, encrypt, decrypt, request.

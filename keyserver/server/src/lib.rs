@@ -10,6 +10,7 @@
 
 pub mod admin_socket;
 pub mod audit_log;
+pub mod backup_key;
 pub mod bootstrap;
 pub mod cli;
 pub mod clock;

@@ -44,7 +44,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Policy(command) => policy::run(command, data_dir),
         Command::AdminKey(command) => admin_key::run_admin_key(command),
-        Command::Backup(command) => admin_key::run_backup(command),
+        Command::Backup(command) => admin_key::run_backup(command, data_dir),
         Command::Client(command) => block_on(kss_client::cli::run(command)),
         Command::Loadgen(args) => block_on(kss_client::loadgen::loadgen(args)).map(drop),
         Command::Flood(args) => block_on(kss_client::flood::flood(args)).map(drop),

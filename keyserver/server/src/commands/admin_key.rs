@@ -3,12 +3,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use clap::Subcommand;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
 use kss_crypto::backup::{self, AdminKey, AdminPublicKey, BackupKey};
 use serde::{Deserialize, Serialize};
 
-use crate::data_dir::{check_private, write_new, write_private};
+use kss_proto::v1 as pb;
+
+use super::admin_client;
+use crate::data_dir::{DataDir, check_private, write_new, write_private};
 
 #[derive(Debug, Subcommand)]
 pub enum AdminKeyCommand {
@@ -26,6 +29,10 @@ pub enum AdminKeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
+    /// Issue a new backup key of the running keyserver (through its admin socket; the
+    /// admin API's IssueBackupKey): for a lost backup key, or new holders or threshold.
+    /// Backup keys issued before stay valid for their own holders.
+    Issue(IssueArgs),
     /// As an administrator, approve recovering a keyserver from its backup key: writes
     /// an approval (a decryption share; it reveals neither your key nor your share).
     Approve {
@@ -39,6 +46,78 @@ pub enum BackupCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// A holder: NAME=HEX, the public key as `kss admin-key generate` writes it in
+    /// PREFIX.pub. Repeat for each holder.
+    #[arg(long = "holder", value_name = "NAME=HEX")]
+    pub holders: Vec<String>,
+    /// A holder's public key file (PREFIX.pub), as `kss save-backup-key --admin-key`.
+    #[arg(long = "admin-key", value_name = "FILE")]
+    pub admin_keys: Vec<PathBuf>,
+    /// How many holders must approve a recovery (3 at least, unless --allow-weak).
+    #[arg(long, default_value_t = crate::backup_key::MIN_THRESHOLD as u32)]
+    pub threshold: u32,
+    /// Allow fewer than 5 holders or a threshold below 3.
+    #[arg(long)]
+    pub allow_weak: bool,
+    /// Where to write the backup key (must not exist).
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `kss backup issue`: the running server builds the backup key from its root secret.
+pub async fn issue(args: IssueArgs, data_dir: &DataDir) -> Result<()> {
+    let mut holders = args
+        .holders
+        .iter()
+        .map(|h| {
+            let (name, key) = h
+                .split_once('=')
+                .with_context(|| format!("--holder {h:?}: expected NAME=HEX"))?;
+            Ok(pb::BackupHolder {
+                name: name.to_string(),
+                public_key: key.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for path in &args.admin_keys {
+        let (name, key) = read_admin_public(path)?;
+        holders.push(pb::BackupHolder {
+            name,
+            public_key: key.to_hex(),
+        });
+    }
+    if args.out.exists() {
+        bail!("{} exists already; nothing was issued", args.out.display());
+    }
+    let mut admin = admin_client::connect(data_dir).await.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no keyserver is running on {} (its admin socket answers nothing): start `kss \
+             serve`, or use `kss save-backup-key` with the master key",
+            data_dir.root.display()
+        )
+    })?;
+    let issued = admin
+        .issue_backup_key(pb::IssueBackupKeyRequest {
+            holders,
+            threshold: args.threshold,
+            allow_weak: args.allow_weak,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    write_new(&args.out, issued.backup_json.as_bytes())?;
+    println!(
+        "backup key of keyserver {} written to {} ({} of {} holders restore it)",
+        issued.keyserver_id,
+        args.out.display(),
+        issued.threshold,
+        issued.holders
+    );
+    Ok(())
 }
 
 /// The public half of an administrator key, as a file.
@@ -71,8 +150,9 @@ pub fn run_admin_key(cmd: AdminKeyCommand) -> Result<()> {
     }
 }
 
-pub fn run_backup(cmd: BackupCommand) -> Result<()> {
+pub fn run_backup(cmd: BackupCommand, data_dir: &DataDir) -> Result<()> {
     match cmd {
+        BackupCommand::Issue(args) => crate::runtime::block_on(issue(args, data_dir)),
         BackupCommand::Approve {
             backup,
             admin_key,

@@ -10,13 +10,10 @@ use kss_store::{Store, StoreError};
 
 use super::admin_key::{read_admin_public, read_backup};
 use crate::audit_log::{self, Actor, admin_record};
+use crate::backup_key::{BackupRequestError, check_holders, issue_backup};
 use crate::clock::now_ms;
 use crate::data_dir::{DataDir, write_new, write_private};
 use crate::identity::KeyserverIdentity;
-
-/// Holders and threshold the product requires unless `--ignore-security-checks`.
-pub const MIN_HOLDERS: usize = 5;
-pub const MIN_THRESHOLD: usize = 3;
 
 #[derive(Debug, Clone, Args)]
 pub struct BackupArgs {
@@ -26,7 +23,7 @@ pub struct BackupArgs {
     pub admin_keys: Vec<PathBuf>,
     /// How many holders must approve a recovery (3 at least, unless
     /// --ignore-security-checks).
-    #[arg(long, default_value_t = MIN_THRESHOLD)]
+    #[arg(long, default_value_t = crate::backup_key::MIN_THRESHOLD)]
     pub threshold: usize,
     /// Allow fewer than 5 holders or a threshold below 3 (e.g. for a test setup). With no
     /// --admin-key at all, one administrator key is generated beside the backup key.
@@ -44,27 +41,22 @@ pub struct CreateArgs {
     pub backup: BackupArgs,
 }
 
-/// The backup's holders, after the security checks.
+/// The backup's holders from their public key files, after the checks of
+/// [`check_holders`].
 fn holders(args: &BackupArgs, backup_path: &Path) -> Result<Vec<(String, AdminPublicKey)>> {
     let mut holders = args
         .admin_keys
         .iter()
         .map(|p| read_admin_public(p))
         .collect::<Result<Vec<_>>>()?;
-    if !args.ignore_security_checks {
-        if holders.len() < MIN_HOLDERS || args.threshold < MIN_THRESHOLD {
-            bail!(
-                "refusing a weak backup key: {} holder(s) with threshold {}. The backup key \
-                 restores every profile's keyserver share, so it must need {MIN_THRESHOLD} \
-                 approvals out of at least {MIN_HOLDERS} administrators (give five \
-                 --admin-key files, made with `kss admin-key generate`), so that no one \
-                 person and no two together can restore it. Pass --ignore-security-checks \
-                 to accept a weaker setup.",
-                holders.len(),
-                args.threshold
-            );
-        }
-    } else if holders.is_empty() {
+    if holders.is_empty() && !args.ignore_security_checks {
+        // No --admin-key at all: the weak-setup refusal, which says what to give.
+        return Err(weak_hint(BackupRequestError::Weak {
+            holders: 0,
+            threshold: args.threshold,
+        }));
+    }
+    if holders.is_empty() {
         let key = AdminKey::generate();
         let mut path = backup_path.as_os_str().to_owned();
         path.push(".admin.key");
@@ -77,24 +69,35 @@ fn holders(args: &BackupArgs, backup_path: &Path) -> Result<Vec<(String, AdminPu
         );
         holders.push(("generated".into(), key.public()));
     }
-    if args.threshold == 0 || args.threshold > holders.len() {
-        bail!(
-            "--threshold {} needs between 1 and {} (the number of holders)",
-            args.threshold,
-            holders.len()
-        );
-    }
+    check_holders(&holders, args.threshold, args.ignore_security_checks).map_err(weak_hint)?;
     Ok(holders)
+}
+
+/// The CLI's wording of a refused setup: how to give holders, or to accept a weak one.
+fn weak_hint(e: BackupRequestError) -> anyhow::Error {
+    match e {
+        BackupRequestError::Weak { .. } => anyhow::anyhow!(
+            "{e} (give five --admin-key files, made with `kss admin-key generate`). Pass \
+             --ignore-security-checks to accept a weaker setup."
+        ),
+        BackupRequestError::BadThreshold { .. } => anyhow::anyhow!("--{e}"),
+        e => anyhow::anyhow!("--admin-key: {e}"),
+    }
 }
 
 fn write_backup(
     identity: &KeyserverIdentity,
     holders: &[(String, AdminPublicKey)],
-    threshold: usize,
+    args: &BackupArgs,
     path: &Path,
 ) -> Result<()> {
-    let backup = backup::create_backup(identity.root(), &identity.id, holders, threshold)
-        .context("creating the backup key")?;
+    let backup = issue_backup(
+        identity,
+        holders,
+        args.threshold,
+        args.ignore_security_checks,
+    )
+    .context("creating the backup key")?;
     write_new(path, backup.to_json().as_bytes())
 }
 
@@ -114,7 +117,7 @@ pub async fn create(args: CreateArgs, store: &dyn Store, data_dir: &DataDir) -> 
     let master = data_dir.read_or_create_master_key()?;
     let identity = KeyserverIdentity::generate();
     // The backup first: an identity must never exist without one.
-    write_backup(&identity, &holders, args.backup.threshold, &backup_path)?;
+    write_backup(&identity, &holders, &args.backup, &backup_path)?;
     store_identity(store, data_dir, &identity, &master).await?;
     // The chain starts here, with the creation as its first row.
     audit_cli(
@@ -210,7 +213,7 @@ pub async fn save_backup_key(
     let master = data_dir.read_master_key()?;
     let identity = KeyserverIdentity::load(store, &master).await?;
     let holders = holders(&args.backup, &args.path)?;
-    write_backup(&identity, &holders, args.backup.threshold, &args.path)?;
+    write_backup(&identity, &holders, &args.backup, &args.path)?;
     audit_cli(
         store,
         &identity,

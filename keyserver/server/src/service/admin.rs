@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::audit_log::{self, Actor, admin_record};
+use crate::backup_key::{self, BackupRequestError, IssueError};
 use crate::bootstrap::Refusal;
 use crate::clock::now_ms;
 use crate::contracts;
@@ -472,6 +473,71 @@ impl Admin for AdminService {
                 .collect(),
         }))
     }
+
+    #[instrument(skip_all, fields(rpc = "Admin.IssueBackupKey"))]
+    async fn issue_backup_key(
+        &self,
+        request: Request<pb::IssueBackupKeyRequest>,
+    ) -> Result<Response<pb::IssueBackupKeyResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let invalid = |e: BackupRequestError| Status::invalid_argument(e.to_string());
+        // Bounded before anything is decoded.
+        if request.holders.len() > backup_key::MAX_HOLDERS {
+            return Err(invalid(BackupRequestError::TooManyHolders {
+                count: request.holders.len(),
+            }));
+        }
+        let holders = request
+            .holders
+            .into_iter()
+            .enumerate()
+            .map(|(index, h)| {
+                if h.name.len() > backup_key::MAX_HOLDER_NAME {
+                    return Err(BackupRequestError::NameTooLong {
+                        index,
+                        len: h.name.len(),
+                    });
+                }
+                Ok((h.name, backup_key::parse_holder_key(index, &h.public_key)?))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let threshold = usize::try_from(request.threshold).unwrap_or(usize::MAX);
+        let backup =
+            backup_key::issue_backup(&self.identity, &holders, threshold, request.allow_weak)
+                .map_err(|e| match e {
+                    IssueError::Invalid(e) => invalid(e),
+                    IssueError::Crypto(e) => {
+                        Status::internal(format!("creating the backup key: {e}"))
+                    }
+                })?;
+        let names: Vec<&str> = holders.iter().map(|(name, _)| name.as_str()).collect();
+        info!(
+            keyserver_id = %self.identity.id, holders = holders.len(), threshold,
+            allow_weak = request.allow_weak, %actor, "backup key issued"
+        );
+        // Names, public keys and threshold: nothing secret (the key itself is not recorded).
+        self.audited(
+            &actor,
+            "backup_key_issue",
+            None,
+            serde_json::json!({
+                "keyserver_id": self.identity.id.to_string(),
+                "holders": names,
+                "public_keys": holders.iter().map(|(_, k)| k.to_hex()).collect::<Vec<_>>(),
+                "threshold": threshold,
+                "allow_weak": request.allow_weak,
+            }),
+        )
+        .await?;
+        Ok(Response::new(pb::IssueBackupKeyResponse {
+            keyserver_id: self.identity.id.to_string(),
+            backup_json: backup.to_json(),
+            holders: u32::try_from(holders.len()).unwrap_or(u32::MAX),
+            threshold: request.threshold,
+        }))
+    }
 }
 
 /// What the admin listeners answer with.
@@ -573,5 +639,12 @@ impl Admin for AdminGate {
         request: Request<pb::ListEnrollmentsRequest>,
     ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
         self.service()?.list_enrollments(request).await
+    }
+
+    async fn issue_backup_key(
+        &self,
+        request: Request<pb::IssueBackupKeyRequest>,
+    ) -> Result<Response<pb::IssueBackupKeyResponse>, Status> {
+        self.service()?.issue_backup_key(request).await
     }
 }
