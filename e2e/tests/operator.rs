@@ -1268,20 +1268,23 @@ scene_test!(
     recovery
 );
 
-async fn recovery(scene: &mut Scene) -> Result<()> {
-    let ns = &scene.ns;
+/// Administrator keys for `names` (made in the scene's directory unless there already)
+/// and the `spec.backup` lines naming them as holders, threshold 3.
+fn holders_yaml(scene: &Scene, names: &[&str]) -> Result<String> {
     let kss = harness::kss_bin()?;
     let mut holders = String::from("    threshold: 3\n    holders:\n");
-    for name in ["alice", "bob", "carol", "dave", "erin"] {
+    for name in names {
         let prefix = scene.dir.path().join(name);
-        ok(Command::new(&kss).args([
-            "admin-key",
-            "generate",
-            "--out",
-            &prefix.display().to_string(),
-            "--name",
-            name,
-        ]))?;
+        if !prefix.with_extension("pub").exists() {
+            ok(Command::new(&kss).args([
+                "admin-key",
+                "generate",
+                "--out",
+                &prefix.display().to_string(),
+                "--name",
+                name,
+            ]))?;
+        }
         let public: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("pub"))?)?;
         holders.push_str(&format!(
@@ -1289,40 +1292,23 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
             public["public_key"].as_str().context("public_key")?
         ));
     }
-    let uri = scratch_database("recovery")?;
-    apply_ok(ns, &db_secret_yaml("db", &uri))?;
-    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
-    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
-    let c = scene.wait_ready("vault").await?;
-    let id = status(&c).keyserver_id.context("ID")?;
-    let ips = pod_ips(scene, "vault").await?;
-    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1, None).await?;
-    ws.decrypts(&ips[1].1, false)?;
+    Ok(holders)
+}
 
-    // Lose the database: drop it, create it empty, restart the instances.
-    let db = database_name(&uri).to_string();
-    sql_on(&uri, &format!("DROP DATABASE {db}; CREATE DATABASE {db}"))?;
-    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), ns);
-    for (pod, _) in &ips {
-        pods.delete(pod, &DeleteParams::default()).await?;
-    }
-    scene
-        .wait_cluster("vault", "IdentityReady=False IdentityMissing", |c| {
-            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMissing")
-        })
-        .await?;
-
-    // Three holders approve the backup key from its Secret.
-    let backup = scene.file(
-        "backup-key.json",
-        &scene
-            .secret_text("vault-backup-key", "backup-key.json")
-            .await?,
-    )?;
+/// A Secret `secret` holding the approvals of `names` (holders' keys made by
+/// [`holders_yaml`]) for the backup key `backup_json`; `Err` if one cannot approve it.
+fn approvals_yaml(
+    scene: &Scene,
+    secret: &str,
+    backup_json: &str,
+    names: &[&str],
+) -> Result<String> {
+    let kss = harness::kss_bin()?;
+    let backup = scene.file(&format!("{secret}-backup-key.json"), backup_json)?;
     let mut approvals =
-        String::from("apiVersion: v1\nkind: Secret\nmetadata:\n  name: approvals\nstringData:\n");
-    for name in ["alice", "carol", "erin"] {
-        let out = scene.dir.path().join(format!("{name}.approval"));
+        format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\nstringData:\n");
+    for name in names {
+        let out = scene.dir.path().join(format!("{secret}-{name}.approval"));
         ok(Command::new(&kss).args([
             "backup",
             "approve",
@@ -1344,17 +1330,64 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
             text.replace('\n', " ").replace('\'', "''")
         ));
     }
-    apply_ok(ns, &approvals)?;
+    Ok(approvals)
+}
+
+/// Asks for recovery `id` with the approvals in Secret `secret`.
+async fn request_recovery(scene: &Scene, cluster: &str, id: &str, secret: &str) -> Result<()> {
     scene
         .clusters()
         .patch(
-            "vault",
+            cluster,
             &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"recovery": {"id": "lost-db-1", "approvalsSecretName": "approvals"}}}),
-            ),
+            &Patch::Merge(json!({"spec": {"recovery": {"id": id, "approvalsSecretName": secret}}})),
         )
         .await?;
+    Ok(())
+}
+
+/// Empties the database of `uri` and restarts the pods of `cluster` (all, or `only`).
+async fn lose_database(scene: &Scene, cluster: &str, uri: &str, only: Option<&str>) -> Result<()> {
+    let db = database_name(uri).to_string();
+    sql_on(uri, &format!("DROP DATABASE {db}; CREATE DATABASE {db}"))?;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.ns);
+    for (pod, _) in pod_ips(scene, cluster).await? {
+        if only.is_none_or(|o| o == pod) {
+            pods.delete(&pod, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn recovery(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let holders = holders_yaml(scene, &["alice", "bob", "carol", "dave", "erin"])?;
+    let uri = scratch_database("recovery")?;
+    apply_ok(ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
+    let c = scene.wait_ready("vault").await?;
+    let id = status(&c).keyserver_id.context("ID")?;
+    let ips = pod_ips(scene, "vault").await?;
+    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1, None).await?;
+    ws.decrypts(&ips[1].1, false)?;
+
+    // Lose the database: drop it, create it empty, restart the instances.
+    let db = database_name(&uri).to_string();
+    lose_database(scene, "vault", &uri, None).await?;
+    scene
+        .wait_cluster("vault", "IdentityReady=False IdentityMissing", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMissing")
+        })
+        .await?;
+
+    // Three holders approve the backup key from its Secret.
+    let backup = scene
+        .secret_text("vault-backup-key", "backup-key.json")
+        .await?;
+    let approvals = approvals_yaml(scene, "approvals", &backup, &["alice", "carol", "erin"])?;
+    apply_ok(ns, &approvals)?;
+    request_recovery(scene, "vault", "lost-db-1", "approvals").await?;
     let c = scene.wait_ready("vault").await?;
     ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
     // The request is recorded as completed; its approvals (with the backup key, the root
@@ -1403,10 +1436,7 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
     // The request left in spec does not re-arm: the database emptied again (even with the
     // approvals put back) is not restored, and the resource says why.
     apply_ok(ns, &approvals)?;
-    sql_on(&uri, &format!("DROP DATABASE {db}; CREATE DATABASE {db}"))?;
-    for (pod, _) in &pod_ips(scene, "vault").await? {
-        pods.delete(pod, &DeleteParams::default()).await?;
-    }
+    lose_database(scene, "vault", &uri, None).await?;
     scene
         .wait_cluster(
             "vault",
@@ -1428,6 +1458,358 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
         "the emptied database was restored: {stored}"
     );
     let _ = sql_on(&uri, &format!("DROP DATABASE {db}"));
+    Ok(())
+}
+
+// The keyserver ID is pinned in spec (immutable by CEL) and given to every pod. The
+// master-key Secret is deleted: the operator makes a new one, restarted instances refuse
+// (MasterKeyMismatch), and the holders' approvals re-seal the identity in the same
+// database: same ID, and the workstation onboarded before decrypts without re-registering.
+scene_test!(
+    a_lost_master_key_is_recovered_into_the_same_database,
+    "masterkey",
+    lost_master_key
+);
+
+async fn lost_master_key(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let holders = holders_yaml(scene, &["alice", "bob", "carol", "dave", "erin"])?;
+    let uri = scratch_database("masterkey")?;
+    apply_ok(ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
+    let c = scene.wait_ready("vault").await?;
+    let id = status(&c).keyserver_id.context("ID")?;
+
+    // Pinned: in spec, in every pod, and immutable.
+    ensure!(
+        c.spec.bootstrap.keyserver_id.as_deref() == Some(id.as_str()),
+        "spec.bootstrap: {:?}",
+        c.spec.bootstrap
+    );
+    let sts: Api<StatefulSet> = Api::namespaced(scene.client.clone(), ns);
+    let sts = sts.get("vault").await?;
+    let env = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    ensure!(
+        env.iter()
+            .any(|e| e.name == "KSS_KEYSERVER_ID" && e.value.as_deref() == Some(id.as_str())),
+        "KSS_KEYSERVER_ID not given to the pods: {env:?}"
+    );
+    for patch in [
+        json!({"spec": {"bootstrap": {"keyserverId": "0".repeat(32)}}}),
+        json!({"spec": {"bootstrap": {"keyserverId": null}}}),
+    ] {
+        let err = scene
+            .clusters()
+            .patch("vault", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .err()
+            .context("the pinned keyserverId changed")?;
+        ensure!(
+            err.to_string().contains("cannot change"),
+            "not the CEL rule: {err}"
+        );
+    }
+
+    let ips = pod_ips(scene, "vault").await?;
+    let ws = Workstation::onboard(scene, "vault", &id, &ips[0].1, None).await?;
+    ws.decrypts(&ips[1].1, false)?;
+
+    // The master key is lost.
+    let old_master = scene.secret_text("vault-master-key", "master.key").await?;
+    scene
+        .secrets()
+        .delete("vault-master-key", &DeleteParams::default())
+        .await?;
+    harness::poll("a new master key", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(
+            scene
+                .secret_text("vault-master-key", "master.key")
+                .await
+                .is_ok_and(|m| m != old_master),
+        )
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), ns);
+    for (pod, _) in &ips {
+        pods.delete(pod, &DeleteParams::default()).await?;
+    }
+    scene
+        .wait_cluster("vault", "IdentityReady=False MasterKeyMismatch", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "MasterKeyMismatch")
+        })
+        .await?;
+
+    // The holders' approvals: the identity re-sealed with the new master key.
+    let backup = scene
+        .secret_text("vault-backup-key", "backup-key.json")
+        .await?;
+    apply_ok(
+        ns,
+        &approvals_yaml(scene, "approvals", &backup, &["bob", "dave", "erin"])?,
+    )?;
+    request_recovery(scene, "vault", "new-master-1", "approvals").await?;
+    let c = scene.wait_ready("vault").await?;
+    ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
+    scene
+        .wait_cluster("vault", "recovery new-master-1 completed", |c| {
+            status(c).recovery.is_some_and(|r| {
+                r.id == "new-master-1"
+                    && r.state == kss_operator::crd::cluster::RecoveryState::Completed
+            })
+        })
+        .await?;
+    let db = database_name(&uri).to_string();
+    let stored = sql_on(
+        &uri,
+        &format!("SELECT COUNT(*), MIN(keyserver_id) FROM {db}.identity"),
+    )?;
+    ensure!(
+        stored.split_whitespace().collect::<Vec<_>>() == ["1", id.as_str()],
+        "identity rows: {stored}"
+    );
+    // Same database, same profiles: no re-registration.
+    let ips = pod_ips(scene, "vault").await?;
+    let ip = ips[0].1.clone();
+    harness::poll(
+        "workstation decrypts with the re-sealed identity",
+        WAIT,
+        || async { Ok::<bool, kss_e2e::Error>(ws.decrypts(&ip, false).is_ok()) },
+    )
+    .await?;
+    ws.decrypts(&ips[1].1, false)?;
+    let _ = sql_on(&uri, &format!("DROP DATABASE {db}"));
+    Ok(())
+}
+
+// The backup key follows its holders: a deleted backup-key Secret is re-issued by a
+// serving instance; changed holders get a new backup key (status and Secret follow); a pod
+// restarted onto an emptied database shows its refusal while the other serves; approvals
+// made for the old backup key fail, the new holders' approvals recover the same ID.
+scene_test!(
+    the_backup_key_is_reissued_and_follows_its_holders,
+    "holders",
+    holders_change
+);
+
+async fn holders_change(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let old = ["alice", "bob", "carol", "dave", "erin"];
+    let holders = holders_yaml(scene, &old)?;
+    let uri = scratch_database("holders")?;
+    apply_ok(ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
+    let c = scene.wait_ready("vault").await?;
+    let id = status(&c).keyserver_id.context("ID")?;
+
+    // Lost backup-key Secret: re-issued for the same holders, same keyserver.
+    let first = scene
+        .secret_text("vault-backup-key", "backup-key.json")
+        .await?;
+    scene
+        .secrets()
+        .delete("vault-backup-key", &DeleteParams::default())
+        .await?;
+    harness::poll("backup key re-issued", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(
+            scene
+                .secret_text("vault-backup-key", "backup-key.json")
+                .await
+                .is_ok_and(|b| b != first),
+        )
+    })
+    .await?;
+    ensure!(
+        scene
+            .secret_text("vault-backup-key", "keyserver-id")
+            .await?
+            == id
+    );
+    let reissued = scene
+        .secret_text("vault-backup-key", "backup-key.json")
+        .await?;
+    // Its holders can approve it.
+    approvals_yaml(scene, "check", &reissued, &["alice"])?;
+
+    // Approvals for this backup key, kept by someone, before the holders change.
+    let stale = approvals_yaml(scene, "stale", &reissued, &["alice", "bob", "carol"])?;
+
+    // New holders: frank and grace replace alice and bob.
+    let new = ["carol", "dave", "erin", "frank", "grace"];
+    let holders = holders_yaml(scene, &new)?;
+    apply_ok(ns, &cluster_yaml("vault", 2, "db", &holders))?;
+    harness::poll("a backup key for the new holders", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(
+            scene
+                .secret_text("vault-backup-key", "backup-key.json")
+                .await
+                .is_ok_and(|b| b != reissued && b.contains("frank") && !b.contains("alice")),
+        )
+    })
+    .await?;
+    let c = scene
+        .wait_cluster("vault", "BackupKeyReady=True", |c| {
+            condition(c, "BackupKeyReady").is_some_and(|x| x.0 == "True")
+        })
+        .await?;
+    ensure!(
+        status(&c)
+            .backup
+            .is_some_and(|b| (b.holders, b.threshold) == (5, 3))
+    );
+    let current = scene
+        .secret_text("vault-backup-key", "backup-key.json")
+        .await?;
+    ensure!(
+        approvals_yaml(scene, "gone", &current, &["alice"]).is_err(),
+        "a removed holder approved the new backup key"
+    );
+    ensure!(
+        scene
+            .secret_text("vault-backup-key", "keyserver-id")
+            .await?
+            == id
+    );
+
+    // One pod restarted onto an emptied database: its refusal shows beside the serving one.
+    let ips = pod_ips(scene, "vault").await?;
+    let (restarted, serving) = (ips[1].0.clone(), ips[0].0.clone());
+    lose_database(scene, "vault", &uri, Some(&restarted)).await?;
+    scene
+        .wait_cluster("vault", "one instance refusing, one serving", |c| {
+            let st = status(c);
+            let by = |name: &str| st.instances.iter().find(|i| i.name == name).cloned();
+            by(&restarted).is_some_and(|i| i.refusal_reason.as_deref() == Some("IdentityMissing"))
+                && by(&serving).is_some_and(|i| i.keyserver_id.as_deref() == Some(id.as_str()))
+        })
+        .await?;
+    lose_database(scene, "vault", &uri, None).await?;
+    scene
+        .wait_cluster("vault", "IdentityReady=False IdentityMissing", |c| {
+            condition(c, "IdentityReady").is_some_and(|x| x.1 == "IdentityMissing")
+        })
+        .await?;
+
+    // The old approvals do not open the new backup key.
+    apply_ok(ns, &stale)?;
+    request_recovery(scene, "vault", "with-old-approvals", "stale").await?;
+    scene
+        .wait_cluster("vault", "IdentityReady=False RecoveryFailed", |c| {
+            condition(c, "IdentityReady")
+                .is_some_and(|x| x.1 == "RecoveryFailed" && x.2.contains("with-old-approvals"))
+        })
+        .await?;
+    ensure!(scene.secrets().get_opt("vault-bootstrap").await?.is_none());
+
+    // The new holders' approvals do.
+    apply_ok(
+        ns,
+        &approvals_yaml(scene, "fresh", &current, &["erin", "frank", "grace"])?,
+    )?;
+    request_recovery(scene, "vault", "with-new-holders", "fresh").await?;
+    let c = scene.wait_ready("vault").await?;
+    ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
+    let db = database_name(&uri).to_string();
+    let stored = sql_on(&uri, &format!("SELECT keyserver_id FROM {db}.identity"))?;
+    ensure!(stored.trim() == id, "recovered database holds {stored}");
+    let _ = sql_on(&uri, &format!("DROP DATABASE {db}"));
+    Ok(())
+}
+
+// Two clusters name one backup-key Secret: the second is refused and writes nothing to
+// it; deleting the first keeps the Secret (retained), and the second stays refused.
+scene_test!(
+    a_second_cluster_cannot_take_the_first_ones_backup_key,
+    "shared-backup",
+    shared_backup
+);
+
+async fn shared_backup(scene: &mut Scene) -> Result<()> {
+    let ns = &scene.ns;
+    let first_uri = scratch_database("sharedfirst")?;
+    let second_uri = scratch_database("sharedsecond")?;
+    apply_ok(ns, &db_secret_yaml("db1", &first_uri))?;
+    apply_ok(ns, &db_secret_yaml("db2", &second_uri))?;
+    apply_ok(ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        ns,
+        &cluster_yaml("first", 1, "db1", "    ignoreSecurityChecks: true\n"),
+    )?;
+    let first = scene.wait_ready("first").await?;
+    let first_id = status(&first).keyserver_id.context("ID")?;
+    let before = scene.secrets().get("first-backup-key").await?;
+
+    apply_ok(
+        ns,
+        &cluster_yaml(
+            "second",
+            1,
+            "db2",
+            "    ignoreSecurityChecks: true\n    secretName: first-backup-key\n",
+        ),
+    )?;
+    let second = scene
+        .wait_cluster("second", "BackupKeyReady=False BackupKeyInvalid", |c| {
+            condition(c, "BackupKeyReady").is_some_and(|x| x.1 == "BackupKeyInvalid")
+        })
+        .await?;
+    let (_, _, message) = condition(&second, "BackupKeyReady").context("condition")?;
+    ensure!(
+        message.contains("cluster first") && message.contains(&first_id),
+        "message: {message}"
+    );
+    ensure!(
+        second.spec.bootstrap.keyserver_id.is_none(),
+        "second pinned"
+    );
+    for name in ["second-master-key", "second-bootstrap"] {
+        ensure!(
+            scene.secrets().get_opt(name).await?.is_none(),
+            "{name} was created"
+        );
+    }
+    let after = scene.secrets().get("first-backup-key").await?;
+    ensure!(
+        after.metadata.resource_version == before.metadata.resource_version,
+        "the first cluster's backup-key Secret was written"
+    );
+
+    // Deleting the first keeps its retained Secret; the second is still refused.
+    scene
+        .clusters()
+        .delete("first", &DeleteParams::default())
+        .await?;
+    harness::poll("first deleted", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(
+            scene
+                .clusters()
+                .get_opt("first")
+                .await
+                .ok()
+                .flatten()
+                .is_none(),
+        )
+    })
+    .await?;
+    let kept = scene.secrets().get_opt("first-backup-key").await?;
+    ensure!(
+        kept.is_some_and(|k| k.data == before.data),
+        "the backup-key Secret did not survive deleting its cluster"
+    );
+    let second = scene.cluster("second").await?;
+    ensure!(
+        condition(&second, "BackupKeyReady").is_some_and(|x| x.1 == "BackupKeyInvalid"),
+        "second: {:?}",
+        condition(&second, "BackupKeyReady")
+    );
+    for uri in [first_uri, second_uri] {
+        let _ = sql_on(&uri, &format!("DROP DATABASE {}", database_name(&uri)));
+    }
     Ok(())
 }
 

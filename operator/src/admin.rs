@@ -8,9 +8,9 @@ use std::time::Duration;
 use kss_proto::details;
 use kss_proto::v1::admin_client::AdminClient;
 use kss_proto::v1::{
-    ListInstancesRequest, ListInstancesResponse, LoadPolicyRequest, LoadPolicyResponse,
-    PolicyError, PolicyErrorKind, PolicyRejection, Refusal, RefusalReason, StatusRequest,
-    StatusResponse,
+    BackupHolder, IssueBackupKeyRequest, IssueBackupKeyResponse, ListInstancesRequest,
+    ListInstancesResponse, LoadPolicyRequest, LoadPolicyResponse, PolicyError, PolicyErrorKind,
+    PolicyRejection, Refusal, RefusalReason, StatusRequest, StatusResponse,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
@@ -105,6 +105,29 @@ impl Instance {
     pub async fn list_instances(&mut self) -> Result<ListInstancesResponse> {
         self.client
             .list_instances(ListInstancesRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| admin_err(&self.pod, &s))
+    }
+
+    /// A new backup key of the instance's keyserver for `holders` ((name, public key
+    /// hex)), `threshold` of whom must approve a recovery (`kss save-backup-key` over the
+    /// admin API).
+    pub async fn issue_backup_key(
+        &mut self,
+        holders: Vec<(String, String)>,
+        threshold: u32,
+        allow_weak: bool,
+    ) -> Result<IssueBackupKeyResponse> {
+        self.client
+            .issue_backup_key(IssueBackupKeyRequest {
+                holders: holders
+                    .into_iter()
+                    .map(|(name, public_key)| BackupHolder { name, public_key })
+                    .collect(),
+                threshold,
+                allow_weak,
+            })
             .await
             .map(|r| r.into_inner())
             .map_err(|s| admin_err(&self.pod, &s))

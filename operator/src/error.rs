@@ -16,6 +16,10 @@ pub enum Error {
     Identity(String),
     #[error("keyserver admin API of {instance}: {message}")]
     Admin { instance: String, message: String },
+    /// The object changed since this reconcile read it (a stale cache): nothing was
+    /// written; the next reconcile reads it anew.
+    #[error("{what} changed since it was read; reconciling it again")]
+    Stale { what: String },
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -35,6 +39,7 @@ impl Error {
             Error::Identity(_) => "identity",
             Error::Admin { .. } => "admin",
             Error::Serialize { .. } => "serialize",
+            Error::Stale { .. } => "stale",
         }
     }
 }

@@ -9,10 +9,9 @@
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use tracing::{instrument, warn};
 
 use crate::crd::cluster::Phase;
@@ -235,17 +234,7 @@ pub async fn refuse(
         if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
             warn!(error = %e, "could not record an event");
         }
-        let patch = serde_json::json!({
-            "apiVersion": "kss.dev/v1alpha1",
-            "kind": "KeyShardCluster",
-            "status": status,
-        });
-        api.patch_status(
-            &cluster.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        crate::reconcile::apply_status(api, cluster, None, FIELD_MANAGER, &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }

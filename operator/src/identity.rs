@@ -45,6 +45,66 @@ pub fn bootstrap_keyserver_id(bootstrap_json: &str) -> Result<String> {
     Ok(sealed.keyserver_id.to_string())
 }
 
+/// Whether `master_hex` opens the bootstrap identity in `bootstrap_json`.
+pub fn bootstrap_opens(bootstrap_json: &str, master_hex: &str) -> bool {
+    let Ok(master) = master(master_hex) else {
+        return false;
+    };
+    SealedIdentity::from_json(bootstrap_json).is_ok_and(|sealed| sealed.open(&master).is_ok())
+}
+
+/// What a serving instance is asked to issue a backup key for (`IssueBackupKey`).
+pub struct BackupRequest {
+    /// (name, public key hex) of each holder.
+    pub holders: Vec<(String, String)>,
+    pub threshold: u32,
+    /// Fewer than 5 holders or a threshold below 3 (`ignoreSecurityChecks`).
+    pub allow_weak: bool,
+    /// Only with `ignoreSecurityChecks` and no holders: the administrator key generated
+    /// here for the one holder (kept beside the backup key; demos and tests only).
+    pub generated_admin_key: Option<Zeroizing<String>>,
+}
+
+/// The holders and threshold of `spec` as an `IssueBackupKey` request.
+pub fn backup_request(spec: &BackupSpec) -> Result<BackupRequest> {
+    let mut holders: Vec<(String, String)> = spec
+        .holders
+        .iter()
+        .map(|h| {
+            AdminPublicKey::from_hex(&h.public_key)
+                .map(|key| (h.name.clone(), key.to_hex()))
+                .map_err(|e| {
+                    Error::Identity(format!("backup holder {:?}: public key: {e}", h.name))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut threshold = u32::try_from(spec.threshold).unwrap_or(0);
+    let mut generated_admin_key = None;
+    if holders.is_empty() {
+        if !spec.ignore_security_checks {
+            return Err(no_holders());
+        }
+        let key = AdminKey::generate();
+        holders.push(("generated".to_string(), key.public().to_hex()));
+        generated_admin_key = Some(key.to_hex());
+        threshold = 1;
+    }
+    Ok(BackupRequest {
+        holders,
+        threshold,
+        allow_weak: spec.ignore_security_checks,
+        generated_admin_key,
+    })
+}
+
+fn no_holders() -> Error {
+    Error::Identity(
+        "spec.backup.holders is empty: give at least 5 administrators' public keys \
+         (kss admin-key generate), or set ignoreSecurityChecks for a demo"
+            .into(),
+    )
+}
+
 /// What goes into the backup-key Secret.
 pub struct BackupMaterial {
     pub keyserver_id: String,
@@ -85,11 +145,7 @@ pub fn backup_from_bootstrap(
     let mut threshold = usize::try_from(spec.threshold).unwrap_or(0);
     if holders.is_empty() {
         if !spec.ignore_security_checks {
-            return Err(Error::Identity(
-                "spec.backup.holders is empty: give at least 5 administrators' public keys \
-                 (kss admin-key generate), or set ignoreSecurityChecks for a demo"
-                    .into(),
-            ));
+            return Err(no_holders());
         }
         let key = AdminKey::generate();
         holders.push(("generated".to_string(), key.public()));

@@ -4,6 +4,7 @@
 //! - [`crd`]: the resource types and the condition vocabulary;
 //! - [`desired`]: pure functions from a resource to the objects it should own;
 //! - [`pki`], [`identity`]: certificates and the keyserver identity the operator creates;
+//! - [`lifecycle`]: where the identity stands and the next step (a pure function);
 //! - [`admin`]: the mTLS client of the keyserver's admin API;
 //! - [`reconcile`]: one reconcile of each kind; [`controller`]: watches and wiring;
 //! - [`leader`], [`metrics`]: leader election and Prometheus metrics;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod guards;
 pub mod identity;
 pub mod leader;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pki;
 pub mod reconcile;

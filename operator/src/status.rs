@@ -114,6 +114,9 @@ pub enum BackupNote {
     Present,
     /// Weaker than 3 of 5 (`ignoreSecurityChecks`).
     Weak,
+    /// For other holders or another threshold than `spec.backup`'s: a new one is issued
+    /// once an instance serves the keyserver.
+    HoldersChanged,
 }
 
 /// The conditions (merged into `previous`, keeping transition times) and the phase.
@@ -268,18 +271,27 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
     // Backup key.
     let backup_failed = match &observed.backup {
         Ok(note) => {
-            let (reason, message) = match note {
+            let (ready, reason, message) = match note {
                 BackupNote::Created => (
+                    true,
                     reasons::BACKUP_KEY_CREATED,
                     "backup key written; copy it off the cluster (README: backup and recovery)",
                 ),
-                BackupNote::Present => (reasons::BACKUP_KEY_PRESENT, "backup key present"),
+                BackupNote::Present => (true, reasons::BACKUP_KEY_PRESENT, "backup key present"),
                 BackupNote::Weak => (
+                    true,
                     reasons::WEAK_BACKUP_SETUP,
                     "backup key present, but weaker than 3 of 5 holders (ignoreSecurityChecks)",
                 ),
+                // Not what the spec asks yet, but not a failure: the old key still works.
+                BackupNote::HoldersChanged => (
+                    false,
+                    reasons::BACKUP_KEY_OUTDATED,
+                    "spec.backup names other holders or another threshold than the backup \
+                     key's: a new backup key is issued once an instance serves the keyserver",
+                ),
             };
-            set(types::BACKUP_KEY_READY, true, reason, message.into());
+            set(types::BACKUP_KEY_READY, ready, reason, message.into());
             false
         }
         Err((reason, message)) => {

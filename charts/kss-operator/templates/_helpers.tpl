@@ -100,6 +100,10 @@ transient bootstrap identity); it reads pods (their IPs) and records Events.
 - apiGroups: ["kss.dev"]
   resources: ["keyshardclusters", "ksspolicies"]
   verbs: ["get", "list", "watch"]
+# patch: the operator pins spec.bootstrap.keyserverId once it knows the keyserver.
+- apiGroups: ["kss.dev"]
+  resources: ["keyshardclusters"]
+  verbs: ["patch"]
 - apiGroups: ["kss.dev"]
   resources: ["keyshardclusters/status", "ksspolicies/status"]
   verbs: ["get", "patch", "update"]

@@ -108,6 +108,13 @@ pub struct KeyShardClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 
+    /// How the keyserver identity comes about (`New`, `Adopt`, `Recover`) and, once
+    /// known, the keyserver ID this cluster serves (`keyserverId`: written by the
+    /// operator when it creates or learns the identity, then immutable; every pod refuses
+    /// any other keyserver).
+    #[serde(default)]
+    pub bootstrap: BootstrapSpec,
+
     /// The backup key: the keyserver's secret material, wrapped so that `threshold` of the
     /// administrators in `holders` must approve a recovery.
     pub backup: BackupSpec,
@@ -158,6 +165,48 @@ pub struct KeyShardClusterSpec {
     /// change reissues the certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateSpec>,
+}
+
+/// How the keyserver identity comes about, and which keyserver this cluster serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.mode == 'New' || has(self.keyserverId)",
+        "message": "modes Adopt and Recover name the keyserver to serve: set keyserverId (the backup-key Secret's keyserver-id)"
+    },
+    {
+        "rule": "!has(oldSelf.keyserverId) || (has(self.keyserverId) && self.keyserverId == oldSelf.keyserverId)",
+        "message": "keyserverId cannot change or be removed once set: this cluster serves that keyserver only (create another cluster for another keyserver)"
+    }
+]))]
+pub struct BootstrapSpec {
+    /// `New` (default): the operator creates a keyserver identity if nothing is known or
+    /// retained. `Adopt`: serve the existing keyserver `keyserverId`, whose backup key is
+    /// in `backup.secretName` (possibly another cluster's: then it is never rewritten).
+    /// `Recover`: the same, expecting its database to be restored from the backup key with
+    /// `spec.recovery`. In every mode, once the ID is known no new identity is ever made.
+    #[serde(default)]
+    pub mode: BootstrapMode,
+    /// The keyserver this cluster serves: 32 lower-case hex characters. Set by the user
+    /// for `Adopt` and `Recover`, by the operator once it has created or found the
+    /// identity; immutable once set. Given to every pod (`KSS_KEYSERVER_ID`), which
+    /// refuses a database of any other keyserver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{32}$"))]
+    pub keyserver_id: Option<String>,
+}
+
+/// How the keyserver identity comes about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BootstrapMode {
+    /// Create a keyserver identity when there is none.
+    #[default]
+    New,
+    /// Serve an existing keyserver (ID and backup key given).
+    Adopt,
+    /// Serve an existing keyserver whose database is restored from its backup key.
+    Recover,
 }
 
 /// Extra subject alternative names of the generated workstation certificate.

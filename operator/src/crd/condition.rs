@@ -77,6 +77,7 @@ pub mod reasons {
     pub const BACKUP_KEY_PRESENT: &str = "BackupKeyPresent";
     pub const BACKUP_KEY_INVALID: &str = "BackupKeyInvalid";
     pub const WEAK_BACKUP_SETUP: &str = "WeakBackupSetup";
+    pub const BACKUP_KEY_OUTDATED: &str = "BackupKeyOutdated";
     pub const NO_POLICY: &str = "NoPolicyReferenced";
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
     pub const POLICY_INVALID: &str = "PolicyInvalid";

@@ -211,6 +211,10 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
             spec.time_zone.clone().unwrap_or_else(|| "UTC".to_string()),
         ),
     ];
+    // The pinned keyserver: the instance refuses a database of any other.
+    if let Some(id) = &spec.bootstrap.keyserver_id {
+        env_vars.push(env("KSS_KEYSERVER_ID", id.clone()));
+    }
     if let Some(db) = spec.database.as_ref().filter(|_| cluster.is_cluster()) {
         env_vars.push(EnvVar {
             name: "KSS_DB_URI".to_string(),

@@ -11,7 +11,6 @@ use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kss_proto::v1::RefusalReason;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -24,14 +23,13 @@ use tracing::{info, instrument, warn};
 use super::{Context, digest, now_rfc3339};
 use crate::admin::{self, AdminTls, Instance, Probe};
 use crate::crd::cluster::{
-    BackupStatus, CertificateStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout,
-    RecoveryState, RecoveryStatus, TlsStatus, is_plain_file_name,
+    CertificateStatus, DatabaseSpec, InstanceStatus, Phase, PolicyRollout, RecoveryState,
+    RecoveryStatus, TlsStatus, is_plain_file_name,
 };
 use crate::crd::condition::{self, reasons, types};
 use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
 use crate::desired::{self, FIELD_MANAGER, Names};
 use crate::error::{Error, Result};
-use crate::identity;
 use crate::pki::{self, Ca};
 use crate::secrets;
 use crate::status::{
@@ -39,7 +37,7 @@ use crate::status::{
 };
 
 /// Keys of the Secrets the operator writes.
-mod keys {
+pub(super) mod keys {
     pub const MASTER_KEY: &str = "master.key";
     pub const IDENTITY: &str = "identity.json";
     pub const BACKUP: &str = "backup-key.json";
@@ -54,7 +52,14 @@ mod keys {
 #[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<KeyShardCluster>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&cluster, &ctx).await;
+    let result = match reconcile_inner(&cluster, &ctx).await {
+        // Worked from a stale cache: nothing written, run again on the fresh object.
+        Err(Error::Stale { what }) => {
+            info!(%what, "stale; reconciling again");
+            Ok(Action::requeue(Duration::from_millis(500)))
+        }
+        result => result,
+    };
     ctx.metrics
         .observe("KeyShardCluster", started.elapsed(), result.as_ref().err());
     if let Err(e) = &result {
@@ -95,25 +100,14 @@ async fn report_failure(cluster: &KeyShardCluster, ctx: &Context, error: &Error)
     let api: Api<KeyShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     // Only this condition, under a field manager of its own: an apply by the reconcile's
     // manager without the rest of the status would remove it.
-    let patch = json!({
-        "apiVersion": "kss.dev/v1alpha1",
-        "kind": "KeyShardCluster",
-        "status": { "conditions": synced },
-    });
-    if let Err(e) = api
-        .patch_status(
-            &cluster.name_any(),
-            &PatchParams::apply(FAILURE_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
+    let status = json!({ "conditions": synced });
+    if let Err(e) = super::apply_status(&api, cluster, None, FAILURE_FIELD_MANAGER, &status).await {
         warn!(error = %e, "could not record the failed reconcile in status");
     }
 }
 
 /// Events are best effort: a failure to record one never fails the reconcile.
-async fn event(
+pub(super) async fn event(
     ctx: &Context,
     cluster: &KeyShardCluster,
     warning: bool,
@@ -151,7 +145,7 @@ where
 
 /// The owner of the Secrets kept by default when the resource is deleted (CA, master
 /// key, backup key): none while `spec.backup.retainOnDelete`.
-fn retained_owner(
+pub(super) fn retained_owner(
     cluster: &KeyShardCluster,
 ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     if cluster.spec.backup.retain_on_delete {
@@ -416,165 +410,6 @@ fn tls_report(
     (status, condition, next.map(|(_, d)| d))
 }
 
-/// Where the identity material stands after [`ensure_identity`].
-struct IdentityMaterial {
-    keyserver_id: Option<String>,
-    master_hex: Option<zeroize::Zeroizing<String>>,
-    bootstrap_present: bool,
-    /// The recovery request that made the bootstrap identity, if one did.
-    bootstrap_recovery: Option<String>,
-    backup: std::result::Result<(BackupNote, BackupStatus), (String, String)>,
-    backup_secret: Option<Secret>,
-    created: bool,
-}
-
-/// Master key, bootstrap identity and backup key, each created once, in that order.
-async fn ensure_identity(
-    cluster: &KeyShardCluster,
-    names: &Names,
-    secrets_api: &Api<Secret>,
-) -> Result<IdentityMaterial> {
-    let retained_owner = retained_owner(cluster);
-    let known_id = cluster.status.as_ref().and_then(|s| s.keyserver_id.clone());
-    let backup_name = names.backup_secret(cluster);
-    let backup_secret = secrets::get(secrets_api, &backup_name).await?;
-    let mut master_secret = secrets::get(secrets_api, &names.master_key_secret()).await?;
-    let bootstrap_secret = secrets::get(secrets_api, &names.bootstrap_secret()).await?;
-    let bootstrap_recovery = bootstrap_secret
-        .as_ref()
-        .and_then(|s| s.metadata.annotations.as_ref()?.get(RECOVERY_ID).cloned());
-    let mut created = false;
-
-    // A fresh keyserver: nothing known, nothing retained.
-    let fresh = known_id.is_none() && backup_secret.is_none() && bootstrap_secret.is_none();
-    if master_secret.is_none() && (fresh || backup_secret.is_none()) {
-        let master = identity::new_master_key();
-        let mut meta = desired::retained_meta(names, names.master_key_secret());
-        meta.owner_references = retained_owner.clone().map(|o| vec![o]);
-        let secret = secrets::build(meta, "Opaque", &[(keys::MASTER_KEY, &master)]);
-        master_secret = Some(secrets::create_if_missing(secrets_api, secret).await?.0);
-    }
-    let master_hex = match &master_secret {
-        Some(s) => {
-            secrets::set_owner(secrets_api, s, retained_owner.clone()).await?;
-            Some(zeroize::Zeroizing::new(secrets::text(s, keys::MASTER_KEY)?))
-        }
-        None => None,
-    };
-
-    let mut bootstrap_json = match &bootstrap_secret {
-        Some(s) => Some(zeroize::Zeroizing::new(secrets::text(s, keys::IDENTITY)?)),
-        None => None,
-    };
-    if fresh && let Some(master) = &master_hex {
-        let (id, json) = identity::new_bootstrap(master)?;
-        let secret = secrets::build(
-            desired::owned_meta(cluster, names, names.bootstrap_secret()),
-            "Opaque",
-            &[(keys::IDENTITY, &json)],
-        );
-        let (stored, now_created) = secrets::create_if_missing(secrets_api, secret).await?;
-        created = now_created;
-        if now_created {
-            info!(keyserver_id = %id, "created a new keyserver identity");
-        }
-        bootstrap_json = Some(zeroize::Zeroizing::new(secrets::text(
-            &stored,
-            keys::IDENTITY,
-        )?));
-    }
-
-    // The backup key, derived from the bootstrap identity when there is none yet.
-    let mut backup_secret = backup_secret;
-    if backup_secret.is_none()
-        && let (Some(bootstrap), Some(master)) = (&bootstrap_json, &master_hex)
-    {
-        let material = identity::backup_from_bootstrap(bootstrap, master, &cluster.spec.backup)?;
-        let mut meta = desired::retained_meta(names, backup_name.clone());
-        meta.owner_references = retained_owner.clone().map(|o| vec![o]);
-        let mut data = vec![
-            (keys::BACKUP, material.backup_json.as_str()),
-            (keys::KEYSERVER_ID, material.keyserver_id.as_str()),
-        ];
-        if let Some(admin) = &material.generated_admin_key {
-            data.push((keys::ADMIN_KEY, admin.as_str()));
-        }
-        let secret = secrets::build(meta, "Opaque", &data);
-        backup_secret = Some(secrets::create_if_missing(secrets_api, secret).await?.0);
-    }
-
-    let backup = match &backup_secret {
-        None => Err((
-            reasons::BACKUP_KEY_INVALID.to_string(),
-            format!("backup-key Secret {backup_name} not found and no identity to derive it from"),
-        )),
-        Some(s) => {
-            secrets::set_owner(secrets_api, s, retained_owner.clone()).await?;
-            match secrets::text(s, keys::BACKUP).and_then(|t| identity::parse_backup(&t)) {
-                Err(e) => Err((reasons::BACKUP_KEY_INVALID.to_string(), e.to_string())),
-                Ok(backup) => {
-                    let id = backup.keyserver_id().to_string();
-                    let mismatch = known_id.as_ref().is_some_and(|k| *k != id);
-                    if mismatch {
-                        Err((
-                            reasons::BACKUP_KEY_INVALID.to_string(),
-                            format!(
-                                "backup-key Secret {backup_name} belongs to keyserver {id}, not to this cluster's keyserver"
-                            ),
-                        ))
-                    } else {
-                        let holders = backup.holders().len();
-                        let weak = holders < 5 || backup.threshold() < 3;
-                        let note = if created {
-                            BackupNote::Created
-                        } else if weak {
-                            BackupNote::Weak
-                        } else {
-                            BackupNote::Present
-                        };
-                        Ok((
-                            note,
-                            BackupStatus {
-                                secret_name: backup_name.clone(),
-                                created_at: s
-                                    .metadata
-                                    .creation_timestamp
-                                    .as_ref()
-                                    .map(|t| t.0.to_string()),
-                                holders: i32::try_from(holders).unwrap_or(i32::MAX),
-                                threshold: i32::try_from(backup.threshold()).unwrap_or(i32::MAX),
-                            },
-                        ))
-                    }
-                }
-            }
-        }
-    };
-    let keyserver_id = known_id
-        .or_else(|| {
-            backup.as_ref().ok().and_then(|_| {
-                backup_secret
-                    .as_ref()
-                    .and_then(|s| secrets::text(s, keys::KEYSERVER_ID).ok())
-            })
-        })
-        .or_else(|| {
-            bootstrap_json
-                .as_ref()
-                .and_then(|b| identity::bootstrap_keyserver_id(b).ok())
-        })
-        .filter(|id| identity::is_keyserver_id(id));
-    Ok(IdentityMaterial {
-        keyserver_id,
-        master_hex,
-        bootstrap_present: bootstrap_json.is_some(),
-        bootstrap_recovery,
-        backup,
-        backup_secret,
-        created,
-    })
-}
-
 /// The pods of the cluster with an IP, by name.
 async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
@@ -591,118 +426,6 @@ async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
         .collect();
     pods.sort();
     Ok(pods)
-}
-
-/// Recovery from the backup key: the holders' approvals from the recovery Secret.
-async fn recover(
-    cluster: &KeyShardCluster,
-    names: &Names,
-    secrets_api: &Api<Secret>,
-    material: &IdentityMaterial,
-    last: Option<&RecoveryStatus>,
-) -> std::result::Result<String, String> {
-    let Some(recovery) = &cluster.spec.recovery else {
-        return Err(
-            "the database holds no keyserver identity: restore it from the backup key \
-                    by giving the holders' approvals in spec.recovery (README: backup and \
-                    recovery)"
-                .into(),
-        );
-    };
-    let completed = material
-        .backup_secret
-        .as_ref()
-        .map(completed_recoveries)
-        .unwrap_or_default();
-    let done = completed
-        .get(&recovery.id)
-        .map(|at| RecoveryStatus {
-            id: recovery.id.clone(),
-            state: RecoveryState::Completed,
-            completed_at: Some(at.clone()),
-        })
-        .or_else(|| {
-            last.filter(|l| l.id == recovery.id && l.state == RecoveryState::Completed)
-                .cloned()
-        });
-    if let Some(done) = done {
-        return Err(format!(
-            "recovery {} completed at {}; a request runs once, so it does not restore this \
-             empty database: to restore it too, give spec.recovery a new id and fresh \
-             approvals",
-            done.id,
-            done.completed_at
-                .as_deref()
-                .unwrap_or("an earlier reconcile")
-        ));
-    }
-    let approvals = match secrets::get(secrets_api, &recovery.approvals_secret_name).await {
-        Ok(Some(s)) => secrets::all_text(&s).map_err(|e| e.to_string())?,
-        Ok(None) => {
-            return Err(format!(
-                "recovery approvals Secret {} not found",
-                recovery.approvals_secret_name
-            ));
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let backup_json = material
-        .backup_secret
-        .as_ref()
-        .ok_or("no backup-key Secret to recover from")
-        .and_then(|s| secrets::text(s, keys::BACKUP).map_err(|_| "backup-key Secret unreadable"))
-        .map_err(str::to_string)?;
-    let backup = identity::parse_backup(&backup_json).map_err(|e| e.to_string())?;
-    let master = material.master_hex.as_ref().ok_or("no master-key Secret")?;
-    let bootstrap =
-        identity::recover_bootstrap(&backup, &approvals, master).map_err(|e| e.to_string())?;
-    let mut meta = desired::owned_meta(cluster, names, names.bootstrap_secret());
-    meta.annotations = Some([(RECOVERY_ID.to_string(), recovery.id.clone())].into());
-    let secret = secrets::build(meta, "Opaque", &[(keys::IDENTITY, &bootstrap)]);
-    secrets::create_if_missing(secrets_api, secret)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(recovery.id.clone())
-}
-
-/// The bootstrap Secret's annotation naming the recovery request that made it.
-const RECOVERY_ID: &str = "kss.dev/recovery-id";
-/// The backup-key Secret's annotation recording the recoveries that completed with it
-/// (a JSON object: id → RFC 3339 time). It travels with the backup key, so that a request
-/// runs once even if the resource's status is lost or stale.
-const COMPLETED_RECOVERIES: &str = "kss.dev/completed-recoveries";
-
-/// The recoveries recorded as completed on the backup-key Secret.
-fn completed_recoveries(backup: &Secret) -> BTreeMap<String, String> {
-    backup
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(COMPLETED_RECOVERIES))
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_default()
-}
-
-/// Records on the backup-key Secret that recovery `id` completed at `at`.
-async fn record_completed_recovery(
-    secrets_api: &Api<Secret>,
-    backup: &Secret,
-    id: &str,
-    at: &str,
-) -> Result<()> {
-    let mut completed = completed_recoveries(backup);
-    completed.insert(id.to_string(), at.to_string());
-    let patch = json!({
-        "metadata": {"annotations": {COMPLETED_RECOVERIES: json!(completed).to_string()}}
-    });
-    secrets_api
-        .patch(
-            &backup.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
 }
 
 /// What keeps the pods from using `spec.database` (the message of `Degraded`
@@ -761,13 +484,13 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             blocker: None,
             updating: false,
             database: DatabaseState::Unknown,
-            recovery_request: None,
+            recovery_request: requested_recovery(cluster, previous.recovery.as_ref()),
         };
         let mut status = previous.clone();
         let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
         status.conditions = conditions;
         status.phase = Some(phase);
-        write_status(&api, &names, &previous, status).await?;
+        write_status(&api, cluster, None, status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -805,95 +528,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             blocker = Some((reasons::DATABASE_SECRET_MISSING.to_string(), problem));
         }
     }
-    let material = match ensure_identity(cluster, &names, &secrets_api).await {
-        Ok(material) => material,
-        // A spec the identity cannot be made from (e.g. a holder's key that is not a
-        // public key): said in status, retried when the spec changes.
-        Err(Error::Identity(message)) => {
-            warn!(%message, "cannot create the keyserver identity");
-            event(
-                ctx,
-                cluster,
-                true,
-                reasons::IDENTITY_FAILED,
-                message.clone(),
-            )
-            .await;
-            let observed = Observed {
-                generation,
-                paused: false,
-                desired_replicas: cluster.spec.replicas,
-                ready_replicas: 0,
-                identity: IdentityState::Failed {
-                    reason: reasons::IDENTITY_FAILED.to_string(),
-                    message,
-                },
-                backup: Err((
-                    reasons::BACKUP_KEY_INVALID.to_string(),
-                    "no backup key without an identity".to_string(),
-                )),
-                policy: PolicyState::Unknown,
-                blocker,
-                updating: false,
-                database: DatabaseState::Unknown,
-                recovery_request: None,
-            };
-            let mut status = previous.clone();
-            let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
-            status.conditions = conditions;
-            status.phase = Some(phase);
-            status.observed_generation = generation;
-            write_status(&api, &names, &previous, status).await?;
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-        Err(e) => return Err(e),
-    };
-    if material.created {
-        event(
-            ctx,
-            cluster,
-            false,
-            "IdentityCreated",
-            format!(
-                "keyserver {} created; backup key in Secret {}",
-                material.keyserver_id.clone().unwrap_or_default(),
-                names.backup_secret(cluster)
-            ),
-        )
-        .await;
-    }
-
-    // The workload.
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    apply(
-        &services,
-        &names.headless_service(),
-        &desired::headless_service(cluster, &names),
-    )
-    .await?;
-    apply(
-        &services,
-        &names.service(),
-        &desired::service(cluster, &names),
-    )
-    .await?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    apply(
-        &pdbs,
-        &names.pdb(),
-        &desired::pod_disruption_budget(cluster, &names),
-    )
-    .await?;
-    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let sts = apply(
-        &statefulsets,
-        &names.statefulset(),
-        &desired::statefulset(cluster, &names, &ctx.default_image),
-    )
-    .await?;
-    let sts_status = sts.status.unwrap_or_default();
-
-    // What the instances say.
+    // What the instances say (the pods there are now), then the identity's steps.
     let pods = pods(ctx, &names).await?;
     let mut probes: Vec<(String, Probe, Option<Instance>)> = Vec::new();
     if let Some(ca) = &ca {
@@ -908,80 +543,58 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             probes.push((pod.clone(), probe, instance));
         }
     }
-    let our_id = material.keyserver_id.clone();
-    let serving_ours = probes.iter().any(
-        |(_, p, _)| matches!(p, Probe::Serving(s) if Some(&s.keyserver_id) == our_id.as_ref()),
-    );
-    let serving_other = probes.iter().find_map(|(pod, p, _)| match p {
-        Probe::Serving(s) if Some(&s.keyserver_id) != our_id.as_ref() => {
-            Some((pod.clone(), s.keyserver_id.clone()))
-        }
-        _ => None,
-    });
-    let refusal = probes.iter().find_map(|(_, p, _)| match p {
-        Probe::Refusing {
-            reason, message, ..
-        } => Some((*reason, message.clone())),
-        _ => None,
-    });
-
-    let previous_identity_ready = previous
-        .conditions
-        .iter()
-        .any(|c| c.r#type == "IdentityReady" && c.status == "True");
-    // Where the last recovery stands, from the Secrets (durable) before the status.
-    let mut recovery = match (&material.bootstrap_recovery, &cluster.spec.recovery) {
-        (Some(id), _) => Some(RecoveryStatus {
-            id: id.clone(),
-            state: RecoveryState::InProgress,
-            completed_at: None,
-        }),
-        (None, Some(spec)) => material
-            .backup_secret
-            .as_ref()
-            .and_then(|b| completed_recoveries(b).remove(&spec.id))
-            .map(|at| RecoveryStatus {
-                id: spec.id.clone(),
-                state: RecoveryState::Completed,
-                completed_at: Some(at),
-            })
-            .or_else(|| previous.recovery.clone()),
-        (None, None) => previous.recovery.clone(),
-    };
-    let identity = if serving_ours {
-        // Confirmed: the bootstrap copy of the root secret is no longer needed; from now
-        // on only the backup key (with its holders' approvals) restores the identity.
-        // A recovery has completed: recorded with the backup key (it never runs again),
-        // and its approvals (with the backup key, the root secret) deleted; all before the
-        // bootstrap Secret that says which recovery it was goes.
-        if let (Some(id), Some(backup)) = (&material.bootstrap_recovery, &material.backup_secret) {
-            record_completed_recovery(&secrets_api, backup, id, &now).await?;
-            if let Some(spec) = cluster.spec.recovery.as_ref().filter(|r| &r.id == id) {
-                secrets::delete(&secrets_api, &spec.approvals_secret_name).await?;
-            }
-            recovery = Some(RecoveryStatus {
-                id: id.clone(),
-                state: RecoveryState::Completed,
-                completed_at: Some(now.clone()),
-            });
-            info!(recovery = %id, "recovery completed; approvals Secret deleted");
+    let outcome = match super::identity::reconcile(cluster, &names, ctx, &mut probes, &now).await {
+        Ok(outcome) => outcome,
+        // A spec the identity cannot be made from (e.g. a holder's key that is not a
+        // public key), a recovery that cannot run: said in status, retried.
+        Err(Error::Identity(message)) => {
+            warn!(%message, "keyserver identity");
             event(
                 ctx,
                 cluster,
-                false,
-                "RecoveryCompleted",
-                format!(
-                    "recovery {id} completed: an instance serves the recovered keyserver; the \
-                     approvals Secret is deleted; remove spec.recovery"
-                ),
+                true,
+                reasons::IDENTITY_FAILED,
+                message.clone(),
             )
             .await;
+            let observed = Observed {
+                generation,
+                paused: false,
+                desired_replicas: cluster.spec.replicas,
+                ready_replicas: previous.ready_replicas,
+                identity: IdentityState::Failed {
+                    reason: reasons::IDENTITY_FAILED.to_string(),
+                    message,
+                },
+                backup: Err((
+                    reasons::BACKUP_KEY_INVALID.to_string(),
+                    "no backup key without an identity".to_string(),
+                )),
+                policy: PolicyState::Unknown,
+                blocker,
+                updating: false,
+                database: DatabaseState::Unknown,
+                recovery_request: requested_recovery(cluster, previous.recovery.as_ref()),
+            };
+            let mut status = previous.clone();
+            let (conditions, phase) = status::compute(&observed, &previous.conditions, &now);
+            status.conditions = conditions;
+            status.phase = Some(phase);
+            status.observed_generation = generation;
+            write_status(&api, cluster, None, status).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        if material.bootstrap_present && material.backup.is_ok() {
-            secrets::delete(&secrets_api, &names.bootstrap_secret()).await?;
-            info!("identity confirmed by an instance; bootstrap Secret deleted");
-        }
-        if !previous_identity_ready {
+        Err(e) => return Err(e),
+    };
+    let our_id = outcome.standing.keyserver_id.clone();
+    let identity = outcome.standing.identity.clone();
+    let recovery = outcome.recovery.clone();
+    let previous_identity_ready = previous
+        .conditions
+        .iter()
+        .any(|c| c.r#type == types::IDENTITY_READY && c.status == condition::TRUE);
+    match &identity {
+        IdentityState::Confirmed if !previous_identity_ready => {
             event(
                 ctx,
                 cluster,
@@ -994,78 +607,48 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             )
             .await;
         }
-        IdentityState::Confirmed
-    } else if let Some((pod, other)) = serving_other {
-        IdentityState::Refused {
-            reason: reasons::IDENTITY_MISMATCH.to_string(),
-            message: format!(
-                "instance {pod} serves keyserver {other}, not this cluster's keyserver {}",
-                our_id.clone().unwrap_or_default()
-            ),
-            recovering: false,
-        }
-    } else if let Some((reason, message)) = refusal {
-        let mut recovering = false;
-        let mut message = message;
-        let missing = reason == RefusalReason::IdentityMissing;
-        if missing && !material.bootstrap_present {
-            match recover(cluster, &names, &secrets_api, &material, recovery.as_ref()).await {
-                Ok(id) => {
-                    recovery = Some(RecoveryStatus {
-                        id,
-                        state: RecoveryState::InProgress,
-                        completed_at: None,
-                    });
-                    recovering = true;
-                    message = "recovering the identity from the backup key into the empty \
-                               database"
-                        .to_string();
-                    event(ctx, cluster, false, "RecoveryStarted", message.clone()).await;
-                }
-                Err(problem) => {
-                    message = problem;
-                    if cluster.spec.recovery.is_some() {
-                        event(
-                            ctx,
-                            cluster,
-                            true,
-                            reasons::RECOVERY_FAILED,
-                            message.clone(),
-                        )
-                        .await;
-                    }
-                }
-            }
-        } else if missing {
-            recovering = cluster.spec.recovery.is_some()
-                || recovery
-                    .as_ref()
-                    .is_some_and(|r| r.state == RecoveryState::InProgress);
-        }
-        let reason = if missing && cluster.spec.recovery.is_some() && !recovering {
-            reasons::RECOVERY_FAILED
-        } else {
-            reasons::of_refusal(reason)
-        }
-        .to_string();
-        if !recovering && previous_identity_ready {
-            event(ctx, cluster, true, &reason, message.clone()).await;
-        }
         IdentityState::Refused {
             reason,
             message,
-            recovering,
+            recovering: false,
+        } if previous_identity_ready => {
+            event(ctx, cluster, true, reason, message.clone()).await;
         }
-    } else if material.keyserver_id.is_none() {
-        IdentityState::Failed {
-            reason: reasons::IDENTITY_MISSING.to_string(),
-            message: "no keyserver identity: the backup-key and master-key Secrets are \
-                      missing and the resource records no ID"
-                .to_string(),
-        }
-    } else {
-        IdentityState::Pending
-    };
+        _ => {}
+    }
+
+    // The workload, for the pinned keyserver.
+    let mut pinned_cluster = cluster.clone();
+    pinned_cluster.spec.bootstrap.keyserver_id = outcome.pinned.clone();
+    let cluster_for_pods = &pinned_cluster;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    apply(
+        &services,
+        &names.headless_service(),
+        &desired::headless_service(cluster_for_pods, &names),
+    )
+    .await?;
+    apply(
+        &services,
+        &names.service(),
+        &desired::service(cluster_for_pods, &names),
+    )
+    .await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    apply(
+        &pdbs,
+        &names.pdb(),
+        &desired::pod_disruption_budget(cluster_for_pods, &names),
+    )
+    .await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let sts = apply(
+        &statefulsets,
+        &names.statefulset(),
+        &desired::statefulset(cluster_for_pods, &names, &ctx.default_image),
+    )
+    .await?;
+    let sts_status = sts.status.unwrap_or_default();
 
     // What each pod answered, for status.instances and DatabaseReachable.
     let answers: Vec<(String, Probe)> = probes
@@ -1115,23 +698,12 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         desired_replicas: cluster.spec.replicas,
         ready_replicas: sts_status.ready_replicas.unwrap_or(0),
         identity: identity.clone(),
-        backup: material.backup.clone().map(|(note, _)| note),
+        backup: outcome.backup.clone().map(|(note, _)| note),
         policy,
         blocker,
         updating: statefulset_updating(&sts_status, sts.metadata.generation),
         database,
-        recovery_request: cluster
-            .spec
-            .recovery
-            .as_ref()
-            .map(|spec| RequestedRecovery {
-                id: spec.id.clone(),
-                approvals_secret: spec.approvals_secret_name.clone(),
-                completed_at: recovery
-                    .as_ref()
-                    .filter(|r| r.id == spec.id && r.state == RecoveryState::Completed)
-                    .map(|r| r.completed_at.clone().unwrap_or_default()),
-            }),
+        recovery_request: requested_recovery(cluster, recovery.as_ref()),
     };
     let (mut conditions, phase) = status::compute(&observed, &previous.conditions, &now);
     let (tls_status, (tls_ok, tls_reason, tls_message), renewal_in) =
@@ -1157,7 +729,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     let ready = sts_status.ready_replicas.unwrap_or(0);
     let status = KeyShardClusterStatus {
         phase: Some(phase),
-        keyserver_id: material.keyserver_id.clone(),
+        keyserver_id: our_id.clone(),
         replicas: sts_status.replicas,
         ready_replicas: ready,
         ready: Some(format!("{ready}/{}", cluster.spec.replicas)),
@@ -1172,7 +744,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             &answers,
             our_id.as_deref(),
         ),
-        backup: material.backup.ok().map(|(_, b)| b),
+        backup: outcome.backup.ok().map(|(_, b)| b),
         recovery,
         conditions,
         observed_generation: generation,
@@ -1193,7 +765,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         )
         .await;
     }
-    write_status(&api, &names, &previous, status).await?;
+    write_status(&api, cluster, outcome.resource_version.as_deref(), status).await?;
     let requeue = match phase {
         Phase::Ready => Duration::from_secs(60),
         _ => Duration::from_secs(3),
@@ -1202,6 +774,25 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     Ok(Action::requeue(
         renewal_in.map_or(requeue, |r| r.min(requeue)),
     ))
+}
+
+/// `spec.recovery`, if set, and whether it has completed (by `recovery`, the last one
+/// acted on).
+fn requested_recovery(
+    cluster: &KeyShardCluster,
+    recovery: Option<&RecoveryStatus>,
+) -> Option<RequestedRecovery> {
+    cluster
+        .spec
+        .recovery
+        .as_ref()
+        .map(|spec| RequestedRecovery {
+            id: spec.id.clone(),
+            approvals_secret: spec.approvals_secret_name.clone(),
+            completed_at: recovery
+                .filter(|r| r.id == spec.id && r.state == RecoveryState::Completed)
+                .map(|r| r.completed_at.clone().unwrap_or_default()),
+        })
 }
 
 /// Whether the StatefulSet is rolling out a revision or scaling (not yet settled).
@@ -1307,25 +898,14 @@ async fn policy_and_rollout(
 
 async fn write_status(
     api: &Api<KeyShardCluster>,
-    names: &Names,
-    previous: &KeyShardClusterStatus,
+    cluster: &KeyShardCluster,
+    resource_version: Option<&str>,
     status: KeyShardClusterStatus,
 ) -> Result<()> {
-    if *previous == status {
+    if cluster.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": "kss.dev/v1alpha1",
-        "kind": "KeyShardCluster",
-        "status": status,
-    });
-    api.patch_status(
-        &names.cluster,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(api, cluster, resource_version, FIELD_MANAGER, &status).await
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! One reconcile of each resource kind, and what they share.
 
 pub mod cluster;
+mod identity;
 pub mod policy;
 
 use std::sync::Arc;
 
-use kube::Client;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::Recorder;
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
 /// What every reconcile gets.
@@ -35,4 +41,45 @@ pub fn now_rfc3339() -> String {
 pub fn digest(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Applies `status` to `object` as field manager `manager`, only if `object` is still at
+/// the resourceVersion this reconcile read (`resource_version`, default the object's):
+/// a reconcile that worked from a stale cache gets [`Error::Stale`] and runs again on the
+/// fresh object, instead of writing an old view over a newer status.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    resource_version: Option<&str>,
+    manager: &str,
+    status: &S,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let resource_version = resource_version
+        .map(str::to_string)
+        .or_else(|| object.meta().resource_version.clone());
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "resourceVersion": resource_version },
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Stale {
+            what: format!("{} {name}", K::kind(&())),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }

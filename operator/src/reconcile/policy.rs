@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument};
 
 use super::{Context, digest, now_rfc3339};
@@ -155,17 +154,7 @@ async fn reconcile_inner(policy: &KssPolicy, ctx: &Context) -> Result<Action> {
     }
 
     if previous != status {
-        let patch = json!({
-            "apiVersion": "kss.dev/v1alpha1",
-            "kind": "KssPolicy",
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        super::apply_status(&api, policy, None, FIELD_MANAGER, &status).await?;
     }
     let rolling = status
         .clusters
