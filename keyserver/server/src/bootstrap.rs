@@ -1,15 +1,19 @@
 //! Which keyserver an instance serves, decided before it serves anything.
 //!
-//! With `--bootstrap-identity FILE` (the operator's pods), the database is compared with
-//! the identity the instance was configured for:
+//! With `--bootstrap-identity FILE` (the operator's pods) and/or `--keyserver-id ID` (the
+//! pin, env `KSS_KEYSERVER_ID`), the database is compared with the identity the instance
+//! was configured for. A pinned instance never serves another keyserver than the pinned
+//! one, whatever the database or the bootstrap file hold:
 //!
-//! | database | bootstrap file | outcome |
-//! | --- | --- | --- |
-//! | no identity | present | stored (after proving the master key opens it), then served |
-//! | no identity | absent | refused: `IdentityMissing` |
-//! | the file's keyserver | any | served (nothing written) |
-//! | another keyserver | present | refused: `IdentityMismatch` (nothing written) |
-//! | identity the master key cannot open | any | refused: `MasterKeyMismatch` |
+//! | database | bootstrap file | pin | outcome |
+//! | --- | --- | --- | --- |
+//! | no identity | present, the pinned ID (or no pin) | | stored (after proving the master key opens it), then served |
+//! | no identity | present, another ID than the pin | set | refused: `IdentityMismatch` (nothing written) |
+//! | no identity | absent | any | refused: `IdentityMissing` |
+//! | another keyserver than the pin | any | set | refused: `IdentityMismatch` (nothing written) |
+//! | another keyserver than the file's | present | any | refused: `IdentityMismatch` (nothing written) |
+//! | the configured keyserver, opened by the master key | any | any | served (nothing written) |
+//! | the configured keyserver, not opened by the master key | any | any | refused: `MasterKeyMismatch` |
 //!
 //! A refusing instance serves no workstation; its admin API answers FAILED_PRECONDITION
 //! with the [`Refusal`] (its message, and its kind as a typed `kss.v1.Refusal` detail),
@@ -22,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::KeyserverId;
+use kss_crypto::seal::MasterKey;
 use kss_store::{Identity, Store, StoreError};
 use tracing::info;
 
@@ -46,6 +51,16 @@ pub enum Refusal {
         configured: KeyserverId,
     },
     #[error(
+        "IdentityMismatch: the bootstrap identity {} is of keyserver {found}; this instance is \
+         pinned to keyserver {pinned} (--keyserver-id); nothing was changed",
+        file.display()
+    )]
+    BootstrapNotPinned {
+        pinned: KeyserverId,
+        found: KeyserverId,
+        file: PathBuf,
+    },
+    #[error(
         "IdentityMissing: the database holds no keyserver identity and no bootstrap identity \
          was given; restore it with kss recovery-ingest-key"
     )]
@@ -67,7 +82,10 @@ impl Refusal {
     /// `kss.v1.RefusalReason`, see [`crate::contracts`]).
     pub fn kind(&self) -> RefusalKind {
         match self {
-            Refusal::IdentityMismatch { .. } => RefusalKind::IdentityMismatch,
+            // A bootstrap file of another keyserver than the pin: not the database's.
+            Refusal::IdentityMismatch { .. } | Refusal::BootstrapNotPinned { .. } => {
+                RefusalKind::IdentityMismatch
+            }
             Refusal::IdentityMissing => RefusalKind::IdentityMissing,
             Refusal::MasterKeyMismatch { .. } => RefusalKind::MasterKeyMismatch,
             Refusal::BootstrapKeyMismatch { .. } => RefusalKind::BootstrapKeyMismatch,
@@ -134,68 +152,179 @@ pub fn read_bootstrap(path: &Path) -> Result<Option<SealedIdentity>> {
         .with_context(|| format!("{} (--bootstrap-identity)", path.display()))
 }
 
+/// What an instance was configured to serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Configured<'a> {
+    /// `--bootstrap-identity`: the file (it may be absent).
+    pub bootstrap: Option<&'a Path>,
+    /// `--keyserver-id`: the only keyserver this instance serves.
+    pub pin: Option<KeyserverId>,
+    /// This instance's name.
+    pub instance_id: &'a str,
+}
+
 /// Decides whether this instance serves, storing the bootstrap identity into an empty
-/// database. The master key and the bootstrap file are read anew at every check. An error
-/// is a check that could not be made (database unreachable, unreadable files).
-pub async fn check(store: &dyn Store, data_dir: &DataDir, bootstrap: &Path) -> Result<Checked> {
+/// database. The master key and the bootstrap file are read anew at every check. An error is a check that could not be
+/// made (database unreachable, unreadable files).
+pub async fn check(
+    store: &dyn Store,
+    data_dir: &DataDir,
+    config: Configured<'_>,
+) -> Result<Checked> {
     let master = data_dir.read_master_key()?;
-    let file = read_bootstrap(bootstrap)?;
-    let row = store
-        .identity()
-        .await
-        .context("reading the keyserver identity")?;
-    let row = match (row, &file) {
-        (Some(row), _) => row,
-        (None, None) => return Ok(Checked::Refuse(Refusal::IdentityMissing)),
-        (None, Some(sealed)) => {
-            let id = sealed.keyserver_id;
-            let Ok((root, era)) = sealed.open_with_era(&master) else {
-                return Ok(Checked::Refuse(Refusal::BootstrapKeyMismatch {
-                    id,
-                    file: bootstrap.to_path_buf(),
-                }));
-            };
-            match store.create_identity(&identity_row(sealed, now_ms())).await {
-                Ok(()) => {
-                    info!(keyserver_id = %id, "keyserver {id} bootstrapped into the database");
-                    return Ok(Checked::Serve(
-                        KeyserverIdentity::new(id, root).sealed_in(era),
-                    ));
-                }
-                // Another instance stored one first: compare with it.
-                Err(StoreError::AlreadyExists(_)) => store
-                    .identity()
-                    .await
-                    .context("reading the keyserver identity")?
-                    .context("the database refused a keyserver identity but holds none")?,
-                Err(e) => return Err(e).context("storing the bootstrap identity"),
-            }
-        }
+    let file = match config.bootstrap {
+        Some(path) => read_bootstrap(path)?.map(|sealed| (sealed, path)),
+        None => None,
     };
-    compare(&row, file.as_ref(), &master)
+    let file = file.as_ref().map(|(sealed, path)| (sealed, *path));
+    // A concurrent bootstrap changes the row: compared again, a bounded number
+    // of times (each change is another instance's success).
+    for _ in 0..8 {
+        let row = store
+            .identity()
+            .await
+            .context("reading the keyserver identity")?;
+        let step = match row {
+            Some(row) => compare(&row, file, config, &master)?,
+            None => bootstrap_empty(store, file, config.pin, &master).await?,
+        };
+        if let Step::Done(checked) = step {
+            return Ok(checked);
+        }
+    }
+    anyhow::bail!("the keyserver identity kept changing while it was checked")
+}
+
+/// One comparison: decided, or the stored row changed under it (compare again).
+enum Step {
+    Done(Checked),
+    Changed,
+}
+
+/// An empty database: the bootstrap identity is stored (if the master key opens it, and it
+/// is the pinned keyserver's).
+async fn bootstrap_empty(
+    store: &dyn Store,
+    file: Option<(&SealedIdentity, &Path)>,
+    pin: Option<KeyserverId>,
+    master: &MasterKey,
+) -> Result<Step> {
+    let Some((sealed, path)) = file else {
+        return Ok(Step::Done(Checked::Refuse(Refusal::IdentityMissing)));
+    };
+    let id = sealed.keyserver_id;
+    if let Some(pinned) = pin
+        && pinned != id
+    {
+        return Ok(Step::Done(Checked::Refuse(Refusal::BootstrapNotPinned {
+            pinned,
+            found: id,
+            file: path.to_path_buf(),
+        })));
+    }
+    let Ok((root, era)) = sealed.open_with_era(master) else {
+        return Ok(Step::Done(Checked::Refuse(Refusal::BootstrapKeyMismatch {
+            id,
+            file: path.to_path_buf(),
+        })));
+    };
+    match store.create_identity(&identity_row(sealed, now_ms())).await {
+        Ok(()) => {
+            info!(keyserver_id = %id, "keyserver {id} bootstrapped into the database");
+            Ok(Step::Done(Checked::Serve(
+                KeyserverIdentity::new(id, root).sealed_in(era),
+            )))
+        }
+        // Another instance stored one first: compare with it.
+        Err(StoreError::AlreadyExists(_)) => Ok(Step::Changed),
+        Err(e) => Err(e).context("storing the bootstrap identity"),
+    }
 }
 
 /// The stored identity against the configured one, and the master key against both.
 fn compare(
     row: &Identity,
-    file: Option<&SealedIdentity>,
-    master: &kss_crypto::seal::MasterKey,
-) -> Result<Checked> {
+    file: Option<(&SealedIdentity, &Path)>,
+    config: Configured<'_>,
+    master: &MasterKey,
+) -> Result<Step> {
     let stored = sealed_of(row)?;
-    if let Some(file) = file
-        && file.keyserver_id != stored.keyserver_id
+    let id = stored.keyserver_id;
+    let refuse = |refusal| Ok(Step::Done(Checked::Refuse(refusal)));
+    if let Some(pinned) = config.pin
+        && pinned != id
     {
-        return Ok(Checked::Refuse(Refusal::IdentityMismatch {
-            stored: stored.keyserver_id,
-            configured: file.keyserver_id,
-        }));
+        return refuse(Refusal::IdentityMismatch {
+            stored: id,
+            configured: pinned,
+        });
     }
-    Ok(match stored.open_with_era(master) {
-        Ok((root, era)) => {
-            Checked::Serve(KeyserverIdentity::new(stored.keyserver_id, root).sealed_in(era))
+    if let Some((file, _)) = file
+        && file.keyserver_id != id
+    {
+        return refuse(Refusal::IdentityMismatch {
+            stored: id,
+            configured: file.keyserver_id,
+        });
+    }
+    if let Ok((root, era)) = stored.open_with_era(master) {
+        return Ok(Step::Done(Checked::Serve(
+            KeyserverIdentity::new(id, root).sealed_in(era),
+        )));
+    }
+    Ok(Step::Done(Checked::Refuse(Refusal::MasterKeyMismatch {
+        id,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One refusal of every variant (the match fails to compile when one is added).
+    fn one_of_each() -> Vec<Refusal> {
+        let (a, b) = (KeyserverId::random(), KeyserverId::random());
+        let file = PathBuf::from("/bootstrap/identity.json");
+        let all = vec![
+            Refusal::IdentityMismatch {
+                stored: a,
+                configured: b,
+            },
+            Refusal::BootstrapNotPinned {
+                pinned: a,
+                found: b,
+                file: file.clone(),
+            },
+            Refusal::IdentityMissing,
+            Refusal::MasterKeyMismatch { id: a },
+            Refusal::BootstrapKeyMismatch { id: a, file },
+        ];
+        for r in &all {
+            match r {
+                Refusal::IdentityMismatch { .. }
+                | Refusal::BootstrapNotPinned { .. }
+                | Refusal::IdentityMissing
+                | Refusal::MasterKeyMismatch { .. }
+                | Refusal::BootstrapKeyMismatch { .. } => {}
+            }
         }
-        Err(_) => Checked::Refuse(Refusal::MasterKeyMismatch {
-            id: stored.keyserver_id,
-        }),
-    })
+        all
+    }
+
+    #[test]
+    fn every_refusal_starts_with_its_reason_word_and_says_nothing_changed() {
+        for refusal in one_of_each() {
+            let message = refusal.to_string();
+            assert!(
+                message.starts_with(&format!("{}: ", refusal.reason())),
+                "{message}"
+            );
+            if !matches!(
+                refusal,
+                Refusal::IdentityMissing | Refusal::MasterKeyMismatch { .. }
+            ) {
+                assert!(message.ends_with("nothing was changed"), "{message}");
+            }
+        }
+    }
 }

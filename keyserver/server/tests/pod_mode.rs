@@ -17,7 +17,8 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DataDir, free_port, path_of, spawn_serve};
+use common::{DataDir, free_port, path_of, spawn_serve_env};
+use kss_crypto::backup::AdminKey;
 use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::KeyserverId;
 use kss_crypto::root::RootSecret;
@@ -25,8 +26,9 @@ use kss_crypto::seal::MasterKey;
 use kss_proto::details;
 use kss_proto::v1::admin_client::AdminClient;
 use kss_proto::v1::{
-    ListInstancesRequest, LoadPolicyRequest, LoadPolicyResponse, PolicyErrorKind, PolicyRejection,
-    Refusal, RefusalReason, StatusRequest, StatusResponse,
+    BackupHolder, IssueBackupKeyRequest, ListInstancesRequest, LoadPolicyRequest,
+    LoadPolicyResponse, PolicyErrorKind, PolicyRejection, Refusal, RefusalReason, StatusRequest,
+    StatusResponse,
 };
 use kss_store::Store;
 use rcgen::{
@@ -173,6 +175,16 @@ impl PodServer {
     /// Starts `kss serve` on `data` (self-signed TLS for workstations) with `extra` flags,
     /// and waits until its admin listener answers (serving or refusing).
     async fn start(data: &DataDir, pki: &AdminPki, extra: &[&str]) -> PodServer {
+        Self::start_env(data, pki, extra, &[]).await
+    }
+
+    /// [`PodServer::start`] with more environment variables for the process.
+    async fn start_env(
+        data: &DataDir,
+        pki: &AdminPki,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> PodServer {
         let health_port = free_port();
         let admin_port = free_port();
         let health = format!("127.0.0.1:{health_port}");
@@ -195,7 +207,7 @@ impl PodServer {
             &ca,
         ];
         args.extend_from_slice(extra);
-        let spawned = spawn_serve(data, &args);
+        let spawned = spawn_serve_env(data, &args, env);
         let mut child = spawned.child;
         let stdout = Arc::new(Mutex::new(String::new()));
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -1050,4 +1062,203 @@ fn refusal_of(refused: &tonic::Status) -> RefusalReason {
     let refusal = details::find::<Refusal>(refused).expect("a Refusal detail");
     assert_eq!(refusal.message, refused.message());
     refusal.reason()
+}
+
+// ------------------------------------------------------------------ the keyserver ID pin
+
+/// The master key file of a data directory, replaced (as a Secret volume shows it).
+fn write_data_master_key(data: &DataDir, master: &MasterKey) {
+    std::fs::create_dir_all(data.path()).unwrap();
+    let path = data.path().join("master.key");
+    let _ = std::fs::remove_file(&path);
+    write_mode(&path, &format!("{}\n", *master.to_hex()), 0o440);
+}
+
+/// What a refusing instance must leave as it is: the identity, the policy, the audit log,
+/// the registry.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    identity: Option<kss_store::Identity>,
+    policy: Option<u64>,
+    audit: Vec<u64>,
+    instances: Vec<String>,
+}
+
+async fn snapshot(store: &dyn Store) -> Snapshot {
+    let audit = store
+        .audit(&kss_store::AuditFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Snapshot {
+        identity: store.identity().await.unwrap(),
+        policy: store.policy(None).await.unwrap().map(|p| p.version),
+        audit: audit.iter().map(|e| e.id).collect(),
+        instances: store
+            .instances()
+            .await
+            .unwrap()
+            .instances
+            .into_iter()
+            .map(|i| format!("{} {} {:?}", i.info.name, i.heartbeat_ms, i.stopped_at_ms))
+            .collect(),
+    }
+}
+
+async fn sqlite_snapshot(data: &DataDir) -> Snapshot {
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    let snap = snapshot(&store).await;
+    store.close().await;
+    snap
+}
+
+fn admin_keys(n: usize) -> Vec<AdminKey> {
+    (0..n).map(|_| AdminKey::generate()).collect()
+}
+
+fn holders_of(keys: &[AdminKey]) -> Vec<BackupHolder> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| BackupHolder {
+            name: format!("holder-{i}"),
+            public_key: k.public().to_hex(),
+        })
+        .collect()
+}
+
+/// `--keyserver-id` takes exactly the canonical form; anything else stops `kss serve` at
+/// once, naming the flag (from the environment too).
+#[test]
+fn a_malformed_keyserver_id_pin_is_a_startup_error() {
+    let data = DataDir::new();
+    data.create();
+    let id = KeyserverId::random().to_string();
+    for bad in [
+        id.to_uppercase(),
+        format!(" {id}"),
+        id[..31].to_string(),
+        format!("{id}0"),
+        format!("0x{}", &id[2..]),
+    ] {
+        let out = data.kss(&["serve", "--self-signed-tls", "--keyserver-id", &bad]);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        let err = common::text(&out.stderr);
+        assert!(err.contains("--keyserver-id"), "{bad:?}: {err}");
+        let out = std::process::Command::new(common::kss_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["serve", "--self-signed-tls"])
+            .env("KSS_KEYSERVER_ID", &bad)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{bad:?} accepted from the environment"
+        );
+        let err = common::text(&out.stderr);
+        assert!(err.contains("--keyserver-id"), "{bad:?}: {err}");
+    }
+}
+
+/// A pinned instance serves its keyserver only: a database of another keyserver, or an
+/// empty one with a bootstrap identity of another, is refused (IdentityMismatch) and
+/// nothing is written; an empty database and no file is IdentityMissing; the pinned
+/// keyserver is served (from the environment, as the operator passes it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_instance_never_serves_another_keyserver() {
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let master = MasterKey::generate();
+
+    // A database of keyserver A, pinned to B: refused, nothing written.
+    let data = DataDir::new();
+    let a = data.create();
+    data.load_policy(POLICY);
+    let b = KeyserverId::random();
+    let before = sqlite_snapshot(&data).await;
+    let server = PodServer::start(&data, &pki, &["--keyserver-id", &b.to_string()]).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_refused_as_mismatch(&refused, &a, &b);
+    let issue = admin
+        .issue_backup_key(IssueBackupKeyRequest {
+            holders: holders_of(&admin_keys(1)),
+            threshold: 1,
+            allow_weak: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_of(&issue), RefusalReason::IdentityMismatch);
+    assert_eq!(server.health(READY).await, ServingStatus::NotServing);
+    assert!(!server.workstation_port_open());
+    assert!(server.terminate());
+    assert_eq!(sqlite_snapshot(&data).await, before);
+    // Pinned to A (by the environment): served.
+    let env = [("KSS_KEYSERVER_ID".to_string(), a.clone())];
+    let server = PodServer::start_env(&data, &pki, &[], &env).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    assert_eq!(status(&mut admin).await.unwrap().keyserver_id, a);
+    assert!(server.terminate());
+
+    // An empty database, a bootstrap identity of C, pinned to B: refused, nothing stored.
+    let empty = DataDir::new();
+    write_data_master_key(&empty, &master);
+    let (c, file) = secrets.write_identity("c.json", &master);
+    let env = [("KSS_KEYSERVER_ID".to_string(), b.to_string())];
+    let server = PodServer::start_env(
+        &empty,
+        &pki,
+        &["--bootstrap-identity", path_of(&file)],
+        &env,
+    )
+    .await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refusal_of(&refused), RefusalReason::IdentityMismatch);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "IdentityMismatch: the bootstrap identity {} is of keyserver {c}; this instance is \
+             pinned to keyserver {b} (--keyserver-id); nothing was changed",
+            file.display()
+        )
+    );
+    assert!(!server.workstation_port_open());
+    assert!(server.terminate());
+    let snap = sqlite_snapshot(&empty).await;
+    assert_eq!(snap.identity, None);
+    assert!(snap.audit.is_empty() && snap.policy.is_none(), "{snap:?}");
+
+    // Pinned, an empty database and no bootstrap identity: IdentityMissing.
+    let server = PodServer::start_env(&empty, &pki, &[], &env).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refusal_of(&refused), RefusalReason::IdentityMissing);
+    assert!(server.terminate());
+    assert_eq!(sqlite_snapshot(&empty).await.identity, None);
+
+    // Pinned to C with C's bootstrap identity: stored and served.
+    let server = PodServer::start(
+        &empty,
+        &pki,
+        &[
+            "--keyserver-id",
+            &c.to_string(),
+            "--bootstrap-identity",
+            path_of(&file),
+        ],
+    )
+    .await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    assert_eq!(
+        status(&mut admin).await.unwrap().keyserver_id,
+        c.to_string()
+    );
+    assert!(server.terminate());
 }
