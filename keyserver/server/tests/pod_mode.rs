@@ -30,7 +30,7 @@ use kss_proto::v1::{
     LoadPolicyResponse, PolicyErrorKind, PolicyRejection, Refusal, RefusalReason, StatusRequest,
     StatusResponse,
 };
-use kss_store::Store;
+use kss_store::{Registry, Store};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -1261,4 +1261,396 @@ async fn a_pinned_instance_never_serves_another_keyserver() {
         c.to_string()
     );
     assert!(server.terminate());
+}
+
+// ------------------------------------------------------------------ reseal
+
+/// A bootstrap identity of `id` and `root`, sealed with `master`, written to `name`.
+fn write_sealed(
+    secrets: &Secrets,
+    name: &str,
+    id: &KeyserverId,
+    root: &[u8; 32],
+    master: &MasterKey,
+) -> PathBuf {
+    let sealed = SealedIdentity::seal(id, &RootSecret::from_bytes(root).unwrap(), master);
+    let path = secrets.dir.path().join(name);
+    write_mode(&path, &sealed.to_json(), 0o440);
+    path
+}
+
+/// Audit records of one action (`admin.<action>`), oldest first.
+async fn audit_of(store: &dyn Store, action: &str) -> Vec<kss_store::AuditEntry> {
+    let mut rows = store
+        .audit(&kss_store::AuditFilter {
+            request_type: Some(format!("admin.{action}")),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rows.reverse();
+    rows
+}
+
+/// The master key is lost; the database stays. A bootstrap identity with the database's ID
+/// and root, sealed with the new key, reseals the stored identity (compare-and-swap,
+/// audited, logged) and the instance serves the same keyserver with its rows; one with the
+/// right ID but another root is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_master_key_is_resealed_only_with_the_databases_root() {
+    let data = DataDir::new();
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let old = MasterKey::generate();
+    write_data_master_key(&data, &old);
+    let id = KeyserverId::random();
+    let root = *RootSecret::generate().expose_bytes();
+    let first = write_sealed(&secrets, "identity.json", &id, &root, &old);
+    let server = PodServer::start(&data, &pki, &["--bootstrap-identity", path_of(&first)]).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    assert_eq!(load_policy(&mut admin, POLICY).await.unwrap().version, 1);
+    assert!(server.terminate());
+
+    // The master key is lost: a new one in its place.
+    let new = MasterKey::generate();
+    write_data_master_key(&data, &new);
+    let before = sqlite_snapshot(&data).await;
+    // No bootstrap identity (the operator deleted it): MasterKeyMismatch, as before.
+    let absent = secrets.dir.path().join("deleted.json");
+    let server = PodServer::start(&data, &pki, &["--bootstrap-identity", path_of(&absent)]).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refusal_of(&refused), RefusalReason::MasterKeyMismatch);
+    assert!(server.terminate());
+    // The right ID, another root: refused as not the database's, nothing written.
+    let forged_root = *RootSecret::generate().expose_bytes();
+    let forged = write_sealed(&secrets, "forged.json", &id, &forged_root, &new);
+    let server = PodServer::start(&data, &pki, &["--bootstrap-identity", path_of(&forged)]).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_eq!(refusal_of(&refused), RefusalReason::IdentityMismatch);
+    let message = refused.message();
+    assert!(
+        message.starts_with(&format!(
+            "IdentityMismatch: the master key cannot open keyserver {id}'s secret in the \
+             database, and the bootstrap identity {} has its ID but not its root secret",
+            forged.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("policy version"), "{message}");
+    assert!(server.terminate());
+    assert_eq!(sqlite_snapshot(&data).await, before);
+
+    // The database's root, sealed with the new key: resealed, then served.
+    let recovered = write_sealed(&secrets, "recovered.json", &id, &root, &new);
+    let flag = ["--bootstrap-identity", path_of(&recovered)];
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+    let st = status(&mut admin).await.unwrap();
+    assert_eq!((st.keyserver_id, st.policy_version), (id.to_string(), 1));
+    let log = server.log_text();
+    assert_eq!(count(&log, "resealed with a new master key"), 1, "{log}");
+    for secret in [
+        new.to_hex().to_string(),
+        old.to_hex().to_string(),
+        hex::encode(root),
+    ] {
+        assert!(!log.contains(&secret));
+    }
+    assert!(server.terminate());
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    let stored = store.identity().await.unwrap().unwrap();
+    let file = SealedIdentity::from_json(&std::fs::read_to_string(&recovered).unwrap()).unwrap();
+    let was = before.identity.unwrap();
+    assert_eq!(
+        (
+            &stored.keyserver_id,
+            &stored.sealed_root,
+            stored.created_at_ms
+        ),
+        (&was.keyserver_id, &file.sealed_root, was.created_at_ms)
+    );
+    let resealed = audit_of(&store, "identity_reseal").await;
+    assert_eq!(resealed.len(), 1, "{resealed:?}");
+    assert_eq!(resealed[0].record.actor.as_deref(), Some("server"));
+    assert!(
+        resealed[0]
+            .record
+            .meta
+            .contains("identity resealed with a new master key"),
+        "{}",
+        resealed[0].record.meta
+    );
+    store.close().await;
+
+    // Restarted: opened, not resealed again.
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    assert!(!server.log_text().contains("resealed"));
+    assert!(server.terminate());
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    assert_eq!(audit_of(&store, "identity_reseal").await.len(), 1);
+    // The audit chain, resealed rows and all, verifies under the same root.
+    store.set_audit_key(
+        kss_server::identity::KeyserverIdentity::new(id, RootSecret::from_bytes(&root).unwrap())
+            .chain_key(),
+    );
+    assert!(matches!(
+        store.verify_audit().await.unwrap(),
+        kss_store::ChainVerdict::Intact(_)
+    ));
+    store.close().await;
+}
+
+/// A data directory (master key `new`) whose SQLite database holds keyserver `id`'s
+/// identity sealed with a lost master key, and `profiles`.
+async fn lost_key_database(
+    data: &DataDir,
+    id: &KeyserverId,
+    root: &[u8; 32],
+    new: &MasterKey,
+    profiles: &[kss_store::Profile],
+) {
+    write_data_master_key(data, new);
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    let lost = MasterKey::generate();
+    let sealed = SealedIdentity::seal(id, &RootSecret::from_bytes(root).unwrap(), &lost);
+    store
+        .create_identity(&kss_server::identity::identity_row(&sealed, 1))
+        .await
+        .unwrap();
+    let mut tx = store.begin_decisions(None).await.unwrap();
+    for p in profiles {
+        assert!(tx.insert_profile(p).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    store.close().await;
+}
+
+/// A profile row, MACed under `root`'s row key (`None`: no MAC).
+fn profile_row(id: &KeyserverId, root: Option<&[u8; 32]>) -> kss_store::Profile {
+    let mut row = kss_store::Profile {
+        profile_id: kss_crypto::ids::ProfileId::random().to_string(),
+        device_id: kss_crypto::ids::DeviceId::random().to_string(),
+        device_public_key: vec![1; 32],
+        workstation_share: vec![2; 48],
+        name: "batch".into(),
+        words: vec!["alpha".into(), "bravo".into()],
+        created_at_ms: 1_700_000_000_000,
+        mac: Vec::new(),
+    };
+    if let Some(root) = root {
+        let key = RootSecret::from_bytes(root).unwrap().row_key(id);
+        row.mac = kss_server::integrity::profile_mac(&key, &row);
+    }
+    row
+}
+
+/// A reseal needs the database's rows to prove the bootstrap identity's root: a profile
+/// MACed under it proves it; one MACed under another root refuses (IdentityMismatch); rows
+/// without a MAC prove nothing (MasterKeyMismatch); a database with no row at all has
+/// nothing to lose (resealed). Nothing is written when refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reseal_needs_a_proof_by_the_databases_rows() {
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let new = MasterKey::generate();
+    let id = KeyserverId::random();
+    let root = *RootSecret::generate().expose_bytes();
+    let other_root = *RootSecret::generate().expose_bytes();
+    let file = write_sealed(&secrets, "recovered.json", &id, &root, &new);
+    let flag = ["--bootstrap-identity", path_of(&file)];
+
+    // A profile MACed under another root, and one without a MAC: refused.
+    for (profiles, reason, says) in [
+        (
+            vec![profile_row(&id, Some(&other_root))],
+            RefusalReason::IdentityMismatch,
+            "1 MACed profile row(s)",
+        ),
+        (
+            vec![profile_row(&id, None)],
+            RefusalReason::MasterKeyMismatch,
+            "nothing proves that the bootstrap identity",
+        ),
+    ] {
+        let data = DataDir::new();
+        lost_key_database(&data, &id, &root, &new, &profiles).await;
+        let before = sqlite_snapshot(&data).await;
+        let server = PodServer::start(&data, &pki, &flag).await;
+        let mut admin = pki.admin(server.admin_port).await;
+        let refused = status(&mut admin).await.unwrap_err();
+        assert_eq!(refusal_of(&refused), reason, "{}", refused.message());
+        assert!(refused.message().contains(says), "{}", refused.message());
+        assert!(!server.workstation_port_open());
+        assert!(server.terminate());
+        assert_eq!(sqlite_snapshot(&data).await, before);
+    }
+
+    // A profile MACed under the root (beside a forged one): proven, resealed.
+    let data = DataDir::new();
+    let rows = [
+        profile_row(&id, Some(&other_root)),
+        profile_row(&id, Some(&root)),
+    ];
+    lost_key_database(&data, &id, &root, &new, &rows).await;
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    let log = server.log_text();
+    assert!(
+        log.contains("a profile row verifies under its root"),
+        "{log}"
+    );
+    assert!(server.terminate());
+
+    // Nothing but the identity: resealed.
+    let data = DataDir::new();
+    lost_key_database(&data, &id, &root, &new, &[]).await;
+    let server = PodServer::start(&data, &pki, &flag).await;
+    server.wait_serving(Duration::from_secs(10)).await;
+    assert!(
+        server
+            .log_text()
+            .contains("the database holds no profile, policy version or audit row")
+    );
+    assert!(server.terminate());
+    let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+        .await
+        .unwrap();
+    let sealed =
+        kss_server::identity::sealed_of(&store.identity().await.unwrap().unwrap()).unwrap();
+    assert_eq!(sealed.open(&new).unwrap().expose_bytes(), &root);
+    store.close().await;
+}
+
+/// Cluster mode, as the operator runs it: every pod pinned by `KSS_KEYSERVER_ID`. The
+/// master key is lost; two pods reseal at once with the recovered bootstrap identity: one
+/// swaps, both serve, one reseal is recorded. A pod pinned to another keyserver refuses
+/// and writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_pods_pinned_reseal_at_once_and_refuse_another_pin() {
+    let Some((db, name)) = common::fresh_database().await else {
+        return;
+    };
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let old = MasterKey::generate();
+    secrets.write_master_key(&old);
+    let key_file = secrets.master_key_file();
+    let id = KeyserverId::random();
+    let root = *RootSecret::generate().expose_bytes();
+    let first_file = write_sealed(&secrets, "identity.json", &id, &root, &old);
+    let pod_args = |bootstrap: &Path| {
+        vec![
+            "--db-uri".to_string(),
+            db.clone(),
+            "--master-key-file".to_string(),
+            path_of(&key_file).to_string(),
+            "--bootstrap-identity".to_string(),
+            path_of(bootstrap).to_string(),
+        ]
+    };
+    let pin = |id: &KeyserverId| [("KSS_KEYSERVER_ID".to_string(), id.to_string())];
+    let first_dir = DataDir::new();
+    let first_args = pod_args(&first_file);
+    let first = PodServer::start_env(&first_dir, &pki, &strs(&first_args), &pin(&id)).await;
+    first.wait_serving(Duration::from_secs(15)).await;
+    let mut admin = pki.admin(first.admin_port).await;
+    assert_eq!(load_policy(&mut admin, POLICY).await.unwrap().version, 1);
+    assert!(first.terminate());
+
+    // The master key is lost; the operator re-seals the root (from the backup key) with a
+    // new one. Two pods start at once.
+    let new = MasterKey::generate();
+    secrets.write_master_key(&new);
+    let recovered = write_sealed(&secrets, "recovered.json", &id, &root, &new);
+    let args = pod_args(&recovered);
+    let (a_dir, b_dir) = (DataDir::new(), DataDir::new());
+    let (flags, env) = (strs(&args), pin(&id));
+    let (a, b) = tokio::join!(
+        PodServer::start_env(&a_dir, &pki, &flags, &env),
+        PodServer::start_env(&b_dir, &pki, &flags, &env),
+    );
+    a.wait_serving(Duration::from_secs(20)).await;
+    b.wait_serving(Duration::from_secs(20)).await;
+    for server in [&a, &b] {
+        let mut admin = pki.admin(server.admin_port).await;
+        let st = status(&mut admin).await.unwrap();
+        assert_eq!((st.keyserver_id, st.policy_version), (id.to_string(), 1));
+    }
+    let resealed = "resealed with a new master key";
+    assert_eq!(
+        count(&a.log_text(), resealed) + count(&b.log_text(), resealed),
+        1,
+        "{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    let store = kss_store::MysqlStore::connect(kss_store::parse_db_uri(&db).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(audit_of(&store, "identity_reseal").await.len(), 1);
+    let stored = store.identity().await.unwrap().unwrap();
+    let file = SealedIdentity::from_json(&std::fs::read_to_string(&recovered).unwrap()).unwrap();
+    assert_eq!(stored.sealed_root, file.sealed_root);
+
+    // A pod pinned to another keyserver (with the same files): refused, nothing written.
+    let other = KeyserverId::random();
+    let before = snapshot(&store).await;
+    let c_dir = DataDir::new();
+    let c = PodServer::start_env(&c_dir, &pki, &strs(&args), &pin(&other)).await;
+    let mut admin = pki.admin(c.admin_port).await;
+    let refused = status(&mut admin).await.unwrap_err();
+    assert_refused_as_mismatch(&refused, &id, &other);
+    assert!(!c.workstation_port_open());
+    assert!(c.terminate());
+    // Heartbeats of the serving pods move on: compare without them.
+    assert!(b.terminate());
+    assert!(a.terminate());
+    let mut after = snapshot(&store).await;
+    let mut before = before;
+    for snap in [&mut before, &mut after] {
+        snap.instances.clear();
+    }
+    assert_eq!(before.identity, after.identity);
+    assert_eq!(before.policy, after.policy);
+    let registered: Vec<String> = store
+        .instances()
+        .await
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.info.name)
+        .collect();
+    assert_eq!(
+        registered.len(),
+        3,
+        "the refusing pod never registered: {registered:?}"
+    );
+    // Every audit record is of a registered (serving) instance's.
+    let audit = store
+        .audit(&kss_store::AuditFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for e in &audit {
+        assert!(
+            registered.contains(&e.record.instance_id),
+            "{e:?} by {registered:?}"
+        );
+    }
+    store.close().await;
+    common::drop_database(&name).await;
 }
