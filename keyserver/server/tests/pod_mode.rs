@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{DataDir, free_port, path_of, spawn_serve_env};
-use kss_crypto::backup::AdminKey;
+use kss_crypto::backup::{self, AdminKey, BackupKey};
 use kss_crypto::identity::SealedIdentity;
 use kss_crypto::ids::KeyserverId;
 use kss_crypto::root::RootSecret;
@@ -26,9 +26,9 @@ use kss_crypto::seal::MasterKey;
 use kss_proto::details;
 use kss_proto::v1::admin_client::AdminClient;
 use kss_proto::v1::{
-    BackupHolder, IssueBackupKeyRequest, ListInstancesRequest, LoadPolicyRequest,
-    LoadPolicyResponse, PolicyErrorKind, PolicyRejection, Refusal, RefusalReason, StatusRequest,
-    StatusResponse,
+    BackupHolder, IssueBackupKeyRequest, IssueBackupKeyResponse, ListInstancesRequest,
+    LoadPolicyRequest, LoadPolicyResponse, PolicyErrorKind, PolicyRejection, Refusal,
+    RefusalReason, StatusRequest, StatusResponse,
 };
 use kss_store::{Registry, Store};
 use rcgen::{
@@ -1531,6 +1531,390 @@ async fn a_reseal_needs_a_proof_by_the_databases_rows() {
         kss_server::identity::sealed_of(&store.identity().await.unwrap().unwrap()).unwrap();
     assert_eq!(sealed.open(&new).unwrap().expose_bytes(), &root);
     store.close().await;
+}
+
+// ------------------------------------------------------------------ IssueBackupKey
+
+async fn issue(
+    admin: &mut AdminClient<Channel>,
+    holders: Vec<BackupHolder>,
+    threshold: u32,
+    allow_weak: bool,
+) -> Result<IssueBackupKeyResponse, tonic::Status> {
+    admin
+        .issue_backup_key(IssueBackupKeyRequest {
+            holders,
+            threshold,
+            allow_weak,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The backup key of an answer, and the root its holders' approvals (`approvers`)
+/// recover.
+fn recovered_root(
+    answer: &IssueBackupKeyResponse,
+    keys: &[AdminKey],
+    approvers: &[usize],
+) -> Result<[u8; 32], kss_crypto::CryptoError> {
+    let backup = BackupKey::from_json(&answer.backup_json).unwrap();
+    let approvals: Vec<_> = approvers
+        .iter()
+        .map(|&i| backup::approve(&backup, &keys[i]).unwrap())
+        .collect();
+    backup::recover(&backup, &approvals).map(|r| *r.expose_bytes())
+}
+
+/// IssueBackupKey on a serving instance: the key recovers the instance's root with the
+/// threshold of approvals (and not with fewer, nor with another key's approvals); every
+/// invalid request is refused with what is wrong; each issue is audited with the actor,
+/// the holders' names and the threshold; `kss backup issue` does the same through the
+/// admin socket, and its key restores the keyserver into an empty database.
+async fn issue_backup_keys(db: Option<&str>) {
+    let data = DataDir::new();
+    let pki = AdminPki::new();
+    let secrets = Secrets::new();
+    let master = MasterKey::generate();
+    write_data_master_key(&data, &master);
+    let id = KeyserverId::random();
+    let root = *RootSecret::generate().expose_bytes();
+    let file = write_sealed(&secrets, "identity.json", &id, &root, &master);
+    let mut args = vec!["--bootstrap-identity", path_of(&file)];
+    if let Some(db) = db {
+        args.extend(["--db-uri", db]);
+    }
+    let server = PodServer::start(&data, &pki, &args).await;
+    server.wait_serving(Duration::from_secs(15)).await;
+    let mut admin = pki.admin(server.admin_port).await;
+
+    let keys = admin_keys(5);
+    let first = issue(&mut admin, holders_of(&keys), 3, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.keyserver_id.as_str(), first.holders, first.threshold),
+        (id.to_string().as_str(), 5, 3)
+    );
+    assert_eq!(
+        BackupKey::from_json(&first.backup_json)
+            .unwrap()
+            .keyserver_id(),
+        &id
+    );
+    assert_eq!(recovered_root(&first, &keys, &[0, 2, 4]).unwrap(), root);
+    assert_eq!(recovered_root(&first, &keys, &[1, 2, 3]).unwrap(), root);
+    assert!(recovered_root(&first, &keys, &[0, 1]).is_err());
+    assert!(!first.backup_json.contains(&hex::encode(root)));
+
+    // New holders and threshold: a new key; old and new approvals do not mix.
+    // Three holders stay (the same keys), four are new.
+    let mut second_keys: Vec<AdminKey> = keys[..3]
+        .iter()
+        .map(|k| AdminKey::from_bytes(&*k.to_bytes()).unwrap())
+        .collect();
+    second_keys.extend(admin_keys(4));
+    let second = issue(&mut admin, holders_of(&second_keys), 4, false)
+        .await
+        .unwrap();
+    assert_eq!((second.holders, second.threshold), (7, 4));
+    assert_eq!(
+        recovered_root(&second, &second_keys, &[0, 3, 5, 6]).unwrap(),
+        root
+    );
+    let old = BackupKey::from_json(&first.backup_json).unwrap();
+    let new = BackupKey::from_json(&second.backup_json).unwrap();
+    // The same administrators' approvals of the new key do not open the old one, nor
+    // the other way round.
+    let new_approvals: Vec<_> = (0..3)
+        .map(|i| backup::approve(&new, &second_keys[i]).unwrap())
+        .collect();
+    assert!(backup::recover(&old, &new_approvals).is_err());
+    let old_approvals: Vec<_> = (0..3)
+        .map(|i| backup::approve(&old, &keys[i]).unwrap())
+        .collect();
+    let mut mixed = old_approvals.clone();
+    mixed.push(backup::approve(&new, &second_keys[3]).unwrap());
+    assert!(backup::recover(&new, &mixed).is_err());
+    assert!(backup::recover(&new, &old_approvals).is_err());
+
+    // Every invalid request, with what is wrong.
+    let holder = |name: &str, key: &str| BackupHolder {
+        name: name.into(),
+        public_key: key.into(),
+    };
+    let five = holders_of(&keys);
+    let mut dup_name = five.clone();
+    dup_name[3].name = dup_name[1].name.clone();
+    let mut dup_key = five.clone();
+    dup_key[4].public_key = dup_key[0].public_key.clone();
+    let mut not_hex = five.clone();
+    not_hex[2].public_key = "zz".repeat(48);
+    let mut not_a_point = five.clone();
+    not_a_point[2].public_key = "00".repeat(48);
+    let mut secret_not_public = five.clone();
+    secret_not_public[2].public_key = keys[2].to_hex().to_string();
+    let mut long_name = five.clone();
+    long_name[1].name = "n".repeat(257);
+    let mut empty_name = five.clone();
+    empty_name[1].name = String::new();
+    let too_many = holders_of(&admin_keys(65));
+    let cases: Vec<(Vec<BackupHolder>, u32, bool, &str)> = vec![
+        (Vec::new(), 1, true, "holders: none given"),
+        (
+            dup_name,
+            3,
+            false,
+            "holders[3].name: \"holder-1\" is also the name of holders[1]",
+        ),
+        (
+            dup_key,
+            3,
+            false,
+            "holders[4].public_key: the same administrator key as holders[0]",
+        ),
+        (
+            not_hex,
+            3,
+            false,
+            "holders[2].public_key: not an administrator public key",
+        ),
+        (
+            not_a_point,
+            3,
+            false,
+            "holders[2].public_key: not an administrator public key",
+        ),
+        (
+            secret_not_public,
+            3,
+            false,
+            "holders[2].public_key: not an administrator public key",
+        ),
+        (
+            long_name,
+            3,
+            false,
+            "holders[1].name: 257 bytes, at most 256 allowed",
+        ),
+        (empty_name, 3, false, "holders[1].name: empty"),
+        (too_many, 3, false, "holders: 65 given, at most 64 allowed"),
+        (five.clone(), 0, true, "threshold: 0 needs between 1 and 5"),
+        (five.clone(), 6, true, "threshold: 6 needs between 1 and 5"),
+        (
+            five.clone(),
+            2,
+            false,
+            "refusing a weak backup key: 5 holder(s) with threshold 2",
+        ),
+        (
+            five[..4].to_vec(),
+            3,
+            false,
+            "refusing a weak backup key: 4 holder(s) with threshold 3",
+        ),
+        (
+            vec![holder("solo", &five[0].public_key)],
+            1,
+            false,
+            "refusing a weak backup key",
+        ),
+    ];
+    let before = audit_count(db, &data).await;
+    for (holders, threshold, allow_weak, says) in cases {
+        let refused = issue(&mut admin, holders, threshold, allow_weak)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{says}: {refused:?}");
+        assert!(
+            refused.message().starts_with(says),
+            "{says}: {}",
+            refused.message()
+        );
+        assert!(!refused.message().contains(&*keys[2].to_hex()));
+    }
+    assert_eq!(
+        audit_count(db, &data).await,
+        before,
+        "a refused request is not audited"
+    );
+    // A weak setup, allowed.
+    let solo = issue(
+        &mut admin,
+        vec![holder("solo", &five[0].public_key)],
+        1,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(recovered_root(&solo, &keys, &[0]).unwrap(), root);
+
+    // `kss backup issue` through the admin socket (the CLI's mirror).
+    let prefix = data.dir.path().join("cli-admin");
+    data.kss_ok(&[
+        "admin-key",
+        "generate",
+        "--out",
+        path_of(&prefix),
+        "--name",
+        "from-file",
+    ]);
+    let out = data.dir.path().join("cli-backup.json");
+    let cli = data.kss_ok(&[
+        "backup",
+        "issue",
+        "--holder",
+        &format!("from-flag={}", five[1].public_key),
+        "--admin-key",
+        &format!("{}.pub", path_of(&prefix)),
+        "--threshold",
+        "1",
+        "--allow-weak",
+        "-o",
+        path_of(&out),
+    ]);
+    assert!(cli.contains(&id.to_string()), "{cli}");
+    let refused = data.kss(&[
+        "backup",
+        "issue",
+        "--holder",
+        &format!("a={}", five[1].public_key),
+        "--threshold",
+        "1",
+        "-o",
+        path_of(&data.dir.path().join("weak.json")),
+    ]);
+    assert!(!refused.status.success());
+    assert!(common::text(&refused.stderr).contains("refusing a weak backup key"));
+    assert!(!data.dir.path().join("weak.json").exists());
+    let approval = data.dir.path().join("cli.approval");
+    data.kss_ok(&[
+        "backup",
+        "approve",
+        "--backup",
+        path_of(&out),
+        "--admin-key",
+        &format!("{}.key", path_of(&prefix)),
+        "--out",
+        path_of(&approval),
+    ]);
+    assert!(server.terminate());
+
+    // The audit: one record per key issued, with the actor, names and threshold, never
+    // the key.
+    let records = match db {
+        Some(db) => {
+            let store = kss_store::MysqlStore::connect(kss_store::parse_db_uri(db).unwrap())
+                .await
+                .unwrap();
+            let r = audit_of(&store, "backup_key_issue").await;
+            store.close().await;
+            r
+        }
+        None => {
+            let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+                .await
+                .unwrap();
+            let r = audit_of(&store, "backup_key_issue").await;
+            store.close().await;
+            r
+        }
+    };
+    assert_eq!(records.len(), 4, "{records:?}");
+    let actors: Vec<&str> = records
+        .iter()
+        .map(|r| r.record.actor.as_deref().unwrap())
+        .collect();
+    assert!(
+        actors[..3]
+            .iter()
+            .all(|a| a.starts_with("tls:") && a.contains("kss-operator")),
+        "{actors:?}"
+    );
+    assert!(
+        actors[3].starts_with("uid:") && actors[3].ends_with("socket"),
+        "{actors:?}"
+    );
+    let meta: serde_json::Value = serde_json::from_str(&records[1].record.meta).unwrap();
+    assert_eq!(meta["threshold"], 4);
+    assert_eq!(meta["holders"].as_array().unwrap().len(), 7);
+    assert_eq!(meta["holders"][6], "holder-6");
+    let cli_meta: serde_json::Value = serde_json::from_str(&records[3].record.meta).unwrap();
+    assert_eq!(
+        cli_meta["holders"],
+        serde_json::json!(["from-flag", "from-file"])
+    );
+    for r in &records {
+        assert!(
+            !r.record.meta.contains("root_ciphertext")
+                && !r.record.meta.contains("encrypted_share")
+        );
+    }
+
+    // The CLI's backup key restores the same keyserver into an empty database.
+    let restored = DataDir::new();
+    let printed = restored.kss_ok(&[
+        "recovery-ingest-key",
+        path_of(&out),
+        "--approval",
+        path_of(&approval),
+    ]);
+    assert_eq!(printed.trim(), id.to_string());
+    let store = kss_store::SqliteStore::open(&restored.path().join("kss.db"))
+        .await
+        .unwrap();
+    let row = store.identity().await.unwrap().unwrap();
+    store.close().await;
+    let restored_master = MasterKey::from_hex(
+        std::fs::read_to_string(restored.path().join("master.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let sealed = kss_server::identity::sealed_of(&row).unwrap();
+    assert_eq!(sealed.keyserver_id, id);
+    assert_eq!(sealed.open(&restored_master).unwrap().expose_bytes(), &root);
+}
+
+/// How many audit records the keyserver's database holds.
+async fn audit_count(db: Option<&str>, data: &DataDir) -> usize {
+    let filter = kss_store::AuditFilter {
+        limit: 100_000,
+        ..Default::default()
+    };
+    match db {
+        Some(db) => {
+            let store = kss_store::MysqlStore::connect(kss_store::parse_db_uri(db).unwrap())
+                .await
+                .unwrap();
+            let n = store.audit(&filter).await.unwrap().len();
+            store.close().await;
+            n
+        }
+        None => {
+            // The server holds the SQLite database: read through a second connection.
+            let store = kss_store::SqliteStore::open(&data.path().join("kss.db"))
+                .await
+                .unwrap();
+            let n = store.audit(&filter).await.unwrap().len();
+            store.close().await;
+            n
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_backup_key_on_sqlite() {
+    issue_backup_keys(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_backup_key_on_mariadb() {
+    let Some((db, name)) = common::fresh_database().await else {
+        return;
+    };
+    issue_backup_keys(Some(&db)).await;
+    common::drop_database(&name).await;
 }
 
 /// Cluster mode, as the operator runs it: every pod pinned by `KSS_KEYSERVER_ID`. The
