@@ -123,6 +123,12 @@ impl RowChecker {
     }
 }
 
+/// Whether a profile row verifies (no reporting).
+pub fn profile_verifies(key: &RowKey, row: &Profile) -> bool {
+    key.verify(PROFILES, &refs(&profile_fields(row)), &row.mac)
+        .is_ok()
+}
+
 /// Whether a policy version row verifies (no reporting).
 pub fn policy_verifies(key: &RowKey, row: &PolicyVersion) -> bool {
     let fields = policy_fields(row.version, &row.text, &row.sha256, row.loaded_at_ms);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use kss_crypto::ids::KeyserverId;
 
 use crate::reloading_tls::{ReloadingTls, TlsFiles};
 
@@ -46,6 +47,24 @@ pub struct PodArgs {
         conflicts_with = "dev"
     )]
     pub bootstrap_identity: Option<PathBuf>,
+    /// The only keyserver this instance serves (32 lower-case hex characters, the
+    /// canonical form): a database holding another one, or an empty database and a
+    /// bootstrap identity of another one, is refused (IdentityMismatch) and nothing is
+    /// written. Same refusing mode as --bootstrap-identity.
+    #[arg(
+        long,
+        env = "KSS_KEYSERVER_ID",
+        value_name = "ID",
+        value_parser = parse_keyserver_id,
+        conflicts_with = "dev"
+    )]
+    pub keyserver_id: Option<KeyserverId>,
+}
+
+/// A keyserver ID in its one canonical form (what `kss create` prints).
+fn parse_keyserver_id(text: &str) -> Result<KeyserverId, String> {
+    text.parse()
+        .map_err(|e: kss_crypto::CryptoError| e.to_string())
 }
 
 /// The admin listener's address and TLS: mutual TLS, a client certificate chaining to

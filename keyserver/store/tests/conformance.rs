@@ -149,6 +149,7 @@ macro_rules! conformance {
 
 conformance!(
     identity_is_created_once,
+    identity_reseal_races_one_winner,
     state_defaults_and_enabled,
     policy_versions,
     policy_versions_concurrent,
@@ -721,6 +722,61 @@ async fn identity_is_created_once(s: Arc<dyn Store>) {
     assert_eq!(
         (now.keyserver_id, now.sealed_root, now.created_at_ms),
         (id.keyserver_id, resealed, 42)
+    );
+}
+
+/// Instances resealing the same stored identity at once (after a lost master key, each
+/// with its own new seal): exactly one swap lands, the others change nothing, and what is
+/// stored is the winner's seal; its stale old value then changes nothing either.
+async fn identity_reseal_races_one_winner(s: Arc<dyn Store>) {
+    let id = Identity {
+        keyserver_id: "0123456789abcdef0123456789abcdef".into(),
+        sealed_root: vec![7; 80],
+        created_at_ms: 42,
+    };
+    s.create_identity(&id).await.unwrap();
+    let racers: Vec<_> = (0u8..8)
+        .map(|i| {
+            let (s, id) = (Arc::clone(&s), id.clone());
+            tokio::spawn(async move {
+                let new = vec![100 + i; 80];
+                let won = s
+                    .reseal_identity(&id.keyserver_id, &id.sealed_root, &new)
+                    .await
+                    .unwrap();
+                (won, new)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (won, new) = racer.await.unwrap();
+        if won {
+            winners.push(new);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one reseal swaps");
+    let stored = s.identity().await.unwrap().unwrap();
+    assert_eq!(stored.sealed_root, winners[0]);
+    assert_eq!(
+        (stored.keyserver_id.as_str(), stored.created_at_ms),
+        (id.keyserver_id.as_str(), 42)
+    );
+    // A racer that read the old row late: its old value is stale, nothing changes.
+    assert!(
+        !s.reseal_identity(&id.keyserver_id, &id.sealed_root, &[1; 80])
+            .await
+            .unwrap()
+    );
+    // The winner's seal is the one to swap from now.
+    assert!(
+        s.reseal_identity(&id.keyserver_id, &winners[0], &[2; 80])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.identity().await.unwrap().unwrap().sealed_root,
+        vec![2; 80]
     );
 }
 

@@ -2,7 +2,7 @@
 //! listeners), [`Daemon::serve`] (the identity, then the workstation API until the
 //! signal), and one way down, [`Daemon::stop`], whatever ended it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -203,27 +203,29 @@ impl Daemon {
         }
     }
 
-    /// The identity to serve: the stored one, or with `--bootstrap-identity` the one that
-    /// checks out. `None`: stopped while refusing.
+    /// The identity to serve: the stored one, or with `--bootstrap-identity` or
+    /// `--keyserver-id` the one that checks out. `None`: stopped while refusing.
     async fn identity(&self) -> Result<Option<KeyserverIdentity>> {
-        match self.args.pod.bootstrap_identity.as_deref() {
-            Some(bootstrap) => {
-                wait_for_identity(
-                    self.store.as_ref(),
-                    &self.data_dir,
-                    bootstrap,
-                    &self.listeners.admin_mode,
-                    &self.shutdown,
-                )
+        let pod = &self.args.pod;
+        if pod.bootstrap_identity.is_none() && pod.keyserver_id.is_none() {
+            let master = self.data_dir.read_master_key()?;
+            return KeyserverIdentity::load(self.store.as_ref(), &master)
                 .await
-            }
-            None => {
-                let master = self.data_dir.read_master_key()?;
-                KeyserverIdentity::load(self.store.as_ref(), &master)
-                    .await
-                    .map(Some)
-            }
+                .map(Some);
         }
+        let configured = bootstrap::Configured {
+            bootstrap: pod.bootstrap_identity.as_deref(),
+            pin: pod.keyserver_id,
+            instance_id: &self.info.name,
+        };
+        wait_for_identity(
+            self.store.as_ref(),
+            &self.data_dir,
+            configured,
+            &self.listeners.admin_mode,
+            &self.shutdown,
+        )
+        .await
     }
 
     /// Prepares the database for `identity` (legacy rows' MACs, the audit chain), starts
@@ -453,15 +455,19 @@ impl Serving {
     }
 }
 
-/// With --bootstrap-identity: checks (and bootstraps) the identity; while this instance
+/// With --bootstrap-identity or --keyserver-id: checks (and bootstraps or reseals) the
+/// identity; while this instance
 /// must refuse to serve, says why on the admin API and in the log, and checks again every
 /// [`RECHECK_INTERVAL`]. `None`: stopped (SIGTERM) while refusing. An error: the first
 /// check could not be made.
-#[instrument(skip_all, fields(bootstrap_identity = %bootstrap.display()))]
+#[instrument(skip_all, fields(
+    bootstrap_identity = ?configured.bootstrap,
+    keyserver_id = ?configured.pin.map(|id| id.to_string()),
+))]
 async fn wait_for_identity(
     store: &dyn Store,
     data_dir: &DataDir,
-    bootstrap: &Path,
+    configured: bootstrap::Configured<'_>,
     admin_mode: &watch::Sender<AdminMode>,
     shutdown: &Shutdown,
 ) -> Result<Option<KeyserverIdentity>> {
@@ -469,7 +475,7 @@ async fn wait_for_identity(
     tokio::pin!(stopped);
     let mut refused = false;
     loop {
-        match bootstrap::check(store, data_dir, bootstrap).await {
+        match bootstrap::check(store, data_dir, configured).await {
             Ok(Checked::Serve(identity)) => {
                 if refused {
                     info!(keyserver_id = %identity.id, "the identity checks out now: serving");
