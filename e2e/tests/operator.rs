@@ -1333,6 +1333,25 @@ fn approvals_yaml(
     Ok(approvals)
 }
 
+/// Deletes a guarded Secret as an administrator in the break-glass group (the admission
+/// policy denies it to everyone else but the operator).
+fn break_glass_delete(ns: &str, secret: &str) -> Result<()> {
+    ok(&mut kubectl(&[
+        "delete",
+        "secret",
+        secret,
+        "-n",
+        ns,
+        "--as",
+        "e2e-incident",
+        "--as-group",
+        "kss:break-glass",
+        "--as-group",
+        "system:masters",
+    ]))?;
+    Ok(())
+}
+
 /// Asks for recovery `id` with the approvals in Secret `secret`.
 async fn request_recovery(scene: &Scene, cluster: &str, id: &str, secret: &str) -> Result<()> {
     scene
@@ -1521,10 +1540,7 @@ async fn lost_master_key(scene: &mut Scene) -> Result<()> {
 
     // The master key is lost.
     let old_master = scene.secret_text("vault-master-key", "master.key").await?;
-    scene
-        .secrets()
-        .delete("vault-master-key", &DeleteParams::default())
-        .await?;
+    break_glass_delete(ns, "vault-master-key")?;
     harness::poll("a new master key", WAIT, || async {
         Ok::<bool, kss_e2e::Error>(
             scene
@@ -1611,10 +1627,7 @@ async fn holders_change(scene: &mut Scene) -> Result<()> {
     let first = scene
         .secret_text("vault-backup-key", "backup-key.json")
         .await?;
-    scene
-        .secrets()
-        .delete("vault-backup-key", &DeleteParams::default())
-        .await?;
+    break_glass_delete(ns, "vault-backup-key")?;
     harness::poll("backup key re-issued", WAIT, || async {
         Ok::<bool, kss_e2e::Error>(
             scene

@@ -92,7 +92,8 @@ the release namespace.
 
 {{/*
 The operator's rules (identical to manifests/install/20-rbac.yaml's ClusterRole): it
-reads its resources and writes only their status; it creates and patches what it owns
+reads its resources and writes only their status and, once, the pinned
+spec.bootstrap.keyserverId; it creates and patches what it owns
 (Secrets, Services, StatefulSets, PodDisruptionBudgets); it deletes only Secrets (the
 transient bootstrap identity); it reads pods (their IPs) and records Events.
 */}}

@@ -143,7 +143,14 @@ pub async fn reconcile(
     let created = performed
         .iter()
         .any(|s| matches!(s, Step::DeriveBackup | Step::IssueBackup(_)));
-    let backup = backup_report(names, cluster, &seen, created);
+    let mut backup = backup_report(names, cluster, &seen, created);
+    // A backup key the lifecycle refuses (another keyserver's, another cluster's) is not
+    // this cluster's backup key, whatever it holds.
+    if let IdentityState::Failed { reason, message } = &standing.identity
+        && reason == reasons::BACKUP_KEY_INVALID
+    {
+        backup = Err((reason.clone(), message.clone()));
+    }
     Ok(Outcome {
         standing,
         pinned,
