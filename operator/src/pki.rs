@@ -227,6 +227,11 @@ impl Ca {
         })
     }
 
+    /// The certificates clients of this CA's leaves trust (PEM).
+    pub fn trust_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
     /// The same CA issuing leaf certificates valid for `validity`.
     pub fn with_leaf_validity(mut self, validity: Duration) -> Self {
         self.leaf_validity = validity;

@@ -1,5 +1,6 @@
 //! One reconcile of each resource kind, and what they share.
 
+mod certificates;
 pub mod cluster;
 mod identity;
 pub mod policy;
