@@ -106,8 +106,9 @@ struct RunArgs {
     /// How long the Lease lasts without renewal (seconds).
     #[arg(long, default_value_t = 15)]
     lease_duration_secs: u64,
-    /// Validity of a new cluster CA, from its issue (seconds; default 10 years). The CA is
-    /// not renewed automatically: TLSReady turns False (CaExpiring) in its last third.
+    /// Validity of a new cluster CA, from its issue (seconds; default 10 years). At two
+    /// thirds of its life a successor joins the trust bundle; the leaves move to it a
+    /// sixth of the life later (README: CA rotation).
     #[arg(long, env = "KSS_CA_VALIDITY_SECS", default_value_t = pki::DEFAULT_CA_VALIDITY_SECS)]
     ca_validity_secs: u64,
     /// Validity of the leaf certificates (workstation, admin API, operator client), from

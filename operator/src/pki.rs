@@ -15,6 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+pub mod rotation;
+
 /// Default validity of a cluster's CA: 10 years.
 pub const DEFAULT_CA_VALIDITY_SECS: u64 = 3650 * 24 * 3600;
 /// Default validity of the leaf certificates (workstation, admin API, operator client):
@@ -113,6 +115,36 @@ pub struct CertInfo {
     pub serial: String,
     /// Its DNS names and IP addresses (subject alternative names).
     pub names: BTreeSet<String>,
+    /// Its subject key identifier (hex), if it carries one.
+    pub key_id: Option<String>,
+    /// The key identifier of the CA that signed it (hex), if it carries one.
+    pub authority_key_id: Option<String>,
+}
+
+/// Parses every certificate of a PEM text (a trust bundle), in order; at least one.
+pub fn inspect_bundle(pem: &str) -> Result<Vec<CertInfo>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|der| {
+            der.map_err(|e| Error::Pki(format!("not a PEM certificate: {e}")))
+                .and_then(|der| inspect_der(der.as_ref()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if certs.is_empty() {
+        return Err(Error::Pki("no certificate in the bundle".to_string()));
+    }
+    Ok(certs)
+}
+
+/// A trust bundle: the certificates' PEM texts, one after the other.
+pub fn bundle<'a>(pems: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for pem in pems {
+        out.push_str(pem.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Parses the first certificate of a PEM text.
@@ -129,6 +161,19 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| Error::Pki(format!("unreadable certificate: {e}")))?;
     let validity = cert.validity();
+    let mut key_id = None;
+    let mut authority_key_id = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                key_id = Some(hex::encode(id.0));
+            }
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                authority_key_id = aki.key_identifier.as_ref().map(|id| hex::encode(id.0));
+            }
+            _ => {}
+        }
+    }
     let mut names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -155,6 +200,8 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
         not_after: validity.not_after.timestamp(),
         serial: cert.raw_serial_as_string(),
         names,
+        key_id,
+        authority_key_id,
     })
 }
 
@@ -213,6 +260,12 @@ pub fn new_ca(cluster: &str, validity: Duration) -> Result<CertPem> {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
+    /// Its notAfter: no leaf it issues outlives it.
+    not_after: i64,
+    /// Its subject key identifier (hex).
+    key_id: Option<String>,
+    /// What clients of its leaves trust: this CA, and during a rotation the other one.
+    trust_pem: String,
     /// Validity of the leaf certificates it issues.
     leaf_validity: Duration,
 }
@@ -220,16 +273,32 @@ pub struct Ca {
 impl Ca {
     pub fn load(cluster: &str, cert_pem: &str, key_pem: &str) -> Result<Self> {
         let key = KeyPair::from_pem(key_pem).map_err(pki_err)?;
+        let info = inspect(cert_pem)?;
         Ok(Ca {
             issuer: Issuer::new(ca_params(cluster)?, key),
             cert_pem: cert_pem.to_string(),
+            not_after: info.not_after,
+            key_id: info.key_id,
+            trust_pem: cert_pem.to_string(),
             leaf_validity: Duration::from_secs(DEFAULT_LEAF_VALIDITY_SECS),
         })
     }
 
-    /// The certificates clients of this CA's leaves trust (PEM).
+    /// The certificates clients of this CA's leaves trust (PEM): by default this CA.
     pub fn trust_pem(&self) -> &str {
-        &self.cert_pem
+        &self.trust_pem
+    }
+
+    /// Whether this CA signed `leaf`, by key identifier: `None` when the leaf names no
+    /// issuing key (issued before leaves carried one) or the CA carries no identifier.
+    pub fn signed(&self, leaf: &CertInfo) -> Option<bool> {
+        Some(leaf.authority_key_id.as_ref()? == self.key_id.as_ref()?)
+    }
+
+    /// The same CA, its leaves' clients trusting `bundle` (which holds it).
+    pub fn with_trust(mut self, bundle: String) -> Self {
+        self.trust_pem = bundle;
+        self
     }
 
     /// The same CA issuing leaf certificates valid for `validity`.
@@ -250,7 +319,13 @@ impl Ca {
             .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        (params.not_before, params.not_after) = window(unix_now(), self.leaf_validity)?;
+        // Names its CA by key: CAs of one cluster share their subject.
+        params.use_authority_key_identifier_extension = true;
+        let now = unix_now();
+        // Never past the CA's own end (a leaf renewed late in the CA's life is shorter).
+        let left = u64::try_from(self.not_after.saturating_sub(now)).unwrap_or(0);
+        (params.not_before, params.not_after) =
+            window(now, self.leaf_validity.min(Duration::from_secs(left)))?;
         let key = KeyPair::generate().map_err(pki_err)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(pki_err)?;
         Ok(CertPem {
@@ -386,6 +461,106 @@ mod tests {
         assert_eq!(ia.names, name_set(&names));
         assert!(ia.names.contains("2001:db8::1"), "{:?}", ia.names);
         assert!(inspect("not a certificate").is_err());
+    }
+
+    fn verifier(bundle: &str) -> std::sync::Arc<rustls::client::WebPkiServerVerifier> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+            roots.add(der.expect("pem")).expect("root");
+        }
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier")
+    }
+
+    #[test]
+    fn a_bundle_of_two_cas_of_one_subject_verifies_the_leaves_of_either() {
+        let old_pem = new_ca("demo", Duration::from_secs(3600)).expect("ca");
+        let new_pem = new_ca("demo", Duration::from_secs(3600)).expect("ca");
+        let old = Ca::load("demo", &old_pem.cert, &old_pem.key).expect("load");
+        let new = Ca::load("demo", &new_pem.cert, &new_pem.key).expect("load");
+        let both = bundle([old_pem.cert.as_str(), new_pem.cert.as_str()]);
+        let only_old = bundle([old_pem.cert.as_str()]);
+        let name =
+            rustls::pki_types::ServerName::try_from(admin_server_name("demo", "ns")).expect("name");
+        let verify = |bundle: &str, leaf: &CertPem| {
+            verifier(bundle).verify_server_cert(
+                &rustls_pemfile_der(&leaf.cert),
+                &[],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+        };
+        let old_leaf = old
+            .server("kss", service_names("demo", "ns"))
+            .expect("leaf");
+        let new_leaf = new
+            .server("kss", service_names("demo", "ns"))
+            .expect("leaf");
+        verify(&both, &old_leaf).expect("the old CA's leaf verifies against the bundle");
+        verify(&both, &new_leaf).expect("the new CA's leaf verifies against the bundle");
+        verify(&only_old, &old_leaf).expect("old leaf, old CA");
+        assert!(
+            verify(&only_old, &new_leaf).is_err(),
+            "a client trusting only the old CA refuses the new CA's leaf"
+        );
+        // Each leaf names its CA by key: the subjects are the same.
+        let (oi, ni) = (
+            inspect(&old_leaf.cert).expect("old"),
+            inspect(&new_leaf.cert).expect("new"),
+        );
+        assert_eq!(old.signed(&oi), Some(true));
+        assert_eq!(old.signed(&ni), Some(false));
+        assert_eq!(new.signed(&ni), Some(true));
+        let unnamed = CertInfo {
+            authority_key_id: None,
+            ..ni.clone()
+        };
+        assert_eq!(new.signed(&unnamed), None);
+    }
+
+    #[test]
+    fn a_bundle_is_parsed_in_order_and_never_empty() {
+        let a = new_ca("demo", Duration::from_secs(100)).expect("ca");
+        let b = new_ca("demo", Duration::from_secs(200)).expect("ca");
+        let text = bundle([a.cert.as_str(), b.cert.as_str()]);
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+        assert!(!text.contains("PRIVATE KEY"));
+        let certs = inspect_bundle(&text).expect("bundle");
+        let lives: Vec<i64> = certs.iter().map(|c| c.not_after - c.not_before).collect();
+        assert_eq!(lives, vec![100, 200]);
+        assert!(certs.iter().all(|c| c.key_id.is_some()));
+        assert_ne!(certs[0].key_id, certs[1].key_id);
+        // One certificate is a bundle too; the bundle of a bundle is the same text.
+        assert_eq!(inspect_bundle(&a.cert).expect("one").len(), 1);
+        assert_eq!(bundle([text.as_str()]), text);
+        assert!(inspect_bundle("").is_err());
+        assert!(inspect_bundle("no PEM here").is_err());
+        let broken = format!(
+            "{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            a.cert
+        );
+        assert!(
+            inspect_bundle(&broken).is_err(),
+            "one bad certificate spoils the bundle"
+        );
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_ca() {
+        let ca_pem = new_ca("demo", Duration::from_secs(50)).expect("ca");
+        let ca = Ca::load("demo", &ca_pem.cert, &ca_pem.key)
+            .expect("load")
+            .with_leaf_validity(Duration::from_secs(90));
+        let leaf = inspect(&ca.operator_client().expect("leaf").cert).expect("leaf");
+        let ca_info = inspect(&ca_pem.cert).expect("ca");
+        assert_eq!(leaf.not_after, ca_info.not_after);
+        assert!(leaf.not_after - leaf.not_before <= 50);
     }
 
     use rustls::client::danger::ServerCertVerifier;

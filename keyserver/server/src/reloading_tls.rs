@@ -374,6 +374,122 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &tls.config()));
     }
 
+    /// A client CA of one subject ("kss demo CA"), as the operator makes each CA of a
+    /// cluster, and a client certificate it issued.
+    fn client_ca() -> (
+        String,
+        rustls::pki_types::CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+    ) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "kss");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kss demo CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "kss-operator");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        leaf.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &ca).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+        (ca.pem(), cert.der().clone(), key)
+    }
+
+    /// A TLS handshake in memory between the listener's configuration and a client that
+    /// trusts `server_ca` and presents `client`.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        server_ca: &Path,
+        client: (CertificateDer<'static>, PrivateKeyDer<'static>),
+    ) -> std::result::Result<(), rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(server_ca).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client.0], client.1)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not end");
+    }
+
+    /// During a CA rotation the client CA file is a bundle of two CAs with the same
+    /// subject: clients of either are accepted, of neither refused; a reload that drops
+    /// one refuses its clients from then on.
+    #[test]
+    fn a_client_ca_bundle_accepts_clients_of_each_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = issue(dir.path(), "live");
+        // The server's own CA, kept aside: the client CA file is replaced below.
+        let server_ca = dir.path().join("server-ca.pem");
+        std::fs::copy(live.client_ca.as_ref().unwrap(), &server_ca).unwrap();
+        let (old_ca, old_cert, old_key) = client_ca();
+        let (new_ca, new_cert, new_key) = client_ca();
+        let (_, stranger_cert, stranger_key) = client_ca();
+        let client_ca_file = live.client_ca.clone().unwrap();
+        std::fs::write(&client_ca_file, format!("{old_ca}{new_ca}")).unwrap();
+        let tls = ReloadingTls::load("admin", live.clone()).unwrap();
+        let config = tls.config();
+        handshake(
+            config.clone(),
+            &server_ca,
+            (old_cert.clone(), old_key.clone_key()),
+        )
+        .expect("a client of the old CA");
+        handshake(
+            config.clone(),
+            &server_ca,
+            (new_cert.clone(), new_key.clone_key()),
+        )
+        .expect("a client of the new CA");
+        assert!(
+            handshake(config, &server_ca, (stranger_cert, stranger_key)).is_err(),
+            "a client of another CA with the same subject"
+        );
+
+        // The old CA leaves the bundle: reloaded, its clients are refused.
+        std::fs::write(&client_ca_file, &new_ca).unwrap();
+        assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
+        let config = tls.config();
+        handshake(config.clone(), &server_ca, (new_cert, new_key)).expect("new CA");
+        assert!(handshake(config, &server_ca, (old_cert, old_key)).is_err());
+    }
+
     #[test]
     fn the_expiry_of_the_certificate_in_use_is_known() {
         use rcgen::{CertificateParams, KeyPair};

@@ -607,6 +607,64 @@ pub struct TlsStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub certificates: Vec<CertificateStatus>,
+    /// The CAs in the trust bundle (the `ca.crt` of the operator's certificate Secrets,
+    /// what workstations and the admin API trust): one, two during a CA rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["serial"]))]
+    pub trust_bundle: Vec<TrustedCa>,
+    /// Where the rotation of the cluster CA stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotationStatus>,
+}
+
+/// One CA of the trust bundle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedCa {
+    /// Its serial number (hex).
+    pub serial: String,
+    /// `Issuing` (signs the leaves), `Next` (trusted, signs once the leaves move) or
+    /// `Previous` (trusted until it expires or its last leaf does).
+    pub role: CaRole,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+/// What a CA of the bundle does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CaRole {
+    #[default]
+    Issuing,
+    Next,
+    Previous,
+}
+
+/// The CA rotation: at two thirds of the CA's life a new CA joins the bundle
+/// (`Overlap`); a sixth of the life later, once every pod trusts it, the leaves move to it
+/// (`LeavesMoved`); the old CA leaves the bundle when it or its last leaf expires
+/// (`Stable` again).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotationStatus {
+    pub stage: CaRotationStage,
+    /// When the next step is due (RFC 3339): the next rotation (`Stable`), the leaves'
+    /// move (`Overlap`), the old CA's removal (`LeavesMoved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+}
+
+/// Stage of a CA rotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CaRotationStage {
+    /// One CA.
+    #[default]
+    Stable,
+    /// A new CA is trusted; the old one still signs the leaves.
+    Overlap,
+    /// The new CA signs the leaves; the old one is still trusted.
+    LeavesMoved,
 }
 
 /// One certificate's validity.
@@ -624,8 +682,9 @@ pub struct CertificateStatus {
     pub not_before: String,
     /// RFC 3339.
     pub not_after: String,
-    /// Two thirds into its life (RFC 3339): when the operator renews it. Absent for a
-    /// certificate it does not renew (the CA, a Secret named in `spec.tls`).
+    /// Two thirds into its life (RFC 3339): when the operator renews it (for the CA: when
+    /// its successor is made). Absent for a certificate it does not renew (a Secret named
+    /// in `spec.tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<String>,
 }

@@ -101,7 +101,8 @@ pub mod reasons {
     pub const CERTIFICATE_RENEWING: &str = "CertificateRenewing";
     pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
     pub const CERTIFICATE_EXPIRED: &str = "CertificateExpired";
-    pub const CA_EXPIRING: &str = "CaExpiring";
+    /// The leaves' move to a new CA waits for pods that do not trust it yet.
+    pub const CA_ROTATION_STALLED: &str = "CaRotationStalled";
 
     /// The `IdentityReady` reason of an instance's typed refusal: the words the README's
     /// troubleshooting table explains. A bootstrap identity the master key cannot open is

@@ -453,7 +453,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     };
     let (mut conditions, phase) = status::compute(&observed, &previous.conditions, &now);
     let (tls_status, (tls_ok, tls_reason, tls_message), renewal_in) =
-        tls_report(&certs_seen, ctx.validity, pki::unix_now());
+        tls_report(&certs_seen, pki::unix_now());
     let (tls_ok, tls_reason, tls_message) = match &observed.blocker {
         Some((reason, message)) if reason == reasons::TLS_SECRET_INVALID => {
             (false, reasons::TLS_SECRET_INVALID, message.clone())
