@@ -2164,3 +2164,283 @@ async fn leaf_renewal(scene: &mut Scene) -> Result<()> {
     ensure!(s == "True", "TLSReady {s} {reason}: {message}");
     Ok(())
 }
+
+// The operator runs with a 120-second CA and 60-second leaves (`--ca-validity-secs`,
+// `--leaf-validity-secs`): at two thirds of the CA's life (80 s) a new CA joins the trust
+// bundle (the `ca.crt` of `<name>-tls` and `<name>-admin-tls`); a sixth of its life later
+// (20 s), once the keyserver accepts client certificates of the new CA, the leaves move to
+// it; the old CA leaves the bundle when it expires (120 s). A workstation that refreshed
+// its trust from the bundle during the overlap keeps decrypting, with no keyserver
+// restart; one that trusts only the old CA is refused once the leaves moved (expected:
+// the README tells workstation operators to refresh within the overlap). The operator's
+// admin calls keep working (a new policy version is stored after the move).
+scene_test!(
+    the_ca_is_rotated_with_an_overlap_and_refreshed_workstations_keep_decrypting,
+    "carotate",
+    ca_rotation
+);
+
+/// The certificates of a PEM bundle.
+fn pem_count(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+/// The CA rotation stage and the serials of the trust bundle in `status.tls`.
+fn ca_rotation_of(
+    c: &KeyShardCluster,
+) -> (
+    Option<kss_operator::crd::cluster::CaRotationStage>,
+    Vec<String>,
+) {
+    let tls = status(c).tls.unwrap_or_default();
+    (
+        tls.ca_rotation.map(|r| r.stage),
+        tls.trust_bundle.into_iter().map(|c| c.serial).collect(),
+    )
+}
+
+/// [`Scene::wait_cluster`] with its own deadline.
+async fn wait_cluster_within(
+    scene: &Scene,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&KeyShardCluster) -> bool,
+) -> Result<KeyShardCluster> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let cluster = scene.clusters().get_opt(name).await?;
+        if let Some(c) = cluster.as_ref().filter(|c| pred(c)) {
+            return Ok(c.clone());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = scene.operator.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            bail!(
+                "timed out waiting for {name}: {what}\nstatus: {}\noperator log (newest first):\n{}",
+                serde_json::to_string_pretty(&cluster.and_then(|c| c.status)).unwrap_or_default(),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn ca_rotation(scene: &mut Scene) -> Result<()> {
+    use kss_operator::crd::cluster::CaRotationStage;
+    scene.operator.kill();
+    scene.operator = Operator::start_with(
+        scene.dir.path(),
+        &scene.ns,
+        &format!("kss-op-{}", scene.ns),
+        "op-a",
+        &["--ca-validity-secs", "120", "--leaf-validity-secs", "60"],
+    )?;
+    let ns = scene.ns.clone();
+    apply_ok(&ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        &ns,
+        "apiVersion: kss.dev/v1alpha1\nkind: KeyShardCluster\nmetadata:\n  name: rot\nspec:\n  mode: Standalone\n  policyRef: {name: p}\n  backup:\n    ignoreSecurityChecks: true\n",
+    )?;
+    let cluster = scene.wait_ready("rot").await?;
+    let started = std::time::Instant::now();
+    let id = status(&cluster).keyserver_id.context("keyserver ID")?;
+    let first_ca = scene.secret_text("rot-ca", "ca.crt").await?;
+    let first_ca_key = scene.secret_text("rot-ca", "ca.key").await?;
+    let first = kss_operator::pki::inspect(&first_ca)?;
+    ensure!(
+        first.not_after - first.not_before == 120,
+        "CA validity {} s",
+        first.not_after - first.not_before
+    );
+    let (stage, bundle) = ca_rotation_of(&cluster);
+    ensure!(
+        stage == Some(CaRotationStage::Stable) && bundle == vec![first.serial.clone()],
+        "before the rotation: {stage:?} {bundle:?}"
+    );
+    let ips = pod_ips(scene, "rot").await?;
+    let ip = ips.first().context("pod IP")?.1.clone();
+    let process = scene.runner.wait_started("rot-0", WAIT).await?;
+    // Onboarded with the bundle of one CA; this copy of it is never refreshed.
+    let stale = Workstation::onboard(scene, "rot", &id, &ip, None).await?;
+    stale.decrypts(&ip, false)?;
+
+    // Overlap: both CAs trusted, the leaves still the old CA's.
+    let c = wait_cluster_within(
+        scene,
+        "rot",
+        "CA rotation stage Overlap with two CAs in status.tls",
+        WAIT * 2,
+        |c| {
+            let (stage, bundle) = ca_rotation_of(c);
+            stage == Some(CaRotationStage::Overlap) && bundle.len() == 2
+        },
+    )
+    .await?;
+    let overlap_after = started.elapsed();
+    let (s, reason, message) = condition(&c, "TLSReady").context("TLSReady")?;
+    ensure!(
+        s == "True",
+        "TLSReady during the overlap: {s} {reason}: {message}"
+    );
+    let second_serial = ca_rotation_of(&c).1[1].clone();
+    for secret in ["rot-tls", "rot-admin-tls"] {
+        let pem = scene.secret_text(secret, "ca.crt").await?;
+        ensure!(
+            pem_count(&pem) == 2,
+            "{secret} ca.crt holds {} CAs",
+            pem_count(&pem)
+        );
+        ensure!(!pem.contains("PRIVATE KEY"), "a key in {secret} ca.crt");
+    }
+    // The CA keys stay in the CA Secret, which no pod mounts.
+    let sts: Api<StatefulSet> = Api::namespaced(scene.client.clone(), &ns);
+    let sts = serde_json::to_string(&sts.get("rot").await?.spec)?;
+    ensure!(!sts.contains("rot-ca\""), "a pod mounts the CA Secret");
+    let second_ca_key = scene.secret_text("rot-ca", "next-ca.key").await?;
+    // A workstation refreshes its trust from the published bundle.
+    let fresh = Workstation {
+        ca: scene.file(
+            "rot-bundle.crt",
+            &scene.secret_text("rot-tls", "ca.crt").await?,
+        )?,
+        profile: stale.profile.clone(),
+        server_name: stale.server_name.clone(),
+        ciphertext: stale.ciphertext.clone(),
+        key: stale.key.clone(),
+    };
+    fresh.decrypts(&ip, false)?;
+    stale.decrypts(&ip, false)?;
+
+    // The leaves move to the new CA.
+    let c = wait_cluster_within(scene, "rot", "CA rotation stage LeavesMoved", WAIT, |c| {
+        ca_rotation_of(c).0 == Some(CaRotationStage::LeavesMoved)
+    })
+    .await?;
+    let moved_after = started.elapsed();
+    ensure!(
+        ca_rotation_of(&c).1.len() == 2,
+        "both CAs stay trusted after the move: {:?}",
+        ca_rotation_of(&c).1
+    );
+    let second_ca = scene.secret_text("rot-ca", "ca.crt").await?;
+    let second = kss_operator::pki::inspect(&second_ca)?;
+    ensure!(second.serial == second_serial, "the next CA issues now");
+    // The running keyserver serves a certificate of the new CA (it reloads its files).
+    harness::poll(
+        "the keyserver serves the new CA's certificate",
+        WAIT,
+        || {
+            let served = served_certificate(&ip, &second_ca, &stale.server_name).is_ok();
+            async move { Ok::<bool, kss_e2e::Error>(served) }
+        },
+    )
+    .await?;
+    fresh.decrypts(&ip, false)?;
+    let refused = stale.decrypt(&ip, "public/report.pdf", false)?;
+    ensure!(
+        !refused.status.success(),
+        "a workstation trusting only the old CA still connects after the move"
+    );
+    // The operator's admin calls work with its client certificate of the new CA: a new
+    // policy version is stored and rolled out.
+    apply_ok(&ns, &policy_yaml("p", POLICY_V2))?;
+    let c = wait_cluster_within(
+        scene,
+        "rot",
+        "policy version 2 rolled out after the move",
+        WAIT,
+        |c| all_at(c, 1, 2) && status(c).phase == Some(Phase::Ready),
+    )
+    .await?;
+    ensure!(
+        status(&c).instances.iter().any(|i| i.online),
+        "no instance online in status"
+    );
+    let (s, reason, message) = condition(&c, "TLSReady").context("TLSReady")?;
+    ensure!(
+        s == "True",
+        "TLSReady after the move: {s} {reason}: {message}"
+    );
+
+    // The old CA leaves the bundle at its end.
+    let c = wait_cluster_within(
+        scene,
+        "rot",
+        "CA rotation stage Stable with the new CA alone",
+        WAIT,
+        |c| {
+            let (stage, bundle) = ca_rotation_of(c);
+            stage == Some(CaRotationStage::Stable) && bundle == vec![second.serial.clone()]
+        },
+    )
+    .await?;
+    let removed_after = started.elapsed();
+    let (s, reason, message) = condition(&c, "TLSReady").context("TLSReady")?;
+    ensure!(
+        s == "True",
+        "TLSReady after the rotation: {s} {reason}: {message}"
+    );
+    for secret in ["rot-tls", "rot-admin-tls"] {
+        let pem = scene.secret_text(secret, "ca.crt").await?;
+        let serials: Vec<String> = kss_operator::pki::inspect_bundle(&pem)?
+            .into_iter()
+            .map(|c| c.serial)
+            .collect();
+        ensure!(
+            serials == vec![second.serial.clone()],
+            "{secret} ca.crt: {serials:?}"
+        );
+    }
+    fresh.decrypts(&ip, false)?;
+    let renewed = Workstation {
+        ca: scene.file(
+            "rot-bundle-2.crt",
+            &scene.secret_text("rot-tls", "ca.crt").await?,
+        )?,
+        profile: stale.profile.clone(),
+        server_name: stale.server_name.clone(),
+        ciphertext: stale.ciphertext.clone(),
+        key: stale.key.clone(),
+    };
+    renewed.decrypts(&ip, false)?;
+    let now = scene.runner.wait_started("rot-0", WAIT).await?;
+    ensure!(
+        (now.seq, now.pid) == (process.seq, process.pid),
+        "the keyserver was restarted (process {} → {})",
+        process.pid,
+        now.pid
+    );
+
+    // Events of each step; no CA key in status, Events or logs.
+    let events = ok(&mut kubectl(&["get", "events", "-n", &ns, "-o", "json"]))?;
+    for reason in ["CaRotationStarted", "CaLeavesMoved", "CaRemoved"] {
+        ensure!(events.contains(reason), "no {reason} event");
+    }
+    let status_json = serde_json::to_string(&c.status)?;
+    let keyserver_log = std::fs::read_to_string(&now.log)?;
+    let operator_log = scene.operator.log_text();
+    for key in [&first_ca_key, &second_ca_key] {
+        let line = key.lines().nth(1).unwrap_or_default();
+        ensure!(!line.is_empty(), "a CA key without a body");
+        for (what, haystack) in [
+            ("status", &status_json),
+            ("events", &events),
+            ("operator log", &operator_log),
+            ("keyserver log", &keyserver_log),
+        ] {
+            ensure!(!haystack.contains(line), "a CA key in the {what}");
+        }
+    }
+    ensure!(
+        !operator_log.contains("PRIVATE KEY") && !keyserver_log.contains("PRIVATE KEY"),
+        "key material in a log"
+    );
+    eprintln!(
+        "CA rotation after Ready: overlap at {} s, leaves moved at {} s, old CA removed at {} s",
+        overlap_after.as_secs(),
+        moved_after.as_secs(),
+        removed_after.as_secs()
+    );
+    Ok(())
+}
