@@ -224,8 +224,6 @@ impl Scene {
         Ok(self.clusters().get(name).await?)
     }
 
-    /// Waits until the cluster satisfies `pred`; on timeout reports its status and the
-    /// operator's last log lines.
     /// Waits until cluster `name` has `IdentityReady=False` with `reason`, and checks that
     /// the condition's message names `named` and the phase is Failed.
     async fn wait_identity_refused(&self, name: &str, reason: &str, named: &str) -> Result<()> {
@@ -243,30 +241,15 @@ impl Scene {
         Ok(())
     }
 
+    /// Waits until the cluster satisfies `pred`; on timeout reports its status and the
+    /// operator's last log lines.
     async fn wait_cluster(
         &self,
         name: &str,
         what: &str,
         pred: impl Fn(&KeyShardCluster) -> bool,
     ) -> Result<KeyShardCluster> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let cluster = self.clusters().get_opt(name).await?;
-            if let Some(c) = cluster.as_ref().filter(|c| pred(c)) {
-                return Ok(c.clone());
-            }
-            if tokio::time::Instant::now() > deadline {
-                let log = self.operator.log_text();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                bail!(
-                    "timed out waiting for {name}: {what}\nstatus: {}\noperator log (newest first):\n{}",
-                    serde_json::to_string_pretty(&cluster.and_then(|c| c.status))
-                        .unwrap_or_default(),
-                    tail.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_cluster_within(self, name, what, WAIT, pred).await
     }
 
     async fn wait_ready(&self, name: &str) -> Result<KeyShardCluster> {
