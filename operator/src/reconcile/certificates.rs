@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -222,21 +222,6 @@ async fn patch_ca(
     Ok(())
 }
 
-/// The cluster's pods with an IP, by name.
-async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let list = api
-        .list(&ListParams::default().labels(&desired::selector_string(names)))
-        .await?;
-    let mut pods: Vec<(String, String)> = list
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-        .collect();
-    pods.sort();
-    Ok(pods)
-}
-
 /// Whether the pods accept client certificates of the next CA: a pod that refuses one
 /// but accepts the issuing CA's has not loaded the bundle yet; a pod that answers neither
 /// is down (it reads the current Secrets when it starts) and holds nothing back.
@@ -251,7 +236,7 @@ async fn pod_trust(ctx: &Context, names: &Names, cas: &StoredCas) -> Result<PodT
         Ok(AdminTls::new(&bundle, &client, &server))
     };
     let (next_tls, current_tls) = (tls_of(next)?, tls_of(&cas.current)?);
-    let pods = pods(ctx, names).await?;
+    let pods = super::cluster::pods(ctx, names).await?;
     let answers = join_all(pods.iter().map(|(pod, ip)| {
         let (next_tls, current_tls) = (&next_tls, &current_tls);
         async move {

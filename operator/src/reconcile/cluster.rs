@@ -157,7 +157,7 @@ pub(super) fn retained_owner(
 }
 
 /// The pods of the cluster with an IP, by name.
-async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
+pub(super) async fn pods(ctx: &Context, names: &Names) -> Result<Vec<(String, String)>> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let list = api
         .list(&ListParams::default().labels(&desired::selector_string(names)))
