@@ -1335,6 +1335,21 @@ fn break_glass_delete(ns: &str, secret: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `status.recovery` of `cluster` records recovery `id` as completed.
+async fn wait_recovery_completed(
+    scene: &Scene,
+    cluster: &str,
+    id: &str,
+) -> Result<KeyShardCluster> {
+    scene
+        .wait_cluster(cluster, &format!("recovery {id} completed"), |c| {
+            status(c).recovery.is_some_and(|r| {
+                r.id == id && r.state == kss_operator::crd::cluster::RecoveryState::Completed
+            })
+        })
+        .await
+}
+
 /// Asks for recovery `id` with the approvals in Secret `secret`.
 async fn request_recovery(scene: &Scene, cluster: &str, id: &str, secret: &str) -> Result<()> {
     scene
@@ -1394,14 +1409,7 @@ async fn recovery(scene: &mut Scene) -> Result<()> {
     ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
     // The request is recorded as completed; its approvals (with the backup key, the root
     // secret) are deleted.
-    let c = scene
-        .wait_cluster("vault", "recovery lost-db-1 completed", |c| {
-            status(c).recovery.is_some_and(|r| {
-                r.id == "lost-db-1"
-                    && r.state == kss_operator::crd::cluster::RecoveryState::Completed
-            })
-        })
-        .await?;
+    let c = wait_recovery_completed(scene, "vault", "lost-db-1").await?;
     ensure!(
         condition(&c, "RecoveryRequested").map(|x| (x.0, x.1))
             == Some(("False".into(), "RecoveryCompleted".into())),
@@ -1554,14 +1562,7 @@ async fn lost_master_key(scene: &mut Scene) -> Result<()> {
     request_recovery(scene, "vault", "new-master-1", "approvals").await?;
     let c = scene.wait_ready("vault").await?;
     ensure!(status(&c).keyserver_id.as_deref() == Some(id.as_str()));
-    scene
-        .wait_cluster("vault", "recovery new-master-1 completed", |c| {
-            status(c).recovery.is_some_and(|r| {
-                r.id == "new-master-1"
-                    && r.state == kss_operator::crd::cluster::RecoveryState::Completed
-            })
-        })
-        .await?;
+    wait_recovery_completed(scene, "vault", "new-master-1").await?;
     let db = database_name(&uri).to_string();
     let stored = sql_on(
         &uri,

@@ -124,6 +124,37 @@ pub async fn set_owner(
     Ok(())
 }
 
+/// A merge patch of `secret`: data keys set (`Some`) or removed (`None`), annotations
+/// likewise; refused (409, the caller reconciles again) if the Secret changed since it
+/// was read.
+pub async fn patch_if_unchanged(
+    api: &Api<Secret>,
+    secret: &Secret,
+    data: &[(&str, Option<&str>)],
+    annotations: &[(&str, Option<String>)],
+) -> Result<()> {
+    let data: BTreeMap<&str, Option<ByteString>> = data
+        .iter()
+        .map(|(k, v)| (*k, v.map(|v| ByteString(v.as_bytes().to_vec()))))
+        .collect();
+    let annotations: BTreeMap<&str, Option<&String>> =
+        annotations.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": secret.metadata.resource_version,
+            "annotations": annotations,
+        },
+        "data": data,
+    });
+    api.patch(
+        &secret.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Replaces the data of a Secret the operator renews (a leaf certificate and its key);
 /// every other Secret is written once.
 pub async fn replace_data(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) -> Result<()> {

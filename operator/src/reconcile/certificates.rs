@@ -6,15 +6,11 @@
 //! The rotation is decided by [`pki::rotation::decide`] (pure); this module reads the
 //! Secrets, carries out the step it returns and reports.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
-use serde_json::json;
+use kube::Api;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -192,36 +188,6 @@ impl StoredCas {
     }
 }
 
-/// A merge patch of the CA Secret: data keys set (`Some`) or removed (`None`), and
-/// annotations likewise; refused if the Secret changed since it was read.
-async fn patch_ca(
-    api: &Api<Secret>,
-    secret: &Secret,
-    data: &[(&str, Option<&str>)],
-    notes: &[(&str, Option<String>)],
-) -> Result<()> {
-    let data: BTreeMap<&str, Option<ByteString>> = data
-        .iter()
-        .map(|(k, v)| (*k, v.map(|v| ByteString(v.as_bytes().to_vec()))))
-        .collect();
-    let notes: BTreeMap<&str, Option<&String>> =
-        notes.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": secret.metadata.resource_version,
-            "annotations": notes,
-        },
-        "data": data,
-    });
-    api.patch(
-        &secret.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Whether the pods accept client certificates of the next CA: a pod that refuses one
 /// but accepts the issuing CA's has not loaded the bundle yet; a pod that answers neither
 /// is down (it reads the current Secrets when it starts) and holds nothing back.
@@ -300,7 +266,7 @@ async fn rotate(
         Step::Introduce => {
             let new = pki::new_ca(&names.cluster, ctx.validity.ca)?;
             let info = pki::inspect(&new.cert)?;
-            patch_ca(
+            secrets::patch_if_unchanged(
                 secrets_api,
                 secret,
                 &[
@@ -348,7 +314,7 @@ async fn rotate(
             } else {
                 None
             };
-            patch_ca(
+            secrets::patch_if_unchanged(
                 secrets_api,
                 secret,
                 &[
@@ -383,7 +349,7 @@ async fn rotate(
             .await;
         }
         Step::RemovePrevious => {
-            patch_ca(
+            secrets::patch_if_unchanged(
                 secrets_api,
                 secret,
                 &[(ca_keys::PREVIOUS_CRT, None)],
@@ -408,7 +374,7 @@ async fn rotate(
         Step::Replace => {
             let new = pki::new_ca(&names.cluster, ctx.validity.ca)?;
             let info = pki::inspect(&new.cert)?;
-            patch_ca(
+            secrets::patch_if_unchanged(
                 secrets_api,
                 secret,
                 &[
@@ -610,7 +576,7 @@ pub(super) async fn ensure_pki(
     }
     // Every Secret carries the bundle with the next CA: the overlap counts from now.
     if cas.next.is_some() && cas.published_at.is_none() {
-        patch_ca(
+        secrets::patch_if_unchanged(
             secrets_api,
             &ca_secret,
             &[],

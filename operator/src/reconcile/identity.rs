@@ -104,8 +104,8 @@ pub async fn reconcile(
 
     // Retained Secrets follow spec.backup.retainOnDelete (only this cluster's own).
     let owner = retained_owner(cluster);
-    if let Some(master) = secrets::get(&secrets_api, &names.master_key_secret()).await? {
-        secrets::set_owner(&secrets_api, &master, owner.clone()).await?;
+    if let Some(master) = &seen.master_secret {
+        secrets::set_owner(&secrets_api, master, owner.clone()).await?;
     }
     if let (
         Some(backup),
@@ -163,6 +163,7 @@ pub async fn reconcile(
 /// What one observation read, beside the [`Observation`] itself.
 struct Seen {
     observation: Observation,
+    master_secret: Option<Secret>,
     master_hex: Option<Zeroizing<String>>,
     bootstrap_json: Option<Zeroizing<String>>,
     backup_secret: Option<Secret>,
@@ -260,6 +261,7 @@ async fn observe(
     };
     Ok(Seen {
         observation,
+        master_secret,
         master_hex,
         bootstrap_json,
         backup_secret,
@@ -664,33 +666,22 @@ async fn write_backup(
             let secret = secrets::build(meta, "Opaque", &data);
             secrets::create_if_missing(secrets_api, secret).await?;
         }
+        // Every key written (a generated administrator key of the previous backup key
+        // removed), only if the Secret is still as read. Its cluster label is already
+        // this cluster's: an unmarked Secret is claimed before a backup key is issued.
         Some(secret) => {
-            // Every key written (a generated administrator key of the previous backup key
-            // removed), and only if the Secret is still as read.
-            let mut values = serde_json::Map::new();
-            for (key, value) in &data {
-                let encoded =
-                    serde_json::to_value(k8s_openapi::ByteString(value.as_bytes().to_vec()))
-                        .map_err(|source| Error::Serialize {
-                            what: "the backup-key Secret",
-                            source,
-                        })?;
-                values.insert(key.to_string(), encoded);
-            }
-            if material.generated_admin_key.is_none() {
-                values.insert(keys::ADMIN_KEY.to_string(), serde_json::Value::Null);
-            }
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": secret.metadata.resource_version,
-                    "annotations": { ISSUED: issued },
-                    "labels": { CLUSTER_LABEL: names.cluster },
-                },
-                "data": values,
-            });
-            secrets_api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            let admin = material.generated_admin_key.as_ref().map(|k| k.as_str());
+            secrets::patch_if_unchanged(
+                secrets_api,
+                secret,
+                &[
+                    (keys::BACKUP, Some(material.backup_json.as_str())),
+                    (keys::KEYSERVER_ID, Some(material.keyserver_id.as_str())),
+                    (keys::ADMIN_KEY, admin),
+                ],
+                &[(ISSUED, Some(issued))],
+            )
+            .await?;
         }
     }
     Ok(())
