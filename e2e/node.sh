@@ -248,6 +248,9 @@ evictionHard:
 imageMinimumGCAge: 24h
 serializeImagePulls: false
 localStorageCapacityIsolation: true
+# A changed Secret reaches its pods' volumes at their next sync (default every minute);
+# 10 s keeps the renewal tests short. The keyserver must not care how long it takes.
+syncFrequency: 10s
 EOF
 
   cat >"$d/kube-proxy.yaml" <<EOF

@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# Runs the e2e test suite (the kss-e2e crate's tests) against a real control plane:
-# builds or locates the tools (cached), builds the workspace's binaries and tests as
-# `cargo test --workspace --all-targets` does, brings the control plane up with the CRDs
-# of crds/ installed before kube-controller-manager starts, runs each kss-e2e test
-# binary with --test-threads=1, and always brings the control plane down again.
+# Runs the e2e test suite (the kss-e2e crate's tests) against a real control plane with a
+# real node: builds or locates the tools (cached), builds the workspace's binaries and
+# tests as `cargo test --workspace --all-targets` does, then, through e2e/node-e2e.sh (its
+# own network, mount and PID namespaces and cgroup subtree), assembles the kss and
+# kss-operator images from those binaries, brings the control plane and the node
+# (containerd, runc, kubelet, kube-proxy, CoreDNS) up with the CRDs of crds/ installed
+# before kube-controller-manager starts, runs each kss-e2e test binary with
+# --test-threads=1 (e2e/run-inside.sh), and always brings everything down again. The
+# host's MariaDB (scripts/mariadb.sh) is reached from the node and its pods through a
+# socat forwarder on the node address to the server's Unix socket.
 #
 #   e2e/run.sh                               # the whole suite
 #   e2e/run.sh --test operator               # only e2e/tests/operator.rs (repeatable)
 #   e2e/run.sh --test operator -- --nocapture standalone   # after `--`: test binary args
 #
 # Environment:
-#   KSS_E2E_STATE   control-plane state dir (default /tmp/kss-e2e-run; wiped by `up`);
-#                   the tests' pod runners keep their pods' files in $KSS_E2E_STATE/podrunner.
-#                   Two runs at once need two state dirs (`up` refuses a live one).
-#   KSS_E2E_KEEP=1  leave the control plane running after the tests (then run
-#                   `KSS_E2E_STATE=... e2e/control-plane.sh down` yourself)
+#   KSS_E2E_STATE   control-plane and node state dir (default /tmp/kss-e2e-run; wiped
+#                   by `up`); the tests' volumes live in $KSS_E2E_STATE/volumes. Runs with
+#                   the same state dir wait for each other (node-e2e.sh's lock).
+#   KSS_TEST_MYSQL_URL, KSS_TEST_MYSQL_SOCKET (`eval "$(scripts/mariadb.sh env)"`): the
+#                   database of the tests and their pods (required)
 #   CARGO           cargo command (default cargo)
-#   KSS_E2E_CACHE, KSS_E2E_POD_CIDR, KSS_E2E_NODE_NAME: see control-plane.sh
+#   KSS_E2E_CACHE, KSS_E2E_CGROUP_ROOT, KSS_E2E_NODE_IP, KSS_E2E_POD_SUBNET: see
+#                   node-e2e.sh and control-plane.sh
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$E2E_DIR/.." && pwd)
 export KSS_E2E_STATE=${KSS_E2E_STATE:-/tmp/kss-e2e-run}
 CARGO=${CARGO:-cargo}
-CP="$E2E_DIR/control-plane.sh"
 
 log() { printf '[e2e-run] %s\n' "$*" >&2; }
 
@@ -49,36 +54,9 @@ KSS_E2E_BIN=$(bash "$E2E_DIR/build-tools.sh" | tail -n 1)
 export KSS_E2E_BIN
 
 WORK=$(mktemp -d -t kss-e2e-run.XXXXXX)
-CP_UP=0
-
-# Processes a pod runner started and that outlived the tests (a test binary killed
-# hard): kill those whose pid file still names a live kss process.
-kill_leftovers() {
-  local f pid exe
-  [[ -d "$KSS_E2E_STATE/podrunner" ]] || return 0
-  while IFS= read -r -d '' f; do
-    pid=$(<"$f") || continue
-    [[ $pid =~ ^[0-9]+$ ]] || continue
-    exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || continue
-    if [[ $(basename "$exe") == kss ]]; then
-      log "killing leftover pod process $pid ($f)"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done < <(find "$KSS_E2E_STATE/podrunner" -name pid -type f -print0 2>/dev/null)
-}
 
 cleanup() {
   local status=$?
-  # Only a control plane this run brought up is ours to stop: `up` refuses (and stops
-  # nothing) while another run's control plane lives in the same state dir.
-  if ((CP_UP)); then
-    kill_leftovers
-    if [[ ${KSS_E2E_KEEP:-} == 1 ]]; then
-      log "KSS_E2E_KEEP=1: control plane left running in $KSS_E2E_STATE"
-    else
-      bash "$CP" down || true
-    fi
-  fi
   rm -rf "$WORK"
   log "done in $((SECONDS - t0)) s (exit $status)"
   exit "$status"
@@ -132,34 +110,27 @@ if ((${#e2e_bins[@]} == 0)); then
   exit 1
 fi
 
-bash "$CP" up
-CP_UP=1
-eval "$(bash "$CP" env)"
-export KUBECONFIG KSS_E2E=1
-mkdir -p "$KSS_E2E_STATE/podrunner"
+# The images are assembled from the binaries just built (debug profile, dependencies
+# optimised: see Cargo.toml), as the Dockerfile's runtime stages say.
+KSS_BIN_DIR=$(jq -r 'select(.reason == "compiler-artifact" and .executable != null
+    and .target.name == "kss" and (.target.kind | index("bin")) and (.profile.test | not))
+  | .executable' "$tests_json" | head -n 1 | xargs dirname)
+export KSS_BIN_DIR
 
-# Each binary runs from e2e/ (as cargo test would), one test at a time; a failing binary
-# does not hide the results of the others (as --no-fail-fast).
-cd "$E2E_DIR"
-failed=()
-ran=0
+selected=()
 for entry in "${e2e_bins[@]}"; do
   name=${entry%%$'\t'*}
-  path=${entry#*$'\t'}
   if ((${#only[@]})) && [[ " ${only[*]} " != *" $name "* ]]; then
     continue
   fi
-  ran=$((ran + 1))
-  log "running $name: $path --test-threads=1 ${test_args[*]}"
-  if ! "$path" --test-threads=1 "${test_args[@]}"; then
-    failed+=("$name")
-  fi
+  selected+=("$entry")
 done
-if ((ran == 0)); then
+if ((${#selected[@]} == 0)); then
   log "no test binary named ${only[*]}"
   exit 1
 fi
-if ((${#failed[@]})); then
-  log "failed: ${failed[*]}"
-  exit 1
-fi
+printf '%s\n' "${selected[@]}" >"$WORK/selected.tsv"
+
+export E2E_DIR KSS_E2E=1 SELECTED="$WORK/selected.tsv"
+export TEST_ARGS="${test_args[*]}"
+bash "$E2E_DIR/node-e2e.sh" -- bash "$E2E_DIR/run-inside.sh"

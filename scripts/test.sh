@@ -5,14 +5,15 @@
 #   1. Debian packages the tests call (make, gcc, curl, openssl, flock, jq; MariaDB and
 #      libfaketime come with their own scripts), Go 1.26 for the Go tools;
 #   2. the Go tools, pinned and cached in ~/.cache: grpcurl (~/.cache/kss-tools), the e2e
-#      control plane (e2e/build-tools.sh, ~/.cache/kss-e2e: ~15 min cold), the fault
+#      control plane (e2e/build-tools.sh, ~/.cache/kss-e2e: ~15 min cold), the real node
+#      (e2e/build-node.sh, same cache: ~22 min cold), the fault
 #      injectors (scripts/fault-tools.sh); the cargo-fuzz targets (nightly; skipped, and
 #      said so, without a nightly toolchain);
 #   3. the test MariaDB (scripts/mariadb.sh up; stopped again at the end if this script
 #      started it);
 #   4. with KSS_REQUIRE_MYSQL=1, so that a test whose real part is missing fails instead of
 #      passing as skipped: the workspace's tests, its doc tests, then the Kubernetes e2e
-#      suite on a real control plane (e2e/run.sh);
+#      suite on a real control plane with a real node (e2e/run.sh);
 #   5. as its last lines: how many tests skipped a part, and why (each such test appends
 #      a line to $KSS_SKIP_LOG).
 #
@@ -33,6 +34,12 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v flock >/dev/null || need_apt+=(util-linux)
 command -v jq >/dev/null || need_apt+=(jq)
+# The real node of the e2e suite: namespaces and addresses (util-linux, iproute2), and
+# socat to serve the host's MariaDB inside the node's network namespace. runc, iptables
+# and conntrack are e2e/build-node.sh's to install.
+command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v socat >/dev/null || need_apt+=(socat)
 # Go 1.26 lives in /usr/local/go on this machine kind, which a stripped PATH may miss.
 # Debian's golang-go (1.19) is a last resort, too old for the pinned modules: the version
 # check below says so.
@@ -64,6 +71,9 @@ export GRPCURL="$grpcurl_bin/grpcurl"
 
 step "e2e control-plane tools (kube-apiserver, etcd, kwok, ...; built once from the Go module proxy)"
 time bash e2e/build-tools.sh | tail -n 1
+
+step "e2e real-node tools (kubelet, kube-proxy, containerd, CNI plugins, CoreDNS, crane, pause; built once)"
+time bash e2e/build-node.sh | tail -n 1
 
 step "fault injectors (toxiproxy and go-fuse from the Go module proxy, Debian's libfaketime)"
 eval "$(bash scripts/fault-tools.sh)"
@@ -110,7 +120,7 @@ step "the workspace's tests"
 step "doc tests"
 "$CARGO" test --workspace --doc
 
-step "the Kubernetes e2e suite (a real control plane)"
+step "the Kubernetes e2e suite (a real control plane and a real node)"
 CARGO="$CARGO" bash e2e/run.sh
 
 step "skipped"

@@ -12,8 +12,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The pod cannot be started (yet): a missing Secret, an unbound claim, an
-    /// unsupported field. The runner retries with backoff, as the kubelet does.
+    /// A pod or its container did not do what was asked (e.g. `kubectl exec` failed).
     #[error("pod {pod}: {reason}")]
     Pod { pod: String, reason: String },
     #[error("timed out after {seconds} s waiting for {what}")]

@@ -82,14 +82,13 @@ pub fn kss_bin() -> Result<PathBuf> {
     }
 }
 
-/// A state directory for a runner: `$KSS_E2E_STATE/podrunner/<name>` (the control
-/// plane's state dir, thrown away by the next `up`), else
-/// `<tmp>/kss-e2e-podrunner/<name>`. Emptied first. Keep `name` short: Unix socket
-/// paths inside volumes must stay under 108 bytes.
+/// A state directory for a test's volumes: `$KSS_E2E_STATE/volumes/<name>` (the
+/// control plane's state dir, thrown away by the next `up`), else
+/// `<tmp>/kss-e2e-volumes/<name>`. Emptied first.
 pub fn state_dir(name: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("KSS_E2E_STATE") {
-        Some(state) => PathBuf::from(state).join("podrunner"),
-        None => std::env::temp_dir().join("kss-e2e-podrunner"),
+        Some(state) => PathBuf::from(state).join("volumes"),
+        None => std::env::temp_dir().join("kss-e2e-volumes"),
     };
     let dir = base.join(name);
     if dir.exists() {

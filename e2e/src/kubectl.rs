@@ -95,3 +95,28 @@ pub fn service_account_kubeconfig(
     std::fs::write(&path, config).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
+
+/// The files of `manifests/install` but the operator's Deployment (`30-operator.yaml`):
+/// CRDs, namespace, ServiceAccount, RBAC, admission policy. Tests that run their own
+/// operator process apply these; on the real node the bundle's Deployment would run a
+/// second operator beside it.
+pub const BUNDLE_WITHOUT_OPERATOR: [&str; 4] = [
+    "00-crds.yaml",
+    "10-namespace.yaml",
+    "20-rbac.yaml",
+    "40-admission.yaml",
+];
+
+/// `kubectl apply` of [`BUNDLE_WITHOUT_OPERATOR`] (idempotent).
+pub fn apply_bundle_without_operator() -> Result<()> {
+    let dir = crate::harness::workspace_root().join("manifests/install");
+    let files: Vec<String> = BUNDLE_WITHOUT_OPERATOR
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect();
+    let mut args = vec!["apply"];
+    for f in &files {
+        args.extend(["-f", f.as_str()]);
+    }
+    ok(&args).map(drop)
+}

@@ -1,17 +1,14 @@
 //! The kss Kubernetes e2e harness (see `e2e/README.md`).
 //!
-//! The shell scripts beside this crate build and start a real control plane whose only
-//! node is faked by kwok; [`podrunner::PodRunner`] turns the pods it "runs" into real
-//! `kss` processes on their pod IPs, and [`harness`] has the helpers the tests share.
+//! The shell scripts beside this crate build and start a real control plane and a real
+//! node (containerd, runc, kubelet, kube-proxy, CoreDNS) in namespaces of their own;
+//! [`node`] reads and acts on the pods' containers there, [`provisioner`] gives their
+//! claims volumes, and [`harness`] has the helpers the tests share.
 
 pub mod error;
-pub mod expand;
 pub mod harness;
 pub mod kubectl;
-pub mod podrunner;
-mod podspec;
+pub mod node;
 pub mod provisioner;
-mod volumes;
 
 pub use error::{Error, Result};
-pub use podrunner::{PodRunner, PodRunnerConfig, Process};

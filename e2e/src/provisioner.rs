@@ -23,7 +23,10 @@ use crate::error::{Error, Result};
 
 /// Label on every PersistentVolume the runner creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "kss-e2e-podrunner";
+pub const MANAGED_BY: &str = "kss-e2e";
+
+/// The uid and gid of the kss images' user, owner of every provisioned directory.
+pub const VOLUME_OWNER: u32 = 65532;
 
 /// The name of the PersistentVolume provisioned for a claim (by its UID).
 pub fn volume_name(claim_uid: &str) -> String {
@@ -36,7 +39,7 @@ pub fn volume_dir(state_dir: &Path, claim_uid: &str) -> PathBuf {
 }
 
 /// Watches the namespace's claims until the stream ends (never, in practice).
-pub(crate) async fn run(client: Client, namespace: String, state_dir: PathBuf) {
+pub async fn run(client: Client, namespace: String, state_dir: PathBuf) {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     let stream = watcher::watcher(claims, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
@@ -78,6 +81,10 @@ async fn provision(client: &Client, state_dir: &Path, pvc: &PersistentVolumeClai
     }
     let dir = volume_dir(state_dir, uid);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // The kubelet applies no fsGroup to hostPath volumes: the directory belongs to the
+    // images' user, as a storage class's would be writable by the pod's fsGroup.
+    std::os::unix::fs::chown(&dir, Some(VOLUME_OWNER), Some(VOLUME_OWNER))
+        .map_err(|e| Error::io(&dir, e))?;
     let storage = spec
         .resources
         .as_ref()

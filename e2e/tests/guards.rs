@@ -325,13 +325,7 @@ async fn a_namespace_admin_cannot_touch_the_keys_and_the_operator_can() {
         return;
     }
     harness::init_tracing();
-    let root = harness::workspace_root();
-    kubectl_ok(&[
-        "apply",
-        "-f",
-        &root.join("manifests/install").display().to_string(),
-    ])
-    .expect("install bundle");
+    kss_e2e::kubectl::apply_bundle_without_operator().expect("install bundle");
     let client = harness::client().await.expect("client");
     let ns = harness::create_namespace(&client, "guards")
         .await

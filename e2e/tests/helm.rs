@@ -5,17 +5,20 @@
 //! and the other switches, with the install bundle's images, rules and security
 //! settings; `helm install --wait` of the CI values into a namespace enforcing the
 //! "restricted" Pod Security Standard creates the operator and the resources of the
-//! values, `helm uninstall --wait` removes the operator and keeps the KssPolicy and
+//! values, `helm upgrade --wait` of a changed pod template rolls the operator's pods,
+//! `helm uninstall --wait` removes the operator and keeps the KssPolicy and
 //! KeyShardCluster (helm.sh/resource-policy: keep).
 //!
 //! The release's cluster-scoped objects (ClusterRole, ClusterRoleBinding) are named after
 //! the release (`<release>-kss-operator`), so they never collide with the install
-//! bundle's `kss-operator` ClusterRole that other tests apply. kwok runs the operator's
-//! pods: they run nothing, which is enough for Helm.
+//! bundle's `kss-operator` ClusterRole that other tests apply. The real node's kubelet
+//! runs the operator's pods from the `kss-operator` image with the chart's security
+//! context, so `--wait` means their probes pass.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -28,6 +31,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const RESTRICTED: &str = "pod-security.kubernetes.io/enforce";
+/// How long the kubelet may take to roll the operator's pods.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
     harness::workspace_root()
@@ -777,6 +782,77 @@ async fn install(client: &Client, helm: &Helm, ns: &str, release: &str) -> Resul
         status["info"]["status"] == "deployed",
         "helm status: {}",
         status["info"]
+    );
+
+    // `helm upgrade` rolls the operator: a changed pod template gives a new ReplicaSet,
+    // the kubelet starts its pods and --wait returns once they are Ready; the old pods
+    // are gone and the Deployment reports only the new revision.
+    let operator_pods = |list: Vec<Pod>| -> Vec<String> {
+        let mut names: Vec<String> = list
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        names.sort();
+        names
+    };
+    let operator_selector = format!("{selector},app.kubernetes.io/name=kss-operator");
+    let before = operator_pods(
+        pods.list(&ListParams::default().labels(&operator_selector))
+            .await?
+            .items,
+    );
+    ensure!(
+        before.len() == 2,
+        "operator pods before the upgrade: {before:?}"
+    );
+    let upgraded = ok(
+        &mut helm.cmd(&[
+            "upgrade",
+            release,
+            &chart,
+            "--namespace",
+            ns,
+            "--reuse-values",
+            "--set",
+            "podAnnotations.kss\\.dev/e2e-upgrade=1",
+            "--wait",
+            "--timeout",
+            "120s",
+        ]),
+        None,
+    )?;
+    ensure!(
+        upgraded.contains("STATUS: deployed") && upgraded.contains("REVISION: 2"),
+        "helm upgrade output:\n{upgraded}"
+    );
+    harness::poll("the upgraded operator pods alone Running", WAIT, || async {
+        let now = operator_pods(
+            pods.list(&ListParams::default().labels(&operator_selector))
+                .await?
+                .items,
+        );
+        Ok::<bool, kss_e2e::Error>(now.len() == 2 && now.iter().all(|p| !before.contains(p)))
+    })
+    .await?;
+    let rolled = deployments.get(&fullname).await?;
+    let rolled_status = rolled.status.clone().unwrap_or_default();
+    ensure!(
+        rolled_status.observed_generation == rolled.metadata.generation
+            && rolled_status.updated_replicas == Some(2)
+            && rolled_status.ready_replicas == Some(2)
+            && rolled_status.replicas == Some(2),
+        "Deployment {fullname} after the upgrade: {rolled_status:?}"
+    );
+    let annotations = rolled
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    ensure!(
+        annotations.get("kss.dev/e2e-upgrade").map(String::as_str) == Some("1"),
+        "pod template annotations after the upgrade: {annotations:?}"
     );
 
     ok(

@@ -1,23 +1,15 @@
-//! The kss image on a real kubelet (not kwok): run inside the namespaces of
-//! `e2e/node-e2e.sh`, which sets `KSS_E2E_NODE=real`:
-//!
-//! ```sh
-//! cargo test --locked -p kss-e2e --test node --no-run
-//! KSS_E2E=1 e2e/node-e2e.sh -- cargo test --offline --locked -p kss-e2e --test node
-//! ```
+//! The kss image on a real kubelet: run by `e2e/run.sh` inside the namespaces of
+//! `e2e/node-e2e.sh`, which sets `KSS_E2E_NODE=real`.
 //!
 //! A Pod of `ghcr.io/kss-project/kss:0.1.0` (the image `e2e/images.sh` assembled from
 //! the Dockerfile) with the operator's security context becomes Ready through its gRPC
 //! readiness probe, which only the kubelet evaluates; its process, looked up through
 //! containerd, runs as 65532 on a read-only root filesystem. Anywhere else (plain
-//! `cargo test --workspace`, or `e2e/run.sh` with kwok) the test prints why it skips and
-//! passes.
+//! `cargo test --workspace`) the test prints why it skips and passes.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
     ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile, SecurityContext,
@@ -141,33 +133,6 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The PID (in the node's PID namespace, which this test shares) of a containerd task.
-fn task_pid(container_id: &str) -> Result<u32> {
-    let state = PathBuf::from(
-        std::env::var("KSS_E2E_STATE").unwrap_or_else(|_| "/tmp/kss-node-e2e".to_string()),
-    );
-    let bin = std::fs::read_to_string(state.join("node-bin-dir")).context("node-bin-dir")?;
-    let out = Command::new(PathBuf::from(bin.trim()).join("ctr"))
-        .arg("--address")
-        .arg(state.join("node/containerd/containerd.sock"))
-        .args(["-n", "k8s.io", "tasks", "ls"])
-        .output()
-        .context("ctr tasks ls")?;
-    ensure!(
-        out.status.success(),
-        "ctr tasks ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = container_id.trim_start_matches("containerd://");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut f = line.split_whitespace();
-        if f.next() == Some(id) {
-            return f.next().context("no pid column")?.parse().context("pid");
-        }
-    }
-    bail!("task {id} not in `ctr tasks ls`")
-}
-
 async fn scenario(client: &Client, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &kss_pod()).await?;
@@ -196,7 +161,7 @@ async fn scenario(client: &Client, ns: &str) -> Result<()> {
         "pod IP {ip} not on the node's bridge"
     );
 
-    let pid = task_pid(cs.container_id.as_deref().context("container id")?)?;
+    let pid = kss_e2e::node::task_pid(cs.container_id.as_deref().context("container id")?)?;
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let uid = proc_status
         .lines()

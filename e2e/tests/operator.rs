@@ -1,8 +1,9 @@
-//! The operator against the real control plane (run by `e2e/run.sh`): `kss-operator` runs
-//! as a process with the install bundle's ServiceAccount and RBAC; kwok runs the pods and
-//! the pod runner starts a real `kss` keyserver process for each, with the configuration
-//! the operator generated, on real MariaDB for cluster mode. Workstations are real `kss
-//! client` processes over TLS.
+//! The operator against the real control plane and a real node (run by `e2e/run.sh`):
+//! `kss-operator` runs as a process with the install bundle's ServiceAccount and RBAC; the
+//! kubelet runs the StatefulSet's keyserver pods from the `kss` image (containerd, runc),
+//! with the configuration the operator generated, on real MariaDB for cluster mode.
+//! Workstations are real `kss client` processes over TLS, to pod IPs and to the Service's
+//! ClusterIP (kube-proxy).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -13,8 +14,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kss_e2e::PodRunner;
-use kss_e2e::harness;
+use kss_e2e::node::{self, RunningContainer};
+use kss_e2e::{harness, provisioner};
 use kss_operator::crd::cluster::Phase;
 use kss_operator::crd::{KeyShardCluster, KssPolicy};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -22,7 +23,6 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
-const KEYSERVER_PODS: &str = "app.kubernetes.io/name=kss";
 
 const POLICY_V1: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]\n";
 const POLICY_V2: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/public]\n    - rule: per-profile-throttle-rule\n      per_day: 100\n      persistent: true\n";
@@ -174,11 +174,12 @@ impl Drop for Operator {
     }
 }
 
-/// A test namespace with its pod runner and operator.
+/// A test namespace with its volume provisioner and operator; the real node runs its
+/// pods.
 struct Scene {
     client: Client,
     ns: String,
-    runner: PodRunner,
+    provisioner: tokio::task::JoinHandle<()>,
     operator: Operator,
     dir: tempfile::TempDir,
 }
@@ -186,27 +187,21 @@ struct Scene {
 impl Scene {
     async fn new(name: &str) -> Result<Scene> {
         let client = harness::client().await?;
-        // The kubectl install bundle: CRDs, namespace, ServiceAccount and RBAC the
-        // operator runs with (idempotent; its Deployment's pods are kwok's, running nothing).
-        ok(&mut kubectl(&[
-            "apply",
-            "-f",
-            &root().join("manifests/install").display().to_string(),
-        ]))?;
+        // The kubectl install bundle but its Deployment: CRDs, namespace, ServiceAccount
+        // and RBAC the operator process runs with (idempotent).
+        kss_e2e::kubectl::apply_bundle_without_operator()?;
         let ns = harness::create_namespace(&client, name).await?;
-        let runner = PodRunner::start(
+        let provisioner = tokio::spawn(provisioner::run(
             client.clone(),
-            &ns,
-            KEYSERVER_PODS,
-            harness::kss_bin()?,
+            ns.clone(),
             harness::state_dir(name)?,
-        );
+        ));
         let dir = tempfile::tempdir()?;
         let operator = Operator::start(dir.path(), &ns, &format!("kss-op-{ns}"), "op-a")?;
         Ok(Scene {
             client,
             ns,
-            runner,
+            provisioner,
             operator,
             dir,
         })
@@ -268,6 +263,30 @@ impl Scene {
         Ok(String::from_utf8(bytes.0)?)
     }
 
+    /// The keyserver container of `pod`, once it runs.
+    async fn keyserver(&self, pod: &str) -> Result<RunningContainer> {
+        Ok(node::wait_running(&self.client, &self.ns, pod, "kss", WAIT).await?)
+    }
+
+    /// The log of the keyserver container's current run.
+    async fn keyserver_log(&self, pod: &str) -> Result<String> {
+        Ok(node::log(&self.client, &self.ns, pod, "kss").await?)
+    }
+
+    /// Fails if `pod`'s keyserver is no longer the process `before` was.
+    async fn ensure_not_restarted(&self, before: &RunningContainer) -> Result<()> {
+        let now = self.keyserver(&before.pod).await?;
+        ensure!(
+            before.same_process(&now),
+            "the keyserver was restarted (container {} → {}, restarts {} → {})",
+            before.id,
+            now.id,
+            before.restarts,
+            now.restarts
+        );
+        Ok(())
+    }
+
     fn file(&self, name: &str, contents: &str) -> Result<PathBuf> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents)?;
@@ -288,7 +307,7 @@ impl Scene {
             );
         }
         self.operator.kill();
-        self.runner.shutdown().await;
+        self.provisioner.abort();
         let _ = harness::delete_namespace(&self.client, &self.ns).await;
         if let Err(e) = result {
             panic!("{e:#}");
@@ -419,6 +438,117 @@ impl Workstation {
     }
 }
 
+impl Workstation {
+    /// Decrypts from a pod of the `kss` image, through the Service's DNS name (CoreDNS,
+    /// then kube-proxy): the workstation's files come in a Secret volume.
+    async fn decrypts_in_a_pod(&self, scene: &Scene, host: &str) -> Result<()> {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::{
+            Container, PodSecurityContext, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+        };
+        let name = format!(
+            "ws-{}",
+            scene.secrets().list(&Default::default()).await?.items.len()
+        );
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
+        let files = [
+            ("ca.crt", read(&self.ca)?),
+            ("profile.json", read(&self.profile)?),
+            ("file.ct", read(&self.ciphertext)?),
+        ];
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            data: Some(
+                files
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v)))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        scene.secrets().create(&Default::default(), &secret).await?;
+        let args = [
+            "client",
+            "decrypt",
+            "--endpoint",
+            &format!("https://{host}:8443"),
+            "--ca",
+            "/ws/ca.crt",
+            "--server-name",
+            &self.server_name,
+            "--profile",
+            "/ws/profile.json",
+            "--ciphertext",
+            "/ws/file.ct",
+            "--path",
+            "public/report.pdf",
+        ];
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".to_string()),
+                security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    fs_group: Some(65532),
+                    ..Default::default()
+                }),
+                containers: vec![Container {
+                    name: "workstation".to_string(),
+                    image: Some(KSS_IMAGE.to_string()),
+                    image_pull_policy: Some("Never".to_string()),
+                    args: Some(args.iter().map(|a| a.to_string()).collect()),
+                    volume_mounts: Some(vec![VolumeMount {
+                        name: "ws".to_string(),
+                        mount_path: "/ws".to_string(),
+                        read_only: Some(true),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }],
+                volumes: Some(vec![Volume {
+                    name: "ws".to_string(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(name.clone()),
+                        default_mode: Some(0o440),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.ns);
+        pods.create(&Default::default(), &pod).await?;
+        let mut phase = String::new();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            phase = pods
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let log = node::log(&scene.client, &scene.ns, &name, "workstation").await?;
+        ensure!(
+            phase == "Succeeded" && log.lines().any(|l| l.trim() == self.key),
+            "workstation pod through {host}: phase {phase}, log {log}"
+        );
+        Ok(())
+    }
+}
+
 async fn pod_ips(scene: &Scene, cluster: &str) -> Result<Vec<(String, String)>> {
     let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.ns);
     let list = pods
@@ -493,7 +623,7 @@ fn enabled(test: &str) -> bool {
     harness::enabled(test).expect("e2e environment")
 }
 
-/// A test that runs `scenario` in a fresh [`Scene`] (namespace, pod runner, operator)
+/// A test that runs `scenario` in a fresh [`Scene`] (namespace, volume provisioner, operator)
 /// against the e2e control plane, or reports itself skipped without one.
 macro_rules! scene_test {
     ($name:ident, $prefix:literal, $scenario:ident) => {
@@ -687,6 +817,37 @@ async fn standalone(scene: &mut Scene) -> Result<()> {
     );
     for cond in &st.conditions {
         ensure!(cond.observed_generation == c.metadata.generation);
+    }
+    // The kubelet enforces the operator's security context: the keyserver runs as 65532
+    // and can write only to its data volume; the image's files are on a read-only root
+    // and the Secret volumes (master key, TLS) are mounted read-only.
+    let keyserver = scene.keyserver("kss-demo-0").await?;
+    let confined = node::confinement(
+        &keyserver,
+        &[
+            "/",
+            "/etc",
+            "/usr/local/bin",
+            "/home/nonroot",
+            "/etc/kss/master-key",
+            "/etc/kss/tls",
+            "/var/lib/kss",
+        ],
+    )?;
+    ensure!(
+        confined.uids == vec![65532; 4],
+        "keyserver uids {:?}",
+        confined.uids
+    );
+    for (path, error) in &confined.writes {
+        let writable = error.is_none();
+        ensure!(
+            writable == (path == "/var/lib/kss"),
+            "{path}: writable {writable} ({error:?})"
+        );
+        if let Some(error) = error {
+            ensure!(error.contains("Read-only file system"), "{path}: {error}");
+        }
     }
 
     // Objects, owned by the resource; pods locked down.
@@ -981,22 +1142,25 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
         "onboarding without a token: {:?}",
         refused.err()
     );
-    let process = scene.runner.wait_started("kss-prod-0", WAIT).await?;
-    let data_dir = process
-        .host_path("/var/lib/kss")
-        .context("data volume of kss-prod-0")?;
-    let token = ok(Workstation::kss()?.args([
-        "enrollment",
-        "create",
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--uses",
-        "1",
-        "--ttl",
-        "10m",
-        "--note",
-        "e2e",
-    ]))?
+    // As an administrator would: in the keyserver's container, on its data volume.
+    let token = node::exec(
+        ns,
+        "kss-prod-0",
+        "kss",
+        &[
+            "kss",
+            "enrollment",
+            "create",
+            "--data-dir",
+            "/var/lib/kss",
+            "--uses",
+            "1",
+            "--ttl",
+            "10m",
+            "--note",
+            "e2e",
+        ],
+    )?
     .trim()
     .to_string();
     let ws = Workstation::onboard(scene, "kss-prod", &id, &ips[0].1, Some(&token)).await?;
@@ -1093,29 +1257,19 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
         })
         .await?;
     ensure!(status(&c).instances.iter().filter(|i| !i.online).count() >= 3);
-    scene
-        .runner
-        .wait_until("2 keyserver processes", WAIT, |p| {
-            p.values().filter(|p| p.is_alive()).count() == 2
-        })
-        .await?;
+    let victim = scene.keyserver("kss-prod-0").await?;
+    scene.keyserver("kss-prod-1").await?;
 
-    // A crashed instance is restarted and rejoins; a deleted pod is replaced and rejoins.
-    let victim = scene
-        .runner
-        .process("kss-prod-0")
-        .context("process kss-prod-0")?;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(i32::try_from(victim.pid)?).context("pid")?,
-        rustix::process::Signal::KILL,
-    )?;
-    scene
-        .runner
-        .wait_until("kss-prod-0 restarted", WAIT, |p| {
-            p.get("kss-prod-0")
-                .is_some_and(|p| p.pid != victim.pid && p.is_alive())
-        })
-        .await?;
+    // A crashed instance is restarted by the kubelet and rejoins; a deleted pod is
+    // replaced and rejoins.
+    node::kill(&victim)?;
+    harness::poll("kss-prod-0 restarted by the kubelet", WAIT, || async {
+        let now = scene.keyserver("kss-prod-0").await;
+        Ok::<bool, kss_e2e::Error>(now.is_ok_and(|now| {
+            now.pod_uid == victim.pod_uid && now.id != victim.id && now.restarts > victim.restarts
+        }))
+    })
+    .await?;
     let pods: Api<Pod> = Api::namespaced(scene.client.clone(), ns);
     let old_uid = pods.get("kss-prod-1").await?.metadata.uid;
     pods.delete("kss-prod-1", &DeleteParams::default()).await?;
@@ -1915,7 +2069,7 @@ async fn tls_renewal(scene: &mut Scene) -> Result<()> {
     let id = status(&cluster).keyserver_id.context("keyserver ID")?;
     let ips = pod_ips(scene, "renew").await?;
     let ip = &ips.first().context("pod IP")?.1;
-    let process = scene.runner.wait_started("renew-0", WAIT).await?;
+    let process = scene.keyserver("renew-0").await?;
     // Onboards with the CA of the Secret (ca.crt): the first CA.
     let old = Workstation::onboard(scene, "renew", &id, ip, None).await?;
     old.decrypts(ip, false)?;
@@ -1940,14 +2094,8 @@ async fn tls_renewal(scene: &mut Scene) -> Result<()> {
         !refused.status.success(),
         "a workstation trusting only the old CA still connects"
     );
-    let now = scene.runner.wait_started("renew-0", WAIT).await?;
-    ensure!(
-        (now.seq, now.pid) == (process.seq, process.pid),
-        "the keyserver was restarted (process {} → {})",
-        process.pid,
-        now.pid
-    );
-    let log = std::fs::read_to_string(&now.log)?;
+    scene.ensure_not_restarted(&process).await?;
+    let log = scene.keyserver_log("renew-0").await?;
     ensure!(
         log.contains("TLS files changed: new connections use the new certificate"),
         "no reload in the keyserver's log"
@@ -2055,7 +2203,7 @@ async fn leaf_renewal(scene: &mut Scene) -> Result<()> {
     );
     let ips = pod_ips(scene, "short").await?;
     let ip = ips.first().context("pod IP")?.1.clone();
-    let process = scene.runner.wait_started("short-0", WAIT).await?;
+    let process = scene.keyserver("short-0").await?;
     let ws = Workstation::onboard(scene, "short", &id, &ip, None).await?;
     ws.decrypts(&ip, false)?;
     // The external name verifies too.
@@ -2135,13 +2283,7 @@ async fn leaf_renewal(scene: &mut Scene) -> Result<()> {
     );
     ws.decrypts(&ip, false)?;
     external.decrypts(&ip, false)?;
-    let now = scene.runner.wait_started("short-0", WAIT).await?;
-    ensure!(
-        (now.seq, now.pid) == (process.seq, process.pid),
-        "the keyserver was restarted (process {} → {})",
-        process.pid,
-        now.pid
-    );
+    scene.ensure_not_restarted(&process).await?;
     let c = scene.cluster("short").await?;
     ensure!(status(&c).phase == Some(Phase::Ready));
     let (s, reason, message) = condition(&c, "TLSReady").context("TLSReady")?;
@@ -2244,7 +2386,7 @@ async fn ca_rotation(scene: &mut Scene) -> Result<()> {
     );
     let ips = pod_ips(scene, "rot").await?;
     let ip = ips.first().context("pod IP")?.1.clone();
-    let process = scene.runner.wait_started("rot-0", WAIT).await?;
+    let process = scene.keyserver("rot-0").await?;
     // Onboarded with the bundle of one CA; this copy of it is never refreshed.
     let stale = Workstation::onboard(scene, "rot", &id, &ip, None).await?;
     stale.decrypts(&ip, false)?;
@@ -2388,13 +2530,7 @@ async fn ca_rotation(scene: &mut Scene) -> Result<()> {
         key: stale.key.clone(),
     };
     renewed.decrypts(&ip, false)?;
-    let now = scene.runner.wait_started("rot-0", WAIT).await?;
-    ensure!(
-        (now.seq, now.pid) == (process.seq, process.pid),
-        "the keyserver was restarted (process {} → {})",
-        process.pid,
-        now.pid
-    );
+    scene.ensure_not_restarted(&process).await?;
 
     // Events of each step; no CA key in status, Events or logs.
     let events = ok(&mut kubectl(&["get", "events", "-n", &ns, "-o", "json"]))?;
@@ -2402,7 +2538,7 @@ async fn ca_rotation(scene: &mut Scene) -> Result<()> {
         ensure!(events.contains(reason), "no {reason} event");
     }
     let status_json = serde_json::to_string(&c.status)?;
-    let keyserver_log = std::fs::read_to_string(&now.log)?;
+    let keyserver_log = scene.keyserver_log("rot-0").await?;
     let operator_log = scene.operator.log_text();
     for key in [&first_ca_key, &second_ca_key] {
         let line = key.lines().nth(1).unwrap_or_default();
@@ -2425,6 +2561,267 @@ async fn ca_rotation(scene: &mut Scene) -> Result<()> {
         overlap_after.as_secs(),
         moved_after.as_secs(),
         removed_after.as_secs()
+    );
+    Ok(())
+}
+
+// A rolling update to an image that never turns ready (the pause image: it runs, but
+// nothing answers the gRPC probes) stops at the first pod it replaces: the StatefulSet
+// controller waits for it, the two pods of the previous revision keep running (the same
+// containers) and serving, the Service's endpoints list only the Ready pods, and a
+// workstation decrypts through the ClusterIP (kube-proxy) throughout. Past the progress
+// deadline (20 s here) the cluster is Degraded with reason RolloutStalled naming the
+// pod, and a Warning event says so. Back on the default image the rollout completes.
+scene_test!(
+    a_rolling_update_to_a_never_ready_image_halts_and_the_service_follows_readiness,
+    "stall",
+    rollout_stall
+);
+
+const NEVER_READY_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
+/// The keyserver image `e2e/images.sh` imported into the node's containerd.
+const KSS_IMAGE: &str = concat!("ghcr.io/kss-project/kss:", env!("CARGO_PKG_VERSION"));
+
+/// The Service's endpoints: (pod name, ready) from its EndpointSlices.
+async fn service_endpoints(scene: &Scene, service: &str) -> Result<Vec<(String, bool)>> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(scene.client.clone(), &scene.ns);
+    let mut out: Vec<(String, bool)> = slices
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("kubernetes.io/service-name={service}")),
+        )
+        .await?
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints.into_iter().flatten())
+        .filter_map(|e| {
+            let pod = e.target_ref?.name?;
+            let ready = e.conditions.and_then(|c| c.ready).unwrap_or(false);
+            Some((pod, ready))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+async fn rollout_stall(scene: &mut Scene) -> Result<()> {
+    scene.operator.kill();
+    scene.operator = Operator::start_with(
+        scene.dir.path(),
+        &scene.ns,
+        &format!("kss-op-{}", scene.ns),
+        "op-a",
+        &[
+            "--rollout-deadline-secs",
+            "20",
+            "--allowed-images",
+            &format!("ghcr.io/kss-project/kss,{NEVER_READY_IMAGE}"),
+        ],
+    )?;
+    let ns = scene.ns.clone();
+    let uri = scratch_database("stall")?;
+    apply_ok(&ns, &db_secret_yaml("db", &uri))?;
+    apply_ok(&ns, &policy_yaml("p", POLICY_V1))?;
+    apply_ok(
+        &ns,
+        &cluster_yaml("stall", 3, "db", "    ignoreSecurityChecks: true\n"),
+    )?;
+    let cluster = scene
+        .wait_cluster("stall", "3/3 ready", |c| {
+            status(c).phase == Some(Phase::Ready) && status(c).ready.as_deref() == Some("3/3")
+        })
+        .await?;
+    let id = status(&cluster).keyserver_id.context("keyserver ID")?;
+    let services: Api<Service> = Api::namespaced(scene.client.clone(), &ns);
+    let cluster_ip = services
+        .get("stall")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("ClusterIP of Service stall")?;
+    let ips = pod_ips(scene, "stall").await?;
+    let ws = Workstation::onboard(scene, "stall", &id, &ips[0].1, None).await?;
+    harness::poll("decrypt through the ClusterIP", WAIT, || async {
+        Ok::<bool, kss_e2e::Error>(ws.decrypts(&cluster_ip, false).is_ok())
+    })
+    .await?;
+    ws.decrypts_in_a_pod(scene, &format!("stall.{ns}.svc.cluster.local"))
+        .await?;
+    let before = [
+        scene.keyserver("stall-0").await?,
+        scene.keyserver("stall-1").await?,
+    ];
+    let all_ready: Vec<(String, bool)> = ["stall-0", "stall-1", "stall-2"]
+        .iter()
+        .map(|p| (p.to_string(), true))
+        .collect();
+    ensure!(
+        service_endpoints(scene, "stall").await? == all_ready,
+        "endpoints before the update: {:?}",
+        service_endpoints(scene, "stall").await?
+    );
+
+    scene
+        .clusters()
+        .patch(
+            "stall",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"image": NEVER_READY_IMAGE}})),
+        )
+        .await?;
+    let stalled = scene
+        .wait_cluster("stall", "Progressing=False RolloutStalled", |c| {
+            condition(c, "Progressing").is_some_and(|x| x.0 == "False" && x.1 == "RolloutStalled")
+        })
+        .await?;
+    let (_, _, message) = condition(&stalled, "Progressing").context("Progressing")?;
+    ensure!(
+        message.contains("pod stall-2") && message.contains("2 pod(s) of the previous revision"),
+        "Progressing message: {message}"
+    );
+    ensure!(
+        status(&stalled).phase == Some(Phase::Degraded)
+            && condition(&stalled, "Degraded").is_some_and(|d| d.1 == "RolloutStalled"),
+        "status while stalled: {:?}",
+        stalled.status
+    );
+    let statefulsets: Api<StatefulSet> = Api::namespaced(scene.client.clone(), &ns);
+    let sts = statefulsets.get("stall").await?.status.unwrap_or_default();
+    ensure!(
+        sts.updated_replicas == Some(1) && sts.current_revision != sts.update_revision,
+        "StatefulSet status while stalled: {sts:?}"
+    );
+    // The previous revision's pods were not touched, and only they are endpoints.
+    for old in &before {
+        scene.ensure_not_restarted(old).await?;
+    }
+    let endpoints = service_endpoints(scene, "stall").await?;
+    ensure!(
+        endpoints
+            == vec![
+                ("stall-0".to_string(), true),
+                ("stall-1".to_string(), true),
+                ("stall-2".to_string(), false)
+            ],
+        "endpoints while stalled: {endpoints:?}"
+    );
+    // kube-proxy sends every connection to a Ready pod.
+    for _ in 0..10 {
+        ws.decrypts(&cluster_ip, false)?;
+    }
+    let events = ok(&mut kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        "reason=RolloutStalled,type=Warning",
+        "-o",
+        "name",
+    ]))?;
+    ensure!(!events.trim().is_empty(), "no RolloutStalled Warning event");
+
+    // Rolled back to the default image: the rollout completes.
+    scene
+        .clusters()
+        .patch(
+            "stall",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"image": null}})),
+        )
+        .await?;
+    scene
+        .wait_cluster("stall", "Ready 3/3 after the rollback", |c| {
+            status(c).phase == Some(Phase::Ready)
+                && status(c).ready.as_deref() == Some("3/3")
+                && condition(c, "Progressing").is_some_and(|x| x.1 != "RolloutStalled")
+        })
+        .await?;
+    harness::poll("all three endpoints Ready again", WAIT, || async {
+        let endpoints = service_endpoints(scene, "stall").await;
+        Ok::<bool, kss_e2e::Error>(endpoints.is_ok_and(|e| e == all_ready))
+    })
+    .await?;
+    let ips = pod_ips(scene, "stall").await?;
+    ws.decrypts(&ips[2].1, false)?;
+    let _ = sql_on(&uri, &format!("DROP DATABASE {}", database_name(&uri)));
+    Ok(())
+}
+
+// The kubectl install bundle as a platform team applies it: the operator runs as the
+// bundle's Deployment (two replicas, its ServiceAccount's token, the kss-operator image)
+// on the real node, reaches the API server through the `kubernetes` Service, and turns
+// the example standalone cluster Ready; its keyserver pod is the StatefulSet's, Ready
+// through the kubelet's gRPC probes. The Deployment is removed again afterwards, so that
+// the other scenes' operator processes are alone.
+scene_test!(
+    the_install_bundle_runs_the_operator_as_a_deployment,
+    "bundle",
+    bundle_operator
+);
+
+async fn bundle_operator(scene: &mut Scene) -> Result<()> {
+    scene.operator.kill();
+    let deployment_file = root().join("manifests/install/30-operator.yaml");
+    let deployment_file = deployment_file.display().to_string();
+    ok(&mut kubectl(&["apply", "-f", &deployment_file]))?;
+    let result = bundle_operator_serves(scene).await;
+    let removed = ok(&mut kubectl(&[
+        "delete",
+        "-f",
+        &deployment_file,
+        "--wait=true",
+        "--timeout=60s",
+    ]));
+    result?;
+    removed?;
+    Ok(())
+}
+
+async fn bundle_operator_serves(scene: &Scene) -> Result<()> {
+    ok(&mut kubectl(&[
+        "-n",
+        "kss-system",
+        "rollout",
+        "status",
+        "deployment/kss-operator",
+        "--timeout=120s",
+    ]))?;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), "kss-system");
+    let operators = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=kss-operator"))
+        .await?
+        .items;
+    let running: Vec<&Pod> = operators
+        .iter()
+        .filter(|p| node::running(p, "operator").is_some())
+        .collect();
+    ensure!(
+        running.len() == 2,
+        "operator pods running: {:?}",
+        operators
+            .iter()
+            .map(|p| (p.metadata.name.clone(), p.status.clone()))
+            .collect::<Vec<_>>()
+    );
+    for pod in &running {
+        let spec = pod.spec.as_ref().context("pod spec")?;
+        ensure!(
+            spec.service_account_name.as_deref() == Some("kss-operator"),
+            "operator pod's ServiceAccount {:?}",
+            spec.service_account_name
+        );
+    }
+    let ns = &scene.ns;
+    apply_ok(ns, &example("policy.yaml")?)?;
+    apply_ok(ns, &example("standalone.yaml")?)?;
+    let c = scene.wait_ready("kss-demo").await?;
+    ensure!(status(&c).ready.as_deref() == Some("1/1"), "{:?}", c.status);
+    let keyserver = scene.keyserver("kss-demo-0").await?;
+    ensure!(
+        node::confinement(&keyserver, &[])?.uids == vec![65532; 4],
+        "keyserver uid"
     );
     Ok(())
 }

@@ -23,5 +23,6 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pki;
 pub mod reconcile;
+pub mod rollout;
 pub mod secrets;
 pub mod status;

@@ -115,6 +115,11 @@ struct RunArgs {
     /// their issue (seconds; default 90 days). They are renewed at two thirds of their life.
     #[arg(long, env = "KSS_LEAF_VALIDITY_SECS", default_value_t = pki::DEFAULT_LEAF_VALIDITY_SECS)]
     leaf_validity_secs: u64,
+    /// How long a pod of a new revision may stay not Ready before the rolling update
+    /// counts as stalled (seconds; like a Deployment's progressDeadlineSeconds): the
+    /// cluster turns Degraded with reason RolloutStalled, naming the pod.
+    #[arg(long, env = "KSS_ROLLOUT_DEADLINE_SECS", default_value_t = kss_operator::rollout::DEFAULT_DEADLINE_SECS)]
+    rollout_deadline_secs: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -179,6 +184,7 @@ async fn run(args: RunArgs) -> Result<()> {
             ca: Duration::from_secs(args.ca_validity_secs.max(1)),
             leaf: Duration::from_secs(args.leaf_validity_secs.max(1)),
         },
+        rollout_deadline: Duration::from_secs(args.rollout_deadline_secs.max(1)),
     });
     info!(allowed_images = %ctx.images.entries().join(","), "image allowlist");
     let namespaces = watched_namespaces(&args);

@@ -93,6 +93,8 @@ pub struct Observed {
     pub blocker: Option<(String, String)>,
     /// The StatefulSet is rolling out a new revision or scaling.
     pub updating: bool,
+    /// The rolling update stopped at a pod that does not turn Ready (message).
+    pub stalled: Option<String>,
     pub database: DatabaseState,
     /// `spec.recovery`, if set.
     pub recovery_request: Option<RequestedRecovery>,
@@ -387,8 +389,11 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
         );
     }
     let progressing = !failed && (ready != desired || rolling_out || !identity_ok);
+    let progressing = progressing && observed.stalled.is_none();
     let (p_reason, p_message) = if let Some((reason, message)) = &observed.blocker {
         (reason.as_str(), message.clone())
+    } else if let Some(message) = &observed.stalled {
+        (reasons::ROLLOUT_STALLED, message.clone())
     } else if !identity_ok {
         (reasons::IDENTITY_PENDING, "waiting for the identity".into())
     } else if ready != desired {
@@ -408,7 +413,7 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
         Phase::Failed
     } else if !identity_ok {
         Phase::Initializing
-    } else if database_down {
+    } else if database_down || observed.stalled.is_some() {
         Phase::Degraded
     } else if ready == desired && !rolling_out {
         Phase::Ready
@@ -428,15 +433,18 @@ pub fn compute(observed: &Observed, previous: &[Condition], now: &str) -> (Vec<C
         reasons::BACKUP_KEY_INVALID.to_string()
     } else if database_down {
         reasons::DATABASE_UNREACHABLE.to_string()
+    } else if observed.stalled.is_some() {
+        reasons::ROLLOUT_STALLED.to_string()
     } else if degraded {
         reasons::INSTANCES_NOT_READY.to_string()
     } else {
         reasons::RECONCILED.to_string()
     };
-    let d_message = match &observed.blocker {
-        Some((_, m)) => m.clone(),
-        None if degraded => format!("phase {phase:?}: see the other conditions"),
-        None => "healthy".into(),
+    let d_message = match (&observed.blocker, &observed.stalled) {
+        (Some((_, m)), _) => m.clone(),
+        (None, Some(m)) if !database_down && !identity_failed && !backup_failed => m.clone(),
+        _ if degraded => format!("phase {phase:?}: see the other conditions"),
+        _ => "healthy".into(),
     };
     set(types::DEGRADED, degraded, &d_reason, d_message);
 
@@ -548,6 +556,7 @@ mod tests {
                 online: 3,
             },
             blocker: None,
+            stalled: None,
             updating: false,
             database: DatabaseState::Reachable,
             recovery_request: None,
@@ -754,6 +763,33 @@ mod tests {
         o.recovery_request = None;
         let (conds, _) = compute(&o, &conds, "after");
         assert!(condition::find(&conds, "RecoveryRequested").is_none());
+    }
+
+    #[test]
+    fn a_stalled_pod_rollout_is_degraded_and_no_longer_progressing() {
+        let mut o = observed();
+        o.ready_replicas = 2;
+        o.updating = true;
+        o.stalled = Some("rolling update stopped: pod c-2 ...".into());
+        let (conds, phase) = compute(&o, &[], "now");
+        assert_eq!(phase, Phase::Degraded);
+        assert_eq!(
+            reason(&conds, "Progressing"),
+            ("False".into(), "RolloutStalled".into())
+        );
+        assert_eq!(
+            reason(&conds, "Degraded"),
+            ("True".into(), "RolloutStalled".into())
+        );
+        let degraded = condition::find(&conds, "Degraded").expect("Degraded");
+        assert!(degraded.message.contains("pod c-2"), "{}", degraded.message);
+        // Still serving: the previous revision's pods stay Available.
+        assert_eq!(reason(&conds, "Available").0, "True");
+        // Once the pod turns Ready (or the spec is rolled back) it is an ordinary rollout.
+        o.stalled = None;
+        let (conds, phase) = compute(&o, &conds, "later");
+        assert_eq!(phase, Phase::Updating);
+        assert_eq!(reason(&conds, "Progressing").0, "True");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub mod reasons {
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
     pub const POLICY_INVALID: &str = "PolicyInvalid";
     pub const ROLLING_OUT: &str = "RollingOut";
+    /// The StatefulSet's rolling update waits for a pod that does not turn Ready.
+    pub const ROLLOUT_STALLED: &str = "RolloutStalled";
     pub const ROLLED_OUT: &str = "RolledOut";
     pub const POLICY_REJECTED: &str = "PolicyRejected";
     pub const INSTANCES_UNREACHABLE: &str = "InstancesUnreachable";

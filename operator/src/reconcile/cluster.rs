@@ -32,6 +32,7 @@ use crate::crd::{KeyShardCluster, KeyShardClusterStatus, KssPolicy};
 use crate::desired::{self, FIELD_MANAGER, Names};
 use crate::error::{Error, Result};
 use crate::pki;
+use crate::rollout::{self, Rollout};
 use crate::secrets;
 use crate::status::{
     self, BackupNote, DatabaseState, IdentityState, Observed, PolicyState, RequestedRecovery,
@@ -228,6 +229,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
             backup: Ok(BackupNote::Present),
             policy: PolicyState::Unknown,
             blocker: None,
+            stalled: None,
             updating: false,
             database: DatabaseState::Unknown,
             recovery_request: requested_recovery(cluster, previous.recovery.as_ref()),
@@ -318,6 +320,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
                 )),
                 policy: PolicyState::Unknown,
                 blocker,
+                stalled: None,
                 updating: false,
                 database: DatabaseState::Unknown,
                 recovery_request: requested_recovery(cluster, previous.recovery.as_ref()),
@@ -395,6 +398,7 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
     )
     .await?;
     let sts_status = sts.status.unwrap_or_default();
+    let pod_rollout = assess_rollout(ctx, &names, &sts_status).await?;
 
     // What each pod answered, for status.instances and DatabaseReachable.
     let answers: Vec<(String, Probe)> = probes
@@ -448,10 +452,32 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         policy,
         blocker,
         updating: statefulset_updating(&sts_status, sts.metadata.generation),
+        stalled: match &pod_rollout {
+            Rollout::Stalled {
+                stall,
+                previous_revision_pods,
+            } => Some(stall.message(*previous_revision_pods)),
+            _ => None,
+        },
         database,
         recovery_request: requested_recovery(cluster, recovery.as_ref()),
     };
     let (mut conditions, phase) = status::compute(&observed, &previous.conditions, &now);
+    let was_stalled = previous
+        .conditions
+        .iter()
+        .any(|c| c.r#type == types::PROGRESSING && c.reason == reasons::ROLLOUT_STALLED);
+    if let (Some(message), false) = (&observed.stalled, was_stalled) {
+        warn!(%message, "rolling update stalled");
+        event(
+            ctx,
+            cluster,
+            true,
+            reasons::ROLLOUT_STALLED,
+            message.clone(),
+        )
+        .await;
+    }
     let (tls_status, (tls_ok, tls_reason, tls_message), renewal_in) =
         tls_report(&certs_seen, pki::unix_now());
     let (tls_ok, tls_reason, tls_message) = match &observed.blocker {
@@ -516,9 +542,40 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         Phase::Ready => Duration::from_secs(60),
         _ => Duration::from_secs(3),
     };
-    // Back at the next certificate's renewal moment, if that comes first.
+    // Back at the next certificate's renewal moment, or when a rollout that has not
+    // moved would count as stalled, if that comes first.
+    let stall_in = match pod_rollout {
+        Rollout::InProgress { left } => Some(left + Duration::from_secs(1)),
+        _ => None,
+    };
     Ok(Action::requeue(
-        renewal_in.map_or(requeue, |r| r.min(requeue)),
+        [renewal_in, stall_in]
+            .into_iter()
+            .flatten()
+            .fold(requeue, Duration::min),
+    ))
+}
+
+/// The rolling update's progress, from the StatefulSet's status and its pods.
+async fn assess_rollout(
+    ctx: &Context,
+    names: &Names,
+    sts_status: &k8s_openapi::api::apps::v1::StatefulSetStatus,
+) -> Result<Rollout> {
+    if sts_status.current_revision == sts_status.update_revision {
+        return Ok(Rollout::Settled);
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let pods = api
+        .list(&ListParams::default().labels(&desired::selector_string(names)))
+        .await?
+        .items;
+    let now = jiff::Timestamp::now().as_second();
+    Ok(rollout::assess(
+        sts_status,
+        &pods,
+        now,
+        ctx.rollout_deadline,
     ))
 }
 

@@ -28,6 +28,8 @@ pub struct Context {
     pub images: crate::guards::ImageAllowlist,
     /// Validity of the certificates the operator issues.
     pub validity: crate::pki::Validity,
+    /// How long a new revision's pod may stay not Ready before the rollout is stalled.
+    pub rollout_deadline: std::time::Duration,
 }
 
 /// The time now, RFC 3339, for conditions.
