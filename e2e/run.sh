@@ -7,8 +7,8 @@
 # (containerd, runc, kubelet, kube-proxy, CoreDNS) up with the CRDs of crds/ installed
 # before kube-controller-manager starts, runs each kss-e2e test binary with
 # --test-threads=1 (e2e/run-inside.sh), and always brings everything down again. The
-# host's MariaDB (scripts/mariadb.sh) is reached from the node and its pods through a
-# socat forwarder on the node address to the server's Unix socket.
+# host's MariaDB (scripts/mariadb.sh) is reached from the node and its pods on the node
+# address, and by the Service mysql.databases.svc, through socat forwarders.
 #
 #   e2e/run.sh                               # the whole suite
 #   e2e/run.sh --test operator               # only e2e/tests/operator.rs (repeatable)
@@ -18,8 +18,8 @@
 #   KSS_E2E_STATE   control-plane and node state dir (default /tmp/kss-e2e-run; wiped
 #                   by `up`); the tests' volumes live in $KSS_E2E_STATE/volumes. Runs with
 #                   the same state dir wait for each other (node-e2e.sh's lock).
-#   KSS_TEST_MYSQL_URL, KSS_TEST_MYSQL_SOCKET (`eval "$(scripts/mariadb.sh env)"`): the
-#                   database of the tests and their pods (required)
+#   KSS_TEST_MYSQL_URL (`eval "$(scripts/mariadb.sh env)"`): the database of the tests
+#                   and their pods (required)
 #   CARGO           cargo command (default cargo)
 #   KSS_E2E_CACHE, KSS_E2E_CGROUP_ROOT, KSS_E2E_NODE_IP, KSS_E2E_POD_SUBNET: see
 #                   node-e2e.sh and control-plane.sh
@@ -55,8 +55,10 @@ export KSS_E2E_BIN
 
 WORK=$(mktemp -d -t kss-e2e-run.XXXXXX)
 
+FORWARDER=
 cleanup() {
   local status=$?
+  [[ -z $FORWARDER ]] || kill "$FORWARDER" 2>/dev/null || true
   rm -rf "$WORK"
   log "done in $((SECONDS - t0)) s (exit $status)"
   exit "$status"
@@ -130,6 +132,17 @@ if ((${#selected[@]} == 0)); then
   exit 1
 fi
 printf '%s\n' "${selected[@]}" >"$WORK/selected.tsv"
+
+# MariaDB listens on the host's loopback, which the node's network namespace does not
+# share. A Unix socket is a file, reachable from in there: this socat forwards it to the
+# server's TCP port (so TLS to the server works as over any network), and run-inside.sh
+# serves it on the node address.
+: "${KSS_TEST_MYSQL_URL:?eval \"\$(scripts/mariadb.sh env)\" first}"
+mysql_hostport=${KSS_TEST_MYSQL_URL#*@}
+mysql_hostport=${mysql_hostport%%/*}
+export KSS_E2E_MYSQL_FORWARD="$WORK/mysql.sock"
+socat "UNIX-LISTEN:$KSS_E2E_MYSQL_FORWARD,fork,mode=600" "TCP:$mysql_hostport" &
+FORWARDER=$!
 
 export E2E_DIR KSS_E2E=1 SELECTED="$WORK/selected.tsv"
 export TEST_ARGS="${test_args[*]}"

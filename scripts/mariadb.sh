@@ -290,7 +290,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:mysql.databases.svc, DNS:mysql.databases.svc.cluster.local
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid, issuer
 CNF
@@ -298,6 +298,16 @@ CNF
         -out "$TLS_DIR/ca.key"
     "$openssl" req -new -x509 -config "$TLS_DIR/openssl.cnf" -extensions v3_ca \
         -key "$TLS_DIR/ca.key" -sha256 -days 3650 -out "$TLS_DIR/ca.pem"
+    make_server_cert
+    make_wrong_ca
+}
+
+# The server's certificate, signed by the test CA. Its names: this host's loopback, and
+# mysql.databases.svc — the Service by which the e2e suite's pods reach this server
+# (e2e/run-inside.sh), as they would a database outside the cluster.
+make_server_cert() {
+    local openssl
+    openssl="$(find_bin openssl)"
     "$openssl" genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
         -out "$TLS_DIR/server.key"
     "$openssl" req -new -config "$TLS_DIR/openssl.cnf" -subj "/CN=localhost" \
@@ -310,7 +320,6 @@ CNF
         die "generated server certificate does not verify"
     chmod 600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
     chmod 644 "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem"
-    make_wrong_ca
 }
 
 # A second CA, with the same name as the real one, that signed nothing: clients that
@@ -413,6 +422,17 @@ cmd_up() {
         if [ ! -r "$TLS_DIR/wrong-ca.pem" ]; then
             log "adding the wrong CA (made by newer versions of this script) to $TLS_DIR"
             make_wrong_ca
+        fi
+        if ! grep -q 'DNS:mysql.databases.svc' "$TLS_DIR/openssl.cnf" 2>/dev/null; then
+            log "re-issuing the server certificate with the names of newer versions of this script"
+            sed -i 's/^subjectAltName = .*/subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:mysql.databases.svc, DNS:mysql.databases.svc.cluster.local/' \
+                "$TLS_DIR/openssl.cnf"
+            make_server_cert
+            if server_pid >/dev/null; then
+                # MariaDB 10.4+ reloads its certificate without a restart.
+                root_sql -e 'FLUSH SSL' ||
+                    die "FLUSH SSL failed: restart the server ($0 stop-db; $0 start-db)"
+            fi
         fi
         if server_pid >/dev/null; then
             log "already running (state dir $STATE_DIR)"

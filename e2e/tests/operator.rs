@@ -1014,14 +1014,25 @@ fn all_at(c: &KeyShardCluster, n: usize, version: i64) -> bool {
 async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     let ns = &scene.ns;
     let uri = scratch_database("cluster")?;
-    // The keyservers reach the scratch database over TLS, verified against the example's
-    // CA (VERIFY_IDENTITY): the TLS-only user, the same database; the plaintext address
-    // stays for the test's own SQL.
+    // The keyservers reach the scratch database over TLS by the example's Service name
+    // (mysql.databases.svc:3306, which e2e/run-inside.sh points at the host's MariaDB),
+    // verified against the example's CA (VERIFY_IDENTITY): the TLS-only user, the same
+    // database; the plaintext address stays for the test's own SQL.
+    let service = std::env::var("KSS_E2E_MYSQL_SERVICE")
+        .context("KSS_E2E_MYSQL_SERVICE not set: run e2e/run.sh")?;
+    let hostport = uri
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(hostport, _)| hostport)
+        .context("host:port in the test database address")?;
     let tls_uri = uri
         .replacen("mysql://kss:", "mysql://kss_tls:", 1)
+        .replacen(&format!("@{hostport}/"), &format!("@{service}/"), 1)
         .replace("?ssl-mode=DISABLED", "?ssl-mode=VERIFY_IDENTITY");
     ensure!(
-        tls_uri.starts_with("mysql://kss_tls:") && tls_uri.ends_with("?ssl-mode=VERIFY_IDENTITY"),
+        tls_uri.starts_with("mysql://kss_tls:")
+            && tls_uri.contains(&format!("@{service}/"))
+            && tls_uri.ends_with("?ssl-mode=VERIFY_IDENTITY"),
         "unexpected test database address"
     );
     let yaml = example("cluster.yaml")?.replace(
