@@ -3,7 +3,7 @@
 //! PersistentVolumeClaim of the namespace (all of them, whatever their labels) it creates
 //! a `hostPath` PersistentVolume pre-bound to the claim (`claimRef`); the PV controller
 //! of kube-controller-manager then binds them. A PV it made is deleted once its claim is
-//! gone; the host directory stays (the runner's state dir is thrown away as a whole).
+//! gone; the host directory stays (the test's state dir is thrown away as a whole).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use kube::{Api, Client};
 
 use crate::error::{Error, Result};
 
-/// Label on every PersistentVolume the runner creates.
+/// Label on every PersistentVolume the provisioner creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "kss-e2e";
 

@@ -263,6 +263,18 @@ impl Scene {
         Ok(String::from_utf8(bytes.0)?)
     }
 
+    /// A merge patch of cluster `name`'s spec.
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        self.clusters()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The keyserver container of `pod`, once it runs.
     async fn keyserver(&self, pod: &str) -> Result<RunningContainer> {
         Ok(node::wait_running(&self.client, &self.ns, pod, "kss", WAIT).await?)
@@ -1239,27 +1251,13 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
     apply_ok(ns, &policy_yaml("batch-decrypt", POLICY_V2))?;
 
     // Scale up to 5, then down to 2.
-    scene
-        .clusters()
-        .patch(
-            "kss-prod",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await?;
+    scene.patch_spec("kss-prod", json!({"replicas": 5})).await?;
     scene
         .wait_cluster("kss-prod", "5 instances online", |c| {
             status(c).phase == Some(Phase::Ready) && all_at(c, 5, 2)
         })
         .await?;
-    scene
-        .clusters()
-        .patch(
-            "kss-prod",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 2}})),
-        )
-        .await?;
+    scene.patch_spec("kss-prod", json!({"replicas": 2})).await?;
     let c = scene
         .wait_cluster("kss-prod", "2 instances online", |c| {
             status(c).phase == Some(Phase::Ready)
@@ -1518,14 +1516,11 @@ async fn wait_recovery_completed(
 /// Asks for recovery `id` with the approvals in Secret `secret`.
 async fn request_recovery(scene: &Scene, cluster: &str, id: &str, secret: &str) -> Result<()> {
     scene
-        .clusters()
-        .patch(
+        .patch_spec(
             cluster,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"recovery": {"id": id, "approvalsSecretName": secret}}})),
+            json!({"recovery": {"id": id, "approvalsSecretName": secret}}),
         )
-        .await?;
-    Ok(())
+        .await
 }
 
 /// Empties the database of `uri` and restarts the pods of `cluster` (all, or `only`).
@@ -2674,12 +2669,7 @@ async fn rollout_stall(scene: &mut Scene) -> Result<()> {
     );
 
     scene
-        .clusters()
-        .patch(
-            "stall",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"image": NEVER_READY_IMAGE}})),
-        )
+        .patch_spec("stall", json!({"image": NEVER_READY_IMAGE}))
         .await?;
     let stalled = scene
         .wait_cluster("stall", "Progressing=False RolloutStalled", |c| {
@@ -2734,14 +2724,7 @@ async fn rollout_stall(scene: &mut Scene) -> Result<()> {
     ensure!(!events.trim().is_empty(), "no RolloutStalled Warning event");
 
     // Rolled back to the default image: the rollout completes.
-    scene
-        .clusters()
-        .patch(
-            "stall",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"image": null}})),
-        )
-        .await?;
+    scene.patch_spec("stall", json!({"image": null})).await?;
     scene
         .wait_cluster("stall", "Ready 3/3 after the rollback", |c| {
             status(c).phase == Some(Phase::Ready)

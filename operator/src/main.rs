@@ -156,10 +156,22 @@ fn host_name() -> String {
 
 async fn run(args: RunArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let metrics = Arc::new(Metrics::default());
+    // Every request to the API server is counted (kss_operator_api_requests_total), so
+    // that what a reconcile costs the API server can be read off /metrics.
+    let counted = Arc::clone(&metrics);
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |request: http::Request<kube::client::Body>| {
+                counted.observe_api_request(request.method().as_str(), request.uri().path());
+                request
+            },
+        ))
+        .build();
     tokio::spawn({
         let metrics = Arc::clone(&metrics);
         let addr = args.metrics_listen;

@@ -45,8 +45,17 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
+    api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
     ready: AtomicBool,
+}
+
+/// One request to the Kubernetes API: its method, and whether it went to a `status`
+/// subresource (the status writes an idle operator must not repeat).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    subresource: String,
 }
 
 impl Default for Metrics {
@@ -60,6 +69,12 @@ impl Default for Metrics {
             ])
         });
         let leader = Gauge::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API by HTTP method and subresource (status or none)",
+            api_requests.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by kind and result (ok, error)",
@@ -85,6 +100,7 @@ impl Default for Metrics {
             reconciles,
             errors,
             durations,
+            api_requests,
             leader,
             ready: AtomicBool::new(false),
         }
@@ -111,6 +127,17 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Records one request to the Kubernetes API (`path` without the query).
+    pub fn observe_api_request(&self, method: &str, path: &str) {
+        let subresource = if path.ends_with("/status") { "status" } else { "" };
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                verb: method.to_string(),
+                subresource: subresource.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -159,4 +186,32 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
         .await
         .with_context(|| format!("binding the metrics listener {addr}"))?;
     axum::serve(listener, app).await.context("serving metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_requests_are_counted_by_verb_and_status_subresource() {
+        let m = Metrics::default();
+        m.observe_api_request(
+            "PATCH",
+            "/apis/kss.dev/v1alpha1/namespaces/a/keyshardclusters/c/status",
+        );
+        m.observe_api_request(
+            "PATCH",
+            "/apis/apps/v1/namespaces/a/statefulsets/c",
+        );
+        m.observe_api_request("GET", "/api/v1/namespaces/a/secrets/c-tls");
+        m.observe_api_request("GET", "/api/v1/namespaces/a/secrets/c-ca");
+        let text = m.render();
+        for line in [
+            r#"kss_operator_api_requests_total{verb="PATCH",subresource="status"} 1"#,
+            r#"kss_operator_api_requests_total{verb="PATCH",subresource=""} 1"#,
+            r#"kss_operator_api_requests_total{verb="GET",subresource=""} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
 }
