@@ -55,8 +55,14 @@ fn start_kwok(state: &Path) -> Result<Process> {
     let bin = PathBuf::from(std::env::var("KSS_E2E_BIN").context("KSS_E2E_BIN")?);
     let log = std::fs::File::create(state.join("logs/kwok-scale.log"))?;
     let child = Command::new(bin.join("kwok"))
-        .arg(format!("--kubeconfig={}", state.join("kwok.kubeconfig").display()))
-        .arg(format!("--config={}", state.join("kwok-stages.yaml").display()))
+        .arg(format!(
+            "--kubeconfig={}",
+            state.join("kwok.kubeconfig").display()
+        ))
+        .arg(format!(
+            "--config={}",
+            state.join("kwok-stages.yaml").display()
+        ))
         .args([
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -79,8 +85,7 @@ fn start_kwok(state: &Path) -> Result<Process> {
 
 /// The operator, with the bundle's ServiceAccount, watching every namespace.
 fn start_operator(dir: &Path, metrics_port: u16) -> Result<(Process, u32)> {
-    let kubeconfig =
-        kubectl::service_account_kubeconfig(dir, "kss-system", "kss-operator", "2h")?;
+    let kubeconfig = kubectl::service_account_kubeconfig(dir, "kss-system", "kss-operator", "2h")?;
     let bin = harness::kss_bin()?.with_file_name("kss-operator");
     let log = std::fs::File::create(dir.join("operator.log"))?;
     let child = Command::new(bin)
@@ -251,7 +256,8 @@ async fn scale() -> Result<()> {
     tokio::time::sleep(window).await;
     let after = metrics(port)?;
     let (rss, peak) = rss_kib(pid)?;
-    let delta = |prefix: &str, parts: &[&str]| sum(&after, prefix, parts) - sum(&before, prefix, parts);
+    let delta =
+        |prefix: &str, parts: &[&str]| sum(&after, prefix, parts) - sum(&before, prefix, parts);
     let reconciles = delta(
         "kss_operator_reconciles_total",
         &["kind=\"KeyShardCluster\""],
@@ -267,8 +273,10 @@ async fn scale() -> Result<()> {
         .map(|v| {
             format!(
                 "{v} {:.1}",
-                delta("kss_operator_api_requests_total", &[&format!("verb=\"{v}\"")])
-                    / reconciles.max(1.0)
+                delta(
+                    "kss_operator_api_requests_total",
+                    &[&format!("verb=\"{v}\"")]
+                ) / reconciles.max(1.0)
             )
         })
         .collect();
@@ -288,20 +296,29 @@ async fn scale() -> Result<()> {
         ensure!(ok, "{file}: {out}");
     }
     let extra: Api<KeyShardCluster> = Api::namespaced(client.clone(), "scale-extra");
-    harness::poll("kss-demo Ready under load", Duration::from_secs(300), || async {
-        Ok(extra
-            .get_opt("kss-demo")
-            .await?
-            .and_then(|c| c.status)
-            .and_then(|s| s.phase)
-            == Some(Phase::Ready))
-    })
+    harness::poll(
+        "kss-demo Ready under load",
+        Duration::from_secs(300),
+        || async {
+            Ok(extra
+                .get_opt("kss-demo")
+                .await?
+                .and_then(|c| c.status)
+                .and_then(|s| s.phase)
+                == Some(Phase::Ready))
+        },
+    )
     .await?;
     let to_ready = applied_at.elapsed();
     volumes.abort();
 
-    println!("operator scale: {clusters} KeyShardClusters (pods on a kwok node, never answering), one operator (debug build)");
-    println!("  every cluster has a status after {:.1} s", first_status.as_secs_f64());
+    println!(
+        "operator scale: {clusters} KeyShardClusters (pods on a kwok node, never answering), one operator (debug build)"
+    );
+    println!(
+        "  every cluster has a status after {:.1} s",
+        first_status.as_secs_f64()
+    );
     println!(
         "  RSS {} MiB in the window (start {} MiB), peak {} MiB",
         rss / 1024,
@@ -329,7 +346,10 @@ async fn scale() -> Result<()> {
         "  one more cluster (standalone, real node): kubectl apply → Ready in {:.1} s",
         to_ready.as_secs_f64()
     );
-    for ns in namespaces.iter().chain(std::iter::once(&"scale-extra".to_string())) {
+    for ns in namespaces
+        .iter()
+        .chain(std::iter::once(&"scale-extra".to_string()))
+    {
         let _ = harness::delete_namespace(&client, ns).await;
     }
     Ok(())

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info};
 

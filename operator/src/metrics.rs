@@ -131,7 +131,11 @@ impl Metrics {
 
     /// Records one request to the Kubernetes API (`path` without the query).
     pub fn observe_api_request(&self, method: &str, path: &str) {
-        let subresource = if path.ends_with("/status") { "status" } else { "" };
+        let subresource = if path.ends_with("/status") {
+            "status"
+        } else {
+            ""
+        };
         self.api_requests
             .get_or_create(&RequestLabels {
                 verb: method.to_string(),
@@ -199,10 +203,7 @@ mod tests {
             "PATCH",
             "/apis/kss.dev/v1alpha1/namespaces/a/keyshardclusters/c/status",
         );
-        m.observe_api_request(
-            "PATCH",
-            "/apis/apps/v1/namespaces/a/statefulsets/c",
-        );
+        m.observe_api_request("PATCH", "/apis/apps/v1/namespaces/a/statefulsets/c");
         m.observe_api_request("GET", "/api/v1/namespaces/a/secrets/c-tls");
         m.observe_api_request("GET", "/api/v1/namespaces/a/secrets/c-ca");
         let text = m.render();
