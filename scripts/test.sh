@@ -35,11 +35,15 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v flock >/dev/null || need_apt+=(util-linux)
 command -v jq >/dev/null || need_apt+=(jq)
 # The real node of the e2e suite: namespaces and addresses (util-linux, iproute2), and
-# socat to serve the host's MariaDB inside the node's network namespace. runc, iptables
-# and conntrack are e2e/build-node.sh's to install.
+# socat to serve the host's MariaDB inside the node's network namespace.
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v socat >/dev/null || need_apt+=(socat)
+# Installed here, not by e2e/build-node.sh (which runs in the background below, beside
+# other apt-get calls that would find dpkg locked): runc, iptables and conntrack.
+command -v runc >/dev/null || need_apt+=(runc)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
 # Go 1.26 lives in /usr/local/go on this machine kind, which a stripped PATH may miss.
 # Debian's golang-go (1.19) is a last resort, too old for the pinned modules: the version
 # check below says so.
@@ -73,7 +77,12 @@ step "e2e control-plane tools (kube-apiserver, etcd, kwok, ...; built once from 
 time bash e2e/build-tools.sh | tail -n 1
 
 step "e2e real-node tools (kubelet, kube-proxy, containerd, CNI plugins, CoreDNS, crane, pause; built once)"
-time bash e2e/build-node.sh | tail -n 1
+# Cached: instant. Cold (~22 min of Go builds at nice 15), it runs beside the Rust build
+# and tests, which keep priority, and is waited for before the e2e suite.
+node_log="$(mktemp)"
+node_started=$SECONDS
+bash e2e/build-node.sh >"$node_log" 2>&1 &
+node_build=$!
 
 step "fault injectors (toxiproxy and go-fuse from the Go module proxy, Debian's libfaketime)"
 eval "$(bash scripts/fault-tools.sh)"
@@ -119,6 +128,16 @@ step "the workspace's tests"
 
 step "doc tests"
 "$CARGO" test --workspace --doc
+
+step "e2e real-node tools: waiting for the build started above"
+if ! wait "$node_build"; then
+  cat "$node_log" >&2
+  echo "e2e/build-node.sh failed" >&2
+  exit 1
+fi
+grep -E '^\[build-node\] (built|all)' "$node_log" || true
+echo "real-node tools ready $((SECONDS - node_started)) s after their build started"
+rm -f "$node_log"
 
 step "the Kubernetes e2e suite (a real control plane and a real node)"
 CARGO="$CARGO" bash e2e/run.sh

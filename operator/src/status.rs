@@ -2,6 +2,7 @@
 //! (pure: no I/O, so each case is unit-tested).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kss_proto::v1::RefusalReason;
 
@@ -537,6 +538,29 @@ pub fn instances(
     by_name.into_values().collect()
 }
 
+/// When to look at a cluster again if nothing it watches changes first (a spec change,
+/// its StatefulSet's status, its Secrets): a Ready cluster every minute; one that is
+/// getting somewhere every 3 s; one whose conditions have not moved for a minute (stuck:
+/// waiting for an instance that does not answer, a missing Secret, a stalled rollout)
+/// every 15 s, so that a hundred stuck clusters do not keep the API server busy.
+pub fn requeue_after(phase: Phase, conditions: &[Condition], now: jiff::Timestamp) -> Duration {
+    if phase == Phase::Ready {
+        return Duration::from_secs(60);
+    }
+    let last_change = conditions
+        .iter()
+        .filter_map(|c| c.last_transition_time.parse::<jiff::Timestamp>().ok())
+        .max();
+    let unchanged = last_change.map_or(Duration::ZERO, |t| {
+        Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO)
+    });
+    if unchanged >= Duration::from_secs(60) {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,6 +787,25 @@ mod tests {
         o.recovery_request = None;
         let (conds, _) = compute(&o, &conds, "after");
         assert!(condition::find(&conds, "RecoveryRequested").is_none());
+    }
+
+    #[test]
+    fn a_cluster_whose_conditions_stand_still_is_polled_less_often() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().expect("time");
+        let now = at("2026-12-07T12:00:00Z");
+        let (conds, phase) = compute(&observed(), &[], "2026-12-07T11:00:00Z");
+        assert_eq!(requeue_after(phase, &conds, now), Duration::from_secs(60));
+        let mut o = observed();
+        o.identity = IdentityState::Pending;
+        let (conds, phase) = compute(&o, &[], "2026-12-07T11:59:30Z");
+        assert_eq!(requeue_after(phase, &conds, now), Duration::from_secs(3));
+        let (conds, phase) = compute(&o, &[], "2026-12-07T11:58:59Z");
+        assert_eq!(requeue_after(phase, &conds, now), Duration::from_secs(15));
+        // One condition that moved recently is enough to keep looking closely.
+        let mut moved = conds.clone();
+        moved[0].last_transition_time = "2026-12-07T11:59:50Z".into();
+        assert_eq!(requeue_after(phase, &moved, now), Duration::from_secs(3));
+        assert_eq!(requeue_after(phase, &[], now), Duration::from_secs(3));
     }
 
     #[test]

@@ -537,11 +537,8 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         )
         .await;
     }
+    let requeue = status::requeue_after(phase, &status.conditions, jiff::Timestamp::now());
     write_status(&api, cluster, outcome.resource_version.as_deref(), status).await?;
-    let requeue = match phase {
-        Phase::Ready => Duration::from_secs(60),
-        _ => Duration::from_secs(3),
-    };
     // Back at the next certificate's renewal moment, or when a rollout that has not
     // moved would count as stalled, if that comes first.
     let stall_in = match pod_rollout {
