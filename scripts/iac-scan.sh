@@ -70,8 +70,24 @@ done
 rendered="default values$(for v in "$CHART"/ci/*.yaml; do printf ', %s' "${v#"$CHART"/}"; done)"
 
 # ------------------------------------------------------------------------ scan
+# checkov's Kubernetes runner leaves out a YAML file it cannot parse without a word
+# (CKV_PARSE_ERROR_FAIL does not cover it): every scanned YAML file must parse first
+# (PyYAML, from checkov's venv).
+"$VENV/bin/python" - manifests "$work/chart" <<'PY'
+import pathlib, sys, yaml
+bad = 0
+for root in sys.argv[1:]:
+    for path in sorted(pathlib.Path(root).rglob("*.y*ml")):
+        try:
+            list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as e:
+            bad += 1
+            print(f"[iac-scan] {path}: not YAML, checkov would skip it: {e}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+
 # Offline (see the header): no API key reaches checkov, nothing is downloaded, no update
-# check on PyPI. A file checkov cannot parse fails the scan instead of being left out.
+# check on PyPI. CKV_PARSE_ERROR_FAIL: a parse error that checkov does report fails.
 export BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE CKV_PARSE_ERROR_FAIL=TRUE
 quiet=(--quiet)
 [ -z "${KSS_IAC_VERBOSE:-}" ] || quiet=()
@@ -80,12 +96,14 @@ summary=()
 failed_total=0
 # scan NAME FRAMEWORK CHECKOV-ARGS...: one checkov run; its report goes to stdout, its
 # counts to the summary. A run that checked nothing fails too (nothing was parsed).
+# IN (default .) is the directory it runs in: checkov names files relative to it.
 scan() {
   local name="$1" framework="$2" rc=0
   shift 2
   printf '\n[iac-scan] checkov %s: %s\n' "$CHECKOV_VERSION" "$name"
-  env -u BC_API_KEY -u PRISMA_API_URL "$VENV/bin/checkov" "$@" --framework "$framework" \
-    --skip-download --compact "${quiet[@]}" --output cli >"$work/out" 2>&1 || rc=$?
+  (cd "${IN:-.}" && env -u BC_API_KEY -u PRISMA_API_URL "$VENV/bin/checkov" "$@" \
+    --framework "$framework" --skip-download --compact "${quiet[@]}" --output cli) \
+    >"$work/out" 2>&1 || rc=$?
   cat -s "$work/out"
   local counts passed failed skipped
   counts="$(sed -n 's/^Passed checks: \([0-9]*\), Failed checks: \([0-9]*\), Skipped checks: \([0-9]*\).*/\1 \2 \3/p' "$work/out" | head -n 1)"
@@ -109,7 +127,8 @@ scan() {
 }
 
 scan "manifests/ (install bundle, examples)" kubernetes -d manifests
-scan "chart $CHART rendered ($rendered)" kubernetes -d "$work/chart"
+# Files named /chart/<values>.yaml: the chart rendered with those values.
+IN="$work" scan "chart $CHART rendered ($rendered)" kubernetes -d chart
 scan "Dockerfile" dockerfile -f Dockerfile
 
 printf '\n[iac-scan] summary (checkov %s)\n' "$CHECKOV_VERSION"
