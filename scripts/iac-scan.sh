@@ -3,9 +3,10 @@
 # Kubernetes and Docker:
 #   (a) manifests/ (the kubectl install bundle and the examples);
 #   (b) the Helm chart charts/kss-operator rendered by `helm template` (the helm of
-#       e2e/build-tools.sh), once with its default values and once with each values file
+#       e2e/build-tools.sh), once with its default values, once with each values file
 #       it ships (charts/kss-operator/ci/*.yaml: the policy and KeyShardCluster it
-#       creates; the e2e test helm.rs installs with it);
+#       creates; the e2e test helm.rs installs with it), and once with watched
+#       namespaces (Roles instead of the ClusterRole) and the monitoring objects;
 #   (c) the Dockerfile (both images).
 # Every finding is fixed or suppressed in place, next to the object or instruction, with
 # its reason (`checkov.io/skip<N>: CKV_K8S_<X>=reason` annotations, `# checkov:skip=`
@@ -13,10 +14,11 @@
 #
 # checkov is installed once into a venv outside the clone,
 # $HOME/.cache/kss-tools/checkov-$CHECKOV_VERSION (Debian's python3-venv if `python3 -m
-# venv` is missing). It runs offline: no Bridgecrew/Prisma API key (so nothing is
-# uploaded), --skip-download (no policy or guideline download from the platform),
-# BC_SKIP_MAPPING=TRUE (no guideline-mapping request), CHECKOV_RUN_SCA_PACKAGE_SCAN_V2
-# unset and no SCA framework selected (no package look-ups).
+# venv` is missing). The scan runs offline (it passes in a network namespace without
+# network, `unshare -n`): no Bridgecrew/Prisma API key reaches checkov (nothing is
+# uploaded), --skip-download and BC_SKIP_MAPPING=TRUE (no policy, guideline or mapping
+# download from the platform), CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE (no version check on
+# PyPI), only the kubernetes and dockerfile frameworks (no package look-ups).
 #
 #   bash scripts/iac-scan.sh            # install if needed, scan, summary per target
 #   KSS_IAC_VERBOSE=1 bash scripts/iac-scan.sh   # also the passed and skipped checks
@@ -67,7 +69,13 @@ for values in "$CHART"/ci/*.yaml; do
   helm template kss-operator "$CHART" --namespace kss-system -f "$values" \
     >"$work/chart/$(basename "$values" .yaml).yaml"
 done
-rendered="default values$(for v in "$CHART"/ci/*.yaml; do printf ', %s' "${v#"$CHART"/}"; done)"
+# The other branch of the templates (e2e/tests/helm.rs renders it too): Roles in the
+# watched namespaces instead of the ClusterRole, and the monitoring objects.
+helm template kss-operator "$CHART" --namespace kss-system --set watchNamespace=kss \
+  --set 'watchNamespaces={kss-a,kss-b}' --set metrics.serviceMonitor.enabled=true \
+  --set metrics.podMonitor.enabled=true --set metrics.prometheusRule.enabled=true \
+  >"$work/chart/namespaced-monitoring.yaml"
+rendered="default values$(for v in "$CHART"/ci/*.yaml; do printf ', %s' "${v#"$CHART"/}"; done), namespaced + monitoring"
 
 # ------------------------------------------------------------------------ scan
 # checkov's Kubernetes runner leaves out a YAML file it cannot parse without a word
