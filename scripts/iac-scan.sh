@@ -32,8 +32,12 @@ CHART=charts/kss-operator
 log() { printf '[iac-scan] %s\n' "$*" >&2; }
 
 # ------------------------------------------------------------------------ install
-# .installed marks a finished install: an interrupted one is started over.
-if [ ! -e "$VENV/.installed" ]; then
+# checkov's own dependencies are pinned too (scripts/iac-scan.constraints.txt), so that a
+# fresh machine installs what was checked here. .installed marks a finished install and
+# holds the constraints' hash: an interrupted install, or changed constraints, start over.
+CONSTRAINTS=scripts/iac-scan.constraints.txt
+constraints_hash="$(sha256sum "$CONSTRAINTS" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$constraints_hash" ]; then
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     log "python3 -m venv is missing: installing Debian's python3-venv"
     export DEBIAN_FRONTEND=noninteractive
@@ -42,8 +46,9 @@ if [ ! -e "$VENV/.installed" ]; then
   log "installing checkov $CHECKOV_VERSION (PyPI) into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION" >&2
-  touch "$VENV/.installed"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$CONSTRAINTS" \
+    "checkov==$CHECKOV_VERSION" >&2
+  echo "$constraints_hash" >"$VENV/.installed"
 fi
 
 # ------------------------------------------------------------------------ render
