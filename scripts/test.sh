@@ -11,10 +11,12 @@
 #      said so, without a nightly toolchain);
 #   3. the test MariaDB (scripts/mariadb.sh up; stopped again at the end if this script
 #      started it);
-#   4. with KSS_REQUIRE_MYSQL=1, so that a test whose real part is missing fails instead of
+#   4. the IaC scan (scripts/iac-scan.sh: checkov, pinned and cached in ~/.cache/kss-tools,
+#      over manifests/, the rendered chart and the Dockerfile);
+#   5. with KSS_REQUIRE_MYSQL=1, so that a test whose real part is missing fails instead of
 #      passing as skipped: the workspace's tests, its doc tests, then the Kubernetes e2e
 #      suite on a real control plane with a real node (e2e/run.sh);
-#   5. as its last lines: how many tests skipped a part, and why (each such test appends
+#   6. as its last lines: how many tests skipped a part, and why (each such test appends
 #      a line to $KSS_SKIP_LOG).
 #
 # CARGO (default cargo) is the cargo to run.
@@ -122,6 +124,9 @@ step "MariaDB (Debian's mariadb-server on loopback, for the MySQL tests)"
 bash scripts/mariadb.sh status >/dev/null 2>&1 || started_db=1
 eval "$(bash scripts/mariadb.sh up)"
 export KSS_REQUIRE_MYSQL=1
+
+step "IaC scan (checkov: manifests, rendered chart, Dockerfile)"
+bash scripts/iac-scan.sh
 
 step "the workspace's tests"
 "$CARGO" test --workspace --all-targets

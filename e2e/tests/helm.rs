@@ -307,6 +307,7 @@ async fn templates(ns: &str) -> Result<()> {
                 "ClusterRole",
                 "ClusterRoleBinding",
                 "Deployment",
+                "NetworkPolicy",
                 "Role",
                 "RoleBinding",
                 "Service",
