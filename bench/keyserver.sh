@@ -12,8 +12,8 @@
 #        b. paced at 0.5 × L, distinct ciphertexts     → p50/p99/p99.9 (target p99 < 15 ms)
 #        c. paced at 0.5 × F (the earlier rate)        → p50/p99/p99.9
 #        d. flat out, every ciphertext a repeat        → approved/s, ratio to (a) (target ≥ 3)
-#        e. (b) with `--sqlite-sync normal`, and (b) with `--verify-niceness 0` (verification
-#           threads at the serving threads' priority instead of 10 nice levels below)
+#        e. (b) with `--sqlite-sync normal`, and (b) with `--verify-niceness 10` (the former
+#           default: verification threads 10 nice levels below the serving threads)
 #      For each run the server's own view (bench/server-stats.py): its request and decision
 #      batch durations, batch sizes, and per nice value the CPU seconds of its threads and
 #      the seconds they were runnable but waited for a CPU. With PERF=1, also a `perf
@@ -90,16 +90,16 @@ load repeated --profiles 16 --concurrency 64 --distinct-ciphertexts 1 --repeat-s
 start_server --sqlite-sync normal
 load paced-normal --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" \
   --rate "$half_l"
-# The same paced run with the verification threads at the serving threads' priority.
-start_server --verify-niceness 0
-load paced-nice0 --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" \
+# The same paced run with the verification threads 10 nice levels below, the former default.
+start_server --verify-niceness 10
+load paced-nice10 --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" \
   --rate "$half_l"
 
 python3 - "$out" "$floor" "$limit" "$share_ns" "$sig_ns" "$approval_ns" "$cores" "$target_dir" <<'PY'
 import json, sys
 out, floor, limit, share_ns, sig_ns, approval_ns, cores, target = sys.argv[1:]
 floor, limit, share_ns, sig_ns, approval_ns = map(float, (floor, limit, share_ns, sig_ns, approval_ns))
-names = ("distinct", "paced", "paced-f", "repeated", "paced-normal", "paced-nice0")
+names = ("distinct", "paced", "paced-f", "repeated", "paced-normal", "paced-nice10")
 r = {n: json.load(open(f"{out}/{n}.json")) for n in names}
 srv = {n: json.load(open(f"{out}/{n}.server.json")) for n in names}
 def rate(n): return r[n]["approved_per_second"]
@@ -122,7 +122,7 @@ print(f"| L = {cores} cores ÷ approval crypto in a batch of 64 | {limit:.0f} /s
 print(f"| flat out, distinct ciphertexts | {rate('distinct'):.0f} approved/s | **{rate('distinct')/limit:.2f} × L** = {rate('distinct')/floor:.2f} × F | ≥ 0.8 × L |")
 print(f"| paced at 0.5 × L ({r['paced']['target_rate']:.0f}/s): p50 / p99 / p99.9 | {lat('paced')} | ({rate('paced'):.0f} approved/s) | p99 < 15 ms |")
 print(f"| same, `--sqlite-sync normal` | {lat('paced-normal')} | ({rate('paced-normal'):.0f} approved/s) | |")
-print(f"| same, `--verify-niceness 0` (default 10) | {lat('paced-nice0')} | ({rate('paced-nice0'):.0f} approved/s) | |")
+print(f"| same, `--verify-niceness 10` (the former default) | {lat('paced-nice10')} | ({rate('paced-nice10'):.0f} approved/s) | |")
 print(f"| paced at 0.5 × F ({r['paced-f']['target_rate']:.0f}/s): p50 / p99 / p99.9 | {lat('paced-f')} | ({rate('paced-f'):.0f} approved/s) | |")
 print(f"| flat out, every ciphertext repeated | {rate('repeated'):.0f} approved/s | {rate('repeated')/rate('distinct'):.2f} × distinct | ≥ 3 × distinct |")
 print()
