@@ -33,7 +33,7 @@ eval "$(bash scripts/mariadb.sh up)"
 eval "$(bash scripts/fault-tools.sh)"
 
 cargo build --release -q -p kss-server
-kss=target/release/kss
+kss=$target_dir/release/kss
 measure_floor "$out"
 rate=$(python3 -c "print(round($floor * $rate_of_f))")
 echo "== F = $floor/s; load paced at $rate requests/s for $secs s, a fault every $every s" >&2

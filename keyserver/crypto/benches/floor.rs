@@ -69,9 +69,10 @@ fn floor(c: &mut Criterion) {
     });
 
     // Batched verification (what the server does under load): one batch of n distinct
-    // ciphertexts per iteration, no cache; per ciphertext = the time ÷ n.
+    // ciphertexts per iteration, no cache; per ciphertext = the time ÷ n. 1–16: the batch
+    // sizes the server forms; 32 and 64: what larger batches would save.
     let mut group = c.benchmark_group("crypto/verify_batch");
-    for n in [1usize, 2, 4, 8, 16] {
+    for n in [1usize, 2, 4, 8, 16, 32, 64] {
         let cts: Vec<Vec<u8>> = (0..n)
             .map(|i| keys.encrypt(&[i as u8; 32]).into_vec())
             .collect();
@@ -80,6 +81,38 @@ fn floor(c: &mut Criterion) {
         group.throughput(criterion::Throughput::Elements(n as u64));
         group.bench_function(n.to_string(), |b| {
             b.iter(|| uncached.verify_batch(black_box(&items)))
+        });
+    }
+    group.finish();
+
+    // The cheapest approval the design allows: n distinct ciphertexts verified in one
+    // batch, then for each a decryption share and a request signature check (what every
+    // approval must cost at least; L = cores ÷ (this time ÷ n)).
+    let mut group = c.benchmark_group("crypto/approval_batched");
+    for n in [16usize, 64] {
+        let cts: Vec<Vec<u8>> = (0..n)
+            .map(|i| keys.encrypt(&[i as u8; 32]).into_vec())
+            .collect();
+        let items: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+        let uncached = VerificationCache::new(0);
+        group.throughput(criterion::Throughput::Elements(n as u64));
+        group.bench_function(n.to_string(), |b| {
+            b.iter(|| {
+                let mut shares = 0usize;
+                for verdict in uncached.verify_batch(black_box(&items)) {
+                    let Ok(ct) = verdict else {
+                        panic!("a fresh ciphertext failed its batch");
+                    };
+                    if public
+                        .verify(SignDomain::Request, black_box(&msg), black_box(&sig))
+                        .is_ok()
+                    {
+                        black_box(kss.decryption_share(&ct));
+                        shares += 1;
+                    }
+                }
+                shares
+            })
         });
     }
     group.finish();

@@ -195,3 +195,49 @@ fn loadgen_reports_verified_approvals_and_quota_denials() {
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
 }
+
+/// `kss loadgen --type` drives the decision path without ciphertexts: every request type
+/// but decrypt is decided by the policy and its quotas alone (what `bench/cluster.sh`
+/// measures as the database ceiling). Searches under an exact persistent throttle, and a
+/// type the policy does not name (denied by default).
+#[test]
+fn loadgen_drives_non_decrypt_request_types() {
+    let data = DataDir::new();
+    data.create();
+    data.load_policy(
+        "search:\n  - - rule: per-profile-throttle-rule\n      per_day: 10\n      persistent: true\nrename:\n  - - rule: approve-rule\n",
+    );
+    let server = Server::start(&data);
+    let run = |kind: &str| {
+        let out = Command::new(kss_bin())
+            .args(["loadgen", "--endpoint", &server.endpoint(), "--ca"])
+            .arg(data.path().join("tls/ca.pem"))
+            .args(["--profiles", "4", "--requests", "60", "--concurrency", "8"])
+            .args(["--type", kind, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(report["request_type"], kind, "{report}");
+        assert_eq!(report["distinct_ciphertexts"], 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["sent"], 60, "{report}");
+        report
+    };
+    // 4 profiles × per_day 10: exactly 40 approved, the rest denied by the quota.
+    let search = run("search");
+    assert_eq!(search["approved"], 40, "{search}");
+    assert_eq!(search["denied_by_reason"]["quota"], 20, "{search}");
+    let rename = run("rename");
+    assert_eq!(rename["approved"], 60, "{rename}");
+    let export = run("secure_export");
+    assert_eq!(export["approved"], 0, "{export}");
+    assert_eq!(export["denied"], 60, "{export}");
+    // Each run's requests are audited under their own type.
+    assert_eq!(
+        data.kss_ok(&["audit", "--json", "--type", "search", "--limit", "1000"])
+            .lines()
+            .count(),
+        60
+    );
+}

@@ -12,9 +12,14 @@
 //! ([`NotVerified::QueueFull`], denied as unavailable) instead of waiting behind seconds of
 //! work, so a flood of signed decrypts cannot grow memory or latency without bound.
 //!
-//! The verification threads run at a lower priority (nice 10) than the rest of the server,
-//! so that the short steps of every request (TLS, decoding, the decision task, the
-//! database) are not queued behind verifications.
+//! The verification threads can run at a lower priority than the rest of the server
+//! (`kss serve --verify-niceness N`: N nice levels below its main thread), so that the
+//! short steps of every request (TLS, decoding, the decision task, the database) are not
+//! queued behind verifications. By default they run at the server's own priority: a nice
+//! value also weighs against every other process of the same scheduling group (on Linux
+//! with autogroups, the same session; in a container, its cgroup), and at 10 levels below,
+//! a build at nice 5 or a load generator at nice 0 beside the server got the cores first
+//! while verifications queued for seconds (figures in the README's benchmarks, issue 22).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +31,9 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
-/// How much lower than the rest of the server verification threads run (nice value).
-const VERIFY_NICENESS: i32 = 10;
+/// How many nice levels below the server's main thread verification threads run by
+/// default: none (it was 10 before issue 22).
+pub const DEFAULT_VERIFY_NICENESS: i32 = 0;
 
 /// The most ciphertexts verified in one batch (~14 ms of one core).
 pub const MAX_BATCH: usize = 16;
@@ -61,6 +67,8 @@ pub struct Verifier {
     cache: Arc<VerificationCache>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    /// Nice levels below the server's main thread for the verification threads.
+    niceness: i32,
 }
 
 /// Work waiting for a verification thread.
@@ -108,6 +116,7 @@ impl Verifier {
     ) -> Self {
         Verifier {
             metrics,
+            niceness: DEFAULT_VERIFY_NICENESS,
             cache: Arc::new(cache),
             queue: Arc::new(Queue {
                 waiting: Mutex::new(Vec::new()),
@@ -116,6 +125,13 @@ impl Verifier {
                 max_waiting,
             }),
         }
+    }
+
+    /// Runs the verification threads `niceness` nice levels below the server's main thread
+    /// (0: at its priority; at most nice 19).
+    pub fn with_niceness(mut self, niceness: i32) -> Self {
+        self.niceness = niceness.max(0);
+        self
     }
 
     /// Verifies `bytes` (from the cache when seen before).
@@ -158,10 +174,11 @@ impl Verifier {
             let queue = Arc::clone(&self.queue);
             let cache = Arc::clone(&self.cache);
             let metrics = Arc::clone(&self.metrics);
+            let niceness = self.niceness;
             // If the runtime is shutting down the task never runs: `reply` is dropped and
             // this request answers `ShuttingDown`.
             drop(tokio::task::spawn_blocking(move || {
-                lower_priority_once();
+                lower_priority_once(niceness);
                 work(&queue, &cache, &metrics);
             }));
         }
@@ -248,15 +265,20 @@ thread_local! {
     static LOWERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Lowers the calling thread's priority, once per thread (Linux keeps a nice value per
-/// thread). Failing to lower it only costs latency.
-fn lower_priority_once() {
+/// Sets the calling thread's nice value to `niceness` more than the main thread's, once
+/// per thread (Linux keeps a nice value per thread). Failing only costs latency.
+fn lower_priority_once(niceness: i32) {
     LOWERED.with(|done| {
-        if !done.replace(true) {
+        if niceness == 0 || done.replace(true) {
+            return;
+        }
+        let base = rustix::process::getpriority_process(Some(rustix::process::getpid()));
+        let lowered = base.and_then(|base| {
             let tid = rustix::thread::gettid();
-            if let Err(e) = rustix::process::setpriority_process(Some(tid), VERIFY_NICENESS) {
-                tracing::warn!(error = %e, "could not lower the priority of a verification thread");
-            }
+            rustix::process::setpriority_process(Some(tid), (base + niceness).min(19))
+        });
+        if let Err(e) = lowered {
+            tracing::warn!(error = %e, "could not lower the priority of a verification thread");
         }
     });
 }
@@ -355,17 +377,48 @@ mod tests {
         assert_eq!(verifier.queue.take_batch().len(), MAX_BATCH);
     }
 
+    fn main_thread_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::process::getpid())).unwrap()
+    }
+
+    /// The nice value of the thread a check runs on.
+    async fn nice_of_a_verification_thread(verifier: &Verifier) -> i32 {
+        verifier
+            .run(|| rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// By default verification threads keep the server's priority; `--verify-niceness 10`
+    /// runs them 10 levels below its main thread. (The default first: a blocking thread,
+    /// once lowered, stays lowered when the runtime reuses it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verification_threads_run_at_the_niceness_asked_for() {
+        let verifier =
+            Verifier::with_threads(VerificationCache::new(0), 1, Arc::new(Metrics::new()));
+        assert_eq!(
+            nice_of_a_verification_thread(&verifier).await,
+            main_thread_nice()
+        );
+        let verifier =
+            Verifier::with_threads(VerificationCache::new(0), 1, Arc::new(Metrics::new()))
+                .with_niceness(10);
+        assert_eq!(
+            nice_of_a_verification_thread(&verifier).await,
+            (main_thread_nice() + 10).min(19)
+        );
+    }
+
     /// A check (the onboarding pairing check) runs on a verification thread, at its lower
-    /// priority, among ciphertexts; and a full queue refuses it as it refuses them.
+    /// priority when one is asked for, among ciphertexts; and a full queue refuses it as
+    /// it refuses them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn checks_share_the_threads_and_the_bound_of_ciphertexts() {
         let metrics = Arc::new(Metrics::new());
-        let verifier = Arc::new(Verifier::with_limits(
-            VerificationCache::new(0),
-            1,
-            8,
-            Arc::clone(&metrics),
-        ));
+        let verifier = Arc::new(
+            Verifier::with_limits(VerificationCache::new(0), 1, 8, Arc::clone(&metrics))
+                .with_niceness(3),
+        );
         let here = std::thread::current().id();
         let cts = ciphertexts(4);
         let mut tasks = tokio::task::JoinSet::new();
@@ -384,7 +437,7 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(thread, here);
-        assert_eq!(nice, VERIFY_NICENESS);
+        assert_eq!(nice, (main_thread_nice() + 3).min(19));
         while tasks.join_next().await.is_some() {}
 
         while !verifier.queue.claim_thread() {

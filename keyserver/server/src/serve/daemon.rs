@@ -335,7 +335,8 @@ impl Daemon {
                 verifier: Verifier::new(
                     VerificationCache::new(VERIFIED_CIPHERTEXTS),
                     Arc::clone(metrics),
-                ),
+                )
+                .with_niceness(args.verify_niceness),
                 shares: ShareCache::default(),
                 metrics: Arc::clone(metrics),
                 onboarding: OnboardingGate::new(

@@ -53,6 +53,14 @@ pub struct ServeArgs {
     /// of the host, for lower latency.
     #[arg(long, env = "KSS_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Full)]
     pub sqlite_sync: SqliteSync,
+    /// How many nice levels below the rest of the server the ciphertext verification
+    /// threads run (0–19; 0: the same priority). Lower, they keep the short steps of other
+    /// requests ahead of verifications; but every other process of the same scheduling
+    /// group (session or cgroup) above their priority then runs ahead of them too: use it
+    /// only where the server is alone in its cgroup.
+    #[arg(long, env = "KSS_VERIFY_NICENESS", default_value_t = crate::requests::verifier::DEFAULT_VERIFY_NICENESS,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub verify_niceness: i32,
     /// This instance's name in the registry (`kss instance list`): stable across restarts
     /// where the platform gives one (a StatefulSet pod's name). Default: host name and
     /// process id.
