@@ -120,6 +120,11 @@ for n in (16, 64):
 print(f"| F = {cores} cores ÷ (share + signature) | {floor:.0f} /s | {floor/limit:.2f} × L | |")
 print(f"| L = {cores} cores ÷ approval crypto in a batch of 64 | {limit:.0f} /s | 1.00 × L | |")
 print(f"| flat out, distinct ciphertexts | {rate('distinct'):.0f} approved/s | **{rate('distinct')/limit:.2f} × L** = {rate('distinct')/floor:.2f} × F | ≥ 0.8 × L |")
+# The load generator runs on the same cores: what it took, and the server's rate per core
+# it got against L's per core.
+def lg_cores(n): return r[n]["cpu_seconds"] / (r[n]["elapsed_seconds"] + 2)
+got = srv["distinct"]["cores_used"]
+print(f"| same, per core the server got ({got} of {cores}; the load generator took {lg_cores('distinct'):.2f}) | {rate('distinct')/got:.0f} approved/s per core | **{rate('distinct')/got/(limit/float(cores)):.2f} × L** per core | |")
 print(f"| paced at 0.5 × L ({r['paced']['target_rate']:.0f}/s): p50 / p99 / p99.9 | {lat('paced')} | ({rate('paced'):.0f} approved/s) | p99 < 15 ms |")
 print(f"| same, `--sqlite-sync normal` | {lat('paced-normal')} | ({rate('paced-normal'):.0f} approved/s) | |")
 print(f"| same, `--verify-niceness 10` (the former default) | {lat('paced-nice10')} | ({rate('paced-nice10'):.0f} approved/s) | |")
@@ -129,8 +134,8 @@ print()
 print("Server side (bench/server-stats.py, over each whole loadgen run, warm-up included; durations are upper bucket bounds; threads: CPU s / runnable-but-waiting s, by nice value):")
 print()
 nices = sorted({int(k) for n in names for k in srv[n]["threads_by_nice"]})
-print("| run | server CPU per Approve (÷ L's crypto) | cores the server got (needed at the paced rate) | Approve p50 / p99 | decision batch: mean size, p99 | verify batch mean size | " + " | ".join(f"threads at nice {k}" for k in nices) + " |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(nices))
+print("| run | server CPU per Approve (÷ L's crypto) | cores the server got (needed at the paced rate) | load generator's cores | Approve p50 / p99 | decision batch: mean size, p99 | verify batch mean size | " + " | ".join(f"threads at nice {k}" for k in nices) + " |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(nices))
 def ms(v): return "—" if v is None else ("∞" if v == float("inf") else f"{v*1e3:g} ms")
 for n in names:
     s = srv[n]
@@ -142,7 +147,7 @@ for n in names:
     got = f"{s['cores_used']}"
     if r[n]["target_rate"] > 0 and s["cpu_us_per_approve"]:
         got += f" ({r[n]['target_rate'] * s['cpu_us_per_approve'] / 1e6:.2f})"
-    print(f"| {n} | {cpu} | {got} | {ms(s['approve_seconds']['p50_le'])} / {ms(s['approve_seconds']['p99_le'])} | "
+    print(f"| {n} | {cpu} | {got} | {lg_cores(n):.2f} | {ms(s['approve_seconds']['p50_le'])} / {ms(s['approve_seconds']['p99_le'])} | "
           f"{s['decision_batch_size']['mean'] or 0:.1f}, {ms(s['decision_batch_seconds']['p99_le'])} | "
           f"{'—' if vb is None else f'{vb:.1f}'} | " + " | ".join(th(str(k)) for k in nices) + " |")
 for n in r:

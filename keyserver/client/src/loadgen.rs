@@ -149,6 +149,9 @@ pub struct LoadReport {
     /// With `--verify`: approved answers whose share did not verify or combine correctly.
     pub verify_failures: u64,
     pub elapsed_seconds: f64,
+    /// CPU seconds (user and system, every thread) this load generator used while sending,
+    /// warm-up included: what it took from a machine it shares with the server.
+    pub cpu_seconds: f64,
     /// All answered requests (approved + denied) per second.
     pub throughput: f64,
     /// Approved requests per second.
@@ -195,6 +198,11 @@ impl fmt::Display for LoadReport {
         )?;
         writeln!(f)?;
         writeln!(f, "  {:<14}{:>12.2} s", "elapsed", self.elapsed_seconds)?;
+        writeln!(
+            f,
+            "  {:<14}{:>12.2} s   (this load generator, warm-up included)",
+            "cpu", self.cpu_seconds
+        )?;
         writeln!(f, "  {:<14}{:>12}", "sent", self.sent)?;
         writeln!(
             f,
@@ -377,6 +385,12 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<LoadReport> {
 }
 
 /// Runs a load test and returns the report without printing it (progress goes to stderr).
+/// CPU time used by this process so far (every thread, user and system), in seconds.
+fn process_cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
 pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     install_crypto_provider();
     check_args(args)?;
@@ -465,6 +479,7 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     });
 
     eprintln!("loadgen: running");
+    let cpu_at_start = process_cpu_seconds();
     let start = tokio::time::Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -493,6 +508,7 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     let elapsed = tokio::time::Instant::now()
         .saturating_duration_since(start + warmup)
         .as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_at_start;
 
     let hist = total.latency_us.take().unwrap_or(new_histogram()?);
     let ms = |us: u64| us as f64 / 1000.0;
@@ -531,6 +547,7 @@ pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
         verified: total.verified,
         verify_failures: total.verify_failures,
         elapsed_seconds: elapsed,
+        cpu_seconds,
         throughput: per_second(answered),
         approved_per_second: per_second(total.approved),
         latency_ms: if hist.is_empty() {

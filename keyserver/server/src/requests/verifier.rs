@@ -3,10 +3,13 @@
 //!
 //! Requests put their ciphertext in a queue; at most one verification thread per core
 //! (tokio's blocking threads) works on it. A thread takes its equal share of what is
-//! waiting, at most [`MAX_BATCH`], and checks it with one batched pairing equation
-//! ([`VerificationCache::verify_batch`]): idle, a ciphertext is verified alone at once;
-//! under load the batches grow and each ciphertext costs less (figures in the README's
-//! benchmarks).
+//! waiting (shared with the other threads running), at most [`MAX_BATCH`], and checks it
+//! with one batched pairing equation ([`VerificationCache::verify_batch`]): idle, a
+//! ciphertext is verified alone at once; under load the batches grow and each ciphertext
+//! costs less (figures in the README's benchmarks). While one thread works, another one
+//! starts only once [`PARALLEL_AT`] ciphertexts wait: below that the waiting ones form the
+//! working thread's next batch, which costs less CPU than verifying them one by one in
+//! parallel (a lone verification costs ~1.7 × a ciphertext's share of a batch of 16).
 //!
 //! The queue is bounded ([`MAX_WAITING`]): when it is full a request is refused at once
 //! ([`NotVerified::QueueFull`], denied as unavailable) instead of waiting behind seconds of
@@ -37,6 +40,10 @@ pub const DEFAULT_VERIFY_NICENESS: i32 = 0;
 
 /// The most ciphertexts verified in one batch (~14 ms of one core).
 pub const MAX_BATCH: usize = 16;
+
+/// While a verification thread works, another one starts only once this many ciphertexts
+/// wait (at 4 a batch costs ~0.7 × per ciphertext what a lone verification does).
+pub const PARALLEL_AT: usize = 4;
 
 /// The most ciphertexts waiting for a verification thread: about 2 s of work for two
 /// cores in full batches.
@@ -162,15 +169,16 @@ impl Verifier {
     /// Queues `item` (refused when the queue is full) and starts a verification thread if
     /// fewer than the most are running.
     fn enqueue(&self, item: Waiting) -> Result<(), NotVerified> {
-        {
+        let waiting = {
             let mut waiting = self.queue.lock();
             if waiting.len() >= self.queue.max_waiting {
                 self.metrics.verify_queue_full();
                 return Err(NotVerified::QueueFull);
             }
             waiting.push(item);
-        }
-        if self.queue.claim_thread() {
+            waiting.len()
+        };
+        if self.queue.claim_thread(waiting) {
             let queue = Arc::clone(&self.queue);
             let cache = Arc::clone(&self.cache);
             let metrics = Arc::clone(&self.metrics);
@@ -192,25 +200,29 @@ impl Queue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts one more verification thread, unless there are enough already.
-    fn claim_thread(&self) -> bool {
+    /// Counts one more verification thread for `waiting` items: the first one always;
+    /// another one, up to the most, only once [`PARALLEL_AT`] items wait (fewer are the
+    /// next batch of a thread already working).
+    fn claim_thread(&self, waiting: usize) -> bool {
         self.threads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_threads).then_some(n + 1)
+                let wanted = n == 0 || waiting >= PARALLEL_AT;
+                (wanted && n < self.max_threads).then_some(n + 1)
             })
             .is_ok()
     }
 
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 
     /// This thread's share of what is waiting: an equal part for every verification
-    /// thread (so that they work in parallel rather than one on a long batch), at most
-    /// [`MAX_BATCH`].
+    /// thread running (so that they work in parallel rather than one on a long batch), at
+    /// most [`MAX_BATCH`].
     fn take_batch(&self) -> Vec<Waiting> {
+        let running = self.threads.load(Ordering::SeqCst).max(1);
         let mut waiting = self.lock();
-        let n = waiting.len().div_ceil(self.max_threads).min(MAX_BATCH);
+        let n = waiting.len().div_ceil(running).min(MAX_BATCH);
         waiting.drain(..n).collect()
     }
 }
@@ -255,7 +267,8 @@ fn work(queue: &Queue, cache: &VerificationCache, metrics: &Metrics) {
         drop(slot);
         // A request that queued after the last look, while every thread was counted,
         // started none: look once more now that this one is uncounted.
-        if queue.is_empty() || !queue.claim_thread() {
+        let waiting = queue.len();
+        if waiting == 0 || !queue.claim_thread(waiting) {
             return;
         }
     }
@@ -335,7 +348,7 @@ mod tests {
             while let Some(joined) = tasks.join_next().await {
                 joined.unwrap();
             }
-            assert!(verifier.queue.is_empty());
+            assert_eq!(verifier.queue.len(), 0);
             // The threads uncount themselves just after their last reply.
             for _ in 0..1_000 {
                 if verifier.queue.threads.load(Ordering::SeqCst) == 0 {
@@ -366,15 +379,119 @@ mod tests {
                 });
             }
         };
+        // One thread running: it takes everything waiting, up to a batch.
+        assert!(verifier.queue.claim_thread(1));
         push(1);
         assert_eq!(verifier.queue.take_batch().len(), 1);
+        push(5);
+        assert_eq!(verifier.queue.take_batch().len(), 5);
+        push(100);
+        assert_eq!(verifier.queue.take_batch().len(), MAX_BATCH);
+        verifier.queue.lock().clear();
+        // Two running: each takes half.
+        assert!(verifier.queue.claim_thread(PARALLEL_AT));
         push(5);
         assert_eq!(verifier.queue.take_batch().len(), 3);
         assert_eq!(verifier.queue.take_batch().len(), 1);
         assert_eq!(verifier.queue.take_batch().len(), 1);
         assert!(verifier.queue.take_batch().is_empty());
-        push(100);
-        assert_eq!(verifier.queue.take_batch().len(), MAX_BATCH);
+    }
+
+    /// While a thread works, ciphertexts arriving one by one wait for it and form its next
+    /// batch; a second thread starts only once PARALLEL_AT of them wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_thread_starts_only_for_a_queue_worth_a_batch() {
+        let metrics = Arc::new(Metrics::new());
+        let verifier = Arc::new(Verifier::with_threads(
+            VerificationCache::new(0),
+            2,
+            Arc::clone(&metrics),
+        ));
+        let sizes = |m: &Metrics| {
+            let text = m.encode();
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+                    .unwrap_or(0.0)
+            };
+            (
+                value("kss_verify_batch_size_count"),
+                value("kss_verify_batch_size_sum"),
+            )
+        };
+        let cts = ciphertexts(PARALLEL_AT - 1 + PARALLEL_AT);
+        // The first thread is held by a check until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let check = {
+            let verifier = Arc::clone(&verifier);
+            tokio::spawn(async move {
+                verifier
+                    .run(move || {
+                        let _ = started.send(());
+                        held.recv().unwrap();
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        running.await.unwrap();
+        let verify_all = |cts: &[Vec<u8>]| {
+            let mut tasks = tokio::task::JoinSet::new();
+            for ct in cts {
+                let (verifier, ct) = (Arc::clone(&verifier), ct.clone());
+                tasks.spawn(async move { assert!(verifier.verify(ct).await.unwrap().is_ok()) });
+            }
+            tasks
+        };
+        // Until n wait (at most 10 s: a second thread may be draining them).
+        let wait_queued = |n: usize| {
+            let verifier = Arc::clone(&verifier);
+            async move {
+                for _ in 0..5_000 {
+                    if verifier.queue.len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        };
+        // Fewer than PARALLEL_AT: no second thread, nothing verified while the first is held.
+        let mut first = verify_all(&cts[..PARALLEL_AT - 1]);
+        wait_queued(PARALLEL_AT - 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(verifier.queue.threads.load(Ordering::SeqCst), 1);
+        assert_eq!(sizes(&metrics), (0.0, 0.0));
+        // Released: they are the first thread's next batch, all of them at once.
+        release.send(()).unwrap();
+        check.await.unwrap();
+        while first.join_next().await.is_some() {}
+        assert_eq!(sizes(&metrics), (1.0, (PARALLEL_AT - 1) as f64));
+
+        // Held again: PARALLEL_AT waiting start a second thread, which verifies them.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let check = {
+            let verifier = Arc::clone(&verifier);
+            tokio::spawn(async move {
+                verifier
+                    .run(move || {
+                        let _ = started.send(());
+                        held.recv().unwrap();
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        running.await.unwrap();
+        let mut second = verify_all(&cts[PARALLEL_AT - 1..]);
+        while second.join_next().await.is_some() {}
+        let (batches, verified) = sizes(&metrics);
+        assert!(batches >= 2.0, "{batches}");
+        assert_eq!(verified, (2 * PARALLEL_AT - 1) as f64);
+        release.send(()).unwrap();
+        check.await.unwrap();
     }
 
     fn main_thread_nice() -> i32 {
@@ -440,7 +557,7 @@ mod tests {
         assert_eq!(nice, (main_thread_nice() + 3).min(19));
         while tasks.join_next().await.is_some() {}
 
-        while !verifier.queue.claim_thread() {
+        while !verifier.queue.claim_thread(1) {
             tokio::task::yield_now().await;
         }
         for _ in 0..8 {
@@ -470,7 +587,7 @@ mod tests {
         assert!(verifier.verify(cts[0].clone()).await.unwrap().is_ok());
         // Wait until the only verification thread is uncounted, then hold its slot so
         // nothing drains the queue.
-        while !verifier.queue.claim_thread() {
+        while !verifier.queue.claim_thread(1) {
             tokio::task::yield_now().await;
         }
         for _ in 0..3 {
@@ -507,10 +624,12 @@ mod tests {
     fn threads_are_counted_up_to_the_limit() {
         let verifier =
             Verifier::with_threads(VerificationCache::new(0), 2, Arc::new(Metrics::new()));
-        assert!(verifier.queue.claim_thread());
-        assert!(verifier.queue.claim_thread());
-        assert!(!verifier.queue.claim_thread());
+        // The first thread for anything waiting; another one only for a batch's worth.
+        assert!(verifier.queue.claim_thread(1));
+        assert!(!verifier.queue.claim_thread(PARALLEL_AT - 1));
+        assert!(verifier.queue.claim_thread(PARALLEL_AT));
+        assert!(!verifier.queue.claim_thread(MAX_WAITING));
         drop(ThreadSlot(&verifier.queue));
-        assert!(verifier.queue.claim_thread());
+        assert!(verifier.queue.claim_thread(PARALLEL_AT));
     }
 }
