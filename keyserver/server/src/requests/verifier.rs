@@ -397,6 +397,27 @@ mod tests {
         assert!(verifier.queue.take_batch().is_empty());
     }
 
+    /// Holds a verification thread with a check until the sender is used (or dropped);
+    /// returns once the check runs.
+    async fn hold_a_thread(
+        verifier: &Arc<Verifier>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let verifier = Arc::clone(verifier);
+        let check = tokio::spawn(async move {
+            verifier
+                .run(move || {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                })
+                .await
+                .unwrap()
+        });
+        running.await.unwrap();
+        (release, check)
+    }
+
     /// While a thread works, ciphertexts arriving one by one wait for it and form its next
     /// batch; a second thread starts only once PARALLEL_AT of them wait.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,21 +443,7 @@ mod tests {
         };
         let cts = ciphertexts(PARALLEL_AT - 1 + PARALLEL_AT);
         // The first thread is held by a check until released.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, running) = oneshot::channel();
-        let check = {
-            let verifier = Arc::clone(&verifier);
-            tokio::spawn(async move {
-                verifier
-                    .run(move || {
-                        let _ = started.send(());
-                        held.recv().unwrap();
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        running.await.unwrap();
+        let (release, check) = hold_a_thread(&verifier).await;
         let verify_all = |cts: &[Vec<u8>]| {
             let mut tasks = tokio::task::JoinSet::new();
             for ct in cts {
@@ -470,21 +477,7 @@ mod tests {
         assert_eq!(sizes(&metrics), (1.0, (PARALLEL_AT - 1) as f64));
 
         // Held again: PARALLEL_AT waiting start a second thread, which verifies them.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, running) = oneshot::channel();
-        let check = {
-            let verifier = Arc::clone(&verifier);
-            tokio::spawn(async move {
-                verifier
-                    .run(move || {
-                        let _ = started.send(());
-                        held.recv().unwrap();
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        running.await.unwrap();
+        let (release, check) = hold_a_thread(&verifier).await;
         let mut second = verify_all(&cts[PARALLEL_AT - 1..]);
         while second.join_next().await.is_some() {}
         let (batches, verified) = sizes(&metrics);
