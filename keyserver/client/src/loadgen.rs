@@ -384,13 +384,13 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
-/// Runs a load test and returns the report without printing it (progress goes to stderr).
 /// CPU time used by this process so far (every thread, user and system), in seconds.
 fn process_cpu_seconds() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
+/// Runs a load test and returns the report without printing it (progress goes to stderr).
 pub async fn run_load(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
     install_crypto_provider();
     check_args(args)?;
