@@ -271,12 +271,10 @@ async fn mysql_connections_do_not_wait_for_delayed_acks() {
             let entry = entry.unwrap();
             let is_socket = std::fs::read_link(entry.path())
                 .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            let fd = entry.file_name().to_string_lossy().parse::<i32>();
+            let (true, Ok(fd)) = (is_socket, fd) else {
                 continue;
             };
-            if !is_socket {
-                continue;
-            }
             let Ok(socket) =
                 rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty())
             else {

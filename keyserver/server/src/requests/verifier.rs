@@ -166,8 +166,8 @@ impl Verifier {
         result.await.map_err(|_| NotVerified::ShuttingDown)
     }
 
-    /// Queues `item` (refused when the queue is full) and starts a verification thread if
-    /// fewer than the most are running.
+    /// Queues `item` (refused when the queue is full) and starts a verification thread
+    /// when [`Queue::claim_thread`] asks for one.
     fn enqueue(&self, item: Waiting) -> Result<(), NotVerified> {
         let waiting = {
             let mut waiting = self.queue.lock();
