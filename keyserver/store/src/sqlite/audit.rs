@@ -229,6 +229,7 @@ pub(super) async fn verify(pool: &SqlitePool, key: &dyn AuditKey) -> Result<Chai
 
 pub(super) async fn prune(
     pool: &SqlitePool,
+    writer: &SqlitePool,
     key: &dyn AuditKey,
     before_ms: i64,
 ) -> Result<PruneOutcome> {
@@ -242,7 +243,7 @@ pub(super) async fn prune(
             Ok(Some(plan)) => plan,
         }
     };
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let (head, _) = locked_head(&mut tx).await?;
     let through = to_i64(plan.through)?;
     if let Some(hash) = &plan.hash {
@@ -281,11 +282,11 @@ pub(super) async fn prune(
 /// Starts a new chain after every row there is, whatever the state of the old one: every
 /// checkpoint goes, the head is rewritten, `record` is the first row.
 pub(super) async fn restart(
-    pool: &SqlitePool,
+    writer: &SqlitePool,
     key: &dyn AuditKey,
     record: &AuditRecord,
 ) -> Result<u64> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     // The head row (if any) first: the lock every append takes.
     sqlx::query("DELETE FROM audit_head")
         .execute(&mut *tx)

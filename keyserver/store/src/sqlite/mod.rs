@@ -37,11 +37,24 @@ pub enum Durability {
 }
 
 /// A SQLite database file, created and migrated on first open.
+///
+/// Two pools on the one file: `pool` for reads (WAL: readers never wait for the writer),
+/// and `writer`, one connection, for every write and every transaction that writes.
+/// SQLite lets one connection write at a time; with several writing connections a writer
+/// that found the lock held polled for it in SQLite's busy handler, sleeping 1, 2, 5,
+/// 10 ... 100 ms between tries, so a once-a-second heartbeat made decision batches sleep
+/// (and starved behind them). Writers of this process now queue for the one connection and
+/// are woken as soon as it is free; the busy handler only waits for other processes.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    pub(crate) writer: SqlitePool,
     audit_key: KeySlot,
 }
+
+/// How long SQLite waits for a write lock another process holds, and a writer of this
+/// process for the writing connection.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and applies migrations, with
@@ -52,6 +65,15 @@ impl SqliteStore {
 
     /// Opens with the given durability.
     pub async fn open_with(path: &Path, durability: Durability) -> Result<Self> {
+        Self::open_with_busy_timeout(path, durability, LOCK_TIMEOUT).await
+    }
+
+    /// `busy_timeout`: how long SQLite waits for a write lock held by another connection.
+    async fn open_with_busy_timeout(
+        path: &Path,
+        durability: Durability,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -60,30 +82,40 @@ impl SqliteStore {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // sqlx counts a transaction that SQLite rolled back by itself (a statement or
-            // COMMIT that failed with SQLITE_FULL, SQLITE_IOERR, ...) as still open: its
-            // ROLLBACK then fails, and every later BEGIN on that connection is refused
-            // ("non-zero transaction depth"). Such a connection is closed, not reused.
-            // (The ping first: the ROLLBACK queued when the transaction was dropped runs
-            // before it.)
-            .after_release(|conn, _meta| {
-                Box::pin(async move {
-                    sqlx::Connection::ping(&mut *conn).await?;
-                    Ok(!sqlx::Connection::is_in_transaction(&*conn))
-                })
-            })
-            .connect_with(options)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true)
+            // Statement journals (a multi-row statement inside a transaction) in memory:
+            // otherwise each larger one creates, writes and unlinks a temporary file.
+            .pragma("temp_store", "memory");
+        let writer = pool_options(1)
+            .acquire_timeout(LOCK_TIMEOUT)
+            .connect_with(options.clone())
             .await?;
-        MIGRATIONS.run(&pool).await?;
+        MIGRATIONS.run(&writer).await?;
+        let pool = pool_options(4).connect_with(options).await?;
         Ok(SqliteStore {
             pool,
+            writer,
             audit_key: KeySlot::default(),
         })
     }
+}
+
+fn pool_options(connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        // sqlx counts a transaction that SQLite rolled back by itself (a statement or
+        // COMMIT that failed with SQLITE_FULL, SQLITE_IOERR, ...) as still open: its
+        // ROLLBACK then fails, and every later BEGIN on that connection is refused
+        // ("non-zero transaction depth"). Such a connection is closed, not reused.
+        // (The ping first: the ROLLBACK queued when the transaction was dropped runs
+        // before it.)
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::Connection::ping(&mut *conn).await?;
+                Ok(!sqlx::Connection::is_in_transaction(&*conn))
+            })
+        })
 }
 
 #[async_trait]
@@ -112,7 +144,7 @@ impl Store for SqliteStore {
         .bind(&identity.keyserver_id)
         .bind(&identity.sealed_root)
         .bind(identity.created_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(StoreError::AlreadyExists("a keyserver identity".into()));
@@ -128,7 +160,7 @@ impl Store for SqliteStore {
         .bind(new)
         .bind(keyserver_id)
         .bind(old)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -146,7 +178,7 @@ impl Store for SqliteStore {
     async fn set_enabled(&self, enabled: bool) -> Result<()> {
         sqlx::query("UPDATE state SET enabled = ? WHERE singleton = 1")
             .bind(i64::from(enabled))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -160,7 +192,7 @@ impl Store for SqliteStore {
     ) -> Result<PolicyAdded> {
         // IMMEDIATE: the write lock first, so no other load can slip in between the look
         // at the version in force and the insert.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let in_force: Option<(i64, String, String)> = sqlx::query_as(
             "SELECT p.version, p.sha256, p.text FROM state s \
              JOIN policy_versions p ON p.version = s.policy_version WHERE s.singleton = 1",
@@ -247,7 +279,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE policy_versions SET mac = ? WHERE version = ? AND length(mac) = 0")
                 .bind(mac)
                 .bind(to_i64(version)?)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -306,13 +338,13 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE profiles SET mac = ? WHERE profile_id = ? AND length(mac) = 0")
                 .bind(mac)
                 .bind(profile_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn revoke(&self, r: &Revocation) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "INSERT INTO revocations (profile_id, whole_profile, device_id, revoked_at_ms, \
              reason) VALUES (?, ?, ?, ?, ?) \
@@ -371,7 +403,7 @@ impl Store for SqliteStore {
         .bind(e.expires_at_ms)
         .bind(e.created_at_ms)
         .bind(&e.note)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match done {
             Ok(_) => Ok(()),
@@ -407,7 +439,7 @@ impl Store for SqliteStore {
     }
 
     async fn clear_counters(&self, profile_id: Option<&str>) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = match profile_id {
             Some(p) => {
                 sqlx::query("DELETE FROM quota_counters WHERE profile_id = ?")
@@ -457,7 +489,7 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<Vec<u64>> {
         let key = self.audit_key.get()?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let ids = audit::append(&mut tx, key.as_ref(), records).await?;
         tx.commit().await?;
         Ok(ids)
@@ -468,11 +500,17 @@ impl Store for SqliteStore {
     }
 
     async fn prune_audit(&self, before_ms: i64) -> Result<PruneOutcome> {
-        audit::prune(&self.pool, self.audit_key.get()?.as_ref(), before_ms).await
+        audit::prune(
+            &self.pool,
+            &self.writer,
+            self.audit_key.get()?.as_ref(),
+            before_ms,
+        )
+        .await
     }
 
     async fn restart_audit_chain(&self, record: &AuditRecord) -> Result<u64> {
-        audit::restart(&self.pool, self.audit_key.get()?.as_ref(), record).await
+        audit::restart(&self.writer, self.audit_key.get()?.as_ref(), record).await
     }
 
     async fn audit_counts(&self) -> Result<(u64, u64)> {
@@ -490,12 +528,13 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn begin_decisions(&self, fence: Option<&Lease>) -> Result<Box<dyn DecisionTx>> {
         // IMMEDIATE: take the write lock now, so counters read here cannot change before
         // this transaction writes them (and no claim can move the lease meanwhile).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(lease) = fence {
             registry::check_fence(&mut tx, lease).await?;
         }
@@ -648,5 +687,98 @@ impl DecisionTx for SqliteDecisionTx {
     async fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{InstanceInfo, Registry};
+    use kss_policy::{Counter, QuotaWindow};
+
+    fn counter(profile_id: &str, used: u64) -> StoredCounter {
+        StoredCounter {
+            rule_id: "rule".into(),
+            profile_id: profile_id.into(),
+            counter: Counter {
+                window: QuotaWindow {
+                    day: jiff::civil::date(2026, 12, 7),
+                    hour: 9,
+                },
+                hour_used: used,
+                day_used: used,
+            },
+        }
+    }
+
+    /// With SQLite's busy handler off, a writer that finds the write lock held by another
+    /// connection fails at once ("database is locked"). Decision batches, heartbeats,
+    /// lease renewals and administrative writes all at once then succeed only if this
+    /// process's writers never meet on the lock: they wait for the one writing
+    /// connection instead (with several writing connections this fails on the first
+    /// collision).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_of_one_process_queue_instead_of_meeting_on_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with_busy_timeout(
+            &dir.path().join("kss.db"),
+            Durability::Normal,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        let info = InstanceInfo {
+            name: "i0".into(),
+            incarnation: "a".into(),
+            hostname: "host".into(),
+            endpoint: "https://i0:7443".into(),
+            kss_version: "test".into(),
+            started_at_ms: 1,
+        };
+        store.register_instance(&info, 0).await.unwrap();
+        let lease = match store.claim_lease("standalone", "i0", 60_000).await.unwrap() {
+            crate::LeaseClaim::Granted { lease, .. } => lease,
+            other => panic!("lease not granted: {other:?}"),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..4u64 {
+            let (store, lease) = (store.clone(), lease.clone());
+            tasks.spawn(async move {
+                for round in 0..50 {
+                    let mut tx = store.begin_decisions(Some(&lease)).await?;
+                    let profile = format!("p{task}");
+                    tx.counters_for(&[&profile]).await?;
+                    tokio::task::yield_now().await;
+                    tx.save_counters(&[counter(&profile, round)]).await?;
+                    tx.commit().await?;
+                }
+                Ok::<_, StoreError>(())
+            });
+        }
+        let (s, l) = (store.clone(), lease.clone());
+        tasks.spawn(async move {
+            for _ in 0..50 {
+                assert!(s.heartbeat("i0", "a", 0).await?);
+                assert!(s.renew_lease(&l, 60_000).await?);
+            }
+            Ok(())
+        });
+        let s = store.clone();
+        tasks.spawn(async move {
+            for round in 0..50 {
+                s.set_enabled(round % 2 == 0).await?;
+                s.clear_counters(Some("nobody")).await?;
+            }
+            Ok(())
+        });
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let counters = store.counters(None).await.unwrap();
+        assert_eq!(counters.len(), 4);
+        assert!(counters.iter().all(|c| c.counter.hour_used == 49));
+        store.close().await;
     }
 }

@@ -49,7 +49,7 @@ impl Registry for SqliteStore {
         .bind(now)
         .bind(to_i64(applied)?)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -69,7 +69,7 @@ impl Registry for SqliteStore {
         .bind(applied)
         .bind(name)
         .bind(incarnation)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -79,7 +79,7 @@ impl Registry for SqliteStore {
             .bind(now_ms())
             .bind(name)
             .bind(incarnation)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -95,7 +95,7 @@ impl Registry for SqliteStore {
     }
 
     async fn forget_instances(&self, fence: &Lease, offline_for_ms: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
             "DELETE FROM instances WHERE COALESCE(stopped_at_ms, heartbeat_ms + ?) <= ?",
@@ -109,7 +109,7 @@ impl Registry for SqliteStore {
     }
 
     async fn claim_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<LeaseClaim> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let row = sqlx::query("SELECT holder, token, expires_at_ms FROM leases WHERE name = ?")
             .bind(name)
@@ -138,7 +138,7 @@ impl Registry for SqliteStore {
     async fn renew_lease(&self, lease: &Lease, ttl_ms: i64) -> Result<bool> {
         // The clock is read once the write lock is held: a renewal that waited for it
         // past the expiry does not revive the lease.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE leases SET expires_at_ms = ? \
@@ -171,7 +171,7 @@ impl SqliteStore {
         .bind(&lease.name)
         .bind(&lease.holder)
         .bind(to_i64(lease.token)?)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
