@@ -40,15 +40,15 @@ pub enum Durability {
 ///
 /// Two pools on the one file: `pool` for reads (WAL: readers never wait for the writer),
 /// and `writer`, one connection, for every write and every transaction that writes.
-/// SQLite lets one connection write at a time; with several writing connections a writer
-/// that found the lock held polled for it in SQLite's busy handler, sleeping 1, 2, 5,
-/// 10 ... 100 ms between tries, so a once-a-second heartbeat made decision batches sleep
-/// (and starved behind them). Writers of this process now queue for the one connection and
-/// are woken as soon as it is free; the busy handler only waits for other processes.
+/// SQLite lets one connection write at a time: writers of this process queue for the one
+/// connection and are woken as soon as it is free, and SQLite's busy handler only waits
+/// for other processes. (With several writing connections, a writer that found the lock
+/// held polled for it in the busy handler, sleeping 1, 2, 5, 10 ... 100 ms between tries
+/// however soon it was free: the once-a-second heartbeat made decision batches sleep.)
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    pub(crate) writer: SqlitePool,
+    writer: SqlitePool,
     audit_key: KeySlot,
 }
 
