@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kss_policy::{Counter, QuotaWindow};
 use kss_store::{
     AuditEntry, AuditFilter, AuditKey, AuditRecord, CHECKPOINT_EVERY, ChainVerdict, Decision,
-    Enrollment, EnrollmentUse, Identity, InstanceInfo, Lease, LeaseClaim, MysqlStore,
+    DecisionTx, Enrollment, EnrollmentUse, Identity, InstanceInfo, Lease, LeaseClaim, MysqlStore,
     OFFLINE_AFTER_MS, PolicyAdded, Profile, PruneOutcome, Revocation, SqliteStore, State, Store,
     StoreError, StoredCounter, clone_sqlite_into_mysql, parse_db_uri, parse_db_uri_with_ca,
 };
@@ -178,7 +178,9 @@ conformance!(
     a_stopped_instance_is_forgotten_at_once,
     leases_grant_refuse_and_take_over,
     fenced_writes_fail_after_a_takeover,
+    fenced_decisions_fail_on_an_expired_or_missing_lease,
     audit_chain_verifies_with_checkpoints,
+    audit_appends_twice_in_one_decision_transaction,
     audit_chain_needs_its_key,
     audit_admin_records_share_the_chain,
     audit_rows_chunked_by_bytes,
@@ -1969,6 +1971,33 @@ async fn fenced_writes_fail_after_a_takeover(s: Arc<dyn Store>) {
     assert_eq!(s.audit_counts().await.unwrap(), (2, 0));
 }
 
+async fn fenced_decisions_fail_on_an_expired_or_missing_lease(s: Arc<dyn Store>) {
+    let fenced = |r: Result<Box<dyn DecisionTx>, StoreError>| match r {
+        Err(StoreError::Fenced(msg)) => msg,
+        Err(e) => panic!("expected Fenced, got {e}"),
+        Ok(_) => panic!("a lease not held opened a decision transaction"),
+    };
+    // Expired, and nobody took it over: its row is still there, but it no longer fences.
+    let a = granted(&s, "a", 300).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let msg = fenced(s.begin_decisions(Some(&a)).await);
+    assert!(msg.contains("expired"), "{msg}");
+    // A lease without a row (never granted under that name).
+    let ghost = Lease {
+        name: "no-such-lease".into(),
+        ..a.clone()
+    };
+    let msg = fenced(s.begin_decisions(Some(&ghost)).await);
+    assert!(msg.contains("no longer exists"), "{msg}");
+    // Unfenced transactions are not affected, and nothing was written by the refused ones.
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    tx.append_audit(&[record(Some("p"), Decision::Approved, "unlock", 1, None)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.audit_counts().await.unwrap(), (1, 0));
+}
+
 // ------------------------------------------------------------------ clone-db
 
 /// A standalone SQLite keyserver's data copied into an empty MySQL database: every row
@@ -2152,6 +2181,29 @@ async fn append_committed(s: &Arc<dyn Store>, records: &[AuditRecord]) -> Vec<u6
     let ids = tx.append_audit(records).await.unwrap();
     tx.commit().await.unwrap();
     ids
+}
+
+async fn audit_appends_twice_in_one_decision_transaction(s: Arc<dyn Store>) {
+    append_committed(
+        &s,
+        &[record(Some("p1"), Decision::Approved, "decrypt", 1, None)],
+    )
+    .await;
+    // The second append extends the first one's rows, not the head the transaction began
+    // with (a backend that read the head once for the transaction would reuse its ids).
+    let mut tx = s.begin_decisions(None).await.unwrap();
+    let first = tx
+        .append_audit(&[record(Some("p1"), Decision::Approved, "decrypt", 2, None)])
+        .await
+        .unwrap();
+    let second = tx
+        .append_audit(&[record(Some("p1"), Decision::Denied, "decrypt", 3, None)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((first, second), (vec![2], vec![3]));
+    let r = intact(s.verify_audit().await.unwrap());
+    assert_eq!((r.rows, r.first_id, r.last_id), (3, Some(1), Some(3)));
 }
 
 async fn audit_chain_verifies_with_checkpoints(s: Arc<dyn Store>) {

@@ -2,6 +2,7 @@
 //! takes with `BEGIN IMMEDIATE`), verification in a read snapshot, and pruning.
 
 use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::audit_chain::{
@@ -20,21 +21,46 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// The columns of [`LockedHead`], from `audit_head` (as `h`) and `audit`, for `concat!`.
+macro_rules! locked_head_columns {
+    () => {
+        "h.last_id, h.last_hash, h.checkpoint_seq, h.checkpoint_mac, h.since_checkpoint, \
+         h.at_ms, h.mac, (SELECT COALESCE(MAX(id), 0) FROM audit) AS max_id"
+    };
+}
+pub(super) use locked_head_columns;
+
+/// The chain's head as the write lock found it, and the table's largest id.
+pub(super) struct LockedHead {
+    head: ChainHead,
+    max_id: u64,
+}
+
+impl LockedHead {
+    /// From a row with [`locked_head_columns`], `None` if the head row is missing.
+    pub(super) fn from_row(row: Option<&SqliteRow>) -> Result<Self> {
+        let row = row.ok_or_else(|| {
+            StoreError::AuditChain(
+                "the audit chain's head row is missing: the audit log was tampered with".into(),
+            )
+        })?;
+        Ok(LockedHead {
+            head: head_from_row(row)?,
+            max_id: to_u64(row.try_get("max_id")?)?,
+        })
+    }
+}
+
 /// The head, and the table's largest id. The caller holds the write lock.
-async fn locked_head(conn: &mut SqliteConnection) -> Result<(ChainHead, u64)> {
-    let row = sqlx::query(
-        "SELECT last_id, last_hash, checkpoint_seq, checkpoint_mac, since_checkpoint, at_ms, \
-         mac, (SELECT COALESCE(MAX(id), 0) FROM audit) AS max_id \
-         FROM audit_head WHERE singleton = 1",
-    )
+async fn locked_head(conn: &mut SqliteConnection) -> Result<LockedHead> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        locked_head_columns!(),
+        " FROM audit_head h WHERE h.singleton = 1"
+    ))
     .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        StoreError::AuditChain(
-            "the audit chain's head row is missing: the audit log was tampered with".into(),
-        )
-    })?;
-    Ok((head_from_row(&row)?, to_u64(row.try_get("max_id")?)?))
+    .await?;
+    LockedHead::from_row(row.as_ref())
 }
 
 /// Whether the chain left any trace (a checkpoint or a chained row).
@@ -98,7 +124,19 @@ pub(super) async fn append(
     key: &dyn AuditKey,
     records: &[AuditRecord],
 ) -> Result<Vec<u64>> {
-    let (head, max_id) = locked_head(conn).await?;
+    let locked = locked_head(conn).await?;
+    append_at(conn, key, locked, records).await
+}
+
+/// Appends `records` after `locked`, the head this transaction read under the write lock
+/// it still holds.
+pub(super) async fn append_at(
+    conn: &mut SqliteConnection,
+    key: &dyn AuditKey,
+    locked: LockedHead,
+    records: &[AuditRecord],
+) -> Result<Vec<u64>> {
+    let LockedHead { head, max_id } = locked;
     let around = Surroundings {
         max_id,
         genesis_allowed: head.mac.is_empty() && !chain_traces(conn).await?,
@@ -244,7 +282,7 @@ pub(super) async fn prune(
         }
     };
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let (head, _) = locked_head(&mut tx).await?;
+    let head = locked_head(&mut tx).await?.head;
     let through = to_i64(plan.through)?;
     if let Some(hash) = &plan.hash {
         // The row verified then is still there as it was (not pruned meanwhile).

@@ -12,8 +12,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::audit_chain::{AuditKey, ChainVerdict, KeySlot, PruneOutcome};
 use crate::rows::{
-    audit_from_row, counter_from_row, enrollment_from_row, policy_from_row, profile_from_row,
-    revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
+    audit_from_row, counter_from_row, enrollment_from_row, lease_from_row, policy_from_row,
+    profile_from_row, revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
 };
 use crate::{
     AuditEntry, AuditFilter, AuditRecord, DecisionTx, Enrollment, EnrollmentUse, Identity, Lease,
@@ -104,14 +104,22 @@ impl SqliteStore {
 fn pool_options(connections: u32) -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .max_connections(connections)
+        // No ping before each use: the connection is a thread of this process, not a
+        // socket that can be cut, and the ping would be one more round trip to it.
+        .test_before_acquire(false)
         // sqlx counts a transaction that SQLite rolled back by itself (a statement or
         // COMMIT that failed with SQLITE_FULL, SQLITE_IOERR, ...) as still open: its
         // ROLLBACK then fails, and every later BEGIN on that connection is refused
         // ("non-zero transaction depth"). Such a connection is closed, not reused.
-        // (The ping first: the ROLLBACK queued when the transaction was dropped runs
-        // before it.)
+        // A connection with no transaction open goes back as it is. Otherwise the ping
+        // first: the ROLLBACK queued when the transaction was dropped runs before it.
+        // (Nothing queued can open one: a BEGIN whose caller went away is rolled back by
+        // sqlx's worker before it runs the next command.)
         .after_release(|conn, _meta| {
             Box::pin(async move {
+                if !sqlx::Connection::is_in_transaction(&*conn) {
+                    return Ok(true);
+                }
                 sqlx::Connection::ping(&mut *conn).await?;
                 Ok(!sqlx::Connection::is_in_transaction(&*conn))
             })
@@ -535,12 +543,32 @@ impl Store for SqliteStore {
         // IMMEDIATE: take the write lock now, so counters read here cannot change before
         // this transaction writes them (and no claim can move the lease meanwhile).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // One statement for the chain's head (which this transaction's audit rows extend)
+        // and the fencing lease: every statement is a round trip to the connection's
+        // thread. The lease's columns are NULL when it has no row, or no fence is asked.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            audit::locked_head_columns!(),
+            ", l.holder, l.token, l.expires_at_ms FROM audit_head h \
+             LEFT JOIN leases l ON l.name = ? WHERE h.singleton = 1"
+        ))
+        .bind(fence.map(|l| l.name.as_str()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let head = audit::LockedHead::from_row(row.as_ref())?;
         if let Some(lease) = fence {
-            registry::check_fence(&mut tx, lease).await?;
+            let held = match &row {
+                Some(r) if r.try_get::<Option<String>, _>("holder")?.is_some() => {
+                    Some(lease_from_row(r)?)
+                }
+                _ => None,
+            };
+            registry::still_held_now(lease, held.as_ref())?;
         }
         Ok(Box::new(SqliteDecisionTx {
             tx,
             audit_key: self.audit_key.clone(),
+            head: Some(head),
         }))
     }
 }
@@ -548,6 +576,8 @@ impl Store for SqliteStore {
 struct SqliteDecisionTx {
     tx: Transaction<'static, Sqlite>,
     audit_key: KeySlot,
+    /// The chain's head as read when the write lock was taken, until the first append.
+    head: Option<audit::LockedHead>,
 }
 
 /// SQLite's limit on bound parameters is 32766; stay far below it.
@@ -681,7 +711,10 @@ impl DecisionTx for SqliteDecisionTx {
 
     async fn append_audit(&mut self, records: &[AuditRecord]) -> Result<Vec<u64>> {
         let key = self.audit_key.get()?;
-        audit::append(&mut self.tx, key.as_ref(), records).await
+        match self.head.take() {
+            Some(head) => audit::append_at(&mut self.tx, key.as_ref(), head, records).await,
+            None => audit::append(&mut self.tx, key.as_ref(), records).await,
+        }
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
