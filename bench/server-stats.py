@@ -11,8 +11,10 @@ decision batches' sizes and durations, the verification batches' sizes) and, per
 its nice value and /proc/PID/task/TID/schedstat: nanoseconds on a CPU and nanoseconds
 runnable but waiting for one. The diff gives, over the run: the mean batch sizes, the
 percentiles of the server-side request and decision-batch durations (upper bucket bounds),
-and per nice value (0: the serving threads; 10: the verification threads) the CPU seconds
-used and the seconds spent waiting for a CPU. Linux only; standard library only.
+per nice value (0: the serving threads; 10: the verification threads) the CPU seconds
+used and the seconds spent waiting for a CPU, and per thread name (tokio-rt-worker,
+sqlx-sqlite-wor, ...) the context switches, voluntary (it slept) and involuntary (it was
+preempted), also per Approve answered. Linux only; standard library only.
 """
 
 import json
@@ -61,7 +63,18 @@ def threads(pid):
         except OSError:
             continue  # the thread ended
         nice = int(stat.rsplit(")", 1)[1].split()[16])
-        out[tid] = {"nice": nice, "on_cpu_ns": on_cpu, "waiting_ns": waiting}
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        switches = {}
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                        switches[key.split("_")[0]] = int(value)
+        except OSError:
+            continue
+        out[tid] = {"nice": nice, "name": name, "on_cpu_ns": on_cpu, "waiting_ns": waiting,
+                    "switches": switches}
     return out
 
 
@@ -95,6 +108,20 @@ def diff(before, after):
     for n in by_nice.values():
         n["cpu_s"], n["waiting_s"] = round(n["cpu_s"], 3), round(n["waiting_s"], 3)
     report["threads_by_nice"] = by_nice
+    # Context switches (voluntary: the thread slept; involuntary: it was preempted) by
+    # thread name, per Approve answered.
+    by_name = {}
+    for tid, t in after["threads"].items():
+        old = before["threads"].get(tid, {}).get("switches", {})
+        n = by_name.setdefault(t.get("name", "?"), {"threads": 0, "voluntary": 0, "nonvoluntary": 0})
+        n["threads"] += 1
+        for kind in ("voluntary", "nonvoluntary"):
+            n[kind] += t.get("switches", {}).get(kind, 0) - old.get(kind, 0)
+    approves_so_far = after["metrics"]["approve_seconds"]["count"] - before["metrics"]["approve_seconds"]["count"]
+    for n in by_name.values():
+        for kind in ("voluntary", "nonvoluntary"):
+            n[f"{kind}_per_approve"] = round(n[kind] / approves_so_far, 2) if approves_so_far else None
+    report["switches_by_thread_name"] = by_name
     # The whole server: how much of the machine it got, and its CPU per Approve answered
     # (warm-up included on both sides).
     seconds = after["at"] - before["at"]

@@ -10,7 +10,7 @@
 # distinct ciphertexts, 2 s warm-up, $SECS s, default 15); the server's view over the
 # counted part from bench/server-stats.py. One line per run: rate, latency percentiles,
 # the server's CPU per approval and cores, the decision batches' mean duration and p99
-# (upper bucket bound). Build each binary with `cargo build --release -p kss-server` at
+# (upper bucket bound), the context switches per approval by thread name. Build each binary with `cargo build --release -p kss-server` at
 # its commit and copy it out of target/ first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,11 @@ l, d = load["latency_ms"], srv["decision_batch_seconds"]
 print(f"{load['approved_per_second']:.0f} approved/s, p50/p99/p99.9 "
       f"{l['p50']:.1f} / {l['p99']:.1f} / {l['p999']:.1f} ms; server "
       f"{srv['cpu_us_per_approve']:.0f} µs CPU per approval, {srv['cores_used']} cores; "
-      f"decision batch mean {d['mean'] * 1000:.2f} ms, p99 ≤ {d['p99_le'] * 1000:g} ms")
+      f"decision batch mean {d['mean'] * 1000:.2f} ms, p99 ≤ {d['p99_le'] * 1000:g} ms; "
+      "context switches per approval (voluntary + involuntary): " + ", ".join(
+          f"{name} {n['voluntary_per_approve']:.1f} + {n['nonvoluntary_per_approve']:.1f}"
+          for name, n in sorted(srv["switches_by_thread_name"].items())
+          if n["voluntary_per_approve"] or n["nonvoluntary_per_approve"]))
 PY
 }
 

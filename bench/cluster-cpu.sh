@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Where a cluster's CPU goes at a paced rate: N `kss serve` instances on the test MariaDB,
+# `kss loadgen` paced at RATE over them, and the CPU per decision of the keyservers
+# (all instances together) and of mariadbd, over the counted part of the run.
+#
+#   bench/cluster-cpu.sh KSS TYPE RATE [INSTANCES, default 1]
+#
+# KSS: a `kss` binary (build with `cargo build --release -p kss-server`, copy it out of
+# target/ to compare two); TYPE: `decrypt` (distinct ciphertexts) or `search` (a decision
+# and its counter, no pairing). The policy is bench/lib.sh's, with the same persistent
+# per-profile throttle on searches; 16 profiles, 2 connections per instance, at most 256
+# in flight, 2 s warm-up, $SECS s (default 10). MariaDB is started if missing
+# (scripts/mariadb.sh); each run uses a fresh database, dropped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 3 ] || { sed -n 2,13p "$0" >&2; exit 2; }
+kss=$1 type=$2 rate=$3 n=${4:-1} secs=${SECS:-10}
+case $type in
+  search) kind=(--type search) ;;
+  decrypt) kind=(--distinct-ciphertexts 4096) ;;
+  *) echo "TYPE must be decrypt or search" >&2; exit 2 ;;
+esac
+source bench/lib.sh
+eval "$(bash scripts/mariadb.sh up 2> /dev/null)"
+mariadbd_pid=$(cat "$(dirname "$KSS_TEST_MYSQL_SOCKET")/mariadbd.pid")
+
+db_name="kss_cpu_$$"
+root_sql() {
+  mariadb --no-defaults --protocol=socket --socket="$KSS_TEST_MYSQL_SOCKET" -u root -e "$1"
+}
+root_sql "CREATE DATABASE $db_name"
+db_base="${KSS_TEST_MYSQL_URL%%\?*}"
+db="${db_base%/*}/$db_name?ssl-mode=DISABLED"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+  wait 2> /dev/null || true
+  root_sql "DROP DATABASE IF EXISTS $db_name" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+$kss --data-dir "$work/i0" --db-uri "$db" create --ignore-security-checks --threshold 1 \
+  > /dev/null 2>&1
+write_bench_policy "$work/policy.yml"
+cat >> "$work/policy.yml" << 'YAML'
+search:
+  - - rule: per-profile-throttle-rule
+      per_day: 1000000000
+      persistent: true
+YAML
+$kss --data-dir "$work/i0" policy load "$work/policy.yml" > /dev/null
+
+endpoints=()
+for ((i = 0; i < n; i++)); do
+  dir="$work/i$i"
+  if [ "$i" -gt 0 ]; then
+    mkdir -p "$dir/tls" && chmod 700 "$dir"
+    install -m 600 "$work/i0/master.key" "$dir/master.key"
+    $kss --data-dir "$dir" --db-uri "$db" initialize > /dev/null 2>&1
+    install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" \
+      "$dir/tls/"
+  fi
+  port=$(free_port) mport=$(free_port)
+  RUST_LOG=warn $kss --data-dir "$dir" serve --self-signed-tls --instance-name "i$i" \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
+    > "$work/serve-$i.out" 2> "$work/serve-$i.log" &
+  pids+=($!)
+  wait_serving "$work/serve-$i.out"
+  endpoints+=("https://127.0.0.1:$port")
+done
+also=()
+for ((j = 1; j < n; j++)); do also+=(--also-endpoint "${endpoints[$j]}"); done
+
+$kss loadgen --endpoint "${endpoints[0]}" "${also[@]}" --ca "$work/i0/tls/ca.pem" --json \
+  --warmup 2 --duration "$secs" --profiles 16 --connections $((2 * n)) --concurrency 256 \
+  --rate "$rate" "${kind[@]}" > "$work/load.json" 2> "$work/load.log" &
+loadgen=$!
+wait_running "$work/load.log" "$loadgen"
+sleep 2 # the warm-up
+ticks() { # CPU clock ticks (user + system) of the given processes
+  local sum=0 p
+  for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
+k0=$(ticks "${pids[@]}") m0=$(ticks "$mariadbd_pid") t0=$(date +%s.%N)
+sleep $((secs - 2))
+k1=$(ticks "${pids[@]}") m1=$(ticks "$mariadbd_pid") t1=$(date +%s.%N)
+wait "$loadgen"
+python3 - "$work/load.json" "$k0" "$k1" "$m0" "$m1" "$t0" "$t1" "$(getconf CLK_TCK)" \
+  "$type" "$n" << 'PY'
+import json, sys
+load = json.load(open(sys.argv[1]))
+k0, k1, m0, m1 = map(int, sys.argv[2:6])
+t0, t1, hz = float(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
+rate, lat = load["approved_per_second"], load["latency_ms"]
+decisions = rate * (t1 - t0)
+per = lambda ticks: ticks / hz * 1e6 / decisions
+print(f"{sys.argv[9]}, {sys.argv[10]} instance(s), paced at {load['target_rate']:.0f}/s: "
+      f"{rate:.0f}/s, p50/p99/p99.9 {lat['p50']:.1f} / {lat['p99']:.1f} / {lat['p999']:.1f} ms; "
+      f"CPU per decision: keyservers {per(k1 - k0):.0f} µs, mariadbd {per(m1 - m0):.0f} µs; "
+      f"errors {load.get('errors_by_code') or {}}")
+PY
