@@ -21,56 +21,10 @@ case $type in
   *) echo "TYPE must be decrypt or search" >&2; exit 2 ;;
 esac
 source bench/lib.sh
-eval "$(bash scripts/mariadb.sh up 2> /dev/null)"
+setup_bench_cluster "kss_cpu_$$"
 mariadbd_pid=$(cat "$(dirname "$KSS_TEST_MYSQL_SOCKET")/mariadbd.pid")
 
-db_name="kss_cpu_$$"
-root_sql() {
-  mariadb --no-defaults --protocol=socket --socket="$KSS_TEST_MYSQL_SOCKET" -u root -e "$1"
-}
-root_sql "CREATE DATABASE $db_name"
-db_base="${KSS_TEST_MYSQL_URL%%\?*}"
-db="${db_base%/*}/$db_name?ssl-mode=DISABLED"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
-  wait 2> /dev/null || true
-  root_sql "DROP DATABASE IF EXISTS $db_name" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-$kss --data-dir "$work/i0" --db-uri "$db" create --ignore-security-checks --threshold 1 \
-  > /dev/null 2>&1
-write_bench_policy "$work/policy.yml"
-cat >> "$work/policy.yml" << 'YAML'
-search:
-  - - rule: per-profile-throttle-rule
-      per_day: 1000000000
-      persistent: true
-YAML
-$kss --data-dir "$work/i0" policy load "$work/policy.yml" > /dev/null
-
-endpoints=()
-for ((i = 0; i < n; i++)); do
-  dir="$work/i$i"
-  if [ "$i" -gt 0 ]; then
-    mkdir -p "$dir/tls" && chmod 700 "$dir"
-    install -m 600 "$work/i0/master.key" "$dir/master.key"
-    $kss --data-dir "$dir" --db-uri "$db" initialize > /dev/null 2>&1
-    install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" \
-      "$dir/tls/"
-  fi
-  port=$(free_port) mport=$(free_port)
-  RUST_LOG=warn $kss --data-dir "$dir" serve --self-signed-tls --instance-name "i$i" \
-    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
-    > "$work/serve-$i.out" 2> "$work/serve-$i.log" &
-  pids+=($!)
-  wait_serving "$work/serve-$i.out"
-  endpoints+=("https://127.0.0.1:$port")
-done
+for ((i = 0; i < n; i++)); do start_cluster_instance "$i" "$work"; done
 also=()
 for ((j = 1; j < n; j++)); do also+=(--also-endpoint "${endpoints[$j]}"); done
 

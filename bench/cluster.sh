@@ -28,68 +28,13 @@ secs=${1:-10}
 source bench/lib.sh
 out=${OUT:-$target_dir/bench-cluster}
 mkdir -p "$out"
-eval "$(bash scripts/mariadb.sh up)"
-
 cargo build --release -q -p kss-server
 kss=$target_dir/release/kss
 measure_floor "$out"
 
-db_name="kss_bench_$$"
-root_sql() {
-  mariadb --no-defaults --protocol=socket --socket="$KSS_TEST_MYSQL_SOCKET" -u root -e "$1"
-}
-root_sql "CREATE DATABASE $db_name"
-# The same server and query as the test URL (it asks for plaintext: ssl-mode=DISABLED;
-# kss verifies TLS unless an address says otherwise), another database.
-db_base="${KSS_TEST_MYSQL_URL%%\?*}"
-db_query="${KSS_TEST_MYSQL_URL#"$db_base"}"
-db="${db_base%/*}/$db_name${db_query:-?ssl-mode=DISABLED}"
+setup_bench_cluster "kss_bench_$$"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  root_sql "DROP DATABASE IF EXISTS $db_name" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-$kss --data-dir "$work/i0" --db-uri "$db" create --ignore-security-checks --threshold 1 \
-  > /dev/null 2>&1
-write_bench_policy "$work/policy.yml"
-# Searches under the same kind of throttle: a decision with its counter, no ciphertext.
-cat >> "$work/policy.yml" <<'YAML'
-search:
-  - - rule: per-profile-throttle-rule
-      per_day: 1000000000
-      persistent: true
-YAML
-$kss --data-dir "$work/i0" policy load "$work/policy.yml" > /dev/null
-
-endpoints=()
-mports=()
-start_instance() { # index
-  local i=$1 dir="$work/i$1" port mport
-  if [ "$i" -gt 0 ]; then
-    mkdir -p "$dir" && chmod 700 "$dir"
-    install -m 600 "$work/i0/master.key" "$dir/master.key"
-    $kss --data-dir "$dir" --db-uri "$db" initialize > /dev/null 2>&1
-    mkdir -p "$dir/tls"
-    install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" "$dir/tls/"
-  fi
-  port=$(free_port)
-  mport=$(free_port)
-  rm -f "$out/serve-$i.out"   # wait_serving must not read a previous run's
-  RUST_LOG=warn $kss --data-dir "$dir" serve --self-signed-tls --instance-name "i$i" \
-    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
-    > "$out/serve-$i.out" 2> "$out/serve-$i.log" &
-  pids+=($!)
-  wait_serving "$out/serve-$i.out"
-  endpoints+=("https://127.0.0.1:$port")
-  mports+=("$mport")
-}
-for i in 0 1 2 3 4 5; do start_instance "$i"; done
+for i in 0 1 2 3 4 5; do start_cluster_instance "$i" "$out"; done
 
 # loadgen over the first $2 instances, its JSON report to $out/$1.json and instance 0's
 # own view of the run (bench/server-stats.py) to $out/$1.server.json; the rest of the
@@ -123,7 +68,7 @@ echo "== latency: 3 instances, decrypts paced at 0.5 x F" >&2
 load_over paced3 3 --concurrency "${PACED_CONCURRENCY:-256}" \
   --rate "$(python3 -c "print($floor * 0.5)")" --distinct-ciphertexts "$distinct"
 
-for i in 6 7 8 9; do start_instance "$i"; done
+for i in 6 7 8 9; do start_cluster_instance "$i" "$out"; done
 echo "== rollout: 20 policy versions to 10 instances" >&2
 : > "$out/rollout.txt"
 for n in $(seq 20); do

@@ -97,14 +97,7 @@ run_instance() { # index: starts (or starts again) instance i on its ports
   wait_serving "$out/serve-$i.out"
 }
 for i in 0 1 2; do
-  dir="$work/i$i"
-  if [ "$i" -gt 0 ]; then
-    mkdir -p "$dir" && chmod 700 "$dir"
-    install -m 600 "$work/i0/master.key" "$dir/master.key"
-    $kss --data-dir "$dir" --db-uri "$db" initialize > /dev/null 2>&1
-    mkdir -p "$dir/tls"
-    install -m 600 "$work/i0/tls/ca.pem" "$work/i0/tls/server.pem" "$work/i0/tls/server.key" "$dir/tls/"
-  fi
+  join_cluster_instance "$i"
   run_instance "$i"
 done
 
