@@ -117,10 +117,10 @@ def diff(before, after):
         n["threads"] += 1
         for kind in ("voluntary", "nonvoluntary"):
             n[kind] += t.get("switches", {}).get(kind, 0) - old.get(kind, 0)
-    approves_so_far = after["metrics"]["approve_seconds"]["count"] - before["metrics"]["approve_seconds"]["count"]
+    approves = report["approve_seconds"]["count"]
     for n in by_name.values():
         for kind in ("voluntary", "nonvoluntary"):
-            n[f"{kind}_per_approve"] = round(n[kind] / approves_so_far, 2) if approves_so_far else None
+            n[f"{kind}_per_approve"] = round(n[kind] / approves, 2) if approves else None
     report["switches_by_thread_name"] = by_name
     # The whole server: how much of the machine it got, and its CPU per Approve answered
     # (warm-up included on both sides).
