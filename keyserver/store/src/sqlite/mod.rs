@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::audit_chain::{AuditKey, ChainVerdict, KeySlot, PruneOutcome};
+use crate::registry::still_held;
 use crate::rows::{
     audit_from_row, counter_from_row, enrollment_from_row, lease_from_row, policy_from_row,
     profile_from_row, revocation_from_row, state_from_row, to_i64, to_u32, to_u64,
@@ -563,7 +564,7 @@ impl Store for SqliteStore {
                 }
                 _ => None,
             };
-            registry::still_held_now(lease, held.as_ref())?;
+            still_held(lease, held.as_ref(), registry::now_ms())?;
         }
         Ok(Box::new(SqliteDecisionTx {
             tx,

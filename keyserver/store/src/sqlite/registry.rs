@@ -8,7 +8,7 @@ use sqlx::{Sqlite, Transaction};
 use super::SqliteStore;
 use crate::Result;
 use crate::registry::{
-    ClaimStep, InstanceInfo, InstanceList, Lease, LeaseClaim, LeaseRow, OFFLINE_AFTER_MS, Registry,
+    ClaimStep, InstanceInfo, InstanceList, Lease, LeaseClaim, OFFLINE_AFTER_MS, Registry,
     claim_step, granted, still_held,
 };
 use crate::rows::{instance_from_row, lease_from_row, to_i64};
@@ -28,12 +28,7 @@ pub(crate) async fn check_fence(
         .fetch_optional(&mut **tx)
         .await?;
     let row = row.as_ref().map(lease_from_row).transpose()?;
-    still_held_now(lease, row.as_ref())
-}
-
-/// Whether `lease` is still held as granted, given its row as this transaction read it.
-pub(crate) fn still_held_now(lease: &Lease, row: Option<&LeaseRow>) -> Result<()> {
-    still_held(lease, row, now_ms())
+    still_held(lease, row.as_ref(), now_ms())
 }
 
 #[async_trait]
