@@ -747,6 +747,32 @@ mod tests {
         }
     }
 
+    /// The database is not trusted: with the audit chain's head row deleted, a decision
+    /// transaction is refused as an audit-chain fault (not as a fencing one, with or
+    /// without a lease), and nothing is written.
+    #[tokio::test]
+    async fn a_deleted_chain_head_refuses_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("kss.db")).await.unwrap();
+        let lease = match store.claim_lease("standalone", "i0", 60_000).await.unwrap() {
+            crate::LeaseClaim::Granted { lease, .. } => lease,
+            other => panic!("lease not granted: {other:?}"),
+        };
+        sqlx::query("DELETE FROM audit_head")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        for fence in [None, Some(&lease)] {
+            match store.begin_decisions(fence).await {
+                Err(StoreError::AuditChain(msg)) => assert!(msg.contains("head row is missing")),
+                Err(e) => panic!("fence {fence:?}: expected an audit-chain fault, got {e}"),
+                Ok(_) => panic!("fence {fence:?}: a decision transaction opened without the head"),
+            }
+        }
+        assert_eq!(store.audit_counts().await.unwrap(), (0, 0));
+        store.close().await;
+    }
+
     /// With SQLite's busy handler off, a writer that finds the write lock held by another
     /// connection fails at once ("database is locked"). Decision batches, heartbeats,
     /// lease renewals and administrative writes all at once then succeed only if this
