@@ -5,12 +5,17 @@
 //! (two Miller loops, one final exponentiation). A batch is checked at once with random
 //! exponents (`check_batch`). A failed batch says only that some ciphertext is invalid: the
 //! caller then checks each one alone ([`super::cache::VerificationCache::verify_batch`]).
+//!
+//! Products of pairings are computed by [`pairing_product_is_one`]: one Miller loop over all
+//! pairs at once (blst's `miller_loop_n`, which squares the accumulator once per step for
+//! all of them), where blstrs's `multi_miller_loop` runs a whole Miller loop per pair and
+//! multiplies the results.
 
-use blst::{MultiPoint, blst_p1_affine, blst_p2_affine};
-use blsttc::blstrs::{Bls12, G1Affine, G1Projective, G2Affine, G2Prepared, G2Projective};
+use blst::{MultiPoint, blst_fp12, blst_p1_affine, blst_p2_affine};
+use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, G2Projective};
+use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::{Curve, Group};
 use blsttc::{PK_SIZE, SIG_SIZE};
-use pairing::{MillerLoopResult, MultiMillerLoop};
 use rand::RngCore;
 
 /// Offsets of the encoding `U (G1, 48) ‖ W (G2, 96) ‖ V` (blsttc's `Ciphertext::to_bytes`).
@@ -51,12 +56,7 @@ impl CheckInput {
 
 /// One ciphertext's check: `e(g1, W) · e(−U, H) = 1`.
 pub(super) fn check_one(input: &CheckInput) -> bool {
-    let product = Bls12::multi_miller_loop(&[
-        (&generator(), &G2Prepared::from(input.w)),
-        (&(-input.u), &G2Prepared::from(input.hash)),
-    ])
-    .final_exponentiation();
-    bool::from(product.is_identity())
+    pairing_product_is_one(&[(generator(), input.w), (-input.u, input.hash)])
 }
 
 /// All of `inputs` at once: `true` only if, except with probability at most 2⁻⁶³, every
@@ -102,19 +102,27 @@ pub(super) fn check_batch(inputs: &[&CheckInput]) -> bool {
         })
         .collect();
 
-    let g1 = generator();
-    let prepared: Vec<G2Prepared> = std::iter::once(G2Prepared::from(w_sum.to_affine()))
-        .chain(inputs.iter().map(|i| G2Prepared::from(i.hash)))
+    let pairs: Vec<(G1Affine, G2Affine)> = std::iter::once((generator(), w_sum.to_affine()))
+        .chain(scaled_us.into_iter().zip(inputs.iter().map(|i| i.hash)))
         .collect();
-    let terms: Vec<(&G1Affine, &G2Prepared)> = std::iter::once(&g1)
-        .chain(scaled_us.iter())
-        .zip(prepared.iter())
-        .collect();
-    bool::from(
-        Bls12::multi_miller_loop(&terms)
-            .final_exponentiation()
-            .is_identity(),
-    )
+    pairing_product_is_one(&pairs)
+}
+
+/// Whether `Π e(pᵢ, qᵢ) = 1`: one Miller loop over all pairs, one final exponentiation. A
+/// pair with the identity on either side is 1 (as `e(O, q) = e(p, O) = 1`) and is left out,
+/// as blstrs's pairing does: blst's Miller loop is only defined on points other than the
+/// identity.
+fn pairing_product_is_one(pairs: &[(G1Affine, G2Affine)]) -> bool {
+    let (ps, qs): (Vec<blst_p1_affine>, Vec<blst_p2_affine>) = pairs
+        .iter()
+        .filter(|(p, q)| !bool::from(p.is_identity() | q.is_identity()))
+        .map(|(p, q)| (*p.as_ref(), *q.as_ref()))
+        .unzip();
+    if ps.is_empty() {
+        return true;
+    }
+    // blst's `Default` for an element of GT is 1, the identity.
+    blst_fp12::miller_loop_n(&qs, &ps).final_exp() == blst_fp12::default()
 }
 
 /// `n` exponents of [`EXPONENT_BITS`] bits (little-endian, concatenated), each non-zero.
@@ -152,6 +160,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use blsttc::blstrs::{Bls12, G2Prepared};
+    use pairing::{MillerLoopResult, MultiMillerLoop};
 
     fn input(valid: bool) -> CheckInput {
         let ct = blsttc::SecretKey::random()
@@ -217,6 +227,86 @@ mod tests {
         for _ in 0..4 {
             assert!(!check_batch(&[&a, &b]));
         }
+    }
+
+    /// blstrs's product of pairings (a Miller loop per pair): the reference.
+    fn reference_is_one(pairs: &[(G1Affine, G2Affine)]) -> bool {
+        let prepared: Vec<G2Prepared> = pairs.iter().map(|(_, q)| G2Prepared::from(*q)).collect();
+        let terms: Vec<(&G1Affine, &G2Prepared)> =
+            pairs.iter().map(|(p, _)| p).zip(prepared.iter()).collect();
+        bool::from(
+            Bls12::multi_miller_loop(&terms)
+                .final_exponentiation()
+                .is_identity(),
+        )
+    }
+
+    /// `n` random pairs and one more that makes their product 1: `e(−Σ aᵢbᵢ·g1, g2)`.
+    fn product_of_one(n: usize) -> Vec<(G1Affine, G2Affine)> {
+        use blsttc::blstrs::Scalar;
+        use blsttc::group::ff::Field;
+        let mut rng = rand::thread_rng();
+        let mut sum = Scalar::zero();
+        let mut pairs = Vec::new();
+        for _ in 0..n {
+            let (a, b) = (Scalar::random(&mut rng), Scalar::random(&mut rng));
+            sum += a * b;
+            pairs.push((
+                (G1Projective::generator() * a).to_affine(),
+                (G2Projective::generator() * b).to_affine(),
+            ));
+        }
+        pairs.push((
+            (G1Projective::generator() * (-sum)).to_affine(),
+            G2Affine::from(G2Projective::generator()),
+        ));
+        pairs
+    }
+
+    #[test]
+    fn one_miller_loop_over_all_pairs_agrees_with_a_loop_per_pair() {
+        // 17 and 40 pairs cross blst's groups of 16 pairs per loop.
+        for n in [1usize, 2, 15, 16, 17, 40] {
+            let pairs = product_of_one(n);
+            assert!(reference_is_one(&pairs), "{n} pairs");
+            assert!(pairing_product_is_one(&pairs), "{n} pairs");
+
+            // One point changed anywhere: the product is no longer 1, in both.
+            for at in [0, n / 2, n] {
+                let mut changed = pairs.clone();
+                changed[at].0 =
+                    (G1Projective::from(changed[at].0) + G1Projective::generator()).to_affine();
+                assert!(!reference_is_one(&changed), "{n} pairs, changed at {at}");
+                assert!(
+                    !pairing_product_is_one(&changed),
+                    "{n} pairs, changed at {at}"
+                );
+            }
+
+            // Pairs with the identity on either side are 1 and change nothing.
+            let mut with_identities = pairs.clone();
+            with_identities.insert(0, (G1Affine::identity(), pairs[0].1));
+            with_identities.push((pairs[0].0, G2Affine::identity()));
+            assert!(
+                reference_is_one(&with_identities),
+                "{n} pairs and identities"
+            );
+            assert!(
+                pairing_product_is_one(&with_identities),
+                "{n} pairs and identities"
+            );
+        }
+        // Only identities, or nothing: the empty product.
+        assert!(pairing_product_is_one(&[]));
+        assert!(pairing_product_is_one(&[(
+            G1Affine::identity(),
+            G2Affine::identity()
+        )]));
+        // A single pair of points other than the identity is never 1.
+        assert!(!pairing_product_is_one(&[(
+            generator(),
+            G2Affine::generator()
+        )]));
     }
 
     #[test]
