@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use blsttc::{
-    Ciphertext, PK_SIZE, PublicKey, PublicKeySet, SecretKey, SecretKeySet, SecretKeyShare,
-};
+use blsttc::{Ciphertext, PK_SIZE, PublicKey, PublicKeySet, SecretKey, SecretKeySet};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -26,7 +24,7 @@ use crate::ciphertext::{
 use crate::error::CryptoError;
 use crate::ids::{KEYSERVER_ID_LEN, KeyserverId};
 use crate::root::{ROOT_SECRET_LEN, RootSecret};
-use crate::scalar::{fr_from_be_nonzero, random_nonzero_fr};
+use crate::scalar::{SecretShare, fr_from_be_nonzero, random_nonzero_fr};
 
 /// The `format` of a backup key document.
 pub const BACKUP_KEY_FORMAT: &str = "kss-backup-key/v1";
@@ -582,8 +580,8 @@ pub fn approve(backup: &BackupKey, admin: &AdminKey) -> Result<Approval, CryptoE
             .ok_or(CryptoError::CiphertextInvalid)?,
     );
     let mut fr = fr_from_be_nonzero(&plaintext)?;
-    let share = SecretKeyShare::from_mut(&mut fr);
-    if share.public_key_share() != backup.public_key_set.public_key_share(holder.index) {
+    let share = SecretShare::from_mut(&mut fr);
+    if share.key().public_key_share() != backup.public_key_set.public_key_share(holder.index) {
         return Err(CryptoError::Malformed(format!(
             "the encrypted share of holder {:?} does not match the backup's public key set",
             holder.name
@@ -601,7 +599,7 @@ pub fn approve(backup: &BackupKey, admin: &AdminKey) -> Result<Approval, CryptoE
 /// Every approval given is checked; an invalid one is an error naming its holder (it is not
 /// skipped), as is a repeated holder.
 pub fn recover(backup: &BackupKey, approvals: &[Approval]) -> Result<RootSecret, CryptoError> {
-    let ct = &backup.root_ciphertext;
+    let ct = backup.root_ciphertext.to_blsttc()?;
     let mut shares = BTreeMap::new();
     for approval in approvals {
         let holder = backup
@@ -623,17 +621,18 @@ pub fn recover(backup: &BackupKey, approvals: &[Approval]) -> Result<RootSecret,
         if shares.contains_key(&approval.index) {
             return Err(CryptoError::DuplicateApproval);
         }
+        let share = approval.share.to_blsttc()?;
         if !backup
             .public_key_set
             .public_key_share(approval.index)
-            .verify_decryption_share(approval.share.inner(), ct.inner())
+            .verify_decryption_share(&share, &ct)
         {
             return Err(CryptoError::ApprovalRejected {
                 holder: holder.name.clone(),
                 index: holder.index,
             });
         }
-        shares.insert(approval.index, approval.share.inner());
+        shares.insert(approval.index, share);
     }
     if shares.len() < backup.threshold {
         return Err(CryptoError::NotEnoughApprovals {
@@ -644,7 +643,7 @@ pub fn recover(backup: &BackupKey, approvals: &[Approval]) -> Result<RootSecret,
     let plaintext = Zeroizing::new(
         backup
             .public_key_set
-            .decrypt(shares.iter().map(|(i, s)| (*i, *s)), ct.inner())
+            .decrypt(shares.iter().map(|(i, s)| (*i, s)), &ct)
             .map_err(|e| CryptoError::Malformed(format!("combining approvals: {e}")))?,
     );
     if plaintext.len() != KEYSERVER_ID_LEN + ROOT_SECRET_LEN {

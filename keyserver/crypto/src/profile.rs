@@ -14,9 +14,7 @@ use std::fmt;
 
 use blsttc::group::{Curve, Group};
 use blsttc::poly::Commitment;
-use blsttc::{
-    G1Affine, G1Projective, PK_SIZE, PublicKey, PublicKeySet, SIG_SIZE, SecretKeyShare, Signature,
-};
+use blsttc::{G1Affine, G1Projective, PK_SIZE, PublicKey, PublicKeySet, SIG_SIZE, Signature};
 use zeroize::Zeroizing;
 
 use crate::ciphertext::{
@@ -25,7 +23,7 @@ use crate::ciphertext::{
 use crate::error::CryptoError;
 use crate::ids::{KeyserverId, ProfileId};
 use crate::root::RootSecret;
-use crate::scalar::{fr_from_be_nonzero, random_nonzero_fr};
+use crate::scalar::{SecretShare, fr_from_be_nonzero, random_nonzero_fr};
 use crate::signing::DevicePublicKey;
 
 /// The workstation's share index in the profile key set (evaluated at x = 1).
@@ -66,29 +64,29 @@ fn pop_message(keyserver: &KeyserverId, device_pk: &DevicePublicKey, share: &[u8
 }
 
 /// The workstation's secret share `s_w` (zeroized on drop, not `Clone`, `Debug` redacted).
-pub struct WorkstationShare(SecretKeyShare);
+pub struct WorkstationShare(SecretShare);
 
 impl WorkstationShare {
     /// A fresh random non-zero share.
     pub fn generate() -> Self {
         let mut fr = random_nonzero_fr();
-        WorkstationShare(SecretKeyShare::from_mut(&mut fr))
+        WorkstationShare(SecretShare::from_mut(&mut fr))
     }
 
     /// The share from its 32 big-endian bytes; rejects out-of-range and zero scalars.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let mut fr = fr_from_be_nonzero(bytes)?;
-        Ok(WorkstationShare(SecretKeyShare::from_mut(&mut fr)))
+        Ok(WorkstationShare(SecretShare::from_mut(&mut fr)))
     }
 
     /// The 32 big-endian bytes, for the client to store.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.0.key().to_bytes())
     }
 
     /// `P_w = g1·s_w`.
     pub fn public(&self) -> WorkstationPublicShare {
-        WorkstationPublicShare(self.0.public_key_share().to_bytes())
+        WorkstationPublicShare(self.0.key().public_key_share().to_bytes())
     }
 
     /// Proves knowledge of `s_w` for onboarding with `keyserver` from the device `device_pk`.
@@ -99,7 +97,7 @@ impl WorkstationShare {
     ) -> PossessionProof {
         let public = self.public();
         let msg = pop_message(keyserver, device_pk, &public.0);
-        PossessionProof(self.0.sign(msg).0)
+        PossessionProof(self.0.key().sign(msg).0)
     }
 
     /// The workstation's decryption share of a verified ciphertext.
@@ -260,16 +258,16 @@ pub fn verify_keyserver_share(
 
 /// The keyserver's secret share `s_k` of one profile (zeroized on drop, not `Clone`, `Debug`
 /// redacted). Derived, never stored: see [`RootSecret::profile_share`].
-pub struct KssShare(SecretKeyShare);
+pub struct KssShare(SecretShare);
 
 impl KssShare {
-    pub(crate) fn from_share(share: SecretKeyShare) -> Self {
+    pub(crate) fn from_share(share: SecretShare) -> Self {
         KssShare(share)
     }
 
     /// `P_k = g1·s_k`.
     pub fn public(&self) -> KssPublicShare {
-        KssPublicShare(self.0.public_key_share().to_bytes())
+        KssPublicShare(self.0.key().public_key_share().to_bytes())
     }
 
     /// Proof of possession of this share over the onboarding transcript: a BLS signature with
@@ -282,13 +280,13 @@ impl KssShare {
         ws_share: &WorkstationPublicShare,
     ) -> PossessionProof {
         let msg = kss_pop_message(keyserver, profile, device_pk, ws_share, &self.public());
-        PossessionProof(self.0.sign(msg).0)
+        PossessionProof(self.0.key().sign(msg).0)
     }
 
     /// The keyserver's decryption share of a verified ciphertext.
     ///
-    /// This is where the server skips blsttc's per-share ciphertext re-verification
-    /// (`decrypt_share_no_verify`, called in `VerifiedCiphertext::decryption_share`): it is
+    /// This is where the server skips blsttc's per-share ciphertext re-verification (what
+    /// `decrypt_share` would do; see `VerifiedCiphertext::decryption_share`): it is
     /// sound only because a [`VerifiedCiphertext`] can be constructed solely by verification:
     /// the pairing check of one ciphertext, a batched check that every ciphertext of the batch
     /// passed (see `ciphertext::pairing`), or the cache of digests of ciphertexts that passed
@@ -407,7 +405,7 @@ impl ProfilePublicKeys {
         if self
             .0
             .public_key_share(index)
-            .verify_decryption_share(share.inner(), ct.inner())
+            .verify_decryption_share(&share.to_blsttc()?, &ct.to_blsttc()?)
         {
             Ok(())
         } else {
@@ -424,13 +422,11 @@ impl ProfilePublicKeys {
     ) -> Result<Vec<u8>, CryptoError> {
         self.verify_share(WORKSTATION_INDEX, ws_share, ct)?;
         self.verify_share(KSS_INDEX, kss_share, ct)?;
+        let (ws_share, kss_share) = (ws_share.to_blsttc()?, kss_share.to_blsttc()?);
         self.0
             .decrypt(
-                [
-                    (WORKSTATION_INDEX, ws_share.inner()),
-                    (KSS_INDEX, kss_share.inner()),
-                ],
-                ct.inner(),
+                [(WORKSTATION_INDEX, &ws_share), (KSS_INDEX, &kss_share)],
+                &ct.to_blsttc()?,
             )
             .map_err(|e| CryptoError::Malformed(format!("combining decryption shares: {e}")))
     }

@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use blsttc::SecretKeyShare;
 use hkdf::Hkdf;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -21,7 +20,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::CryptoError;
 use crate::ids::{KeyserverId, ProfileId};
 use crate::profile::{KssShare, WorkstationPublicShare};
-use crate::scalar::fr_from_wide_be;
+use crate::scalar::{SecretShare, fr_from_wide_be};
 use crate::signing::DevicePublicKey;
 
 /// Length of the root secret.
@@ -91,7 +90,7 @@ impl RootSecret {
             let mut fr = fr_from_wide_be(&okm);
             if expanded && !bool::from(blsttc::group::ff::Field::is_zero(&fr)) {
                 // `from_mut` overwrites `fr` with zero after copying it.
-                return KssShare::from_share(SecretKeyShare::from_mut(&mut fr));
+                return KssShare::from_share(SecretShare::from_mut(&mut fr));
             }
             counter = counter.wrapping_add(1);
         }

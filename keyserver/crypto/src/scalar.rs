@@ -1,9 +1,42 @@
-//! Scalar helpers on top of blsttc's `Fr` (blstrs `Scalar`).
+//! Scalar helpers on top of blsttc's `Fr` (blstrs `Scalar`), and the secret share held as one.
 
-use blsttc::Fr;
+use blst::blst_fr;
 use blsttc::group::ff::Field;
+use blsttc::{Fr, SecretKeyShare};
+use zeroize::Zeroizing;
 
 use crate::error::CryptoError;
+
+/// A secret share twice over: as blsttc's `SecretKeyShare` (its public share, signatures,
+/// its encoding) and as its scalar `x`, for decryption shares `U·x` computed on a ciphertext's
+/// decoded U without a blsttc `Ciphertext` (see `VerifiedCiphertext::decryption_share`).
+/// Both are zeroized on drop; neither is `Clone` or `Debug`.
+pub(crate) struct SecretShare {
+    key: SecretKeyShare,
+    /// `x` in Montgomery form, as blst keeps it (so turning it back into an `Fr` cannot fail).
+    limbs: Zeroizing<[u64; 4]>,
+}
+
+impl SecretShare {
+    /// The share `fr`, which is overwritten with zero (as blsttc's `SecretKeyShare::from_mut`
+    /// does).
+    pub(crate) fn from_mut(fr: &mut Fr) -> Self {
+        let limbs = Zeroizing::new(blst_fr::from(*fr).l);
+        SecretShare {
+            key: SecretKeyShare::from_mut(fr),
+            limbs,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &SecretKeyShare {
+        &self.key
+    }
+
+    /// The scalar `x` (a copy on the caller's stack, for one multiplication).
+    pub(crate) fn scalar(&self) -> Fr {
+        Fr::from(blst_fr { l: *self.limbs })
+    }
+}
 
 /// Reduces 64 uniformly random bytes (big-endian) modulo the BLS12-381 group order r.
 ///
@@ -71,6 +104,16 @@ mod tests {
         bytes[31] = 1;
         let two_64 = Fr::from(u64::MAX) + Fr::one();
         assert_eq!(fr_from_wide_be(&bytes), two_64 * two_64 * two_64 * two_64);
+    }
+
+    #[test]
+    fn a_secret_share_keeps_its_scalar_and_clears_the_source() {
+        let fr = random_nonzero_fr();
+        let mut source = fr;
+        let share = SecretShare::from_mut(&mut source);
+        assert_eq!(source, Fr::zero());
+        assert_eq!(share.scalar(), fr);
+        assert_eq!(share.key().to_bytes(), fr.to_bytes_be());
     }
 
     #[test]

@@ -196,6 +196,38 @@ fn verification_agrees_with_blsttc() {
         }
     }
     assert!(checked > 50, "mixes must include invalid ones: {checked}");
+
+    // Encodings that decode or not, as blsttc decides: W = identity (decodes, fails the
+    // pairing check), the compression flag cleared on U or W, the infinity flag set on W
+    // with the rest left, the sign flag flipped on U or W (another point), and x ≥ p.
+    let valid = &cts[0];
+    let mut w_identity = valid.clone();
+    w_identity[48..144].fill(0);
+    w_identity[48] = 0xc0;
+    let mut variants = vec![w_identity];
+    for (at, flip) in [
+        (0usize, 0x80u8),
+        (48, 0x80),
+        (48, 0x40),
+        (0, 0x20),
+        (48, 0x20),
+    ] {
+        let mut variant = valid.clone();
+        variant[at] ^= flip;
+        variants.push(variant);
+    }
+    let mut x_too_large = valid.clone();
+    x_too_large[..48].fill(0xff);
+    x_too_large[0] = 0x9f;
+    variants.push(x_too_large);
+    for (i, variant) in variants.iter().enumerate() {
+        let theirs = Ciphertext::from_bytes(variant)
+            .map(|ct| ct.verify())
+            .unwrap_or(false);
+        let ours = kss_crypto::ciphertext::verify(variant).is_ok();
+        assert_eq!(ours, theirs, "disagreement on variant {i}");
+        assert!(!ours, "variant {i} must not verify");
+    }
 }
 
 /// A batch answers for each ciphertext what verifying it alone would: valid ones pass,

@@ -5,8 +5,6 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use blsttc::Ciphertext;
-
 use super::pairing::{self, CheckInput};
 use super::{Decoded, VerifiedCiphertext, check_size, ciphertext_digest};
 use crate::error::CryptoError;
@@ -35,7 +33,7 @@ enum Lookup {
 
 #[derive(Default)]
 struct CacheInner {
-    present: HashMap<[u8; 32], Ciphertext>,
+    present: HashMap<[u8; 32], VerifiedCiphertext>,
     order: VecDeque<[u8; 32]>,
 }
 
@@ -107,9 +105,9 @@ impl VerificationCache {
     pub fn cached(&self, bytes: &[u8]) -> Option<VerifiedCiphertext> {
         check_size(bytes).ok()?;
         let digest = ciphertext_digest(bytes);
-        let inner = self.lock().present.get(&digest).cloned()?;
+        let verified = self.lock().present.get(&digest).cloned()?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(VerifiedCiphertext { inner, digest })
+        Some(verified)
     }
 
     /// A cached verification of `bytes`, or their decoding (counted as a miss).
@@ -129,7 +127,7 @@ impl VerificationCache {
         let mut cache = self.lock();
         if cache
             .present
-            .insert(verified.digest, verified.inner.clone())
+            .insert(verified.digest, verified.clone())
             .is_none()
         {
             cache.order.push_back(verified.digest);

@@ -9,10 +9,12 @@
 
 use std::fmt;
 
-use blsttc::{Ciphertext, DecryptionShare, PK_SIZE, SIG_SIZE, SecretKeyShare};
+use blsttc::group::Curve;
+use blsttc::{Ciphertext, DecryptionShare, G1Affine, PK_SIZE, SIG_SIZE};
 use sha2::{Digest, Sha256};
 
 use crate::error::CryptoError;
+use crate::scalar::SecretShare;
 
 mod cache;
 mod pairing;
@@ -104,16 +106,11 @@ pub(crate) fn is_identity_encoding(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|b| b & 0x40 != 0)
 }
 
-/// Decodes (points are decompressed and subgroup-checked) without the pairing check.
-fn parse(bytes: &[u8]) -> Result<Ciphertext, CryptoError> {
-    check_size(bytes)?;
-    Ciphertext::from_bytes(bytes).map_err(|_| CryptoError::CiphertextInvalid)
-}
-
 /// A ciphertext decoded (points on the curve and in their subgroups, U not the identity)
-/// whose pairing check has not been done yet.
+/// whose pairing check has not been done yet. Decoded once: the points the check needs are
+/// the points a verified ciphertext keeps (U, for decryption shares).
 struct Decoded {
-    inner: Ciphertext,
+    bytes: Vec<u8>,
     digest: [u8; 32],
     input: CheckInput,
 }
@@ -121,16 +118,16 @@ struct Decoded {
 impl Decoded {
     /// `digest` must be the SHA-256 of `bytes`.
     fn new(bytes: &[u8], digest: [u8; 32]) -> Result<Self, CryptoError> {
-        let inner = parse(bytes)?;
+        check_size(bytes)?;
+        let input = CheckInput::from_bytes(bytes).ok_or(CryptoError::CiphertextInvalid)?;
         // U = identity would let W = identity pass the pairing check; such a ciphertext hides
         // nothing, and there is no reason to ever serve a share for it. (U decoded, so its
         // compressed encoding's infinity flag tells whether it is the identity.)
         if is_identity_encoding(bytes) {
             return Err(CryptoError::CiphertextInvalid);
         }
-        let input = CheckInput::from_bytes(bytes).ok_or(CryptoError::CiphertextInvalid)?;
         Ok(Decoded {
-            inner,
+            bytes: bytes.to_vec(),
             digest,
             input,
         })
@@ -148,7 +145,8 @@ impl Decoded {
     /// Only once its pairing check passed (alone or in a batch).
     fn passed(self) -> VerifiedCiphertext {
         VerifiedCiphertext {
-            inner: self.inner,
+            u: self.input.u(),
+            bytes: self.bytes,
             digest: self.digest,
         }
     }
@@ -166,13 +164,16 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCiphertext, CryptoError> {
 ///
 /// ```compile_fail,E0451
 /// use kss_crypto::ciphertext::VerifiedCiphertext;
-/// fn forge(inner: kss_crypto::blsttc::Ciphertext) -> VerifiedCiphertext {
-///     VerifiedCiphertext { inner, digest: [0; 32] } // error: private fields
+/// fn forge(bytes: Vec<u8>, u: kss_crypto::blsttc::G1Affine) -> VerifiedCiphertext {
+///     VerifiedCiphertext { u, bytes, digest: [0; 32] } // error: private fields
 /// }
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifiedCiphertext {
-    inner: Ciphertext,
+    /// U, decoded and subgroup-checked: a decryption share is `U·x`.
+    u: G1Affine,
+    /// The encoding that was verified (and digested).
+    bytes: Vec<u8>,
     digest: [u8; 32],
 }
 
@@ -193,24 +194,28 @@ impl VerifiedCiphertext {
         &self.digest
     }
 
-    /// The encoded ciphertext.
+    /// The encoded ciphertext: the bytes that were verified.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.inner.to_bytes()
+        self.bytes.clone()
     }
 
-    pub(crate) fn inner(&self) -> &Ciphertext {
-        &self.inner
+    /// As a blsttc `Ciphertext`, for combining shares and checking them (decoded again: off
+    /// the server's path, which only makes shares).
+    pub(crate) fn to_blsttc(&self) -> Result<Ciphertext, CryptoError> {
+        Ciphertext::from_bytes(&self.bytes).map_err(|_| CryptoError::CiphertextInvalid)
     }
 
-    /// The decryption share of `share` for this ciphertext.
+    /// The decryption share `U·x` of the secret share `x` for this ciphertext: what blsttc's
+    /// `SecretKeyShare::decrypt_share_no_verify` computes, on the U decoded for verification.
     ///
-    /// This is the only call of `decrypt_share_no_verify` in the crate. Skipping blsttc's own
-    /// re-verification is sound only because a `VerifiedCiphertext` cannot exist without having
-    /// passed the check of `Ciphertext::verify` (alone, in a batch, or through the cache,
-    /// whose entries are digests of ciphertexts that did). Callers: `KssShare::decryption_share` (the server's hot path),
+    /// Skipping the share's own re-verification of the ciphertext (what blsttc's
+    /// `decrypt_share` would do) is sound only because a `VerifiedCiphertext` cannot exist
+    /// without having passed the check of `Ciphertext::verify` (alone, in a batch, or through
+    /// the cache, whose entries are ciphertexts that did). Callers:
+    /// `KssShare::decryption_share` (the server's hot path),
     /// `WorkstationShare::decryption_share`, and `backup::approve`.
-    pub(crate) fn decryption_share(&self, share: &SecretKeyShare) -> DecryptionShareBytes {
-        DecryptionShareBytes(share.decrypt_share_no_verify(&self.inner))
+    pub(crate) fn decryption_share(&self, share: &SecretShare) -> DecryptionShareBytes {
+        DecryptionShareBytes((self.u * share.scalar()).to_affine())
     }
 }
 
@@ -220,12 +225,12 @@ impl fmt::Debug for VerifiedCiphertext {
     }
 }
 
-/// A decryption share: a valid, non-identity compressed G1 point (48 bytes).
+/// A decryption share: a valid, non-identity G1 point (48 bytes compressed).
 #[derive(Clone, PartialEq, Eq)]
-pub struct DecryptionShareBytes(DecryptionShare);
+pub struct DecryptionShareBytes(G1Affine);
 
 impl DecryptionShareBytes {
-    /// Decodes and validates 48 bytes.
+    /// Decodes and validates 48 bytes (on the curve, in the subgroup, not the identity).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let array: [u8; DECRYPTION_SHARE_LEN] =
             bytes.try_into().map_err(|_| CryptoError::BadLength {
@@ -233,9 +238,11 @@ impl DecryptionShareBytes {
                 expected: DECRYPTION_SHARE_LEN,
                 got: bytes.len(),
             })?;
-        let share = DecryptionShare::from_bytes(array).map_err(|_| CryptoError::InvalidPoint {
-            what: "decryption share",
-        })?;
+        let share = Option::<G1Affine>::from(G1Affine::from_compressed(&array)).ok_or(
+            CryptoError::InvalidPoint {
+                what: "decryption share",
+            },
+        )?;
         if is_identity_encoding(&array) {
             return Err(CryptoError::InvalidPoint {
                 what: "decryption share",
@@ -246,16 +253,59 @@ impl DecryptionShareBytes {
 
     /// The 48-byte encoding.
     pub fn to_bytes(&self) -> [u8; DECRYPTION_SHARE_LEN] {
-        self.0.to_bytes()
+        self.0.to_compressed()
     }
 
-    pub(crate) fn inner(&self) -> &DecryptionShare {
-        &self.0
+    /// As a blsttc `DecryptionShare`, for combining and checking shares (decoded again).
+    pub(crate) fn to_blsttc(&self) -> Result<DecryptionShare, CryptoError> {
+        DecryptionShare::from_bytes(self.to_bytes()).map_err(|_| CryptoError::InvalidPoint {
+            what: "decryption share",
+        })
     }
 }
 
 impl fmt::Debug for DecryptionShareBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DecryptionShareBytes({})", hex::encode(self.to_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use blsttc::SecretKeyShare;
+
+    use super::*;
+    use crate::scalar::random_nonzero_fr;
+
+    /// `U·x` on the U kept from verification is blsttc's own decryption share of the share
+    /// `x` (the server's shares are computed this way, without a blsttc `Ciphertext`).
+    #[test]
+    fn decryption_shares_are_blsttcs() {
+        let key = blsttc::SecretKey::random().public_key();
+        for len in [1usize, 32, 200] {
+            let ct = key.encrypt(vec![3u8; len]);
+            let verified = verify(&ct.to_bytes()).unwrap();
+            let fr = random_nonzero_fr();
+            let theirs = SecretKeyShare::from_mut(&mut fr.clone())
+                .decrypt_share(&ct)
+                .unwrap();
+            let ours = verified.decryption_share(&SecretShare::from_mut(&mut fr.clone()));
+            assert_eq!(ours.to_bytes(), theirs.to_bytes(), "payload of {len} bytes");
+            assert_eq!(ours.to_blsttc().unwrap(), theirs);
+        }
+    }
+
+    /// A verified ciphertext keeps the very bytes it was verified from, and they decode to
+    /// blsttc's ciphertext.
+    #[test]
+    fn a_verified_ciphertext_is_the_bytes_that_were_verified() {
+        let ct = blsttc::SecretKey::random().public_key().encrypt([5u8; 32]);
+        let bytes = ct.to_bytes();
+        let verified = verify(&bytes).unwrap();
+        assert_eq!(verified.to_bytes(), bytes);
+        assert_eq!(verified.digest(), &ciphertext_digest(&bytes));
+        assert_eq!(verified.to_blsttc().unwrap(), ct);
     }
 }

@@ -35,10 +35,9 @@ pub(super) struct CheckInput {
 }
 
 impl CheckInput {
-    /// Decodes U and W and hashes `(U, V)` to G2. `bytes` must already have decoded as a
-    /// `blsttc::Ciphertext` (which checks that U and W are on the curve and in their
-    /// subgroups): the points are decoded again here without repeating those checks.
-    /// `None` if they do not decode.
+    /// Decodes U and W as blsttc's `Ciphertext::from_bytes` does (compressed, on the curve,
+    /// in their prime-order subgroups) and hashes `(U, V)` to G2. `None` if a point does not
+    /// decode or V is empty. Does not refuse U = identity: the caller does.
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let u = bytes
             .get(..U_END)
@@ -46,11 +45,16 @@ impl CheckInput {
         let w = bytes
             .get(U_END..W_END)
             .and_then(|b| <&[u8; SIG_SIZE]>::try_from(b).ok())?;
-        let v = bytes.get(W_END..)?;
-        let u = Option::<G1Affine>::from(G1Affine::from_compressed_unchecked(u))?;
-        let w = Option::<G2Affine>::from(G2Affine::from_compressed_unchecked(w))?;
+        let v = bytes.get(W_END..).filter(|v| !v.is_empty())?;
+        let u = Option::<G1Affine>::from(G1Affine::from_compressed(u))?;
+        let w = Option::<G2Affine>::from(G2Affine::from_compressed(w))?;
         let hash = hash_g1_g2(&u, v);
         Some(CheckInput { u, w, hash })
+    }
+
+    /// The ciphertext's U.
+    pub(super) fn u(&self) -> G1Affine {
+        self.u
     }
 }
 
@@ -75,8 +79,7 @@ pub(super) fn check_one(input: &CheckInput) -> bool {
 /// product 1. `rⱼ` is drawn from the operating system's generator after the ciphertexts are
 /// fixed, uniformly from 2⁶⁴ values but for a zero draw, which becomes 1: it hits that
 /// value with probability at most 2⁻⁶³. This needs U and W in their prime-order subgroups,
-/// which decoding as a `blsttc::Ciphertext` checks (see [`CheckInput::from_bytes`]), and H
-/// hashed into G2.
+/// which [`CheckInput::from_bytes`] checks, and H hashed into G2.
 pub(super) fn check_batch(inputs: &[&CheckInput]) -> bool {
     match inputs {
         [] => return true,
@@ -178,6 +181,48 @@ mod tests {
             input.w = CheckInput::from_bytes(&other).unwrap().w;
         }
         input
+    }
+
+    /// The compressed encoding of a point on the curve outside the prime-order subgroup: the
+    /// first x = 0, 1, 2 … on the curve (the subgroup holds 1 in ~2¹²⁶ of its points).
+    fn off_subgroup<const N: usize>(on_curve: impl Fn(&[u8; N]) -> bool) -> [u8; N] {
+        for x in 0..=u8::MAX {
+            let mut encoding = [0u8; N];
+            encoding[0] = 0x80; // compressed
+            encoding[N - 1] = x;
+            if on_curve(&encoding) {
+                return encoding;
+            }
+        }
+        panic!("no point with a small x");
+    }
+
+    /// A U or W on the curve but outside its subgroup would let a crafted ciphertext pass
+    /// the pairing check (a small-order part of U pairs to 1) and its share leak the secret
+    /// modulo that order: decoding refuses it.
+    #[test]
+    fn points_outside_their_subgroups_do_not_decode() {
+        let u = off_subgroup::<PK_SIZE>(|b| {
+            bool::from(G1Affine::from_compressed_unchecked(b).is_some())
+        });
+        let w = off_subgroup::<SIG_SIZE>(|b| {
+            bool::from(G2Affine::from_compressed_unchecked(b).is_some())
+        });
+        assert!(bool::from(G1Affine::from_compressed(&u).is_none()));
+        assert!(bool::from(G2Affine::from_compressed(&w).is_none()));
+
+        let ct = blsttc::SecretKey::random()
+            .public_key()
+            .encrypt([9u8; 32])
+            .to_bytes();
+        assert!(CheckInput::from_bytes(&ct).is_some());
+        let with_u = [&u[..], &ct[U_END..]].concat();
+        let with_w = [&ct[..U_END], &w[..], &ct[W_END..]].concat();
+        assert!(CheckInput::from_bytes(&with_u).is_none());
+        assert!(CheckInput::from_bytes(&with_w).is_none());
+        // blsttc refuses them too.
+        assert!(blsttc::Ciphertext::from_bytes(&with_u).is_err());
+        assert!(blsttc::Ciphertext::from_bytes(&with_w).is_err());
     }
 
     #[test]
