@@ -14,7 +14,10 @@ use std::fmt;
 
 use blsttc::group::{Curve, Group};
 use blsttc::poly::Commitment;
-use blsttc::{G1Affine, G1Projective, PK_SIZE, PublicKey, PublicKeySet, SIG_SIZE, Signature};
+use blsttc::{
+    Ciphertext, DecryptionShare, G1Affine, G1Projective, PK_SIZE, PublicKey, PublicKeySet,
+    SIG_SIZE, Signature,
+};
 use zeroize::Zeroizing;
 
 use crate::ciphertext::{
@@ -397,20 +400,7 @@ impl ProfilePublicKeys {
         share: &DecryptionShareBytes,
         ct: &VerifiedCiphertext,
     ) -> Result<(), CryptoError> {
-        if index != WORKSTATION_INDEX && index != KSS_INDEX {
-            return Err(CryptoError::Malformed(format!(
-                "profile share index {index} (only 0 = workstation and 1 = kss exist)"
-            )));
-        }
-        if self
-            .0
-            .public_key_share(index)
-            .verify_decryption_share(&share.to_blsttc()?, &ct.to_blsttc()?)
-        {
-            Ok(())
-        } else {
-            Err(CryptoError::ShareInvalid)
-        }
+        self.check_share(index, &share.to_blsttc()?, &ct.to_blsttc()?)
     }
 
     /// Verifies both decryption shares, then combines them to decrypt `ct`.
@@ -420,15 +410,42 @@ impl ProfilePublicKeys {
         kss_share: &DecryptionShareBytes,
         ct: &VerifiedCiphertext,
     ) -> Result<Vec<u8>, CryptoError> {
-        self.verify_share(WORKSTATION_INDEX, ws_share, ct)?;
-        self.verify_share(KSS_INDEX, kss_share, ct)?;
-        let (ws_share, kss_share) = (ws_share.to_blsttc()?, kss_share.to_blsttc()?);
+        let (ws_share, kss_share, ct) = (
+            ws_share.to_blsttc()?,
+            kss_share.to_blsttc()?,
+            ct.to_blsttc()?,
+        );
+        self.check_share(WORKSTATION_INDEX, &ws_share, &ct)?;
+        self.check_share(KSS_INDEX, &kss_share, &ct)?;
         self.0
             .decrypt(
                 [(WORKSTATION_INDEX, &ws_share), (KSS_INDEX, &kss_share)],
-                &ct.to_blsttc()?,
+                &ct,
             )
             .map_err(|e| CryptoError::Malformed(format!("combining decryption shares: {e}")))
+    }
+
+    /// [`ProfilePublicKeys::verify_share`] on blsttc's decoded share and ciphertext.
+    fn check_share(
+        &self,
+        index: usize,
+        share: &DecryptionShare,
+        ct: &Ciphertext,
+    ) -> Result<(), CryptoError> {
+        if index != WORKSTATION_INDEX && index != KSS_INDEX {
+            return Err(CryptoError::Malformed(format!(
+                "profile share index {index} (only 0 = workstation and 1 = kss exist)"
+            )));
+        }
+        if self
+            .0
+            .public_key_share(index)
+            .verify_decryption_share(share, ct)
+        {
+            Ok(())
+        } else {
+            Err(CryptoError::ShareInvalid)
+        }
     }
 }
 
