@@ -205,13 +205,14 @@ impl VerifiedCiphertext {
         Ciphertext::from_bytes(&self.bytes).map_err(|_| CryptoError::CiphertextInvalid)
     }
 
-    /// The decryption share `U·x` of the secret share `x` for this ciphertext: what blsttc's
-    /// `SecretKeyShare::decrypt_share_no_verify` computes, on the U decoded for verification.
+    /// The decryption share `U·x` of the secret share `x` for this ciphertext (blsttc's
+    /// `SecretKeyShare::decrypt_share`, on the U decoded for verification).
     ///
-    /// Skipping the share's own re-verification of the ciphertext (what blsttc's
-    /// `decrypt_share` would do) is sound only because a `VerifiedCiphertext` cannot exist
-    /// without having passed the check of `Ciphertext::verify` (alone, in a batch, or through
-    /// the cache, whose entries are ciphertexts that did). Callers:
+    /// The only place in the crate where a share is made. It does not check the ciphertext
+    /// again because it cannot be reached without that check: a `VerifiedCiphertext` exists
+    /// only once its bytes passed the check of `Ciphertext::verify` now (alone or in a batch)
+    /// or were found by their SHA-256 in the cache, which holds only ciphertexts that passed
+    /// it (with the U decoded then, not from the request's bytes). Callers:
     /// `KssShare::decryption_share` (the server's hot path),
     /// `WorkstationShare::decryption_share`, and `backup::approve`.
     pub(crate) fn decryption_share(&self, share: &SecretShare) -> DecryptionShareBytes {
