@@ -301,6 +301,48 @@ async fn forged_replayed_and_malformed_requests_are_rejected_and_the_server_keep
         .await
         .unwrap();
     assert_eq!(bad.reason_name().as_deref(), Some("invalid_ciphertext"));
+    assert!(bad.decryption_share.is_empty());
+
+    // Ciphertexts a raw client crafts, signed like any other: W = identity, U with x ≥ p,
+    // and U a point on the curve outside the prime-order subgroup (its small-order part
+    // would make a share leak the secret modulo that order). Each is denied as invalid,
+    // with no share.
+    let mut w_identity = ciphertext.clone();
+    w_identity[48..144].fill(0);
+    w_identity[48] = 0xc0;
+    let mut x_too_large = ciphertext.clone();
+    x_too_large[..48].fill(0xff);
+    x_too_large[0] = 0x9f;
+    let off_subgroup_u = (0..=u8::MAX)
+        .map(|x| {
+            let mut u = [0u8; 48];
+            u[0] = 0x80;
+            u[47] = x;
+            u
+        })
+        .find(|u| bool::from(kss_crypto::blsttc::G1Affine::from_compressed_unchecked(u).is_some()))
+        .unwrap();
+    assert!(bool::from(
+        kss_crypto::blsttc::G1Affine::from_compressed(&off_subgroup_u).is_none()
+    ));
+    let mut outside_u = ciphertext.clone();
+    outside_u[..48].copy_from_slice(&off_subgroup_u);
+    for (what, crafted) in [
+        ("W = identity", w_identity),
+        ("x ≥ p", x_too_large),
+        ("U outside G1", outside_u),
+    ] {
+        let outcome = client
+            .request(&profile, &RequestSpec::decrypt(crafted, &paths("batch/x")))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.reason_name().as_deref(),
+            Some("invalid_ciphertext"),
+            "{what}"
+        );
+        assert!(outcome.decryption_share.is_empty(), "{what}");
+    }
 
     // Malformed body and oversize message: gRPC errors.
     let garbage = SignedMessage {

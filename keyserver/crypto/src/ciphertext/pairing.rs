@@ -225,6 +225,52 @@ mod tests {
         assert!(blsttc::Ciphertext::from_bytes(&with_w).is_err());
     }
 
+    /// The attack the subgroup check stops, built: U' = r·g1 + T with T of an order that
+    /// divides G1's cofactor, and W' = r·H(U', V). The pairing cannot see T, so decoded
+    /// without the subgroup check the ciphertext passes the pairing check, and a share
+    /// U'·x would carry x·T, x modulo T's order. Decoded as the server decodes, it is
+    /// refused.
+    #[test]
+    fn a_ciphertext_with_a_small_order_part_in_u_passes_the_pairing_but_does_not_decode() {
+        use blsttc::blstrs::Scalar;
+        use blsttc::group::ff::Field;
+
+        let outside = off_subgroup::<PK_SIZE>(|b| {
+            bool::from(G1Affine::from_compressed_unchecked(b).is_some())
+        });
+        let outside = G1Affine::from_compressed_unchecked(&outside).unwrap();
+        // T = q·P for the group order q: what is left of P is its part outside G1.
+        let order_le: Vec<u8> = {
+            let mut be =
+                hex::decode("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001")
+                    .unwrap();
+            be.reverse();
+            be
+        };
+        let p: [blst_p1_affine; 1] = [*outside.as_ref()];
+        let mut t = G1Projective::identity();
+        *t.as_mut() = p.as_slice().mult(&order_le, 255);
+        assert!(!bool::from(t.is_identity()), "T is the identity");
+
+        let r = Scalar::random(rand::thread_rng());
+        let u = (G1Projective::generator() * r + t).to_affine();
+        let v = [7u8; 32];
+        let w = (G2Projective::from(hash_g1_g2(&u, &v)) * r).to_affine();
+        let bytes = [&u.to_compressed()[..], &w.to_compressed()[..], &v[..]].concat();
+
+        let unchecked = CheckInput {
+            u: G1Affine::from_compressed_unchecked(&u.to_compressed()).unwrap(),
+            w,
+            hash: hash_g1_g2(&u, &v),
+        };
+        assert!(
+            check_one(&unchecked),
+            "the crafted ciphertext passes the pairing"
+        );
+        assert!(CheckInput::from_bytes(&bytes).is_none());
+        assert!(blsttc::Ciphertext::from_bytes(&bytes).is_err());
+    }
+
     #[test]
     fn single_check_accepts_valid_and_rejects_invalid() {
         assert!(check_one(&input(true)));
