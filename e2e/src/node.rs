@@ -151,6 +151,19 @@ pub fn task_pid(container_id: &str) -> Result<u32> {
         .ok_or_else(|| Error::Setup(format!("task {id} not in `ctr tasks ls`")))
 }
 
+/// The container's process's arguments and environment, as `/proc/<pid>/cmdline` and
+/// `/proc/<pid>/environ` hold them (NUL-separated), for what must not be in them.
+pub fn arguments_and_environment(container: &RunningContainer) -> Result<(String, String)> {
+    let pid = task_pid(&container.id)?;
+    let read = |what: &str| {
+        let path = PathBuf::from(format!("/proc/{pid}/{what}"));
+        std::fs::read(&path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| Error::io(&path, e))
+    };
+    Ok((read("cmdline")?, read("environ")?))
+}
+
 /// Kills the container's process with SIGKILL, as a crash (or the OOM killer) would;
 /// the kubelet restarts it.
 pub fn kill(container: &RunningContainer) -> Result<()> {

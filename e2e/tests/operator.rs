@@ -1153,6 +1153,34 @@ async fn cluster_scenario(scene: &mut Scene) -> Result<()> {
             && ca_mount.sub_path.is_none(),
         "db-ca mount {ca_mount:?}"
     );
+    // The database's address reaches the keyservers as a file of the Secret's one key,
+    // not as an environment variable: its password is in neither the process's
+    // environment nor its arguments.
+    ensure!(
+        container.env.clone().unwrap_or_default().iter().all(|e| e
+            .value_from
+            .as_ref()
+            .is_none_or(|v| v.secret_key_ref.is_none())),
+        "a Secret's value in the container's environment: {:?}",
+        container.env
+    );
+    let password = tls_uri
+        .trim_start_matches("mysql://kss_tls:")
+        .split_once('@')
+        .map(|(password, _)| password)
+        .context("password in the test database address")?;
+    let keyserver = scene.keyserver("kss-prod-0").await?;
+    let (cmdline, environ) = node::arguments_and_environment(&keyserver)?;
+    ensure!(
+        !cmdline.contains(password) && !environ.contains(password),
+        "the database password is in the keyserver's arguments or environment"
+    );
+    ensure!(
+        environ
+            .split('\0')
+            .any(|v| v == "KSS_DB_URI_FILE=/etc/kss/db-uri/uri"),
+        "KSS_DB_URI_FILE not in the keyserver's environment"
+    );
     // Onboarding needs a token (requireToken): one without is refused, one made with
     // `kss enrollment create` on an instance's admin socket (as `kubectl exec` would) works
     // once.

@@ -38,6 +38,12 @@ pub struct DataDirArgs {
     /// must verify (VERIFY_IDENTITY); plaintext only with `ssl-mode=DISABLED`.
     #[arg(long, env = "KSS_DB_URI", global = true, hide_env_values = true)]
     pub db_uri: Option<String>,
+    /// The shared database's address read from a file (e.g. a mounted Kubernetes Secret),
+    /// which keeps its password out of the process's arguments and environment. Read at
+    /// every start, never copied into the data directory; surrounding whitespace (the
+    /// trailing newline of `kubectl create secret --from-file`) is ignored.
+    #[arg(long, env = "KSS_DB_URI_FILE", global = true)]
+    pub db_uri_file: Option<PathBuf>,
     /// The CA certificate (PEM) that the shared database's server certificate must chain
     /// to, unless the address names an `ssl-ca` itself.
     #[arg(long, env = "KSS_DB_CA_FILE", global = true)]
@@ -48,6 +54,7 @@ impl DataDirArgs {
     pub fn data_dir(&self) -> DataDir {
         DataDir {
             db_uri: self.db_uri.clone(),
+            given_db_uri_file: self.db_uri_file.clone(),
             db_ca_file: self.db_ca_file.clone(),
             root: self.data_dir.clone(),
             master_key: self
@@ -63,8 +70,10 @@ impl DataDirArgs {
 pub struct DataDir {
     pub root: PathBuf,
     pub master_key: PathBuf,
-    /// The shared database, when not the SQLite file.
+    /// The shared database, when not the SQLite file (`--db-uri`).
     pub db_uri: Option<String>,
+    /// The file that holds the shared database's address (`--db-uri-file`).
+    pub given_db_uri_file: Option<PathBuf>,
     /// The CA that verifies the shared database's certificate.
     pub db_ca_file: Option<PathBuf>,
 }
@@ -110,19 +119,32 @@ impl DataDir {
         self.root.join("db-uri")
     }
 
-    /// The shared database: `--db-uri`, else the saved address, else none (SQLite).
+    /// The shared database's address given to this command: `--db-uri` or the file of
+    /// `--db-uri-file` (not both), else none.
+    pub fn given_db_uri(&self) -> Result<Option<String>> {
+        match (&self.db_uri, &self.given_db_uri_file) {
+            (Some(_), Some(path)) => bail!(
+                "the shared database's address is given twice, by --db-uri (KSS_DB_URI) and \
+                 by --db-uri-file (KSS_DB_URI_FILE) {}: give one",
+                path.display()
+            ),
+            (Some(uri), None) => Ok(Some(uri.clone())),
+            (None, Some(path)) => read_db_uri(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The shared database: `--db-uri` or `--db-uri-file`, else the saved address, else
+    /// none (SQLite).
     pub fn shared_db_uri(&self) -> Result<Option<String>> {
-        if let Some(uri) = &self.db_uri {
-            return Ok(Some(uri.clone()));
+        if let Some(uri) = self.given_db_uri()? {
+            return Ok(Some(uri));
         }
         let path = self.db_uri_file();
         if !path.exists() {
             return Ok(None);
         }
-        check_private(&path)?;
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("reading the database address {}", path.display()))?;
-        Ok(Some(text.trim().to_string()))
+        read_db_uri(&path).map(Some)
     }
 
     /// Saves the shared database's address for later commands (replacing a saved one).
@@ -205,6 +227,22 @@ pub fn check_private(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads a file that holds the shared database's address (it holds the password, so it
+/// must be private). Errors name the file, never its contents.
+fn read_db_uri(path: &Path) -> Result<String> {
+    check_private(path)?;
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the database address {}", path.display()))?;
+    let uri = text.trim();
+    if uri.is_empty() {
+        bail!(
+            "{} holds no database address (the file is empty)",
+            path.display()
+        );
+    }
+    Ok(uri.to_string())
 }
 
 /// Writes a new secret file readable by its owner only; refuses to overwrite.

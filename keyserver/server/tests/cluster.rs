@@ -176,6 +176,7 @@ async fn instances_join_register_and_apply_every_policy_version() {
         master_key: a.path().join("master.key"),
         db_uri: None,
         db_ca_file: None,
+        given_db_uri_file: None,
     };
     let mut admin = kss_server::commands::admin_client::connect(&data_dir)
         .await
@@ -247,6 +248,97 @@ async fn instances_join_register_and_apply_every_policy_version() {
 
 /// 3 instances, 100,000 concurrent requests spread over them against `per_day: N`
 /// (persistent): exactly N approvals per profile, and the audit holds exactly those.
+/// The password of a `mysql://user:password@host/...` URL.
+fn password_of(url: &str) -> String {
+    let userinfo = url
+        .trim_start_matches("mysql://")
+        .split_once('@')
+        .unwrap()
+        .0;
+    percent_decode(userinfo.split_once(':').unwrap().1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_address_can_come_from_a_private_file_and_stays_out_of_the_process() {
+    let Some((db, name)) = common::fresh_database().await else {
+        return;
+    };
+    let password = password_of(&db);
+    let (a, b) = (DataDir::new(), DataDir::new());
+    // A Secret's file: the trailing newline of `kubectl create secret --from-file`.
+    let uri_file = a.file("db-uri-secret", &format!("{db}\n"));
+    let set_mode = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&uri_file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    set_mode(0o600);
+    let file_arg = uri_file.to_str().unwrap();
+    let mut create = vec!["--db-uri-file", file_arg];
+    create.extend_from_slice(&create_args(&db)[2..]);
+    let id = a.kss_ok(&create).trim().to_string();
+    // Read, not copied: no saved address in the data directory.
+    assert!(!a.path().join("db-uri").exists());
+
+    // A file other users can read is refused, naming it and not its contents.
+    set_mode(0o644);
+    common::share_master_key(&a, &b);
+    let open = b.kss(&["--db-uri-file", file_arg, "initialize"]);
+    let stderr = common::text(&open.stderr);
+    assert!(!open.status.success());
+    assert!(
+        stderr.contains(file_arg) && stderr.contains("open to other users"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&password), "{stderr}");
+    set_mode(0o600);
+    // Given twice, by the flag and the file, it is refused: which one would be meant?
+    let twice = b.kss(&["--db-uri", &db, "--db-uri-file", file_arg, "initialize"]);
+    let stderr = common::text(&twice.stderr);
+    assert!(!twice.status.success());
+    assert!(stderr.contains("given twice"), "{stderr}");
+    assert!(!stderr.contains(&password), "{stderr}");
+    // An empty file and a missing one are named.
+    let empty = b.file("empty-uri", "\n");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let none = b.kss(&["--db-uri-file", empty.to_str().unwrap(), "initialize"]);
+    assert!(common::text(&none.stderr).contains("holds no database address"));
+    let missing = b.kss(&["--db-uri-file", "/nonexistent/db-uri", "initialize"]);
+    assert!(common::text(&missing.stderr).contains("/nonexistent/db-uri"));
+
+    // An instance joins from the file, and saves nothing.
+    let joined = b.kss_ok(&["--db-uri-file", file_arg, "initialize"]);
+    assert_eq!(joined.trim(), id);
+    assert!(!b.path().join("db-uri").exists());
+
+    // Served from the file given by the environment, as the operator's pods are: the
+    // password is in neither the process's arguments nor its environment, and the
+    // instance serves the cluster's keyserver.
+    let server = Server::start_env(
+        &b,
+        &["--instance-name", "b"],
+        &[("KSS_DB_URI_FILE".to_string(), file_arg.to_string())],
+    );
+    let pid = server.child.id();
+    for what in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&password),
+            "the password is in /proc/{pid}/{what}"
+        );
+    }
+    let client = server.client(&b).await;
+    onboard(&client, &id).await;
+    let status: Value =
+        serde_json::from_str(&b.kss_ok(&["--db-uri-file", file_arg, "status", "--json"])).unwrap();
+    assert_eq!(status["keyserver_id"], id.as_str());
+    assert!(!server.log_text().contains(&password));
+    drop(server);
+    common::drop_database(&name).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_are_exact_across_three_instances_under_100k_requests() {
     const PER_DAY: u64 = 1000;

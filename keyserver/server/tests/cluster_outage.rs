@@ -1021,6 +1021,7 @@ async fn a_blackholed_instance_holding_locks_does_not_stop_the_others() {
         master_key: cluster.dirs[0].path().join("master.key"),
         db_uri: None,
         db_ca_file: None,
+        given_db_uri_file: None,
     };
     let mut admin = kss_server::commands::admin_client::connect(&a_dir)
         .await

@@ -693,6 +693,7 @@ async fn bootstrap_identity_then_restart_then_mismatch() {
         master_key: data.path().join("master.key"),
         db_uri: None,
         db_ca_file: None,
+        given_db_uri_file: None,
     })
     .await
     .unwrap();

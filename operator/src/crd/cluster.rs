@@ -264,7 +264,9 @@ pub struct DatabaseSpec {
     /// A Secret key holding the database address: `mysql://user:pass@host:port/db` or
     /// `mysql:host=H,port=P,user=U,password=W,database=D`. The keyserver verifies the
     /// server's certificate and host name unless the address names another `ssl-mode`
-    /// (`?ssl-mode=DISABLED`: plain text).
+    /// (`?ssl-mode=DISABLED`: plain text). Mounted read-only into the keyserver pods as a
+    /// file (`kss serve --db-uri-file`), never an environment variable, so that the
+    /// password is not in the processes' environment.
     pub secret_ref: SecretKeyRef,
     /// A Secret key holding the CA certificate (PEM) that verifies the MySQL server's
     /// certificate (`kss serve --db-ca-file`). Mounted read-only into the keyserver pods,

@@ -14,15 +14,15 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
     KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::{Names, labels, owned_meta, ports, selector_labels};
 use crate::crd::KeyShardCluster;
-use crate::crd::cluster::CaSecretKeyRef;
+use crate::crd::cluster::{CaSecretKeyRef, SecretKeyRef};
 
 /// The keyserver image this operator release deploys by default (what the Dockerfile
 /// builds and tags).
@@ -39,6 +39,9 @@ mod paths {
     pub const TLS: &str = "/etc/kss/tls";
     pub const ADMIN_TLS: &str = "/etc/kss/admin-tls";
     pub const DB_CA: &str = "/etc/kss/db-ca";
+    pub const DB_URI: &str = "/etc/kss/db-uri";
+    /// The file, in [`DB_URI`], that holds the database's address.
+    pub const DB_URI_FILE: &str = "uri";
 }
 
 /// The readiness probe's service: SERVING only while the instance can decide requests.
@@ -92,6 +95,31 @@ fn db_ca_volume(ca: &CaSecretKeyRef) -> Volume {
         }]);
     }
     volume
+}
+
+/// The database's address: only its key of the Secret (which may also hold the CA), as
+/// the file `uri`. A file and not an environment variable, so that the password is not in
+/// the process's environment (`/proc/<pid>/environ`, crash reports, child processes).
+fn db_uri_volume(uri: &SecretKeyRef) -> Volume {
+    let mut volume = secret_volume("db-uri", uri.name.clone(), false);
+    if let Some(secret) = volume.secret.as_mut() {
+        secret.items = Some(vec![KeyToPath {
+            key: uri.key.clone(),
+            path: paths::DB_URI_FILE.to_string(),
+            mode: None,
+        }]);
+    }
+    volume
+}
+
+/// The database's address, in mode Cluster only.
+fn db_uri(cluster: &KeyShardCluster) -> Option<&SecretKeyRef> {
+    cluster
+        .spec
+        .database
+        .as_ref()
+        .filter(|_| cluster.is_cluster())
+        .map(|db| &db.secret_ref)
 }
 
 /// The database's CA, in mode Cluster only (a standalone keyserver has no MySQL).
@@ -185,6 +213,9 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
     if db_ca(cluster).is_some() {
         volume_mounts.push(mount("db-ca", paths::DB_CA));
     }
+    if db_uri(cluster).is_some() {
+        volume_mounts.push(mount("db-uri", paths::DB_URI));
+    }
     let mut env_vars = vec![
         field_env("POD_IP", "status.podIP"),
         field_env("KSS_INSTANCE_NAME", "metadata.name"),
@@ -215,19 +246,11 @@ fn container(cluster: &KeyShardCluster, names: &Names, default_image: &str) -> C
     if let Some(id) = &spec.bootstrap.keyserver_id {
         env_vars.push(env("KSS_KEYSERVER_ID", id.clone()));
     }
-    if let Some(db) = spec.database.as_ref().filter(|_| cluster.is_cluster()) {
-        env_vars.push(EnvVar {
-            name: "KSS_DB_URI".to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: db.secret_ref.name.clone(),
-                    key: db.secret_ref.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        });
+    if db_uri(cluster).is_some() {
+        env_vars.push(env(
+            "KSS_DB_URI_FILE",
+            format!("{}/{}", paths::DB_URI, paths::DB_URI_FILE),
+        ));
     }
     Container {
         name: "kss".to_string(),
@@ -305,6 +328,7 @@ pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str
         secret_volume("admin-tls", names.admin_tls_secret(), false),
     ];
     volumes.extend(db_ca(cluster).map(db_ca_volume));
+    volumes.extend(db_uri(cluster).map(db_uri_volume));
     let claims = if cluster.is_cluster() {
         volumes.push(Volume {
             name: "data".to_string(),
@@ -430,13 +454,32 @@ mod tests {
         assert!(spec.volume_claim_templates.is_none());
         let pod = spec.template.spec.expect("pod");
         let env = pod.containers[0].env.clone().expect("env");
-        let db = env.iter().find(|e| e.name == "KSS_DB_URI").expect("db env");
-        let key_ref = db
-            .value_from
+        // The address is a file of the Secret's one key, not an environment variable.
+        assert!(env.iter().all(|e| e.name != "KSS_DB_URI"));
+        let file = env
+            .iter()
+            .find(|e| e.name == "KSS_DB_URI_FILE")
+            .expect("db env");
+        assert_eq!(file.value.as_deref(), Some("/etc/kss/db-uri/uri"));
+        let volume = pod
+            .volumes
             .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-            .expect("secret ref");
-        assert_eq!((key_ref.name.as_str(), key_ref.key.as_str()), ("db", "uri"));
+            .and_then(|v| v.iter().find(|v| v.name == "db-uri"))
+            .and_then(|v| v.secret.clone())
+            .expect("db-uri volume");
+        assert_eq!(volume.secret_name.as_deref(), Some("db"));
+        let items = volume.items.expect("items");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("uri", "uri")
+        );
+        assert_eq!(volume.default_mode, Some(0o400));
+        let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "db-uri" && m.mount_path == "/etc/kss/db-uri")
+        );
         assert_eq!(
             sts.metadata.owner_references.expect("owner")[0].controller,
             Some(true)

@@ -50,10 +50,9 @@ async fn refuse_standalone_data(data_dir: &DataDir, what: &str) -> Result<()> {
 /// `kss initialize --db-uri URI`: sets this data directory up as one more instance of the
 /// cluster whose database is URI (same keyserver ID). Nothing is written to the database.
 pub async fn initialize(data_dir: &DataDir) -> Result<()> {
-    let uri = data_dir
-        .db_uri
-        .clone()
-        .context("kss initialize needs --db-uri: the cluster's shared database")?;
+    let uri = data_dir.given_db_uri()?.context(
+        "kss initialize needs --db-uri (or --db-uri-file): the cluster's shared database",
+    )?;
     data_dir.ensure()?;
     refuse_standalone_data(
         data_dir,
@@ -75,13 +74,19 @@ pub async fn initialize(data_dir: &DataDir) -> Result<()> {
         )
     })?;
     let identity = KeyserverIdentity::unseal(&row, &master)?;
-    data_dir.save_db_uri(&uri)?;
+    // An address given inline is saved for later commands; a file stays the one source.
+    let saved_in = match &data_dir.given_db_uri_file {
+        Some(path) => format!("read from {} at every start", path.display()),
+        None => {
+            data_dir.save_db_uri(&uri)?;
+            format!("saved in {}", data_dir.db_uri_file().display())
+        }
+    };
     println!("{}", identity.id);
     eprintln!(
         "instance initialized: it serves keyserver {} from the cluster database (address \
-         saved in {}); start it with `kss serve`",
+         {saved_in}); start it with `kss serve`",
         identity.id,
-        data_dir.db_uri_file().display()
     );
     Ok(())
 }

@@ -214,6 +214,8 @@ pub fn spawn_serve_on(
         .args(extra)
         .env("KSS_TIME_ZONE", near_noon_time_zone())
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // The server sees no address the tests were given (they hold the password).
+        .env_clear_prefixed("KSS_TEST_")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -223,6 +225,23 @@ pub fn spawn_serve_on(
         port,
         metrics_port,
         log,
+    }
+}
+
+/// Removes from a command's environment every variable of this process whose name starts
+/// with a prefix.
+trait EnvClearPrefixed {
+    fn env_clear_prefixed(&mut self, prefix: &str) -> &mut Self;
+}
+
+impl EnvClearPrefixed for Command {
+    fn env_clear_prefixed(&mut self, prefix: &str) -> &mut Self {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with(prefix) {
+                self.env_remove(name);
+            }
+        }
+        self
     }
 }
 
