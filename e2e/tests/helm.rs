@@ -229,6 +229,24 @@ fn check_deployment(deployment: &Value, bundle_deployment: &Value) -> Result<()>
             "{var} must come from the downward API ({field}): {path:?}"
         );
     }
+    // The keyservers admit their admin port from the pods this selector names: it must
+    // name the operator's own pods, in the chart as in the bundle.
+    for (what, d) in [("chart", deployment), ("bundle", bundle_deployment)] {
+        let selector = env(d, "KSS_OPERATOR_POD_SELECTOR")
+            .and_then(|e| e["value"].as_str())
+            .with_context(|| format!("{what}: no KSS_OPERATOR_POD_SELECTOR"))?;
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        for pair in selector.split(',') {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("{what}: selector {selector:?}"))?;
+            ensure!(
+                labels[key] == value,
+                "{what}: KSS_OPERATOR_POD_SELECTOR {selector:?} does not select the operator's \
+                 pods (labels {labels})"
+            );
+        }
+    }
     ensure!(
         args(deployment).first().map(String::as_str) == Some("run"),
         "args {:?} do not start with `run`",

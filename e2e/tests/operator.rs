@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kss_e2e::node::{self, RunningContainer};
 use kss_e2e::{harness, provisioner};
 use kss_operator::crd::cluster::Phase;
@@ -117,6 +119,13 @@ impl Operator {
         let child = Command::new(operator_bin()?)
             .args([
                 "run",
+                // As the bundle's Deployment says who the operator's pods are. The node's
+                // network plugin does not enforce NetworkPolicies, so this process, outside
+                // the cluster, still reaches the admin ports.
+                "--pod-namespace",
+                "kss-system",
+                "--pod-selector",
+                "app.kubernetes.io/name=kss-operator",
                 "--watch-namespace",
                 ns,
                 "--lease-namespace",
@@ -896,6 +905,85 @@ async fn standalone(scene: &mut Scene) -> Result<()> {
     let _pdb: PodDisruptionBudget = Api::namespaced(scene.client.clone(), ns)
         .get("kss-demo")
         .await?;
+    // The pods' NetworkPolicy, as the API server stored it: their four ports only, the
+    // admin API from the operator's pods only. (The node's network plugin does not enforce
+    // NetworkPolicies: what it admits is checked here as declared, not as enforced.)
+    let policies: Api<NetworkPolicy> = Api::namespaced(scene.client.clone(), ns);
+    let admitted = |policy: &NetworkPolicy| -> Vec<(i32, bool)> {
+        let rules = policy
+            .spec
+            .clone()
+            .and_then(|s| s.ingress)
+            .unwrap_or_default();
+        rules
+            .iter()
+            .flat_map(|r| {
+                let from_anywhere = r.from.as_ref().is_none_or(|f| f.is_empty());
+                r.ports
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |p| {
+                        let port = match p.port {
+                            Some(IntOrString::Int(port)) => port,
+                            _ => -1,
+                        };
+                        (port, from_anywhere)
+                    })
+            })
+            .collect()
+    };
+    let policy = policies.get("kss-demo").await?;
+    ensure!(
+        admitted(&policy) == [(8443, true), (8081, true), (9464, true), (9443, false)],
+        "NetworkPolicy admits {:?}",
+        admitted(&policy)
+    );
+    let admin_from = policy
+        .spec
+        .clone()
+        .and_then(|s| s.ingress)
+        .and_then(|rules| {
+            rules
+                .into_iter()
+                .find_map(|r| r.from.filter(|f| !f.is_empty()))
+        })
+        .unwrap_or_default();
+    let peer = serde_json::to_value(&admin_from)?;
+    ensure!(
+        peer == json!([{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kss-system"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kss-operator"}},
+        }]),
+        "admin port admitted from {peer}"
+    );
+    // Disabled, it is deleted; enabled again, it is back; edited by hand, restored.
+    scene
+        .patch_spec("kss-demo", json!({"networkPolicy": {"enabled": false}}))
+        .await?;
+    harness::poll("NetworkPolicy deleted", WAIT, || async {
+        Ok(policies.get_opt("kss-demo").await?.is_none())
+    })
+    .await?;
+    scene
+        .patch_spec("kss-demo", json!({"networkPolicy": null}))
+        .await?;
+    harness::poll("NetworkPolicy re-created", WAIT, || async {
+        Ok(policies.get_opt("kss-demo").await?.is_some())
+    })
+    .await?;
+    policies
+        .patch(
+            "kss-demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ingress": [{}]}})),
+        )
+        .await?;
+    harness::poll("NetworkPolicy restored after an edit", WAIT, || async {
+        let policy = policies.get("kss-demo").await?;
+        Ok(admitted(&policy).len() == 4)
+    })
+    .await?;
     // The bootstrap copy of the root secret is gone once an instance confirmed the ID.
     ensure!(
         scene

@@ -1,5 +1,5 @@
-//! The controllers: `KeyShardCluster` (owning Secrets, Services, the StatefulSet and the
-//! PodDisruptionBudget, and watching the pods and referenced policies) and `KssPolicy`
+//! The controllers: `KeyShardCluster` (owning Secrets, Services, the StatefulSet, the
+//! PodDisruptionBudget and the NetworkPolicy, and watching the pods and referenced policies) and `KssPolicy`
 //! (watching the clusters that reference it). Errors requeue with exponential backoff.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -142,6 +143,7 @@ async fn run_in(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<Secret>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
         .watches(api::<Pod>(&client, ns), owned.clone(), |pod| {
             let cluster = pod.labels().get(CLUSTER_LABEL)?.clone();
             Some(ObjectRef::<KeyShardCluster>::new(&cluster).within(&pod.namespace()?))

@@ -1,5 +1,6 @@
 //! `kss-operator`: runs the controllers (`run`), or writes the CRDs (`crdgen`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use kss_operator::desired::DEFAULT_IMAGE;
+use kss_operator::desired::{DEFAULT_IMAGE, OperatorPods};
 use kss_operator::guards::ImageAllowlist;
 use kss_operator::leader::{self, Election};
 use kss_operator::metrics::{self, Metrics};
@@ -96,6 +97,16 @@ struct RunArgs {
     /// Namespace of the leader Lease (default: the pod's namespace, POD_NAMESPACE).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// The namespace of the operator's own pods (the downward API's POD_NAMESPACE); with
+    /// --pod-selector, the keyserver pods admit their admin port from those pods only.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// The labels of the operator's own pods (`key=value`, comma-separated). With the pods'
+    /// namespace, each keyserver pod's NetworkPolicy admits its admin port only from these
+    /// pods; without them (an operator outside the cluster), from any source, the admin
+    /// API's client certificate being its only guard.
+    #[arg(long, env = "KSS_OPERATOR_POD_SELECTOR", value_delimiter = ',')]
+    pod_selector: Vec<String>,
     /// Name of the leader Lease.
     #[arg(long, default_value = "kss-operator-leader")]
     lease_name: String,
@@ -132,6 +143,30 @@ fn init_logging(format: LogFormat) {
     } else {
         builder.init();
     }
+}
+
+/// The operator's own pods, from `--pod-namespace` and `--pod-selector`; `None` unless
+/// both are given.
+fn operator_pods(args: &RunArgs) -> Result<Option<OperatorPods>> {
+    let mut labels = BTreeMap::new();
+    for entry in args
+        .pod_selector
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                labels.insert(key.trim().to_string(), value.trim().to_string());
+            }
+            _ => bail!("--pod-selector: {entry:?} is not key=value"),
+        }
+    }
+    let namespace = args.pod_namespace.clone().filter(|n| !n.is_empty());
+    Ok(match namespace {
+        Some(namespace) if !labels.is_empty() => Some(OperatorPods { namespace, labels }),
+        _ => None,
+    })
 }
 
 /// `--watch-namespace` and `--watch-namespaces` together, without blanks or repeats;
@@ -196,7 +231,19 @@ async fn run(args: RunArgs) -> Result<()> {
             leaf: Duration::from_secs(args.leaf_validity_secs.max(1)),
         },
         rollout_deadline: Duration::from_secs(args.rollout_deadline_secs.max(1)),
+        operator_pods: operator_pods(&args)?,
     });
+    match &ctx.operator_pods {
+        Some(pods) => info!(
+            namespace = %pods.namespace,
+            labels = ?pods.labels,
+            "keyserver admin ports admitted from the operator's pods only"
+        ),
+        None => warn!(
+            "the operator's pods are unknown (--pod-selector and POD_NAMESPACE): the \
+             keyservers' NetworkPolicies admit their admin port from any source"
+        ),
+    }
     info!(allowed_images = %ctx.images.entries().join(","), "image allowlist");
     let namespaces = watched_namespaces(&args);
 

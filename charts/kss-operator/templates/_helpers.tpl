@@ -94,8 +94,9 @@ the release namespace.
 The operator's rules (identical to manifests/install/20-rbac.yaml's ClusterRole): it
 reads its resources and writes only their status and, once, the pinned
 spec.bootstrap.keyserverId; it creates and patches what it owns
-(Secrets, Services, StatefulSets, PodDisruptionBudgets); it deletes only Secrets (the
-transient bootstrap identity); it reads pods (their IPs) and records Events.
+(Secrets, Services, StatefulSets, PodDisruptionBudgets, NetworkPolicies); it deletes
+only Secrets (the transient bootstrap identity) and a cluster's NetworkPolicy when the
+cluster disables it; it reads pods (their IPs) and records Events.
 */}}
 {{- define "kss-operator.rules" -}}
 - apiGroups: ["kss.dev"]
@@ -123,6 +124,10 @@ transient bootstrap identity); it reads pods (their IPs) and records Events.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# delete: a cluster's NetworkPolicy when its spec.networkPolicy.enabled turns false.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -3,6 +3,7 @@
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,15 @@ pub struct KeyShardClusterSpec {
     /// The Service workstations connect to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
+
+    /// Which traffic reaches the keyserver pods: a NetworkPolicy of the cluster's name.
+    /// Default: one that admits to each pod only its four ports: gRPC (workstations) and
+    /// health (the kubelet's probes) from any source, metrics from `metricsFrom`, and the
+    /// admin API only from the operator's pods (from any source when the operator does not
+    /// know its pods: `--pod-selector`; the admin API also requires the operator's client
+    /// certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
 
     /// Where the keyserver pods run. Default (mode Cluster): instances spread over nodes
     /// where possible (a `topologySpreadConstraint` on `kubernetes.io/hostname` with
@@ -509,6 +519,25 @@ pub struct SchedulingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+}
+
+/// The keyserver pods' NetworkPolicy. NetworkPolicies add up: where other policies
+/// select the pods too, a port is reachable from what any of them admits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy. Default true; false deletes it (where the cluster's own
+    /// policies say who reaches the keyservers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Who may reach the gRPC port (Kubernetes `NetworkPolicyPeer`s: pods, namespaces,
+    /// address blocks). Empty: any source, in the cluster or outside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients_from: Vec<NetworkPolicyPeer>,
+    /// Who may reach the metrics port (`/metrics`), e.g. your Prometheus's namespace.
+    /// Empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
 }
 
 /// The workstation Service.

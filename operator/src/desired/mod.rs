@@ -1,13 +1,15 @@
 //! What a `KeyShardCluster` should own, as pure functions of the resource: names, labels,
-//! the StatefulSet, the Services and the PodDisruptionBudget. Secrets whose content is
+//! the StatefulSet, the Services, the PodDisruptionBudget and the NetworkPolicy. Secrets whose content is
 //! generated are in [`crate::secrets`].
 
 mod disruption;
 mod network;
+mod network_policy;
 mod workload;
 
 pub use disruption::pod_disruption_budget;
 pub use network::{headless_service, service};
+pub use network_policy::{OperatorPods, network_policy, network_policy_enabled};
 pub use workload::{DEFAULT_IMAGE, statefulset};
 
 use std::collections::BTreeMap;
@@ -58,6 +60,9 @@ impl Names {
         format!("{}-headless", self.cluster)
     }
     pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn network_policy(&self) -> String {
         self.cluster.clone()
     }
     pub fn master_key_secret(&self) -> String {
@@ -179,4 +184,27 @@ pub const RETAINED_WITHOUT: &str = "app.kubernetes.io/instance";
 
 pub fn owner_reference(cluster: &KeyShardCluster) -> Option<OwnerReference> {
     cluster.controller_owner_ref(&())
+}
+
+/// A resource and its names for the tests of what it should own.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Names;
+    use crate::crd::{KeyShardCluster, KeyShardClusterSpec};
+
+    /// `KeyShardCluster` `ns/demo` of the spec `yaml`.
+    pub fn cluster(yaml: &str) -> KeyShardCluster {
+        let spec: KeyShardClusterSpec = serde_saphyr::from_str(yaml).expect("spec");
+        let mut c = KeyShardCluster::new("demo", spec);
+        c.metadata.namespace = Some("ns".to_string());
+        c.metadata.uid = Some("uid-1".to_string());
+        c
+    }
+
+    pub fn names() -> Names {
+        Names {
+            cluster: "demo".into(),
+            namespace: "ns".into(),
+        }
+    }
 }

@@ -425,22 +425,8 @@ pub fn statefulset(cluster: &KeyShardCluster, names: &Names, default_image: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{KeyShardClusterSpec, cluster::Mode};
-
-    fn cluster(yaml: &str) -> KeyShardCluster {
-        let spec: KeyShardClusterSpec = serde_saphyr::from_str(yaml).expect("spec");
-        let mut c = KeyShardCluster::new("demo", spec);
-        c.metadata.namespace = Some("ns".to_string());
-        c.metadata.uid = Some("uid-1".to_string());
-        c
-    }
-
-    fn names() -> Names {
-        Names {
-            cluster: "demo".into(),
-            namespace: "ns".into(),
-        }
-    }
+    use crate::crd::cluster::Mode;
+    use crate::desired::fixtures::{cluster, names};
 
     #[test]
     fn cluster_mode_shares_the_database_and_keeps_no_claim() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -143,6 +144,30 @@ where
             &Patch::Apply(object),
         )
         .await?)
+}
+
+/// Deletes the cluster's NetworkPolicy (`spec.networkPolicy.enabled: false`), if there
+/// is one and it is this cluster's (a policy of that name someone else made is left).
+async fn remove_network_policy(
+    policies: &Api<NetworkPolicy>,
+    cluster: &KeyShardCluster,
+    names: &Names,
+) -> Result<()> {
+    let Some(policy) = policies.get_opt(&names.network_policy()).await? else {
+        return Ok(());
+    };
+    let ours = policy
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .iter()
+        .any(|o| Some(&o.uid) == cluster.metadata.uid.as_ref());
+    if ours {
+        policies
+            .delete(&names.network_policy(), &Default::default())
+            .await?;
+    }
+    Ok(())
 }
 
 /// The owner of the Secrets kept by default when the resource is deleted (CA, master
@@ -390,6 +415,13 @@ async fn reconcile_inner(cluster: &KeyShardCluster, ctx: &Context) -> Result<Act
         &desired::pod_disruption_budget(cluster_for_pods, &names),
     )
     .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    match desired::network_policy(cluster_for_pods, &names, ctx.operator_pods.as_ref()) {
+        Some(policy) => {
+            apply(&policies, &names.network_policy(), &policy).await?;
+        }
+        None => remove_network_policy(&policies, cluster, &names).await?,
+    }
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let sts = apply(
         &statefulsets,

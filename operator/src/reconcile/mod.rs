@@ -30,6 +30,9 @@ pub struct Context {
     pub validity: crate::pki::Validity,
     /// How long a new revision's pod may stay not Ready before the rollout is stalled.
     pub rollout_deadline: std::time::Duration,
+    /// The operator's own pods, the only ones the keyservers' admin ports admit (any
+    /// source when unknown).
+    pub operator_pods: Option<crate::desired::OperatorPods>,
 }
 
 /// The time now, RFC 3339, for conditions.
