@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::{Names, labels, owned_meta, ports, selector_labels};
 use crate::crd::KeyShardCluster;
-use crate::crd::cluster::{CaSecretKeyRef, SecretKeyRef};
+use crate::crd::cluster::{CaSecretKeyRef, DatabaseSpec, SecretKeyRef};
 
 /// The keyserver image this operator release deploys by default (what the Dockerfile
 /// builds and tags).
@@ -82,54 +82,50 @@ fn secret_volume(name: &str, secret: String, optional: bool) -> Volume {
     }
 }
 
-/// The database's CA certificate: only its key of the Secret (which may also hold the
-/// database address), as a file of the same name. A whole volume, not a `subPath`, so
-/// that a renewed certificate reaches the running pods.
-fn db_ca_volume(ca: &CaSecretKeyRef) -> Volume {
-    let mut volume = secret_volume("db-ca", ca.name.clone(), false);
-    if let Some(secret) = volume.secret.as_mut() {
-        secret.items = Some(vec![KeyToPath {
-            key: ca.key.clone(),
-            path: ca.key.clone(),
+/// A volume of one key of a Secret, as the file `path`. A whole volume, not a `subPath`,
+/// so that a renewed value reaches the running pods.
+fn one_key_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
+    let mut volume = secret_volume(name, secret.to_string(), false);
+    if let Some(source) = volume.secret.as_mut() {
+        source.items = Some(vec![KeyToPath {
+            key: key.to_string(),
+            path: path.to_string(),
             mode: None,
         }]);
     }
     volume
+}
+
+/// The database's CA certificate: only its key of the Secret (which may also hold the
+/// database address), as a file of the same name.
+fn db_ca_volume(ca: &CaSecretKeyRef) -> Volume {
+    one_key_volume("db-ca", &ca.name, &ca.key, &ca.key)
 }
 
 /// The database's address: only its key of the Secret (which may also hold the CA), as
 /// the file `uri`. A file and not an environment variable, so that the password is not in
 /// the process's environment (`/proc/<pid>/environ`, crash reports, child processes).
 fn db_uri_volume(uri: &SecretKeyRef) -> Volume {
-    let mut volume = secret_volume("db-uri", uri.name.clone(), false);
-    if let Some(secret) = volume.secret.as_mut() {
-        secret.items = Some(vec![KeyToPath {
-            key: uri.key.clone(),
-            path: paths::DB_URI_FILE.to_string(),
-            mode: None,
-        }]);
-    }
-    volume
+    one_key_volume("db-uri", &uri.name, &uri.key, paths::DB_URI_FILE)
+}
+
+/// The shared database, in mode Cluster only (a standalone keyserver has no MySQL).
+fn shared_database(cluster: &KeyShardCluster) -> Option<&DatabaseSpec> {
+    cluster
+        .spec
+        .database
+        .as_ref()
+        .filter(|_| cluster.is_cluster())
 }
 
 /// The database's address, in mode Cluster only.
 fn db_uri(cluster: &KeyShardCluster) -> Option<&SecretKeyRef> {
-    cluster
-        .spec
-        .database
-        .as_ref()
-        .filter(|_| cluster.is_cluster())
-        .map(|db| &db.secret_ref)
+    shared_database(cluster).map(|db| &db.secret_ref)
 }
 
-/// The database's CA, in mode Cluster only (a standalone keyserver has no MySQL).
+/// The database's CA, in mode Cluster only.
 fn db_ca(cluster: &KeyShardCluster) -> Option<&CaSecretKeyRef> {
-    cluster
-        .spec
-        .database
-        .as_ref()
-        .filter(|_| cluster.is_cluster())
-        .and_then(|db| db.ca_secret_ref.as_ref())
+    shared_database(cluster).and_then(|db| db.ca_secret_ref.as_ref())
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
