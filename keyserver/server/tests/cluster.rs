@@ -25,12 +25,7 @@ const POLICY: &str = "decrypt:\n  - - rule: meta-rule\n      paths: [/batch]\n  
 /// The product's `mysql:host=H,port=P,user=U,password=W,database=D` form of a URL.
 fn key_value_form(url: &str) -> String {
     let o = kss_store::parse_db_uri(url).unwrap();
-    let rest = url.strip_prefix("mysql://").unwrap();
-    let (userinfo, _) = rest.rsplit_once('@').unwrap();
-    let password = userinfo.split_once(':').map(|(_, p)| p).unwrap_or("");
-    let password = percent_decode(password)
-        .replace('\\', "\\\\")
-        .replace(',', "\\,");
+    let password = password_of(url).replace('\\', "\\\\").replace(',', "\\,");
     format!(
         "mysql:host={},port={},user={},password={password},database={},ssl-mode=DISABLED",
         o.get_host(),
@@ -38,6 +33,13 @@ fn key_value_form(url: &str) -> String {
         o.get_username(),
         o.get_database().unwrap()
     )
+}
+
+/// The password of a `mysql://user:password@host/...` URL, percent-decoded.
+fn password_of(url: &str) -> String {
+    let rest = url.strip_prefix("mysql://").unwrap();
+    let (userinfo, _) = rest.rsplit_once('@').unwrap();
+    percent_decode(userinfo.split_once(':').map(|(_, p)| p).unwrap_or(""))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -248,16 +250,6 @@ async fn instances_join_register_and_apply_every_policy_version() {
 
 /// 3 instances, 100,000 concurrent requests spread over them against `per_day: N`
 /// (persistent): exactly N approvals per profile, and the audit holds exactly those.
-/// The password of a `mysql://user:password@host/...` URL.
-fn password_of(url: &str) -> String {
-    let userinfo = url
-        .trim_start_matches("mysql://")
-        .split_once('@')
-        .unwrap()
-        .0;
-    percent_decode(userinfo.split_once(':').unwrap().1)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_address_can_come_from_a_private_file_and_stays_out_of_the_process() {
     let Some((db, name)) = common::fresh_database().await else {
