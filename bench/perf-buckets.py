@@ -2,7 +2,10 @@
 """Where a `perf record` profile of `kss serve` spends its user-space CPU, by kind of work.
 
     perf record -F 499 -p PID -o FILE -- sleep SECS
-    perf-buckets.py FILE          # one JSON object: share of the samples per bucket
+    perf-buckets.py FILE [ARGS]   # one JSON object: share of the samples per bucket
+
+ARGS go to `perf report` as they are, e.g. `--pid 12,34` to sum only some processes of a
+machine-wide `perf record -a`.
 
 Reads `perf report --no-children --sort sym` (self time per symbol) and puts each symbol in
 the first bucket whose pattern it matches (kernel symbols, `[k]`, in their own); the 15
@@ -34,11 +37,11 @@ BUCKETS = [
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
     report = subprocess.run(
         ["perf", "report", "-i", sys.argv[1], "--stdio", "--no-children", "--sort", "sym",
-         "--percent-limit", "0", "-g", "none"],
+         "--percent-limit", "0", "-g", "none", *sys.argv[2:]],
         capture_output=True, text=True, check=True).stdout
     shares = {name: 0.0 for name, _ in BUCKETS}
     other = []

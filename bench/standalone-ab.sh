@@ -10,12 +10,14 @@
 # distinct ciphertexts, 2 s warm-up, $SECS s, default 15); the server's view over the
 # counted part from bench/server-stats.py. One line per run: rate, latency percentiles,
 # the server's CPU per approval and cores, the decision batches' mean duration and p99
-# (upper bucket bound), the context switches per approval by thread name. Build each binary with `cargo build --release -p kss-server` at
-# its commit and copy it out of target/ first.
+# (upper bucket bound), the context switches per approval by thread name. The load
+# generator is the same binary for both, $LOADGEN (default OLD_KSS), so that a change to
+# `kss loadgen` does not move the server's share of the cores. Build each binary with
+# `cargo build --release -p kss-server` at its commit and copy it out of target/ first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,14p "$0" >&2; exit 2; }
-old=$1 new=$2 rates=${3:-730 1200} runs=${4:-3} secs=${SECS:-15}
+[ $# -ge 2 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+old=$1 new=$2 rates=${3:-730 1200} runs=${4:-3} secs=${SECS:-15} loadgen_kss=${LOADGEN:-$1}
 source bench/lib.sh
 
 work=$(mktemp -d)
@@ -33,7 +35,7 @@ one_run() { # kss binary, rate
     --metrics-listen "127.0.0.1:$mport" > "$work/serve.out" 2> "$work/serve.log" &
   server=$!
   wait_serving "$work/serve.out"
-  $kss loadgen --endpoint "https://127.0.0.1:$port" --ca "$data/tls/ca.pem" --json \
+  $loadgen_kss loadgen --endpoint "https://127.0.0.1:$port" --ca "$data/tls/ca.pem" --json \
     --warmup 2 --duration "$secs" --profiles 16 --concurrency 256 \
     --distinct-ciphertexts 4096 --rate "$rate" > "$work/load.json" 2> "$work/load.log" &
   local loadgen=$!

@@ -153,7 +153,11 @@ impl Keyserver {
         // A share is released only for a verified ciphertext: verify before deciding, so
         // that an invalid one consumes no quota.
         let verified = if request_type == RequestType::Decrypt {
-            let checked = match self.verifier.verify(body.ciphertext).await {
+            let checked = match self
+                .verifier
+                .verify(profile.id.as_ref(), body.ciphertext)
+                .await
+            {
                 Ok(Ok(verified)) => Ok(verified),
                 Ok(Err(_)) => Err(Reason::InvalidCiphertext),
                 // Refused at once rather than queued without limit.
