@@ -4,7 +4,7 @@
 //! so a claim and a fenced write never interleave.
 
 use async_trait::async_trait;
-use sqlx::{MySql, Transaction};
+use sqlx::{MySql, Row, Transaction};
 
 use super::MysqlStore;
 use crate::registry::{
@@ -28,18 +28,29 @@ pub(crate) async fn db_now(tx: &mut Transaction<'static, MySql>) -> Result<i64> 
         .await?)
 }
 
-/// Fails with `Fenced` unless `lease` is still held as it was granted. Runs inside the
-/// caller's transaction; the shared lock makes a concurrent claim wait for its commit.
-pub(crate) async fn check_fence(tx: &mut Transaction<'static, MySql>, lease: &Lease) -> Result<()> {
-    let row = sqlx::query(
-        "SELECT holder, token, expires_at_ms FROM leases WHERE name = ? LOCK IN SHARE MODE",
-    )
+/// Fails with `Fenced` unless `lease` is still held as it was granted; else the database's
+/// clock, read with the lease (one round trip). Runs inside the caller's transaction; the
+/// shared lock makes a concurrent claim wait for its commit.
+pub(crate) async fn check_fence(
+    tx: &mut Transaction<'static, MySql>,
+    lease: &Lease,
+) -> Result<i64> {
+    let row = sqlx::query(concat!(
+        "SELECT holder, token, expires_at_ms, ",
+        db_now_ms!(),
+        " AS now_ms FROM leases WHERE name = ? LOCK IN SHARE MODE"
+    ))
     .bind(&lease.name)
     .fetch_optional(&mut **tx)
     .await?;
-    let row = row.as_ref().map(lease_from_row).transpose()?;
-    let now = db_now(tx).await?;
-    still_held(lease, row.as_ref(), now)
+    let now = match &row {
+        Some(row) => row.try_get("now_ms")?,
+        // No lease row: fenced; the clock only for the error's wording.
+        None => db_now(tx).await?,
+    };
+    let held = row.as_ref().map(lease_from_row).transpose()?;
+    still_held(lease, held.as_ref(), now)?;
+    Ok(now)
 }
 
 #[async_trait]
