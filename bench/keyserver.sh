@@ -7,7 +7,7 @@
 #      ciphertext verified in a batch of 64, its share and its signature check).
 #   2. `kss serve` (release) on SQLite with a persistent per-profile throttle, over TLS, and
 #      `kss loadgen` on the same machine:
-#        a. flat out, every ciphertext distinct        → approved/s, ratio to L (target ≥ 0.8)
+#        a. flat out, every ciphertext distinct (64, then 256 in flight) → approved/s, ratio to L (target ≥ 0.8)
 #                                                        and to F
 #        b. paced at 0.5 × L, distinct ciphertexts     → p50/p99/p99.9 (target p99 < 15 ms)
 #        c. paced at 0.5 × F (the earlier rate)        → p50/p99/p99.9
@@ -81,6 +81,8 @@ half_l=$(python3 -c "print(int($limit * 0.5))")
 half_f=$(python3 -c "print(int($floor * 0.5))")
 start_server
 load distinct --profiles 16 --concurrency 64 --distinct-ciphertexts "$distinct"
+# Flat out with as many in flight as the paced runs: a longer queue, larger batches.
+load distinct-256 --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct"
 load paced --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" --rate "$half_l"
 load paced-f --profiles 16 --concurrency 256 --distinct-ciphertexts "$distinct" --rate "$half_f"
 load repeated --profiles 16 --concurrency 64 --distinct-ciphertexts 1 --repeat-share 1.0
@@ -99,7 +101,7 @@ python3 - "$out" "$floor" "$limit" "$share_ns" "$sig_ns" "$approval_ns" "$cores"
 import json, sys
 out, floor, limit, share_ns, sig_ns, approval_ns, cores, target = sys.argv[1:]
 floor, limit, share_ns, sig_ns, approval_ns = map(float, (floor, limit, share_ns, sig_ns, approval_ns))
-names = ("distinct", "paced", "paced-f", "repeated", "paced-normal", "paced-nice10")
+names = ("distinct", "distinct-256", "paced", "paced-f", "repeated", "paced-normal", "paced-nice10")
 r = {n: json.load(open(f"{out}/{n}.json")) for n in names}
 srv = {n: json.load(open(f"{out}/{n}.server.json")) for n in names}
 def rate(n): return r[n]["approved_per_second"]
@@ -126,6 +128,7 @@ print(f"| flat out, distinct ciphertexts | {rate('distinct'):.0f} approved/s | *
 def lg_cores(n): return r[n]["cpu_seconds"] / srv[n]["seconds"]
 server_cores = srv["distinct"]["cores_used"]
 print(f"| same, per core the server got ({server_cores} of {cores}; the load generator took {lg_cores('distinct'):.2f}) | {rate('distinct')/server_cores:.0f} approved/s per core | **{rate('distinct')/server_cores/(limit/float(cores)):.2f} × L** per core | |")
+print(f"| same, 256 in flight | {rate('distinct-256'):.0f} approved/s | **{rate('distinct-256')/limit:.2f} × L** = {rate('distinct-256')/floor:.2f} × F | |")
 print(f"| paced at 0.5 × L ({r['paced']['target_rate']:.0f}/s): p50 / p99 / p99.9 | {lat('paced')} | ({rate('paced'):.0f} approved/s) | p99 < 15 ms |")
 print(f"| same, `--sqlite-sync normal` | {lat('paced-normal')} | ({rate('paced-normal'):.0f} approved/s) | |")
 print(f"| same, `--verify-niceness 10` (the former default) | {lat('paced-nice10')} | ({rate('paced-nice10'):.0f} approved/s) | |")
