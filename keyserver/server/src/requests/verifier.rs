@@ -15,8 +15,9 @@
 //! checked alone: one invalid ciphertext costs the server a batch's worth of lone checks
 //! (~50 ms of a core for a batch of 64). So a sender whose ciphertext failed (a profile:
 //! requests reach the verifier only once their signature is verified) is a suspect for
-//! [`SUSPECT_FOR`]: its ciphertexts are checked alone, never in a batch with others', and
-//! a client sending invalid ciphertexts spoils at most one batch per profile and period.
+//! [`SUSPECT_FOR`]: its ciphertexts taken from the queue after that are checked alone,
+//! never in a batch with others', and a client sending invalid ciphertexts spoils only the
+//! batches taken before its first one failed.
 //!
 //! The queue is bounded ([`MAX_WAITING`]): when it is full a request is refused at once
 //! ([`NotVerified::QueueFull`], denied as unavailable) instead of waiting behind seconds of
@@ -99,12 +100,11 @@ pub struct Verifier {
 /// Work waiting for a verification thread.
 enum Waiting {
     /// A ciphertext, verified in a batch with the others waiting unless its sender is a
-    /// suspect (`alone`).
+    /// suspect when a thread takes it.
     Ciphertext {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Verdict>,
         sender: Vec<u8>,
-        alone: bool,
     },
     /// Another check (the onboarding pairing check), run alone; it sends its own reply.
     Check(Box<dyn FnOnce() + Send>),
@@ -171,13 +171,11 @@ impl Verifier {
         if let Some(verified) = self.cache.cached(&bytes) {
             return Ok(Ok(verified));
         }
-        let alone = self.queue.suspects().is_suspect(sender, Instant::now());
         let (reply, verdict) = oneshot::channel();
         self.enqueue(Waiting::Ciphertext {
             bytes,
             reply,
             sender: sender.to_vec(),
-            alone,
         })?;
         verdict.await.map_err(|_| NotVerified::ShuttingDown)
     }
@@ -282,14 +280,15 @@ fn work(queue: &Queue, cache: &VerificationCache, metrics: &Metrics) {
                 break;
             }
             let mut together = Vec::with_capacity(batch.len());
+            let now = Instant::now();
             for waiting in batch {
                 match waiting {
                     Waiting::Ciphertext {
                         bytes,
                         reply,
                         sender,
-                        alone,
                     } => {
+                        let alone = queue.suspects().is_suspect(&sender, now);
                         let ciphertext = (bytes, reply, sender);
                         if alone {
                             verify_batch(queue, cache, metrics, vec![ciphertext]);
@@ -469,7 +468,6 @@ mod tests {
                     bytes: Vec::new(),
                     reply,
                     sender: Vec::new(),
-                    alone: false,
                 });
             }
         };
@@ -745,7 +743,6 @@ mod tests {
                 bytes: Vec::new(),
                 reply,
                 sender: Vec::new(),
-                alone: false,
             });
         }
         let refused = tokio::time::timeout(std::time::Duration::from_secs(30), verifier.run(|| 1))
@@ -777,7 +774,6 @@ mod tests {
                 bytes: Vec::new(),
                 reply,
                 sender: Vec::new(),
-                alone: false,
             });
         }
         // Refused, not queued: queued, it would wait forever (nothing drains the queue).
