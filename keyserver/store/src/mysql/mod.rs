@@ -77,11 +77,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an unused pooled connection is kept (below [`session_limits`]'s `wait_timeout`).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// A pooled connection idle this long is pinged before it is used again. One back in the
-/// pool for less was pinged as it came back (sqlx pings every connection it takes back),
-/// so under load a transaction costs one ping, not two.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
 /// The server-side limits of kss's sessions, so that the server frees what a vanished or
 /// cut-off instance held within seconds rather than hours: row-lock waits of 2 s (the
 /// decision transaction is retried), a session idle for 10 s is closed (with its
@@ -133,16 +128,6 @@ impl MysqlStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // Closed here before the server's `wait_timeout` closes them there.
             .idle_timeout(POOL_IDLE_TIMEOUT)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        // An error closes this connection; the pool takes another one.
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // The locking described in the module documentation relies on
