@@ -70,6 +70,9 @@ pub const MAX_SUSPECTS: usize = 4_096;
 
 type Verdict = Result<VerifiedCiphertext, CryptoError>;
 
+/// Who sent a ciphertext: an authenticated profile's id.
+type Sender = Vec<u8>;
+
 /// Why a ciphertext got no verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotVerified {
@@ -287,15 +290,14 @@ fn work(queue: &Queue, cache: &VerificationCache, metrics: &Metrics) {
                         bytes,
                         reply,
                         sender,
-                    } => {
-                        let alone = queue.suspects().is_suspect(&sender, now);
-                        let ciphertext = (bytes, reply, sender);
-                        if alone {
-                            verify_batch(queue, cache, metrics, vec![ciphertext]);
-                        } else {
-                            together.push(ciphertext);
-                        }
+                    } if queue.suspects().is_suspect(&sender, now) => {
+                        verify_batch(queue, cache, metrics, vec![(bytes, reply, sender)]);
                     }
+                    Waiting::Ciphertext {
+                        bytes,
+                        reply,
+                        sender,
+                    } => together.push((bytes, reply, sender)),
                     Waiting::Check(check) => check(),
                 }
             }
@@ -317,7 +319,7 @@ fn verify_batch(
     queue: &Queue,
     cache: &VerificationCache,
     metrics: &Metrics,
-    ciphertexts: Vec<(Vec<u8>, oneshot::Sender<Verdict>, Vec<u8>)>,
+    ciphertexts: Vec<(Vec<u8>, oneshot::Sender<Verdict>, Sender)>,
 ) {
     if ciphertexts.is_empty() {
         return;
